@@ -1,3 +1,46 @@
-"""equi-ext: test-time robustness by restoring feature equivariance (Mao et al., ICML 2023)."""
+"""equi-ext: test-time robustness by restoring feature equivariance (Mao et al., ICML 2023).
+
+Functional API (plain torch; images are float RGB (N, 3, H, W) in [0, 255], budgets in
+pixel levels)::
+
+    out = equi_ext.defend(feature_fn, images, method="equi", eps_v=6)
+    score = equi_ext.equivariance_score(feature_fn, images)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported lazily so that e.g. the data generator stays light
+    import torch
+
+    from .core.losses import FeatureFn
+    from .core.optimizer import DefenseOutput
 
 __version__ = "0.1.0"
+
+
+def defend(feature_fn: FeatureFn, images: torch.Tensor, method: str | dict = "equi", *,
+           model: torch.nn.Module | None = None, **kwargs: Any) -> DefenseOutput:
+    """Purify ``images`` with the registered defense ``method`` (``'equi'``, ``'invariance'``, …).
+
+    ``kwargs`` are the defense's constructor arguments (``eps_v``, ``steps``, ``preset``, …).
+    """
+    from .defenses import build_defense
+
+    cfg = {"type": method} if isinstance(method, str) else dict(method)
+    cfg.update(kwargs)
+    return build_defense(cfg)(images, feature_fn, model=model)
+
+
+def equivariance_score(feature_fn: FeatureFn, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """Mean cosine of g⁻¹∘F∘g(x) and F(x) over the transforms, per image in [−1, 1] (paper Eq. 2 / K).
+
+    ``kwargs``: ``transforms`` (default ``'pilot'``), ``reduction``, ``seed``, ``pixel_range``.
+    """
+    from .core.optimizer import equivariance_score as score
+
+    return score(feature_fn, images, **kwargs)
+
+
+__all__ = ["defend", "equivariance_score", "__version__"]

@@ -1,0 +1,17 @@
+"""Attacks for dense tasks, one class each, called as ``adv = attack(images, targets)``."""
+
+from .base import Attack, pixel_cross_entropy
+from .defense_aware import BPDA, EOT, Adaptive, defense_preprocessor, sweep_lambda
+from .pixelwise import CW, IFGSM, MIM, PGD, CosPGD, Houdini, SegPGD, Targeted
+from .registry import ATTACKS
+
+
+def build_attack(cfg, **defaults):
+    """Build an attack from ``'pgd'`` or ``dict(type='pgd', eps=4, steps=20)``."""
+    return ATTACKS.build(cfg, **defaults)
+
+
+__all__ = [
+    "ATTACKS", "Adaptive", "Attack", "BPDA", "CW", "CosPGD", "EOT", "Houdini", "IFGSM", "MIM", "PGD",
+    "SegPGD", "Targeted", "build_attack", "defense_preprocessor", "pixel_cross_entropy", "sweep_lambda",
+]

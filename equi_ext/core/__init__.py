@@ -1,0 +1,14 @@
+"""Framework-free torch core: transforms, objectives, the defense optimiser, scores.
+
+Nothing here imports mmseg, mmengine, mmcv or detectron2.
+"""
+
+from .losses import equivariance_terms, invariance_terms
+from .optimizer import PRESETS, DefenseOutput, EquivarianceDefense, InvarianceDefense, equivariance_score
+from .transforms import TRANSFORM_SETS, ColorJitter, HFlip, Resize, Rotate, Transform, build_transforms
+
+__all__ = [
+    "PRESETS", "TRANSFORM_SETS", "ColorJitter", "DefenseOutput", "EquivarianceDefense", "HFlip",
+    "InvarianceDefense", "Resize", "Rotate", "Transform", "build_transforms", "equivariance_score",
+    "equivariance_terms", "invariance_terms",
+]

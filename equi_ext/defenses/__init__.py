@@ -1,0 +1,16 @@
+"""Test-time defenses, built by name from configs (``defense='equi'`` or a dict)."""
+
+from ..core.optimizer import EquivarianceDefense, InvarianceDefense, NoDefense
+from .registry import DEFENSES
+
+DEFENSES.register("none")(NoDefense)
+DEFENSES.register("equi")(EquivarianceDefense)
+DEFENSES.register("invariance")(InvarianceDefense)
+
+
+def build_defense(cfg, **defaults):
+    """Build a defense from ``'equi'`` or ``dict(type='equi', eps_v=6, ...)``."""
+    return DEFENSES.build(cfg, **defaults)
+
+
+__all__ = ["DEFENSES", "build_defense", "EquivarianceDefense", "InvarianceDefense", "NoDefense"]

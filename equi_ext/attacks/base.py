@@ -1,0 +1,153 @@
+"""One attack loop for every attack: budget checks, random start, step, projection.
+
+Convention: images are float (N, 3, H, W) in ``pixel_range`` (RGB 0–255 by default) and
+``eps``/``step_size`` are in pixel levels (``eps=4`` is the paper's 4/255). Attacks
+maximise an objective; subclasses change only the objective (``objective``) or how
+the gradient is taken (``gradient``), never the loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..core.seeding import image_generators, uniform_like
+from ..core.validation import (
+    DEFAULT_PIXEL_RANGE,
+    PixelRange,
+    check_budget,
+    check_images,
+    check_pixel_range,
+    check_positive_int,
+)
+
+LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+NORMS = ("linf", "l2")
+
+
+def pixel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Per-pixel cross-entropy; logits are upsampled to the label size as MMSeg does."""
+    return F.cross_entropy(resize_logits(logits, targets), targets.long(), ignore_index=ignore_index,
+                           reduction=reduction)
+
+
+def resize_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Bilinearly upsample (N, C, h, w) logits to the (N, H, W) label size."""
+    if logits.shape[-2:] != targets.shape[-2:]:
+        return F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    return logits
+
+
+class Attack:
+    """Base L∞/L2 attack. Call as ``adv = attack(images, targets)``.
+
+    Args:
+        loss_fn: ``loss_fn(images, targets) -> scalar`` to maximise (the task loss). If
+            omitted, per-pixel cross-entropy on ``logits_fn`` is used.
+        logits_fn: ``logits_fn(images) -> (N, C, h, w)``; needed by pixel-weighting attacks.
+        eps: budget in pixel levels (L∞ radius, or L2 radius with ``norm='l2'``).
+        step_size: per-step size in pixel levels; default 2.5·eps/steps (Madry et al.).
+        steps: number of steps.
+        norm: ``'linf'`` or ``'l2'``.
+        random_start: start from a uniform point in the ball instead of x.
+        seed: base seed of the random start (per image, see ``image_seeds``).
+        ignore_index: label ignored by the default losses.
+        pixel_range: value range of the images; budgets are in these units.
+        progress: show a progress bar over steps.
+    """
+
+    random_start = True
+
+    def __init__(self, *, loss_fn: LossFn | None = None, logits_fn: LogitsFn | None = None, eps: float = 4.0,
+                 step_size: float | None = None, steps: int = 10, norm: str = "linf",
+                 random_start: bool | None = None, seed: int = 0, ignore_index: int = 255,
+                 pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, progress: bool = False) -> None:
+        if loss_fn is None and logits_fn is None:
+            raise ValueError(f"{type(self).__name__} needs loss_fn or logits_fn")
+        self.pixel_range = check_pixel_range(pixel_range)
+        self.eps = check_budget("eps", eps, self.pixel_range)
+        self.steps = check_positive_int("steps", steps)
+        if step_size is None:
+            step_size = 2.5 * self.eps / self.steps if math.isfinite(self.eps) else (self.pixel_range[1] - self.pixel_range[0]) / 8
+        self.step_size = check_budget("step_size", step_size, self.pixel_range)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}; got {norm!r}")
+        self.norm = norm
+        if random_start is not None:
+            self.random_start = bool(random_start)
+        self.loss_fn, self.logits_fn = loss_fn, logits_fn
+        self.seed, self.ignore_index, self.progress = int(seed), int(ignore_index), progress
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps}, step_size={self.step_size}, steps={self.steps}, norm={self.norm!r})"
+
+    # ----- what subclasses change -------------------------------------------------
+    def task_loss(self, images: torch.Tensor, targets: Any) -> torch.Tensor:
+        if self.loss_fn is not None:
+            return self.loss_fn(images, targets)
+        return pixel_cross_entropy(self.logits_fn(images), targets, self.ignore_index)
+
+    def objective(self, adv: torch.Tensor, targets: Any, step: int) -> torch.Tensor:
+        """Scalar to maximise at step ``step``."""
+        return self.task_loss(adv, targets)
+
+    def gradient(self, adv: torch.Tensor, targets: Any, step: int) -> torch.Tensor:
+        adv = adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.objective(adv, targets, step), adv)
+        return grad
+
+    def direction(self, grad: torch.Tensor, state: dict) -> torch.Tensor:
+        """Ascent direction from the gradient (sign for L∞, unit L2 for L2)."""
+        if self.norm == "linf":
+            return grad.sign()
+        return grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+
+    # ----- the loop ---------------------------------------------------------------
+    def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Back into the ε ball around ``images`` and into the pixel range."""
+        delta = adv - images
+        if self.norm == "linf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            norms = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            delta = delta * (self.eps / norms.clamp(min=1e-12)).clamp(max=1.0)
+        return (images + delta).clamp(*self.pixel_range)
+
+    def check_targets(self, images: torch.Tensor, targets: Any) -> None:
+        if not isinstance(targets, torch.Tensor):
+            if self.loss_fn is None:
+                raise TypeError(f"targets must be a label tensor (N, H, W); got {type(targets).__name__}")
+            return  # e.g. Detectron2 instances, consumed by the adapter's loss_fn
+        n, _, h, w = images.shape
+        if targets.dim() != 3 or targets.shape[0] != n or (self.loss_fn is None and tuple(targets.shape[1:]) != (h, w)):
+            raise ValueError(f"targets must have shape (N, H, W) = ({n}, {h}, {w}); got {tuple(targets.shape)}")
+        if targets.is_floating_point():
+            raise TypeError(f"targets must be an integer label map; got dtype {targets.dtype}")
+
+    def __call__(self, images: torch.Tensor, targets: Any, *, image_seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """Return adversarial images within ``eps`` of ``images`` and inside the pixel range."""
+        check_images(images, self.pixel_range)
+        self.check_targets(images, targets)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("attacks need input gradients; they cannot run inside torch.inference_mode()")
+        x = images.detach()
+        adv = x.clone()
+        if self.eps == 0:
+            return adv
+        if self.random_start:
+            radius = min(self.eps, self.pixel_range[1] - self.pixel_range[0])
+            gens = image_generators(self.seed, image_seeds, x.shape[0])
+            adv = self.project(x + uniform_like(x, gens, -radius, radius), x)
+        state: dict = {}
+        steps = tqdm(range(self.steps), desc=type(self).__name__, leave=False, disable=not self.progress)
+        with torch.enable_grad():
+            for step in steps:
+                grad = self.gradient(adv, targets, step)
+                adv = self.project(adv.detach() + self.step_size * self.direction(grad, state), x)
+        return adv.detach()

@@ -1,0 +1,28 @@
+"""Per-image random streams, so results do not depend on batch size, sharding or resuming."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def image_generators(seed: int, image_seeds: Sequence[int] | None, n: int) -> list[torch.Generator]:
+    """One CPU generator per image, seeded by (seed, image_seed); image_seeds default to 0..n−1."""
+    seeds = list(image_seeds) if image_seeds is not None else list(range(n))
+    if len(seeds) != n:
+        raise ValueError(f"image_seeds must have one entry per image ({n}); got {len(seeds)}")
+    # hash() of a tuple of ints is stable across processes (no string hashing involved).
+    return [torch.Generator().manual_seed(hash((int(seed), int(s))) & 0x7FFFFFFF) for s in seeds]
+
+
+def normal_like(images: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Standard normal noise shaped like ``images``, one generator per image."""
+    noise = [torch.randn(images.shape[1:], generator=g) for g in generators]
+    return torch.stack(noise).to(device=images.device, dtype=images.dtype)
+
+
+def uniform_like(images: torch.Tensor, generators: Sequence[torch.Generator], low: float, high: float) -> torch.Tensor:
+    """Uniform noise in [low, high) shaped like ``images``, one generator per image."""
+    noise = [torch.rand(images.shape[1:], generator=g) for g in generators]
+    return (low + (high - low) * torch.stack(noise)).to(device=images.device, dtype=images.dtype)

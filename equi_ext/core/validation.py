@@ -1,0 +1,83 @@
+"""Input and budget checks shared by the defenses and attacks.
+
+Every public entry point calls these, so bad input fails with a message naming the
+argument, the value and what is accepted, instead of deep inside a model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+PixelRange = tuple[float, float]
+DEFAULT_PIXEL_RANGE: PixelRange = (0.0, 255.0)
+
+
+def check_pixel_range(pixel_range: PixelRange) -> PixelRange:
+    """Return ``pixel_range`` as floats after checking it is an increasing pair."""
+    try:
+        low, high = (float(v) for v in pixel_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"pixel_range must be a pair (low, high); got {pixel_range!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"pixel_range must be finite with low < high; got {pixel_range!r}")
+    return low, high
+
+
+def check_budget(name: str, value: float, pixel_range: PixelRange, *, allow_zero: bool = True) -> float:
+    """Check a perturbation budget (ε, ε_v, step size) in the units of ``pixel_range``.
+
+    On the default 0–255 scale a value in (0, 1) is almost surely 4/255 passed by
+    mistake (the paper's ε = 4/255 is ``eps=4`` here), so it is rejected: a budget
+    256× too small would silently report a useless defense or a harmless attack.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
+    value = float(value)
+    low, high = check_pixel_range(pixel_range)
+    span = high - low
+    if not math.isfinite(value) and value != math.inf:
+        raise ValueError(f"{name} must be a finite number or inf; got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} pixel levels; got {value!r}")
+    if span > 1.0 and 0 < value < 1:
+        raise ValueError(
+            f"{name}={value!r} is in (0, 1) but pixel_range is {pixel_range!r}: budgets are in "
+            f"pixel levels (the paper's 4/255 is {name}=4). Pass pixel_range=(0, 1) if your "
+            "images are in [0, 1]."
+        )
+    return value
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    """Check an integer count such as a number of steps."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
+    return value
+
+
+def check_images(images: torch.Tensor, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, name: str = "images") -> None:
+    """Check an image batch: float (N, 3, H, W), finite, inside ``pixel_range``."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, 3, H, W); got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (N, 3, H, W) (RGB); got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch: shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor with values in {pixel_range}; got dtype {images.dtype}"
+        )
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    low, high = check_pixel_range(pixel_range)
+    tol = 1e-3 * (high - low)
+    if images.min() < low - tol or images.max() > high + tol:
+        raise ValueError(
+            f"{name} values must lie in pixel_range {pixel_range}; got min {images.min().item():.4g}, "
+            f"max {images.max().item():.4g}"
+        )

@@ -1,0 +1,1 @@
+"""Framework-free synthetic benchmark data."""

@@ -1,0 +1,114 @@
+"""Shared fixtures: a seed, and a tiny segmentation CNN trained in seconds on toy scenes.
+
+The toy scenes are independent of the project's data generator on purpose: core and
+attack tests must not depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOY_SIZE = 48
+TOY_CLASSES = 3  # background, square, ring
+
+
+@pytest.fixture
+def seed() -> int:
+    torch.manual_seed(0)
+    return 0
+
+
+def toy_scenes(n: int, seed: int, size: int = TOY_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squares (class 1) and rings (class 2) of random colour on a noisy background, RGB 0–255."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images = torch.empty(n, 3, size, size)
+    labels = torch.zeros(n, size, size, dtype=torch.long)
+    for i in range(n):
+        base = torch.rand(3, 1, 1, generator=g) * 160 + 40
+        img = base + 15 * torch.randn(3, size, size, generator=g)
+        for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
+            cls = int(torch.randint(1, 3, (1,), generator=g))
+            r = float(torch.rand((), generator=g)) * size * 0.12 + size * 0.1
+            cy, cx = (torch.rand(2, generator=g) * (size - 2 * r) + r).tolist()
+            if cls == 1:
+                mask = ((ys - cy).abs() <= r * 0.85) & ((xs - cx).abs() <= r * 0.85)
+            else:
+                dist2 = (ys - cy) ** 2 + (xs - cx) ** 2
+                mask = (dist2 <= r**2) & (dist2 >= (0.55 * r) ** 2)
+            colour = torch.rand(3, 1, 1, generator=g) * 255
+            img = torch.where(mask, colour + 10 * torch.randn(3, size, size, generator=g), img)
+            labels[i][mask] = cls
+        images[i] = img.clamp(0, 255)
+    return images, labels
+
+
+class ToySegNet(nn.Module):
+    """A DeepLab-like toy: strided conv stem, dilated block, 1×1 classifier (logits at 1/2 scale)."""
+
+    def __init__(self, width: int = 24) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.BatchNorm2d(width), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Conv2d(width, width, 3, padding=4, dilation=4), nn.BatchNorm2d(width),
+                                  nn.ReLU(), nn.Conv2d(width, TOY_CLASSES, 1))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.stem((images - 128.0) / 64.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+@dataclass
+class ToyTask:
+    model: ToySegNet
+    images: torch.Tensor  # held-out scenes
+    labels: torch.Tensor
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.model(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.logits(images).argmax(dim=1)
+
+
+@pytest.fixture(scope="session")
+def toy_task() -> ToyTask:
+    """Train ToySegNet for 300 Adam steps with flip and scale augmentation (a few seconds on CPU)."""
+    torch.manual_seed(0)
+    images, labels = toy_scenes(192, seed=1)
+    model = ToySegNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-3, total_steps=300)
+    g = torch.Generator().manual_seed(2)
+    model.train()
+    for step in range(300):
+        idx = torch.randint(0, len(images), (16,), generator=g)
+        x, y = images[idx], labels[idx]
+        if step % 2:
+            x, y = x.flip(-1), y.flip(-1)
+        if step % 3 == 0:
+            scale = 0.75 + 0.5 * float(torch.rand((), generator=g))
+            size = int(math.ceil(TOY_SIZE * scale / 2) * 2)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            y = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        logits = F.interpolate(model(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    model.eval()
+    val_images, val_labels = toy_scenes(24, seed=3)
+    return ToyTask(model=model, images=val_images, labels=val_labels)

@@ -1,0 +1,182 @@
+import hashlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import equi_ext
+from equi_ext.attacks import PGD
+from equi_ext.core.losses import equivariance_terms, invariance_terms
+from equi_ext.core.optimizer import EquivarianceDefense, InvarianceDefense
+from equi_ext.core.transforms import HFlip, Resize, Rotate, build_transforms
+
+
+def smooth_images(n=2, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 255
+    return torch.nn.functional.interpolate(coarse, size=size, mode="bicubic", align_corners=False).clamp(0, 255)
+
+
+def state_fingerprint(model):
+    h = hashlib.sha256()
+    for name, tensor in list(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().numpy().tobytes())
+    flags = [(n, p.requires_grad, p.grad is None) for n, p in model.named_parameters()]
+    modes = [(n, m.training) for n, m in model.named_modules()]
+    return h.hexdigest(), flags, modes
+
+
+def test_pointwise_function_is_equivariant_and_position_dependent_one_is_not():
+    conv = torch.nn.Conv2d(3, 8, 1)
+    images = smooth_images()
+    transforms = [HFlip(), Resize(0.5), Resize(1.5)]
+    pointwise = equivariance_terms(lambda x: conv(x / 255), images, transforms)
+    assert pointwise.min() > 0.98
+
+    def positional(x):
+        ramp = torch.linspace(-3, 3, x.shape[-1]).expand(x.shape[0], 1, x.shape[-2], -1)
+        return torch.cat([conv(x / 255), 5 * ramp], dim=1)
+
+    assert equivariance_terms(positional, images, transforms).mean() < 0.85
+    # The invariance objective cannot see the mirrored position information.
+    assert invariance_terms(positional, images, [HFlip()]).min() > 0.99
+
+
+def test_batched_terms_equal_per_transform_reference(toy_task):
+    transforms = build_transforms("pilot")
+    images = toy_task.images[:3]
+    batched = equivariance_terms(toy_task.model.features, images, transforms)
+    reference = torch.cat([equivariance_terms(toy_task.model.features, images, [t]) for t in transforms], dim=1)
+    torch.testing.assert_close(batched, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_attack_lowers_score_and_defense_restores_it_inside_budget(toy_task):
+    images, labels = toy_task.images[:12], toy_task.labels[:12]
+    features = toy_task.model.features
+    adv = PGD(logits_fn=toy_task.logits, eps=8, steps=10)(images, labels)
+    clean_score = equi_ext.equivariance_score(features, images)
+    adv_score = equi_ext.equivariance_score(features, adv)
+    assert adv_score.mean() < clean_score.mean() - 0.01
+    out = equi_ext.defend(features, adv, eps_v=12, steps=10, step_size=3, model=toy_task.model)
+    assert (out.images - adv).abs().max() <= 12 + 1e-4
+    assert out.images.min() >= 0 and out.images.max() <= 255
+    restored = equi_ext.equivariance_score(features, out.images)
+    assert restored.mean() > adv_score.mean() + 0.03
+    torch.testing.assert_close(out.score, restored)  # the returned score is the score of the output
+    assert out.loss_trace.shape == (10, 12)
+    assert out.loss_trace[-1].mean() > out.loss_trace[0].mean()
+
+
+def test_defense_leaves_model_untouched_even_when_feature_fn_raises(toy_task):
+    model = toy_task.model
+    model.head[0].weight.requires_grad_(False)
+    model.stem[1].train()  # a mixed state must come back exactly as it was
+    before = state_fingerprint(model)
+    try:
+        equi_ext.defend(model.features, toy_task.images[:2], steps=2, model=model)
+        assert state_fingerprint(model) == before
+
+        calls = []
+
+        def failing(x):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("boom")
+            return model.features(x)
+
+        with pytest.raises(RuntimeError, match="boom"):
+            equi_ext.defend(failing, toy_task.images[:2], steps=3, model=model)
+        assert state_fingerprint(model) == before
+    finally:
+        model.head[0].weight.requires_grad_(True)
+        model.eval()
+
+
+def test_grad_mode_of_caller_is_kept():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        out = equi_ext.defend(lambda x: conv(x / 255), smooth_images(), steps=2)
+        assert not torch.is_grad_enabled()
+    assert not out.images.requires_grad
+
+
+def test_same_seed_same_result_and_batch_independence(toy_task):
+    f = toy_task.model.features
+    images = toy_task.images[:3]
+    defense = EquivarianceDefense(steps=3, seed=7)
+    a = defense(images, f, image_seeds=[10, 11, 12]).images
+    b = defense(images, f, image_seeds=[10, 11, 12]).images
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    alone = defense(images[2:], f, image_seeds=[12]).images
+    torch.testing.assert_close(alone, a[2:], atol=1e-3, rtol=0)
+    other = EquivarianceDefense(steps=3, seed=8)(images, f, image_seeds=[10, 11, 12]).images
+    assert not torch.equal(a, other)
+
+
+def test_sgd_variant_has_no_noise(toy_task):
+    f = toy_task.model.features
+    images = toy_task.images[:2]
+    a = EquivarianceDefense(steps=3, optimizer="sgd", seed=1)(images, f).images
+    b = EquivarianceDefense(steps=3, optimizer="sgd", seed=2)(images, f).images
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_invariance_and_per_step_resampling_run(toy_task):
+    f = toy_task.model.features
+    images = toy_task.images[:2]
+    inv = InvarianceDefense(steps=2, eps_v=6)(images, f)
+    assert (inv.images - images).abs().max() <= 6 + 1e-4
+    paper = EquivarianceDefense(preset="paper", steps=2, resample="per_step", reduction="flat")(images, f)
+    assert (paper.images - images).abs().max() <= 6 + 1e-4
+
+
+@pytest.mark.parametrize(
+    "images, kwargs, error, match",
+    [
+        (torch.rand(3, 32, 32) * 255, {}, ValueError, r"shape \(N, 3, H, W\)"),
+        (torch.rand(1, 4, 32, 32) * 255, {}, ValueError, r"shape \(N, 3, H, W\)"),
+        ((torch.rand(1, 3, 32, 32) * 255).to(torch.uint8), {}, TypeError, "floating-point"),
+        (torch.full((1, 3, 32, 32), float("nan")), {}, ValueError, "NaN or inf"),
+        (torch.full((1, 3, 32, 32), 300.0), {}, ValueError, "must lie in pixel_range"),
+        (torch.rand(1, 3, 16, 16) * 255, {}, ValueError, "too small for Resize"),
+        (torch.rand(1, 3, 32, 32) * 255, {"eps_v": 0}, ValueError, "eps_v must be > 0"),
+        (torch.rand(1, 3, 32, 32) * 255, {"eps_v": -1}, ValueError, "eps_v must be > 0"),
+        (torch.rand(1, 3, 32, 32) * 255, {"eps_v": 4 / 255}, ValueError, r"eps_v=0.0156.* is in \(0, 1\)"),
+        (torch.rand(1, 3, 32, 32) * 255, {"transforms": ["shear"]}, KeyError, "unknown transform 'shear'"),
+        (torch.rand(1, 3, 32, 32) * 255, {"preset": "turbo"}, ValueError, "unknown preset 'turbo'; valid"),
+        (torch.rand(1, 3, 32, 32) * 255, {"steps": 0}, ValueError, "steps must be >= 1"),
+        (torch.rand(1, 3, 32, 32) * 255, {"method": "magic"}, KeyError, "unknown defense 'magic'; valid names"),
+    ],
+)
+def test_bad_input_is_named(images, kwargs, error, match):
+    conv = torch.nn.Conv2d(3, 4, 1)
+    with pytest.raises(error, match=match):
+        equi_ext.defend(lambda x: conv(x), images, **kwargs)
+
+
+def test_unit_range_images_take_unit_budgets():
+    conv = torch.nn.Conv2d(3, 4, 1)
+    images = smooth_images() / 255
+    out = equi_ext.defend(lambda x: conv(x), images, eps_v=6 / 255, step_size=1 / 255, steps=2, pixel_range=(0, 1))
+    assert (out.images - images).abs().max() <= 6 / 255 + 1e-6 and out.images.max() <= 1
+
+
+def test_feature_fn_must_return_dense_maps():
+    with pytest.raises(ValueError, match=r"dense \(N, C, h, w\)"):
+        equi_ext.equivariance_score(lambda x: x.mean(dim=(2, 3)), smooth_images())
+
+
+def test_core_imports_no_framework():
+    code = (
+        "import sys, equi_ext, equi_ext.core, equi_ext.attacks, equi_ext.defenses, equi_ext.data.synthetic\n"
+        "bad = [m for m in ('mmseg', 'mmengine', 'mmcv', 'detectron2') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rotation_transforms_work_inside_the_defense(toy_task):
+    out = equi_ext.defend(toy_task.model.features, toy_task.images[:1], transforms=[Rotate(10.0), "hflip"], steps=2)
+    assert out.score.shape == (1,)

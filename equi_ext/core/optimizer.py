@@ -62,17 +62,19 @@ class DefenseOutput:
 
 @contextlib.contextmanager
 def frozen_model(model: nn.Module | None) -> Iterator[None]:
-    """Turn off parameter gradients for speed and restore every flag afterwards, even on errors.
+    """Leave ``model`` exactly as found: parameters, buffers, ``requires_grad`` and ``training``.
 
-    The defense only differentiates with respect to the input (``torch.autograd.grad``),
-    so parameters and their ``.grad`` are never touched; this guard makes the promise
-    checkable and saves building parameter-gradient graphs.
+    The defense only differentiates with respect to the input (``torch.autograd.grad``), so
+    parameters and their ``.grad`` are never written; turning ``requires_grad`` off also saves
+    building parameter-gradient graphs. Buffers are restored because a module left in
+    training mode (e.g. BatchNorm) would otherwise update its running statistics.
     """
     if model is None:
         yield
         return
     requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     training = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         for p, _ in requires_grad:
             p.requires_grad_(False)
@@ -82,6 +84,9 @@ def frozen_model(model: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(flag)
         for m, flag in training:
             m.training = flag
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
 
 
 class EquivarianceDefense:

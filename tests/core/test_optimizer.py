@@ -140,7 +140,7 @@ def test_invariance_and_per_step_resampling_run(toy_task):
         ((torch.rand(1, 3, 32, 32) * 255).to(torch.uint8), {}, TypeError, "floating-point"),
         (torch.full((1, 3, 32, 32), float("nan")), {}, ValueError, "NaN or inf"),
         (torch.full((1, 3, 32, 32), 300.0), {}, ValueError, "must lie in pixel_range"),
-        (torch.rand(1, 3, 16, 16) * 255, {}, ValueError, "too small for Resize"),
+        (torch.rand(1, 3, 12, 12) * 255, {}, ValueError, "too small for Resize"),
         (torch.rand(1, 3, 32, 32) * 255, {"eps_v": 0}, ValueError, "eps_v must be > 0"),
         (torch.rand(1, 3, 32, 32) * 255, {"eps_v": -1}, ValueError, "eps_v must be > 0"),
         (torch.rand(1, 3, 32, 32) * 255, {"eps_v": 4 / 255}, ValueError, r"eps_v=0.0156.* is in \(0, 1\)"),

@@ -75,7 +75,7 @@ class Attack:
         self.steps = check_positive_int("steps", steps)
         if step_size is None:
             step_size = 2.5 * self.eps / self.steps if math.isfinite(self.eps) else (self.pixel_range[1] - self.pixel_range[0]) / 8
-        self.step_size = check_budget("step_size", step_size, self.pixel_range)
+        self.step_size = check_budget("step_size", step_size, self.pixel_range, allow_fraction=True)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}; got {norm!r}")
         self.norm = norm

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .seeding import image_generators, normal_like
-from .losses import OBJECTIVES, REDUCTIONS, FeatureFn, equivariance_terms
+from .losses import OBJECTIVES, REDUCTIONS, FeatureFn
 from .transforms import Transform, build_transforms
 from .validation import (
     DEFAULT_PIXEL_RANGE,
@@ -166,6 +166,18 @@ class EquivarianceDefense:
     def sample_transforms(self, generator: torch.Generator) -> list[Transform]:
         return [t.sample(generator) for t in self.transforms]
 
+    def score(self, images: torch.Tensor, features: FeatureFn, *, seed: int | None = None) -> torch.Tensor:
+        """Mean objective over this defense's transforms, per image in [−1, 1] (no gradients).
+
+        For the equivariance defense this is the equivariance score (paper Eq. 2 / K); with the
+        same seed it uses the transforms a call of the defense uses.
+        """
+        check_images(images, self.pixel_range)
+        transforms = self.sample_transforms(torch.Generator().manual_seed(self.seed if seed is None else int(seed)))
+        self._check_sizes(transforms, tuple(images.shape[-2:]))
+        with torch.no_grad():
+            return self._terms(features, images, transforms).mean(dim=1)
+
     def __call__(
         self,
         images: torch.Tensor,
@@ -259,9 +271,5 @@ def equivariance_score(
 
     High means equivariant; attacked images score lower (paper Table 5).
     """
-    pixel_range = check_pixel_range(pixel_range)
-    check_images(images, pixel_range)
-    generator = torch.Generator().manual_seed(int(seed))
-    sampled = [t.sample(generator) for t in build_transforms(transforms)]
-    with torch.no_grad():
-        return equivariance_terms(feature_fn, images, sampled, reduction, pixel_range).mean(dim=1)
+    scorer = EquivarianceDefense(transforms=transforms, reduction=reduction, seed=seed, pixel_range=pixel_range)
+    return scorer.score(images, feature_fn)

@@ -25,12 +25,15 @@ def check_pixel_range(pixel_range: PixelRange) -> PixelRange:
     return low, high
 
 
-def check_budget(name: str, value: float, pixel_range: PixelRange, *, allow_zero: bool = True) -> float:
+def check_budget(name: str, value: float, pixel_range: PixelRange, *, allow_zero: bool = True,
+                 allow_fraction: bool = False) -> float:
     """Check a perturbation budget (ε, ε_v, step size) in the units of ``pixel_range``.
 
     On the default 0–255 scale a value in (0, 1) is almost surely 4/255 passed by
     mistake (the paper's ε = 4/255 is ``eps=4`` here), so it is rejected: a budget
     256× too small would silently report a useless defense or a harmless attack.
+    ``allow_fraction`` skips that rule for quantities that are legitimately below one
+    level, such as an attack's per-step size (2.5·ε/T = 0.5 for ε = 4, T = 20).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
@@ -42,7 +45,7 @@ def check_budget(name: str, value: float, pixel_range: PixelRange, *, allow_zero
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound} pixel levels; got {value!r}")
-    if span > 1.0 and 0 < value < 1:
+    if span > 1.0 and 0 < value < 1 and not allow_fraction:
         raise ValueError(
             f"{name}={value!r} is in (0, 1) but pixel_range is {pixel_range!r}: budgets are in "
             f"pixel levels (the paper's 4/255 is {name}=4). Pass pixel_range=(0, 1) if your "

@@ -1,0 +1,178 @@
+import pytest
+import torch
+
+import equi_ext
+from equi_ext.attacks import (
+    ATTACKS, BPDA, CW, EOT, IFGSM, MIM, PGD, Adaptive, CosPGD, Houdini, SegPGD, Targeted, build_attack,
+    defense_preprocessor, sweep_lambda,
+)
+from equi_ext.core.metrics import mean_iou
+from equi_ext.core.optimizer import EquivarianceDefense
+
+NUM_CLASSES = 3
+
+
+def miou(task, images, labels):
+    return mean_iou(task.predict(images), labels, NUM_CLASSES)
+
+
+def identity_defense(images, seed):
+    return images.clone()
+
+
+def all_attacks(task, eps=4.0, steps=3):
+    common = dict(logits_fn=task.logits, eps=eps, steps=steps)
+    return [
+        PGD(**common), MIM(**common), IFGSM(logits_fn=task.logits, eps=eps), CW(**common), Houdini(**common),
+        SegPGD(**common), CosPGD(**common), Targeted(**common),
+        Adaptive(feature_fn=task.model.features, lambda_e=1.0, transforms=["hflip"], **common),
+        BPDA(defense=identity_defense, **common), EOT(defense=identity_defense, samples=2, **common),
+    ]
+
+
+def test_registry_lists_every_attack_of_the_spec():
+    assert set(ATTACKS.names()) == {"pgd", "mim", "ifgsm", "cw", "houdini", "segpgd", "cospgd", "targeted",
+                                    "adaptive", "bpda", "eot"}
+
+
+@pytest.mark.parametrize("eps", [0.0, 4.0])
+def test_every_attack_stays_in_budget_and_range(toy_task, eps):
+    images, labels = toy_task.images[:4], toy_task.labels[:4]
+    for attack in all_attacks(toy_task, eps=eps):
+        adv = attack(images, labels)
+        assert adv.shape == images.shape, attack
+        assert (adv - images).abs().max() <= eps + 1e-4, attack
+        assert adv.min() >= 0 and adv.max() <= 255, attack
+        if eps == 0:
+            assert torch.equal(adv, images), attack
+
+
+def test_pgd_beats_noise_and_unbounded_attack_is_not_masked(toy_task):
+    images, labels = toy_task.images, toy_task.labels
+    clean = miou(toy_task, images, labels)
+    g = torch.Generator().manual_seed(0)
+    noise = (images + (torch.rand(images.shape, generator=g) * 2 - 1) * 8).clamp(0, 255)
+    noisy = miou(toy_task, noise, labels)
+    pgd = miou(toy_task, PGD(logits_fn=toy_task.logits, eps=8, steps=10)(images, labels), labels)
+    assert clean - pgd > 3 * max(clean - noisy, 1.0)
+    unbounded = PGD(logits_fn=toy_task.logits, eps=255, steps=20)(images, labels)
+    assert miou(toy_task, unbounded, labels) < 10
+
+
+def test_more_steps_are_not_weaker(toy_task):
+    images, labels = toy_task.images, toy_task.labels
+    results = [miou(toy_task, PGD(logits_fn=toy_task.logits, eps=4, steps=s, step_size=1)(images, labels), labels)
+               for s in (2, 5, 10)]
+    assert results[0] >= results[1] - 0.5 and results[1] >= results[2] - 0.5
+
+
+@pytest.mark.parametrize("cls", [MIM, IFGSM, CW, Houdini, SegPGD, CosPGD])
+def test_each_attack_hurts(toy_task, cls):
+    images, labels = toy_task.images, toy_task.labels
+    kwargs = dict(logits_fn=toy_task.logits, eps=8)
+    if cls is not IFGSM:
+        kwargs["steps"] = 10
+    adv = cls(**kwargs)(images, labels)
+    assert miou(toy_task, adv, labels) < miou(toy_task, images, labels) - 3
+
+
+def test_targeted_moves_predictions_towards_target(toy_task):
+    images, labels = toy_task.images[:8], toy_task.labels[:8]
+    target = torch.full_like(labels, 2)
+    before = (toy_task.predict(images) == target).float().mean()
+    adv = Targeted(logits_fn=toy_task.logits, eps=16, steps=10)(images, target)
+    after = (toy_task.predict(adv) == target).float().mean()
+    assert after > before + 0.2
+
+
+def test_bpda_through_identity_equals_pgd_and_eot_with_one_sample_equals_bpda(toy_task):
+    images, labels = toy_task.images[:4], toy_task.labels[:4]
+    common = dict(logits_fn=toy_task.logits, eps=4, steps=4, seed=3)
+    pgd = PGD(**common)(images, labels)
+    bpda = BPDA(defense=identity_defense, **common)(images, labels)
+    torch.testing.assert_close(bpda, pgd, atol=0, rtol=0)
+    defense = defense_preprocessor(EquivarianceDefense(steps=2, transforms=["hflip"]), toy_task.model.features)
+    a = BPDA(defense=defense, **common)(images, labels)
+    b = EOT(defense=defense, samples=1, **common)(images, labels)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_seeded_attacks_are_reproducible(toy_task):
+    images, labels = toy_task.images[:4], toy_task.labels[:4]
+    a = PGD(logits_fn=toy_task.logits, seed=1)(images, labels)
+    b = PGD(logits_fn=toy_task.logits, seed=1)(images, labels)
+    c = PGD(logits_fn=toy_task.logits, seed=2)(images, labels)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # Per-image streams: an image's attack does not depend on its batch.
+    alone = PGD(logits_fn=toy_task.logits, seed=1, steps=1)(images[2:3], labels[2:3], image_seeds=[2])
+    batch = PGD(logits_fn=toy_task.logits, seed=1, steps=1)(images, labels)
+    torch.testing.assert_close(alone, batch[2:3], atol=1e-3, rtol=0)
+
+
+def test_adaptive_attack_keeps_equivariance_higher_than_pgd(toy_task):
+    images, labels = toy_task.images[:8], toy_task.labels[:8]
+    f = toy_task.model.features
+    common = dict(logits_fn=toy_task.logits, eps=8, steps=10)
+    pgd = PGD(**common)(images, labels)
+    adaptive = Adaptive(feature_fn=f, lambda_e=20.0, **common)(images, labels)
+    assert equi_ext.equivariance_score(f, adaptive).mean() > equi_ext.equivariance_score(f, pgd).mean() + 0.01
+
+
+def test_lambda_sweep_reports_each_lambda(toy_task):
+    images, labels = toy_task.images[:4], toy_task.labels[:4]
+    results = sweep_lambda(
+        [0.0, 10.0],
+        lambda lam: Adaptive(feature_fn=toy_task.model.features, lambda_e=lam, logits_fn=toy_task.logits,
+                             steps=2),
+        lambda attack: miou(toy_task, attack(images, labels), labels),
+    )
+    assert set(results) == {0.0, 10.0} and all(0 <= v <= 100 for v in results.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, call, error, match",
+    [
+        (dict(eps=-1), None, ValueError, "eps must be >= 0"),
+        (dict(eps=4 / 255), None, ValueError, r"eps=0.0156.* is in \(0, 1\)"),
+        (dict(steps=0), None, ValueError, "steps must be >= 1"),
+        (dict(norm="l1"), None, ValueError, "norm must be one of"),
+        ({}, "wrong_targets", ValueError, r"targets must have shape \(N, H, W\)"),
+        ({}, "float_targets", TypeError, "integer label map"),
+        ({}, "bad_images", ValueError, r"shape \(N, 3, H, W\)"),
+    ],
+)
+def test_bad_input_is_named(toy_task, kwargs, call, error, match):
+    images, labels = toy_task.images[:2], toy_task.labels[:2]
+    with pytest.raises(error, match=match):
+        attack = PGD(logits_fn=toy_task.logits, **kwargs)
+        if call == "wrong_targets":
+            attack(images, labels[:, :10])
+        elif call == "float_targets":
+            attack(images, labels.float())
+        elif call == "bad_images":
+            attack(images[0], labels)
+
+
+def test_unknown_attack_name_and_missing_logits():
+    with pytest.raises(KeyError, match="unknown attack 'fgsm'; valid names: adaptive"):
+        build_attack("fgsm")
+    with pytest.raises(ValueError, match="needs logits_fn"):
+        CosPGD(loss_fn=lambda x, t: x.sum())
+
+
+def test_unit_range_budget(toy_task):
+    images, labels = toy_task.images[:2] / 255, toy_task.labels[:2]
+    adv = PGD(logits_fn=lambda x: toy_task.logits(x * 255), eps=4 / 255, pixel_range=(0, 1))(images, labels)
+    assert (adv - images).abs().max() <= 4 / 255 + 1e-6
+
+
+def test_l2_variant_stays_in_ball(toy_task):
+    images, labels = toy_task.images[:2], toy_task.labels[:2]
+    adv = PGD(logits_fn=toy_task.logits, eps=100.0, norm="l2", steps=3)(images, labels)
+    assert (adv - images).flatten(1).norm(dim=1).max() <= 100 + 1e-3
+
+
+def test_sub_level_step_sizes_are_allowed_for_attacks(toy_task):
+    # 2.5·ε/T = 0.5 pixel levels for ε = 4, T = 20: legitimate, unlike an ε below one level.
+    attack = PGD(logits_fn=toy_task.logits, eps=4, steps=20)
+    assert attack.step_size == 0.5

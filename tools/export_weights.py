@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Strip a training checkpoint to its weights (no optimizer state), optionally as fp16.
+
+Example::
+
+    python tools/export_weights.py work_dirs/demo_train/iter_3000.pth \
+        checkpoints/deeplabv3_r18c16-d8_synthetic-128x128.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    parser.add_argument("--fp16", action="store_true", help="store floating-point tensors as float16")
+    args = parser.parse_args(argv)
+    if not args.src.is_file():
+        raise SystemExit(f"error: checkpoint {str(args.src)!r} does not exist")
+    ckpt = torch.load(args.src, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict", ckpt)
+    if args.fp16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    meta = {k: v for k, v in ckpt.get("meta", {}).items() if k in ("iter", "epoch", "seed", "mmseg_version")}
+    args.dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "meta": meta}, args.dst)
+    print(f"wrote {args.dst} ({args.dst.stat().st_size / 1e6:.1f} MB, {len(state)} tensors)")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,7 +36,7 @@ def defend(feature_fn: FeatureFn, images: torch.Tensor, method: str | dict = "eq
 def equivariance_score(feature_fn: FeatureFn, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """Mean cosine of g⁻¹∘F∘g(x) and F(x) over the transforms, per image in [−1, 1] (paper Eq. 2 / K).
 
-    ``kwargs``: ``transforms`` (default ``'pilot'``), ``reduction``, ``seed``, ``pixel_range``.
+    ``kwargs``: ``transforms`` (default: the ``default`` preset's), ``reduction``, ``seed``, ``pixel_range``.
     """
     from .core.optimizer import equivariance_score as score
 

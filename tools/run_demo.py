@@ -36,7 +36,7 @@ BPDA_STEPS = 10  # paper: 10 outer steps, each through the full defense
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-images", type=int, default=20, help="first N val images (default: %(default)s)")
+    parser.add_argument("--num-images", type=int, default=16, help="first N val images (default: %(default)s)")
     parser.add_argument("--work-dir", default=str(REPO / "work_dirs/demo"))
     parser.add_argument("--retrain", action="store_true", help="train the demo model instead of using the checkpoint")
     return parser.parse_args(argv)

@@ -24,11 +24,18 @@ from run_demo import CHECKPOINT, CONFIG  # noqa: E402
 
 TUNE_DATA = REPO / "data/synthetic_shapes_tune"
 CANDIDATES = {
-    "paper (K=8, T=20, η=2ε_v=12)": dict(preset="paper"),
-    "pilot transforms, T=20, η=12": dict(transforms="pilot", steps=20, eps_v=6, step_size=12),
-    "pilot transforms, T=20, η=1.5": dict(transforms="pilot", steps=20, eps_v=6, step_size=1.5),
-    "pilot transforms, T=8, η=1.5": dict(transforms="pilot", steps=8, eps_v=6, step_size=1.5),
-    "pilot transforms, T=4, η=3": dict(transforms="pilot", steps=4, eps_v=6, step_size=3),
+    "paper": dict(preset="paper"),
+    "T20-eta12": dict(transforms="pilot", steps=20, eps_v=6, step_size=12),
+    "T20-eta1.5": dict(transforms="pilot", steps=20, eps_v=6, step_size=1.5),
+    "T8-eta1.5": dict(transforms="pilot", steps=8, eps_v=6, step_size=1.5),
+    "T4-eta3": dict(transforms="pilot", steps=4, eps_v=6, step_size=3),
+    "T8-eta1-epsv4": dict(transforms="pilot", steps=8, eps_v=4, step_size=1),
+    "T8-eta0.75-epsv3": dict(transforms="pilot", steps=8, eps_v=3, step_size=0.75),
+    "T8-eta1.5-sgd": dict(transforms="pilot", steps=8, eps_v=6, step_size=1.5, optimizer="sgd"),
+    "fr-T8-epsv6": dict(transforms="flip_resize", steps=8, eps_v=6, step_size=1.5),
+    "fr-T8-epsv4": dict(transforms="flip_resize", steps=8, eps_v=4, step_size=1),
+    "fr-T4-epsv4": dict(transforms="flip_resize", steps=4, eps_v=4, step_size=2),
+    "pilot-T8-epsv4": dict(transforms="pilot", steps=8, eps_v=4, step_size=1),
 }
 
 
@@ -37,6 +44,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--num-images", type=int, default=16)
     parser.add_argument("--work-dir", default=str(REPO / "work_dirs/tune"))
     parser.add_argument("--feature-layer", default="backbone")
+    parser.add_argument("--candidates", default="paper,T20-eta12,T20-eta1.5,T8-eta1.5,T4-eta3",
+                        help="comma-separated names from: " + ", ".join(CANDIDATES))
     args = parser.parse_args(argv)
 
     from mmengine.config import Config
@@ -57,15 +66,20 @@ def main(argv=None) -> list[dict]:
     runner = Runner.from_cfg(cfg)
     runner.load_checkpoint(str(CHECKPOINT), map_location="cpu", strict=True)
     configure(runner.model, feature_layer=args.feature_layer)
-    defenses = {"vanilla": None, **{name: dict(type="equi", **c) for name, c in CANDIDATES.items()}}
+    chosen = args.candidates.split(",")
+    unknown = [c for c in chosen if c not in CANDIDATES]
+    if unknown:
+        raise SystemExit(f"error: unknown candidates {unknown}; valid: {list(CANDIDATES)}")
+    defenses = {"vanilla": None, **{name: dict(type="equi", **CANDIDATES[name]) for name in chosen}}
     attacks = {"clean": None, "PGD-20": dict(type="pgd", eps=4, steps=20)}
     rows = evaluate_grid(runner, defenses, attacks)
     text = (f"Tuning split (seed 1), first {args.num_images} images, feature layer {args.feature_layer}\n\n"
             + grid_table(rows) + "\n\nseconds per cell\n\n" + grid_table(rows, "seconds", "{:.0f}") + "\n")
     out = Path(args.work_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"tune_{args.feature_layer}.md").write_text(text)
-    (out / f"tune_{args.feature_layer}.json").write_text(json.dumps(rows, indent=2))
+    stem = f"tune_{args.feature_layer}_{len(chosen)}cands_{args.num_images}img"
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=2))
     print(text)
     return rows
 

@@ -36,10 +36,11 @@ class Adaptive(PGD):
     """Maximise L_task + λ_e · Σ_i cos(g_i⁻¹∘F∘g_i(x), F(x)) (paper Eq. 6).
 
     The equivariance term is high when features are equivariant, so a positive λ_e fools
-    the task while keeping equivariance intact, leaving the defense nothing to repair.
+    the task while keeping equivariance intact, leaving the defense nothing to repair. A
+    white-box attacker uses the defense's own transforms (the MMSeg adapter passes them).
     """
 
-    def __init__(self, *, feature_fn: FeatureFn, lambda_e: float = 1.0, transforms: str | list = "pilot",
+    def __init__(self, *, feature_fn: FeatureFn, lambda_e: float = 1.0, transforms: str | list = "flip_resize",
                  transform_seed: int = 0, reduction: str = "dense", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not callable(feature_fn):

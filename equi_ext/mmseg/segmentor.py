@@ -16,6 +16,7 @@ need the whole view (SPEC §6).
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from collections import defaultdict
 from typing import Any, Callable
@@ -75,11 +76,13 @@ def build_equi_components(test_cfg: Any) -> tuple[Any, dict | None, tuple[str, i
 
 
 def _attack_kwargs(cls: type, cfg: dict, logits_fn: Callable, loss_fn: Callable, feature_fn: Callable,
-                   preprocessor: Callable, ignore_index: int = 255) -> dict:
+                   preprocessor: Callable, ignore_index: int = 255, transforms: list | None = None) -> dict:
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
     kwargs.update(loss_fn=loss_fn, logits_fn=logits_fn, ignore_index=ignore_index)
     if issubclass(cls, Adaptive):
         kwargs["feature_fn"] = feature_fn
+        if transforms is not None:
+            kwargs.setdefault("transforms", transforms)
     if issubclass(cls, BPDA):
         kwargs["defense"] = preprocessor
     return kwargs
@@ -167,12 +170,12 @@ class EquiRuntime:
                     pixels = self._attack(pixels, [data_samples[i] for i in idx], [metas[i] for i in idx],
                                           padding, (h, w), seeds)
                 if defend_on:
+                    own_score = self.record_scores and self.defense is self._score_defense
                     out = self.defense(pixels, self.features, model=self.model, image_seeds=seeds,
-                                       compute_score=self.record_scores)
-                    pixels, score = out.images, out.score
-                elif self.record_scores:
-                    score = self._score_defense.score(pixels, self.features)
-                if self.record_scores:
+                                       compute_score=own_score)
+                    pixels = out.images
+                if self.record_scores:  # always the equivariance score, whatever the defense optimised
+                    score = out.score if defend_on and own_score else self._score_defense.score(pixels, self.features)
                     self.scores.extend(score.tolist())
                 if attack_on or defend_on:  # scoring alone leaves the inputs bit-identical
                     normalised = self.pixels.to_inputs(pixels)
@@ -197,15 +200,18 @@ class EquiRuntime:
         else:
             preprocessor = defense_preprocessor(self.defense, self.features, model=self.model, image_seeds=seeds)
         cls = ATTACKS.get(self.attack_cfg["type"])
+        # The adaptive attacker is white-box: it uses the transforms of the defense it faces.
+        transforms = self._score_defense.transforms
         attack = cls(**_attack_kwargs(cls, self.attack_cfg, logits_fn, loss_fn, self.features, preprocessor,
-                                      ignore_index))
+                                      ignore_index, transforms))
         return attack(pixels, targets, image_seeds=seeds)
 
     @staticmethod
     def _image_seed(meta: dict, index: int) -> int:
-        """Stable per-image seed (from the file name), so results do not depend on batching."""
+        """Stable per-image seed from the file name (not the folder, which differs between
+        machines), so results depend neither on batching nor on where the data lives."""
         path = meta.get("img_path")
-        return zlib.crc32(str(path).encode()) if path else index
+        return zlib.crc32(os.path.basename(str(path)).encode()) if path else index
 
 
 def runtime(model: EncoderDecoder) -> EquiRuntime:

@@ -1,0 +1,63 @@
+"""The committed demo model, attacked and defended through MMSeg's test loop and IoUMetric.
+
+A fixed subset of the val split and PGD-10 keep this to about a minute; the full table comes
+from ``tools/run_demo.py`` (README). Thresholds are the issue's targets from the paper's
+shape of results, not fitted to our numbers.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from equi_ext.mmseg.evaluation import evaluate_grid
+
+from .conftest import DEMO_CHECKPOINT, DEMO_CONFIG
+
+NUM_IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def grid(synthetic_val_root, tmp_path_factory):
+    cfg = Config.fromfile(str(DEMO_CONFIG))
+    cfg.work_dir = str(tmp_path_factory.mktemp("demo_grid"))
+    cfg.test_dataloader.dataset.data_root = str(synthetic_val_root)
+    cfg.test_dataloader.dataset.indices = NUM_IMAGES
+    cfg.test_dataloader.num_workers = 0
+    cfg.test_dataloader.persistent_workers = False
+    cfg.default_hooks.pop("visualization")
+    runner = Runner.from_cfg(cfg)
+    runner.load_checkpoint(str(DEMO_CHECKPOINT), map_location="cpu", strict=True)
+    rows = evaluate_grid(
+        runner,
+        defenses={"vanilla": None, "invariance": dict(type="invariance"), "equi": dict(type="equi")},
+        attacks={"clean": None, "pgd": dict(type="pgd", eps=4, steps=10)},
+    )
+    for r in rows:
+        print(f"demo grid: {r['attack']:>5} {r['defense']:>10}  mIoU {r['mIoU']:.2f}  score {r['score']:.3f}")
+    return {(r["attack"], r["defense"]): r for r in rows}
+
+
+def test_demo_model_is_accurate_and_pgd_breaks_it(grid):
+    assert grid[("clean", "vanilla")]["mIoU"] >= 70
+    assert grid[("clean", "vanilla")]["mIoU"] - grid[("pgd", "vanilla")]["mIoU"] >= 30
+
+
+def test_equivariance_defense_recovers_half_of_the_loss_and_beats_invariance(grid):
+    clean, attacked = grid[("clean", "vanilla")]["mIoU"], grid[("pgd", "vanilla")]["mIoU"]
+    defended = grid[("pgd", "equi")]["mIoU"]
+    assert defended - attacked >= 0.5 * (clean - attacked)
+    assert defended > grid[("pgd", "invariance")]["mIoU"]
+
+
+def test_attack_lowers_and_defense_restores_the_equivariance_score(grid):
+    clean, attacked = grid[("clean", "vanilla")]["score"], grid[("pgd", "vanilla")]["score"]
+    assert attacked < clean - 0.1
+    assert grid[("pgd", "equi")]["score"] > attacked + 0.1
+
+
+@pytest.mark.xfail(strict=True, reason="target not met: the default defense costs 3.14 points on these 12 clean "
+                   "images (70.97 -> 67.83) and 7.9 on the tuning split; see README 'Known gaps'")
+def test_defense_costs_at_most_three_points_on_clean_images(grid):
+    assert grid[("clean", "vanilla")]["mIoU"] - grid[("clean", "equi")]["mIoU"] <= 3

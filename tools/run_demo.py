@@ -60,6 +60,22 @@ def ensure_checkpoint(retrain: bool, work_dir: Path) -> Path:
     return CHECKPOINT
 
 
+def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoint: Path = CHECKPOINT):
+    """An MMEngine runner of the demo config on the first ``num_images`` val images, weights loaded."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    cfg = Config.fromfile(str(CONFIG))
+    cfg.work_dir = str(work_dir)
+    cfg.test_dataloader.dataset.data_root = str(data_root)
+    cfg.test_dataloader.dataset.indices = num_images
+    cfg.default_hooks.pop("visualization")
+    cfg.log_level = "WARNING"
+    runner = Runner.from_cfg(cfg)
+    runner.load_checkpoint(str(checkpoint), map_location="cpu", strict=True)  # weights only: safe to load
+    return runner
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.num_images < 1:
@@ -68,19 +84,9 @@ def main(argv=None) -> dict:
     ensure_data()
     checkpoint = ensure_checkpoint(args.retrain, work_dir)
 
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table
 
-    cfg = Config.fromfile(str(CONFIG))
-    cfg.work_dir = str(work_dir)
-    cfg.test_dataloader.dataset.data_root = str(DATA)
-    cfg.test_dataloader.dataset.indices = args.num_images
-    cfg.default_hooks.pop("visualization")
-    cfg.log_level = "WARNING"
-    runner = Runner.from_cfg(cfg)
-    runner.load_checkpoint(str(checkpoint), map_location="cpu", strict=True)
+    runner = build_demo_runner(DATA, args.num_images, work_dir, checkpoint)
 
     defenses = {"vanilla": None, "invariance": dict(type="invariance", **DEFENSE),
                 "equivariance": dict(type="equi", **DEFENSE)}

@@ -23,10 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmengine.config import Config, DictAction  # noqa: E402
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+from mmengine.runner.checkpoint import load_state_dict  # noqa: E402
 
 import equi_ext.mmseg as equi_mmseg  # noqa: E402
+from equi_ext.mmseg.cli import add_common_arguments, load_config  # noqa: E402
 
 SCENARIO_LABELS = {
     "clean": "clean",
@@ -40,17 +43,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate a segmentor clean / attacked / defended")
     parser.add_argument("config", help="test config file path")
     parser.add_argument("checkpoint", nargs="?", help="checkpoint file (omit to test random weights)")
-    parser.add_argument("--work-dir", help="directory for logs and the results table")
     parser.add_argument("--show-dir", help="directory to save painted predictions")
     parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(equi_mmseg.SCENARIOS)
                         + " (default: every scenario the config's defense/attack allow)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
-                        help="override settings in the config, key=value pairs (xxx=yyy format)")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    return args
+    add_common_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def default_scenarios(test_cfg) -> list[str]:
@@ -66,17 +63,8 @@ def default_scenarios(test_cfg) -> list[str]:
     return scenarios
 
 
-def load_config(args) -> Config:
-    if not osp.isfile(args.config):
-        raise SystemExit(f"error: config file {args.config!r} does not exist")
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+def prepare_config(args) -> Config:
+    cfg = load_config(args)
     if args.show_dir:
         hook = cfg.default_hooks.get("visualization")
         if hook is None:
@@ -88,13 +76,24 @@ def load_config(args) -> Config:
 
 
 def load_weights(runner: Runner, checkpoint: str | None, config: str) -> None:
+    """Load ``checkpoint`` strictly: a file that does not fit the model is an error, not a warning.
+
+    MMEngine training checkpoints pickle more than tensors (message hubs, numpy values), which
+    torch >= 2.6 refuses under ``weights_only=True``; they are loaded as full pickles, so only
+    pass checkpoints you trust (as with MMSeg's own tools before torch 2.6).
+    """
     if checkpoint is None:
         runner.logger.warning("no checkpoint given: evaluating randomly initialised weights")
         return
     if not osp.isfile(checkpoint):
         raise SystemExit(f"error: checkpoint {checkpoint!r} does not exist")
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise SystemExit(f"error: checkpoint {checkpoint!r} holds no state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
-        runner.load_checkpoint(checkpoint, map_location="cpu", strict=True)
+        load_state_dict(getattr(runner.model, "module", runner.model), state, strict=True)
     except RuntimeError as err:
         raise SystemExit(f"error: checkpoint {checkpoint!r} does not match the model of {config!r}:\n{err}") from None
 
@@ -111,7 +110,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    cfg = load_config(args)
+    cfg = prepare_config(args)
     try:
         equi_mmseg.build_equi_components(cfg.model.get("test_cfg", {}))
     except (KeyError, ValueError, TypeError) as err:

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from run_demo import CHECKPOINT, CONFIG  # noqa: E402
+from run_demo import build_demo_runner  # noqa: E402
 
 TUNE_DATA = REPO / "data/synthetic_shapes_tune"
 CANDIDATES = {
@@ -48,23 +48,13 @@ def main(argv=None) -> list[dict]:
                         help="comma-separated names from: " + ", ".join(CANDIDATES))
     args = parser.parse_args(argv)
 
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
     from equi_ext.data.synthetic import generate_dataset
     from equi_ext.mmseg import configure
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table
 
     if not (TUNE_DATA / "meta.json").is_file():
         generate_dataset(TUNE_DATA, seed=1, image_size=128, num_train=0, num_val=100)
-    cfg = Config.fromfile(str(CONFIG))
-    cfg.work_dir = args.work_dir
-    cfg.test_dataloader.dataset.data_root = str(TUNE_DATA)
-    cfg.test_dataloader.dataset.indices = args.num_images
-    cfg.default_hooks.pop("visualization")
-    cfg.log_level = "WARNING"
-    runner = Runner.from_cfg(cfg)
-    runner.load_checkpoint(str(CHECKPOINT), map_location="cpu", strict=True)
+    runner = build_demo_runner(TUNE_DATA, args.num_images, Path(args.work_dir))
     configure(runner.model, feature_layer=args.feature_layer)
     chosen = args.candidates.split(",")
     unknown = [c for c in chosen if c not in CANDIDATES]

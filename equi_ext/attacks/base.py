@@ -9,7 +9,8 @@ the gradient is taken (``gradient``), never the loop.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

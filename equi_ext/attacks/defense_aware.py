@@ -6,7 +6,8 @@ A defense is seen by BPDA/EOT as a randomised preprocessor ``h(images, seed) -> 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

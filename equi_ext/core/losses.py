@@ -8,7 +8,7 @@ go through ``feature_fn`` in one batched call, together with x itself.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,12 @@ def dense_cosine(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.
 def flat_cosine(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Cosine of the whole masked maps flattened to one vector per image (the authors' code) → (N,)."""
     return F.cosine_similarity((a * mask).flatten(1), (b * mask).flatten(1), dim=1, eps=1e-8)
+
+
+def _cosine_for(reduction: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    return dense_cosine if reduction == "dense" else flat_cosine
 
 
 def _check_features(features: torch.Tensor, images: torch.Tensor) -> None:
@@ -84,9 +90,7 @@ def equivariance_terms(
 
     Both branches stay differentiable (SPEC §1: F(x) is not detached).
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
-    cosine = dense_cosine if reduction == "dense" else flat_cosine
+    cosine = _cosine_for(reduction)
     base, outputs = transformed_features(feature_fn, images, transforms, pixel_range)
     fsize = tuple(base.shape[-2:])
     terms = []
@@ -109,8 +113,7 @@ def invariance_terms(
     No inverse transform: pooled vectors are compared directly. ``reduction`` is
     accepted for a uniform signature; pooling leaves one vector, so both agree.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    _cosine_for(reduction)  # validates; pooled vectors need no mask
     base, outputs = transformed_features(feature_fn, images, transforms, pixel_range)
     pooled = base.mean(dim=(2, 3))
     return torch.stack([F.cosine_similarity(f.mean(dim=(2, 3)), pooled, dim=1, eps=1e-8) for f in outputs], dim=1)

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .seeding import image_generators, normal_like
 from .losses import OBJECTIVES, REDUCTIONS, FeatureFn
+from .seeding import image_generators, normal_like
 from .transforms import Transform, build_transforms
 from .validation import (
     DEFAULT_PIXEL_RANGE,

@@ -8,7 +8,8 @@ names when a name is unknown (MMEngine's error does not).
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from .registry import Registry
 from .validation import DEFAULT_PIXEL_RANGE, PixelRange
 
 TRANSFORMS = Registry("transform")
-Param = Union[float, tuple[float, float]]
+Param = float | tuple[float, float]
 Size = tuple[int, int]
 
 
@@ -65,7 +65,7 @@ class Transform:
     def is_random(self) -> bool:
         return any(isinstance(v, tuple) for v in self.__dict__.values())
 
-    def sample(self, generator: torch.Generator | None = None) -> "Transform":
+    def sample(self, generator: torch.Generator | None = None) -> Transform:
         """A concrete transform: parameters given as ranges are drawn from ``generator``."""
         return replace(self, **{k: _draw(v, generator) for k, v in self.__dict__.items()})
 

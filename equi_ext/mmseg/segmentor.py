@@ -19,7 +19,8 @@ import logging
 import os
 import zlib
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

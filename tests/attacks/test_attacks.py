@@ -3,8 +3,21 @@ import torch
 
 import equi_ext
 from equi_ext.attacks import (
-    ATTACKS, BPDA, CW, EOT, IFGSM, MIM, PGD, Adaptive, CosPGD, Houdini, SegPGD, Targeted, build_attack,
-    defense_preprocessor, sweep_lambda,
+    ATTACKS,
+    BPDA,
+    CW,
+    EOT,
+    IFGSM,
+    MIM,
+    PGD,
+    Adaptive,
+    CosPGD,
+    Houdini,
+    SegPGD,
+    Targeted,
+    build_attack,
+    defense_preprocessor,
+    sweep_lambda,
 )
 from equi_ext.core.metrics import mean_iou
 from equi_ext.core.optimizer import EquivarianceDefense

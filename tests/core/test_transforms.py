@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from equi_ext.core.transforms import (
-    TRANSFORM_SETS, ColorJitter, HFlip, Resize, Rotate, build_transforms, parse_transform,
+    TRANSFORM_SETS,
+    ColorJitter,
+    HFlip,
+    Resize,
+    Rotate,
+    build_transforms,
+    parse_transform,
 )
 
 GEOMETRIC = [HFlip(), Resize(0.3), Resize(0.5), Resize(2.0), Rotate(10.0), Rotate(-15.0), Rotate(90.0)]

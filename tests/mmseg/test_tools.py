@@ -69,3 +69,24 @@ def test_missing_and_mismatched_checkpoints_are_named(tmp_path, test_tool):
 def test_missing_config_is_named(test_tool):
     with pytest.raises(SystemExit, match="does not exist"):
         test_tool.main(["configs/nope.py"])
+
+
+def test_train_tool_trains_the_demo_config_and_its_checkpoint_loads(tmp_path, test_tool):
+    from equi_ext.data.synthetic import generate_dataset
+
+    from .conftest import DEMO_CONFIG, load_tool
+
+    root = tmp_path / "shapes"
+    generate_dataset(root, seed=3, image_size=128, num_train=4, num_val=2)
+    common = [f"train_dataloader.dataset.data_root={root}", f"test_dataloader.dataset.data_root={root}",
+              f"val_dataloader.dataset.data_root={root}", "train_dataloader.num_workers=0",
+              "train_dataloader.persistent_workers=False", "train_dataloader.batch_size=2",
+              "val_dataloader.num_workers=0", "test_dataloader.num_workers=0"]
+    load_tool("train").main([str(DEMO_CONFIG), "--work-dir", str(tmp_path / "train"), "--cfg-options",
+                             "train_cfg.max_iters=2", "train_cfg.val_interval=2",
+                             "default_hooks.checkpoint.interval=2", *common])
+    checkpoint = tmp_path / "train/iter_2.pth"
+    assert checkpoint.is_file()
+    rows = test_tool.main([str(DEMO_CONFIG), str(checkpoint), "--work-dir", str(tmp_path / "test"),
+                           "--cfg-options", *common])
+    assert [r["scenario"] for r in rows] == ["clean"] and rows[0]["images"] == 2

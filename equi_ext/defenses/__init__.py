@@ -1,6 +1,7 @@
 """Test-time defenses, built by name from configs (``defense='equi'`` or a dict)."""
 
 from ..core.optimizer import EquivarianceDefense, InvarianceDefense, NoDefense
+from .baselines import DetectThenDefend, RandomNoiseDefense
 from .registry import DEFENSES
 
 DEFENSES.register("none")(NoDefense)
@@ -13,4 +14,5 @@ def build_defense(cfg, **defaults):
     return DEFENSES.build(cfg, **defaults)
 
 
-__all__ = ["DEFENSES", "build_defense", "EquivarianceDefense", "InvarianceDefense", "NoDefense"]
+__all__ = ["DEFENSES", "DetectThenDefend", "EquivarianceDefense", "InvarianceDefense", "NoDefense",
+           "RandomNoiseDefense", "build_defense"]

@@ -15,7 +15,7 @@ from .segmentor import configure, set_scenario
 
 
 def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, Any]) -> list[dict]:
-    """Return one row per (attack, defense) cell: mIoU, mean equivariance score, seconds.
+    """Return one row per (attack, defense) cell: mIoU, mean and per-image equivariance score, seconds.
 
     ``defenses``/``attacks`` map a column/row label to a config (``None`` = no defense / clean).
     """
@@ -31,7 +31,7 @@ def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, A
             metrics = runner.test()
             rows.append(dict(attack=attack_name, defense=defense_name, mIoU=float(metrics["mIoU"]),
                              score=sum(rt.scores) / max(len(rt.scores), 1), images=len(rt.scores),
-                             seconds=time.perf_counter() - start))
+                             image_scores=list(rt.scores), seconds=time.perf_counter() - start))
     return rows
 
 

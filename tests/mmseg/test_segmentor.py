@@ -118,3 +118,14 @@ def test_scenario_names_are_checked(synthetic_val_root, tmp_path):
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, defense="equi"))
     with pytest.raises(ValueError, match="scenario must be one of"):
         equi_mmseg.set_scenario(runner.model, "sneaky")
+
+
+@pytest.mark.parametrize("defense", [dict(type="random", eps_v=4),
+                                     dict(type="detect_then_defend", threshold=1.0, defense=dict(type="equi", steps=1)),
+                                     dict(type="invariance", steps=1)])
+def test_baseline_defenses_are_selectable_by_name(synthetic_val_root, tmp_path, defense):
+    runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, n=1, defense=defense))
+    equi_mmseg.set_scenario(runner.model, "clean_defended", record_scores=True)
+    assert "mIoU" in runner.test()
+    assert type(equi_mmseg.runtime(runner.model).defense).__name__ in {
+        "RandomNoiseDefense", "DetectThenDefend", "InvarianceDefense"}

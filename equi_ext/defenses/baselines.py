@@ -1,0 +1,86 @@
+"""Baseline and composite defenses that reuse the core's pieces.
+
+* ``random`` (Kumar et al. 2020, the paper's "Random" column): uniform noise within ε_v.
+* ``detect_then_defend`` (paper Appendix): score each image by its equivariance and run the
+  wrapped defense only on images scoring below a threshold, so clean traffic stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..core.losses import FeatureFn
+from ..core.optimizer import DefenseOutput, EquivarianceDefense
+from ..core.seeding import image_generators, uniform_like
+from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange, check_budget, check_images, check_pixel_range
+from .registry import DEFENSES
+
+
+@DEFENSES.register("random")
+class RandomNoiseDefense:
+    """Add uniform noise in [−ε_v, ε_v] (clipped to the pixel range); seeded per image."""
+
+    def __init__(self, *, eps_v: float = 4.0, seed: int = 0, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE) -> None:
+        self.pixel_range = check_pixel_range(pixel_range)
+        self.eps_v = check_budget("eps_v", eps_v, self.pixel_range, allow_zero=False)
+        self.seed = int(seed)
+
+    def __call__(self, images: torch.Tensor, features: FeatureFn | None = None, *, model: nn.Module | None = None,
+                 image_seeds: Sequence[int] | None = None, seed: int | None = None,
+                 compute_score: bool = True) -> DefenseOutput:
+        check_images(images, self.pixel_range)
+        gens = image_generators(self.seed if seed is None else int(seed), image_seeds, images.shape[0])
+        noisy = (images.detach() + uniform_like(images, gens, -self.eps_v, self.eps_v)).clamp(*self.pixel_range)
+        return DefenseOutput(images=noisy, loss_trace=images.new_zeros(0, images.shape[0]), score=None)
+
+
+@DEFENSES.register("detect_then_defend")
+class DetectThenDefend:
+    """Defend only the images whose equivariance score is below ``threshold``.
+
+    Args:
+        threshold: score under which an image counts as attacked. Choose it on a tuning
+            split (``tools/detect_attacks.py`` prints the clean scores' percentiles).
+        defense: config of the wrapped defense (an ``EquivarianceDefense``: its transforms
+            and seed also compute the score).
+    """
+
+    def __init__(self, *, threshold: float, defense: str | dict = "equi",
+                 pixel_range: PixelRange = DEFAULT_PIXEL_RANGE) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
+            raise ValueError(f"threshold must be an equivariance score in [-1, 1]; got {threshold!r}")
+        self.threshold = float(threshold)
+        cfg = {"type": defense} if isinstance(defense, str) else dict(defense)
+        cfg.setdefault("pixel_range", pixel_range)
+        self.defense = DEFENSES.build(cfg)
+        if not isinstance(self.defense, EquivarianceDefense):
+            raise TypeError(f"detect_then_defend wraps an equivariance-type defense; got {type(self.defense).__name__}")
+        self.pixel_range = self.defense.pixel_range
+        self.transforms = self.defense.transforms
+        self.last_flagged: torch.Tensor | None = None
+
+    def __call__(self, images: torch.Tensor, features: FeatureFn, *, model: nn.Module | None = None,
+                 image_seeds: Sequence[int] | None = None, seed: int | None = None,
+                 compute_score: bool = True) -> DefenseOutput:
+        score = self.defense.score(images, features, seed=seed)
+        flagged = score < self.threshold
+        self.last_flagged = flagged.cpu()
+        out_images = images.detach().clone()
+        trace = images.new_full((self.defense.steps, images.shape[0]), float("nan"))
+        if flagged.any():
+            idx = flagged.nonzero().flatten()
+            seeds = list(range(images.shape[0])) if image_seeds is None else list(image_seeds)
+            inner = self.defense(images[idx], features, model=model, image_seeds=[seeds[i] for i in idx.tolist()],
+                                 seed=seed, compute_score=compute_score)
+            out_images[idx] = inner.images
+            trace[:, idx] = inner.loss_trace
+            if compute_score:
+                score = score.clone()
+                score[idx] = inner.score
+        return DefenseOutput(images=out_images, loss_trace=trace, score=score if compute_score else None)
+
+    def score(self, images: torch.Tensor, features: FeatureFn, *, seed: int | None = None) -> torch.Tensor:
+        return self.defense.score(images, features, seed=seed)

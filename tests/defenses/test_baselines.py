@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from equi_ext.core.optimizer import EquivarianceDefense
+from equi_ext.core.scores import output_variance_score
+from equi_ext.defenses import DEFENSES, DetectThenDefend, RandomNoiseDefense, build_defense
+
+
+def smooth_images(n=3, size=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 255
+    return torch.nn.functional.interpolate(coarse, size=size, mode="bicubic", align_corners=False).clamp(0, 255)
+
+
+def test_registry_names():
+    assert {"none", "equi", "invariance", "random", "detect_then_defend"} <= set(DEFENSES.names())
+
+
+def test_random_noise_stays_in_budget_and_is_seeded():
+    images = smooth_images()
+    out = RandomNoiseDefense(eps_v=6, seed=1)(images, image_seeds=[0, 1, 2]).images
+    assert 0 < (out - images).abs().max() <= 6 and out.min() >= 0 and out.max() <= 255
+    again = build_defense(dict(type="random", eps_v=6, seed=1))(images, image_seeds=[0, 1, 2]).images
+    assert torch.equal(out, again)
+    with pytest.raises(ValueError, match="eps_v must be > 0"):
+        RandomNoiseDefense(eps_v=0)
+
+
+def test_detect_then_defend_defends_only_flagged_images(toy_task):
+    f = toy_task.model.features
+    images = toy_task.images[:4]
+    none_flagged = DetectThenDefend(threshold=-1.0, defense=dict(type="equi", steps=2))(images, f)
+    assert torch.equal(none_flagged.images, images) and torch.isnan(none_flagged.loss_trace).all()
+    all_flagged = DetectThenDefend(threshold=1.0, defense=dict(type="equi", steps=2))(images, f)
+    reference = EquivarianceDefense(steps=2)(images, f)
+    torch.testing.assert_close(all_flagged.images, reference.images)
+    scores = EquivarianceDefense(steps=2).score(images, f)
+    middle = float(scores.sort().values[1:3].mean())  # flags exactly the two lowest-scoring images
+    detector = DetectThenDefend(threshold=middle, defense=dict(type="equi", steps=2))
+    mixed = detector(images, f)
+    flagged = detector.last_flagged
+    assert flagged.sum() == 2
+    assert torch.equal(mixed.images[~flagged], images[~flagged])
+    torch.testing.assert_close(mixed.images[flagged], reference.images[flagged], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(threshold=2.0), ValueError, r"threshold must be an equivariance score in \[-1, 1\]"),
+    (dict(threshold=0.5, defense="random"), TypeError, "wraps an equivariance-type defense"),
+    (dict(threshold=0.5, defense="nope"), KeyError, "unknown defense 'nope'"),
+])
+def test_detect_then_defend_bad_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        DetectThenDefend(**kwargs)
+
+
+def test_output_variance_score_separates_equivariant_from_positional_outputs():
+    conv = torch.nn.Conv2d(3, 4, 1)
+    images = smooth_images()
+    pointwise = output_variance_score(lambda x: conv(x / 255) * 5, images)
+
+    def positional(x):
+        ramp = torch.linspace(-5, 5, x.shape[-1]).expand(x.shape[0], 1, x.shape[-2], -1)
+        return torch.cat([conv(x / 255) * 5, ramp], dim=1)
+
+    assert pointwise.max() < 0.01
+    assert output_variance_score(positional, images).min() > 10 * pointwise.max()

@@ -19,11 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
+TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS))
 
 from run_demo import DATA, build_demo_runner  # noqa: E402
-from tune_defense import TUNE_DATA  # noqa: E402
+from tune_defense import ensure_tune_data  # noqa: E402
 
 PGD = dict(type="pgd", eps=4, steps=20)
 
@@ -31,7 +31,7 @@ PGD = dict(type="pgd", eps=4, steps=20)
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=16)
-    parser.add_argument("--work-dir", default=str(REPO.parent / "work_dirs/detect"))
+    parser.add_argument("--work-dir", default=str(TOOLS.parent / "work_dirs/detect"))
     args = parser.parse_args(argv)
     out = Path(args.work_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,12 +43,9 @@ def main(argv=None) -> dict:
     import numpy as np
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from equi_ext.data.synthetic import generate_dataset
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table
 
-    if not (TUNE_DATA / "meta.json").is_file():
-        generate_dataset(TUNE_DATA, seed=1, image_size=128, num_train=0, num_val=100)
-    tune = build_demo_runner(TUNE_DATA, args.num_images, out / "tune")
+    tune = build_demo_runner(ensure_tune_data(), args.num_images, out / "tune")
     rows = {r["attack"]: r for r in evaluate_grid(tune, {"vanilla": None}, {"clean": None, "pgd": PGD})}
     clean, attacked = np.array(rows["clean"]["image_scores"]), np.array(rows["pgd"]["image_scores"])
     labels = np.r_[np.zeros(len(clean)), np.ones(len(attacked))]

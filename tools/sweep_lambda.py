@@ -16,11 +16,11 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
+TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS))
 
 from run_demo import build_demo_runner  # noqa: E402
-from tune_defense import TUNE_DATA  # noqa: E402
+from tune_defense import ensure_tune_data  # noqa: E402
 
 
 def main(argv=None) -> list[dict]:
@@ -28,16 +28,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--num-images", type=int, default=16)
     parser.add_argument("--lambdas", default="0,0.1,1,10,100,1000")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--work-dir", default=str(REPO.parent / "work_dirs/sweep_lambda"))
+    parser.add_argument("--work-dir", default=str(TOOLS.parent / "work_dirs/sweep_lambda"))
     args = parser.parse_args(argv)
 
-    from equi_ext.data.synthetic import generate_dataset
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table
 
     lambdas = [float(v) for v in args.lambdas.split(",")]
-    if not (TUNE_DATA / "meta.json").is_file():
-        generate_dataset(TUNE_DATA, seed=1, image_size=128, num_train=0, num_val=100)
-    runner = build_demo_runner(TUNE_DATA, args.num_images, Path(args.work_dir))
+    runner = build_demo_runner(ensure_tune_data(), args.num_images, Path(args.work_dir))
     attacks = {f"adaptive λ_e={lam:g}": dict(type="adaptive", eps=4, steps=args.steps, lambda_e=lam)
                for lam in lambdas}
     rows = evaluate_grid(runner, {"vanilla": None, "equivariance": dict(type="equi")}, attacks)

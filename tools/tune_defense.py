@@ -23,6 +23,15 @@ sys.path.insert(0, str(REPO))
 from run_demo import build_demo_runner  # noqa: E402
 
 TUNE_DATA = REPO / "data/synthetic_shapes_tune"
+
+
+def ensure_tune_data() -> Path:
+    """The tuning split: 100 images from seed 1, disjoint from the seed-0 split we report."""
+    if not (TUNE_DATA / "meta.json").is_file():
+        from equi_ext.data.synthetic import generate_dataset
+
+        generate_dataset(TUNE_DATA, seed=1, image_size=128, num_train=0, num_val=100)
+    return TUNE_DATA
 CANDIDATES = {
     "paper": dict(preset="paper"),
     "T20-eta12": dict(transforms="pilot", steps=20, eps_v=6, step_size=12),
@@ -48,13 +57,10 @@ def main(argv=None) -> list[dict]:
                         help="comma-separated names from: " + ", ".join(CANDIDATES))
     args = parser.parse_args(argv)
 
-    from equi_ext.data.synthetic import generate_dataset
     from equi_ext.mmseg import configure
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table
 
-    if not (TUNE_DATA / "meta.json").is_file():
-        generate_dataset(TUNE_DATA, seed=1, image_size=128, num_train=0, num_val=100)
-    runner = build_demo_runner(TUNE_DATA, args.num_images, Path(args.work_dir))
+    runner = build_demo_runner(ensure_tune_data(), args.num_images, Path(args.work_dir))
     configure(runner.model, feature_layer=args.feature_layer)
     chosen = args.candidates.split(",")
     unknown = [c for c in chosen if c not in CANDIDATES]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..core.losses import FeatureFn, equivariance_terms
-from ..core.transforms import build_transforms
+from ..core.transforms import sample_transforms
 from ..core.validation import check_positive_int
 from .pixelwise import PGD
 from .registry import ATTACKS
@@ -48,8 +48,7 @@ class Adaptive(PGD):
             raise TypeError(f"feature_fn must be callable; got {type(feature_fn).__name__}")
         self.feature_fn = feature_fn
         self.lambda_e = float(lambda_e)
-        generator = torch.Generator().manual_seed(int(transform_seed))
-        self.transforms = [t.sample(generator) for t in build_transforms(transforms)]
+        self.transforms = sample_transforms(transforms, transform_seed)
         self.reduction = reduction
 
     def objective(self, adv, targets, step):

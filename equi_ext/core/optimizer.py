@@ -13,7 +13,6 @@ two differ only in their objective, as in the paper.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +31,6 @@ from .validation import (
     check_pixel_range,
     check_positive_int,
 )
-
-logger = logging.getLogger(__name__)
 
 #: Named settings. ``paper`` is Sec. 4.4 for standard models at ε = 4 (ε_v = 1.5ε, η = 2ε_v,
 #: T = 20, K = 8). ``default`` was chosen by measurement on the demo model's tuning split

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .losses import FeatureFn, transformed_features
-from .transforms import build_transforms
+from .transforms import sample_transforms
 from .validation import DEFAULT_PIXEL_RANGE, PixelRange, check_images, check_pixel_range
 
 
@@ -28,8 +28,7 @@ def output_variance_score(
     """Paper Eq. 16 on class probabilities, averaged over valid positions → (N,); higher = less equivariant."""
     pixel_range = check_pixel_range(pixel_range)
     check_images(images, pixel_range)
-    generator = torch.Generator().manual_seed(int(seed))
-    sampled = [t.sample(generator) for t in build_transforms(transforms)]
+    sampled = sample_transforms(transforms, seed)
     with torch.no_grad():
         base, outputs = transformed_features(logits_fn, images, sampled, pixel_range)
         probs = base.softmax(dim=1)

@@ -279,6 +279,12 @@ def parse_transform(spec: Any) -> Transform:
     raise TypeError(f"a transform must be a Transform, a str such as 'resize:0.5', or a dict; got {spec!r}")
 
 
+def sample_transforms(spec: str | list[Any], seed: int) -> list[Transform]:
+    """Resolve ``spec`` and draw every random family once from a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(int(seed))
+    return [t.sample(generator) for t in build_transforms(spec)]
+
+
 def build_transforms(spec: str | list[Any]) -> list[Transform]:
     """Resolve a named set (``'paper'``, ``'pilot'``, …) or a list of specs into transforms."""
     if isinstance(spec, str):

@@ -15,7 +15,6 @@ need the whole view (SPEC §6).
 
 from __future__ import annotations
 
-import logging
 import os
 import zlib
 from collections import defaultdict
@@ -29,8 +28,6 @@ from mmseg.models.segmentors import EncoderDecoder
 from ..attacks import ATTACKS, BPDA, Adaptive, defense_preprocessor, pixel_cross_entropy
 from ..core.optimizer import EquivarianceDefense, frozen_model
 from ..defenses import DEFENSES, NoDefense
-
-logger = logging.getLogger(__name__)
 
 #: scenario name → (attack?, defend?) — ``tools/test.py`` runs one IoUMetric evaluation each.
 SCENARIOS = {

@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Strip a training checkpoint to its weights (no optimizer state), optionally as fp16.
 
-Example::
+Handles MMEngine checkpoints (``state_dict``) and Detectron2 ones (``model``); the output keeps
+the framework's key, so each framework's loader reads it. Examples::
 
     python tools/export_weights.py work_dirs/demo_train/iter_3000.pth \
         checkpoints/deeplabv3_r18c16-d8_synthetic-128x128.pth
+    python tools/export_weights.py work_dirs/mask_rcnn_R18_FPN_synthetic-128x128/model_final.pth \
+        checkpoints/mask_rcnn_R18_FPN_synthetic-128x128.pth --fp16
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ def main(argv=None) -> None:
     if not args.src.is_file():
         raise SystemExit(f"error: checkpoint {str(args.src)!r} does not exist")
     ckpt = torch.load(args.src, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt)
+    key = "model" if "model" in ckpt else "state_dict"
+    state = ckpt.get(key, ckpt)
     if args.fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    meta = {k: v for k, v in ckpt.get("meta", {}).items() if k in ("iter", "epoch", "seed", "mmseg_version")}
+    if key == "model":  # Detectron2: iteration only, no optimizer/scheduler state
+        out = {"model": state, "iteration": ckpt.get("iteration")}
+    else:
+        meta = {k: v for k, v in ckpt.get("meta", {}).items() if k in ("iter", "epoch", "seed", "mmseg_version")}
+        out = {"state_dict": state, "meta": meta}
     args.dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "meta": meta}, args.dst)
+    torch.save(out, args.dst)
     print(f"wrote {args.dst} ({args.dst.stat().st_size / 1e6:.1f} MB, {len(state)} tensors)")
 
 

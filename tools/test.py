@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""Evaluate an MMSegmentation config clean / attacked / defended (mirrors mmseg's ``tools/test.py``).
+"""Evaluate a config clean / attacked / defended (mirrors mmseg's ``tools/test.py``).
+
+A ``.py`` config is an MMSegmentation config, evaluated by its ``IoUMetric``; a ``.yaml``
+config is a Detectron2 one (``EquiGeneralizedRCNN``), evaluated by ``COCOEvaluator`` with
+``--opts KEY VALUE`` overrides as Detectron2's ``train_net.py`` takes them.
 
 equi-ext is always imported here, so ``model.test_cfg.defense`` / ``attack`` are honoured
 (stock MMSeg would silently ignore them). Each scenario is its own run of the config's
@@ -9,6 +13,7 @@ Example::
 
     python tools/test.py configs/deeplabv3_voc_equi.py CHECKPOINT \
         --cfg-options model.test_cfg.defense=equi model.test_cfg.attack=pgd
+    python tools/test.py configs/mask_rcnn_R_50_FPN_coco_equi.yaml CHECKPOINT --opts EQUI.ATTACK pgd
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from mmengine.runner.checkpoint import load_state_dict  # noqa: E402
 
 import equi_ext.mmseg as equi_mmseg  # noqa: E402
 from equi_ext.mmseg.cli import add_common_arguments, load_config  # noqa: E402
+from equi_ext.pipeline import default_scenarios  # noqa: E402
 
 SCENARIO_LABELS = {
     "clean": "clean",
@@ -48,19 +54,6 @@ def parse_args(argv=None):
                         + " (default: every scenario the config's defense/attack allow)")
     add_common_arguments(parser)
     return parser.parse_args(argv)
-
-
-def default_scenarios(test_cfg) -> list[str]:
-    has_defense = test_cfg.get("defense") not in (None, "none")
-    has_attack = test_cfg.get("attack") is not None
-    scenarios = ["clean"]
-    if has_defense:
-        scenarios.append("clean_defended")
-    if has_attack:
-        scenarios.append("attacked")
-        if has_defense:
-            scenarios.append("defended")
-    return scenarios
 
 
 def prepare_config(args) -> Config:
@@ -108,14 +101,49 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def detectron2_main(argv: list[str]) -> list[dict]:
+    """``tools/test.py CONFIG.yaml [CHECKPOINT] [--opts KEY VALUE ...]``: COCO AP per scenario."""
+    parser = argparse.ArgumentParser(description="Evaluate a Detectron2 model clean / attacked / defended")
+    parser.add_argument("config", help="Detectron2 .yaml config (MODEL.META_ARCHITECTURE EquiGeneralizedRCNN)")
+    parser.add_argument("checkpoint", nargs="?", help="weights (default: MODEL.WEIGHTS)")
+    parser.add_argument("--work-dir", help="output directory (default: OUTPUT_DIR)")
+    parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(equi_mmseg.SCENARIOS))
+    parser.add_argument("--num-images", type=int, help="evaluate the first N images of DATASETS.TEST[0]")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides as KEY VALUE pairs, e.g. EQUI.DEFENSE equi EQUI.ATTACK pgd")
+    args = parser.parse_args(argv)
+    from detectron2.utils.logger import setup_logger
+
+    from equi_ext.detectron2 import evaluate_scenarios, register_from_cfg
+    from equi_ext.detectron2 import load_config as load_d2_config
+
+    try:
+        cfg = load_d2_config(args.config, args.opts)
+        if args.work_dir:
+            cfg.OUTPUT_DIR = args.work_dir
+        setup_logger(name="equi_ext")
+        setup_logger(name="detectron2")
+        register_from_cfg(cfg)
+        return evaluate_scenarios(cfg, args.checkpoint or cfg.MODEL.WEIGHTS or None,
+                                  scenarios=args.scenarios.split(",") if args.scenarios else None,
+                                  num_images=args.num_images)
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 def main(argv=None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        return detectron2_main(argv)
     args = parse_args(argv)
     cfg = prepare_config(args)
+    test_cfg = cfg.model.get("test_cfg", {})
     try:
-        equi_mmseg.build_equi_components(cfg.model.get("test_cfg", {}))
+        equi_mmseg.build_equi_components(test_cfg)
     except (KeyError, ValueError, TypeError) as err:
         raise SystemExit(f"error: bad equi-ext settings in model.test_cfg: {err}") from None
-    scenarios = args.scenarios.split(",") if args.scenarios else default_scenarios(cfg.model.get("test_cfg", {}))
+    scenarios = args.scenarios.split(",") if args.scenarios else default_scenarios(
+        test_cfg.get("defense") not in (None, "none"), test_cfg.get("attack") is not None)
     unknown = [s for s in scenarios if s not in equi_mmseg.SCENARIOS]
     if unknown:
         raise SystemExit(f"error: unknown scenarios {unknown}; valid: {list(equi_mmseg.SCENARIOS)}")

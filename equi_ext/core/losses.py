@@ -1,8 +1,12 @@
 """Equivariance and invariance objectives (paper Eq. 2 and the invariance baseline).
 
 ``feature_fn(images) -> (N, C, h, w)`` is any dense map of the model: backbone or
-neck features, or decoder logits. All transformed copies that share a spatial size
+neck features, or decoder logits; it may also return a list of such maps (e.g. FPN
+levels), whose terms are averaged. All transformed copies that share a spatial size
 go through ``feature_fn`` in one batched call, together with x itself.
+
+Outputs that are not dense maps (Detectron2's per-box mask logits) plug in as an
+:class:`Objective`, passed wherever a ``feature_fn`` is expected.
 """
 
 from __future__ import annotations
@@ -16,8 +20,22 @@ import torch.nn.functional as F
 from .transforms import Transform
 from .validation import DEFAULT_PIXEL_RANGE, PixelRange
 
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+Maps = torch.Tensor | list[torch.Tensor]
+FeatureFn = Callable[[torch.Tensor], Maps]
 REDUCTIONS = ("dense", "flat")
+
+
+class Objective:
+    """A model view whose equivariance terms are not those of one dense map.
+
+    Pass an instance where a ``feature_fn`` is expected; the defense then calls
+    :meth:`terms` instead of the dense objective.
+    """
+
+    def terms(self, kind: str, images: torch.Tensor, transforms: Sequence[Transform], reduction: str,
+              pixel_range: PixelRange) -> torch.Tensor:
+        """(N, K) terms of ``kind`` ('equivariance' or 'invariance')."""
+        raise NotImplementedError
 
 
 def dense_cosine(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -38,12 +56,18 @@ def _cosine_for(reduction: str) -> Callable[[torch.Tensor, torch.Tensor, torch.T
     return dense_cosine if reduction == "dense" else flat_cosine
 
 
-def _check_features(features: torch.Tensor, images: torch.Tensor) -> None:
-    if not isinstance(features, torch.Tensor) or features.dim() != 4 or features.shape[0] != images.shape[0]:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        raise ValueError(
-            f"feature_fn must return a dense (N, C, h, w) tensor with N={images.shape[0]}; got {shape}"
-        )
+def _levels(features: Maps, n: int) -> list[torch.Tensor]:
+    """The maps of one feature_fn output as a list, checked to be (n, C, h, w) each."""
+    levels = list(features) if isinstance(features, (list, tuple)) else [features]
+    for level in levels:
+        if not isinstance(level, torch.Tensor) or level.dim() != 4 or level.shape[0] != n:
+            shape = tuple(level.shape) if isinstance(level, torch.Tensor) else type(level).__name__
+            raise ValueError(
+                f"feature_fn must return a dense (N, C, h, w) tensor, or a list of them, with N={n}; got {shape}"
+            )
+    if not levels:
+        raise ValueError("feature_fn returned an empty list of maps")
+    return levels
 
 
 def transformed_features(
@@ -51,32 +75,47 @@ def transformed_features(
     images: torch.Tensor,
     transforms: Sequence[Transform],
     pixel_range: PixelRange = DEFAULT_PIXEL_RANGE,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Return F(x) and [F(g_i(x)) for each i], batching copies of equal size into one call."""
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """Return the maps of F(x) and of each F(g_i(x)), batching copies of equal size into one call.
+
+    Each entry is a list of levels (one level when ``feature_fn`` returns a tensor).
+    """
     n = images.shape[0]
     size = tuple(images.shape[-2:])
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, transform in enumerate(transforms):
         groups[transform.output_size(size)].append(index)
-    outputs: list[torch.Tensor | None] = [None] * len(transforms)
-    base: torch.Tensor | None = None
+    outputs: list[list[torch.Tensor] | None] = [None] * len(transforms)
+    base: list[torch.Tensor] | None = None
     if size not in groups:
-        base = feature_fn(images)
-        _check_features(base, images)
+        base = _levels(feature_fn(images), n)
     for out_size, indices in groups.items():
         batch = [transforms[i].apply(images, pixel_range) for i in indices]
         with_base = out_size == size
         if with_base:
             batch.insert(0, images)
-        feats = feature_fn(torch.cat(batch, dim=0))
-        if not isinstance(feats, torch.Tensor) or feats.dim() != 4 or feats.shape[0] != n * len(batch):
-            _check_features(feats, torch.cat(batch, dim=0))
-        chunks = list(feats.split(n, dim=0))
+        levels = _levels(feature_fn(torch.cat(batch, dim=0)), n * len(batch))
+        chunks = [[level[j * n:(j + 1) * n] for level in levels] for j in range(len(batch))]
         if with_base:
             base = chunks.pop(0)
         for i, chunk in zip(indices, chunks):
             outputs[i] = chunk
     return base, outputs
+
+
+def equivariance_from_maps(base: list[torch.Tensor], outputs: Sequence[list[torch.Tensor]],
+                           transforms: Sequence[Transform], reduction: str = "dense") -> torch.Tensor:
+    """(N, K) cosines of g_i⁻¹(maps of g_i(x)) with the maps of x on the overlap, averaged over levels."""
+    cosine = _cosine_for(reduction)
+    terms = []
+    for transform, levels in zip(transforms, outputs):
+        per_level = []
+        for ref, feats in zip(base, levels):
+            fsize = tuple(ref.shape[-2:])
+            mask = transform.valid_mask(fsize, ref.device).to(ref.dtype)
+            per_level.append(cosine(transform.inverse(feats, fsize), ref, mask))
+        terms.append(torch.stack(per_level).mean(dim=0))
+    return torch.stack(terms, dim=1)
 
 
 def equivariance_terms(
@@ -90,15 +129,9 @@ def equivariance_terms(
 
     Both branches stay differentiable (SPEC §1: F(x) is not detached).
     """
-    cosine = _cosine_for(reduction)
+    _cosine_for(reduction)
     base, outputs = transformed_features(feature_fn, images, transforms, pixel_range)
-    fsize = tuple(base.shape[-2:])
-    terms = []
-    for transform, feats in zip(transforms, outputs):
-        back = transform.inverse(feats, fsize)
-        mask = transform.valid_mask(fsize, base.device).to(base.dtype)
-        terms.append(cosine(back, base, mask))
-    return torch.stack(terms, dim=1)
+    return equivariance_from_maps(base, outputs, transforms, reduction)
 
 
 def invariance_terms(
@@ -115,8 +148,49 @@ def invariance_terms(
     """
     _cosine_for(reduction)  # validates; pooled vectors need no mask
     base, outputs = transformed_features(feature_fn, images, transforms, pixel_range)
-    pooled = base.mean(dim=(2, 3))
-    return torch.stack([F.cosine_similarity(f.mean(dim=(2, 3)), pooled, dim=1, eps=1e-8) for f in outputs], dim=1)
+    return invariance_from_maps(base, outputs)
+
+
+def invariance_from_maps(base: list[torch.Tensor], outputs: Sequence[list[torch.Tensor]]) -> torch.Tensor:
+    """(N, K) cosines of the spatially pooled maps, averaged over levels."""
+    pooled = [level.mean(dim=(2, 3)) for level in base]
+    return torch.stack([
+        torch.stack([F.cosine_similarity(f.mean(dim=(2, 3)), p, dim=1, eps=1e-8) for f, p in zip(levels, pooled)])
+        .mean(dim=0)
+        for levels in outputs
+    ], dim=1)
+
+
+def roi_equivariance(base_rois: Sequence[torch.Tensor], transformed_rois: Sequence[Sequence[torch.Tensor]],
+                     transforms: Sequence[Transform]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box-aware equivariance of per-box outputs (e.g. ROI mask logits).
+
+    ``base_rois[n]`` holds image n's per-box maps (R_n, C, m, m) pooled at its boxes b;
+    ``transformed_rois[k][n]`` the maps of g_k(x) pooled at ``g_k.apply_boxes(b)``. Each is
+    mapped back with ``g_k.inverse_roi`` and compared to the base by a flat cosine per box,
+    averaged over the image's boxes.
+
+    Returns:
+        (N, K) terms and an (N, K) bool mask: False where image n has no box or g_k is not
+        box-aligned (rotations), so callers fall back to a dense term there.
+    """
+    n, k = len(base_rois), len(transforms)
+    ref = next((r for r in base_rois if r.numel()), None)
+    device = ref.device if ref is not None else "cpu"
+    zero = torch.zeros((), device=device, dtype=ref.dtype if ref is not None else torch.float32)
+    valid = torch.zeros(n, k, dtype=torch.bool, device=device)
+    columns = []
+    for j, transform in enumerate(transforms):
+        column = []
+        for i, base in enumerate(base_rois):
+            if not transform.roi_aligned or base.shape[0] == 0:
+                column.append(zero)
+                continue
+            back = transform.inverse_roi(transformed_rois[j][i])
+            column.append(F.cosine_similarity(back.flatten(1), base.flatten(1), dim=1, eps=1e-8).mean())
+            valid[i, j] = True
+        columns.append(torch.stack(column))
+    return torch.stack(columns, dim=1), valid
 
 
 OBJECTIVES = {"equivariance": equivariance_terms, "invariance": invariance_terms}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .losses import OBJECTIVES, REDUCTIONS, FeatureFn
+from .losses import OBJECTIVES, REDUCTIONS, FeatureFn, Objective
 from .seeding import image_generators, normal_like
 from .transforms import Transform, build_transforms
 from .validation import (
@@ -101,6 +101,10 @@ class EquivarianceDefense:
         reduction: ``'dense'`` (per-position cosine, default) or ``'flat'`` (authors' code).
         resample: ``'fixed'`` draws random transform parameters once per call,
             ``'per_step'`` re-draws them at every step.
+        transforms_per_step: use only this many of the K transforms at each step (None = all),
+            taken in seeded random order so that every transform is used within
+            ⌈K / m⌉ steps: per-step cost falls while all constraints stay covered (the
+            authors' code also samples transforms per step). The score uses all K.
         seed: base seed of the transform parameters and the SGLD noise.
         pixel_range: value range of the images; budgets are in these units.
         min_size: smallest side, in pixels, any transformed copy may have.
@@ -122,6 +126,7 @@ class EquivarianceDefense:
         seed: int = 0,
         pixel_range: PixelRange = DEFAULT_PIXEL_RANGE,
         min_size: int = 8,
+        transforms_per_step: int | None = None,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; valid names: {', '.join(sorted(PRESETS))}")
@@ -143,12 +148,18 @@ class EquivarianceDefense:
         self.optimizer, self.reduction, self.resample = optimizer, reduction, resample
         self.seed = int(seed)
         self.min_size = check_positive_int("min_size", min_size)
+        per_step = base.get("transforms_per_step") if transforms_per_step is None else transforms_per_step
+        self.transforms_per_step = None if per_step is None else check_positive_int("transforms_per_step", per_step)
 
     def __repr__(self) -> str:
+        per_step = "" if self.transforms_per_step is None else f", transforms_per_step={self.transforms_per_step}"
         return (f"{type(self).__name__}(K={len(self.transforms)}, steps={self.steps}, eps_v={self.eps_v}, "
-                f"step_size={self.step_size}, optimizer={self.optimizer!r}, resample={self.resample!r})")
+                f"step_size={self.step_size}, optimizer={self.optimizer!r}, resample={self.resample!r}{per_step})")
 
-    def _terms(self, feature_fn: FeatureFn, images: torch.Tensor, transforms: Sequence[Transform]) -> torch.Tensor:
+    def _terms(self, feature_fn: FeatureFn | Objective, images: torch.Tensor,
+               transforms: Sequence[Transform]) -> torch.Tensor:
+        if isinstance(feature_fn, Objective):
+            return feature_fn.terms(self.objective, images, transforms, self.reduction, self.pixel_range)
         return OBJECTIVES[self.objective](feature_fn, images, transforms, self.reduction, self.pixel_range)
 
     def _check_sizes(self, transforms: Sequence[Transform], size: tuple[int, int]) -> None:
@@ -161,6 +172,17 @@ class EquivarianceDefense:
                     f"images of size {size[0]}x{size[1]} are too small for {t}: it yields {out[0]}x{out[1]}, "
                     f"below min_size={self.min_size} pixels per side; use larger images or other transforms"
                 )
+
+    def _subset_schedule(self, k: int, generator: torch.Generator) -> list[list[int]] | None:
+        """Indices of the transforms used at each step: consecutive windows of concatenated
+        random permutations, so each transform recurs every ⌈K / m⌉ steps (None = all, every step)."""
+        m = self.transforms_per_step
+        if m is None or m >= k:
+            return None
+        order: list[int] = []
+        while len(order) < m * self.steps:
+            order += torch.randperm(k, generator=generator).tolist()
+        return [order[t * m:(t + 1) * m] for t in range(self.steps)]
 
     def sample_transforms(self, generator: torch.Generator) -> list[Transform]:
         return [t.sample(generator) for t in self.transforms]
@@ -187,7 +209,8 @@ class EquivarianceDefense:
         seed: int | None = None,
         compute_score: bool = True,
     ) -> DefenseOutput:
-        """Purify ``images`` (N, 3, H, W); ``features`` maps images to a dense (N, C, h, w) map.
+        """Purify ``images`` (N, 3, H, W); ``features`` maps images to a dense (N, C, h, w) map
+        (or a list of them), or is an :class:`~equi_ext.core.losses.Objective`.
 
         ``model``, if given, is the module behind ``features``: its ``requires_grad`` and
         ``training`` flags are restored afterwards. ``image_seeds`` (e.g. dataset indices)
@@ -208,13 +231,15 @@ class EquivarianceDefense:
         x = images.detach()
         x_adv = x.clone()
         trace = []
+        schedule = self._subset_schedule(len(transforms), transform_gen)
         with frozen_model(model), torch.enable_grad():
             for t in range(self.steps):
                 if self.resample == "per_step" and t > 0:
                     transforms = self.sample_transforms(transform_gen)
                     self._check_sizes(transforms, size)
                 x_adv.requires_grad_(True)
-                terms = self._terms(features, x_adv, transforms)
+                step_transforms = transforms if schedule is None else [transforms[i] for i in schedule[t]]
+                terms = self._terms(features, x_adv, step_transforms)
                 (grad,) = torch.autograd.grad(terms.sum(), x_adv)
                 trace.append(terms.detach().mean(dim=1))
                 std = grad.flatten(1).std(dim=1).view(-1, 1, 1, 1)

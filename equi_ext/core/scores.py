@@ -30,11 +30,11 @@ def output_variance_score(
     check_images(images, pixel_range)
     sampled = sample_transforms(transforms, seed)
     with torch.no_grad():
-        base, outputs = transformed_features(logits_fn, images, sampled, pixel_range)
+        (base,), outputs = transformed_features(logits_fn, images, sampled, pixel_range)
         probs = base.softmax(dim=1)
         size = tuple(base.shape[-2:])
         total = images.new_zeros(images.shape[0])
-        for transform, out in zip(sampled, outputs):
+        for transform, (out,) in zip(sampled, outputs):
             back = transform.inverse(out, size).softmax(dim=1)
             mask = transform.valid_mask(size, base.device).to(base.dtype)[:, 0]
             sq = ((back - probs) ** 2).sum(dim=1) * mask

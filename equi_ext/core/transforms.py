@@ -93,6 +93,15 @@ class Transform:
     def inverse_boxes(self, boxes: torch.Tensor, image_size: Size) -> torch.Tensor:
         return boxes.clone()
 
+    #: Whether a box mapped by ``apply_boxes`` frames exactly the same content, so per-box
+    #: outputs (ROI mask logits) can be compared after ``inverse_roi``.
+    roi_aligned = True
+
+    def inverse_roi(self, roi_maps: torch.Tensor) -> torch.Tensor:
+        """Per-box maps (R, C, m, m) pooled at ``apply_boxes(b)`` on g(x) → the frame of b on x."""
+        self._require_concrete()
+        return roi_maps
+
 
 @TRANSFORMS.register("resize")
 @dataclass(frozen=True)
@@ -140,6 +149,9 @@ class HFlip(Transform):
         return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
     inverse_boxes = apply_boxes
+
+    def inverse_roi(self, roi_maps: torch.Tensor) -> torch.Tensor:
+        return roi_maps.flip(-1)
 
 
 @TRANSFORMS.register("rotate")
@@ -195,6 +207,12 @@ class Rotate(Transform):
         lo, hi = moved.min(dim=1).values, moved.max(dim=1).values
         limits = boxes.new_tensor([w, h])
         return torch.cat([torch.minimum(lo.clamp(min=0), limits), torch.minimum(hi.clamp(min=0), limits)], dim=1)
+
+    #: The enclosing box of a rotated box holds other content than the box: no ROI term.
+    roi_aligned = False
+
+    def inverse_roi(self, roi_maps: torch.Tensor) -> torch.Tensor:
+        raise ValueError(f"{self} is not box-aligned: per-box outputs cannot be mapped back exactly")
 
     def apply_boxes(self, boxes: torch.Tensor, image_size: Size) -> torch.Tensor:
         """Enclosing box of the rotated corners, clipped to the image (not exactly invertible)."""

@@ -73,3 +73,25 @@ def register_synthetic_shapes(root: str | os.PathLike, prefix: str = "synthetic_
             f"no synthetic-shapes split (annotations/instances_<split>.json) under {str(root_path)!r}"
         )
     return names
+
+
+def register_from_cfg(cfg) -> list[str]:
+    """Register ``cfg.EQUI.SYNTHETIC_ROOT`` (if set) under the prefix its dataset names use.
+
+    The prefix is taken from ``DATASETS.TRAIN``/``TEST`` names ending in ``_train``/``_val``,
+    so a config naming ``synthetic_shapes_val`` gets exactly that name registered.
+    """
+    root = cfg.EQUI.SYNTHETIC_ROOT
+    if not root:
+        return []
+    if not Path(root).is_dir():
+        raise FileNotFoundError(
+            f"EQUI.SYNTHETIC_ROOT {root!r} does not exist; generate it with "
+            f"`python tools/generate_data.py --out {root}`"
+        )
+    prefixes = {name.rsplit("_", 1)[0] for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
+                if name.rsplit("_", 1)[-1] in SPLITS}
+    names: list[str] = []
+    for prefix in sorted(prefixes) or ["synthetic_shapes"]:
+        names += register_synthetic_shapes(root, prefix=prefix)
+    return names

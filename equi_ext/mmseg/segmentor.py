@@ -25,26 +25,11 @@ import torch
 import torch.nn.functional as F
 from mmseg.models.segmentors import EncoderDecoder
 
-from ..attacks import ATTACKS, BPDA, Adaptive, defense_preprocessor, pixel_cross_entropy
-from ..core.optimizer import EquivarianceDefense, frozen_model
-from ..defenses import DEFENSES, NoDefense
+from ..attacks import pixel_cross_entropy
+from ..core.optimizer import frozen_model
+from ..pipeline import SCENARIOS, EquiPipeline
 
-#: scenario name → (attack?, defend?) — ``tools/test.py`` runs one IoUMetric evaluation each.
-SCENARIOS = {
-    "clean": (False, False),
-    "clean_defended": (False, True),
-    "attacked": (True, False),
-    "defended": (True, True),
-}
 FEATURE_LAYERS = ("backbone", "neck", "logits")
-
-
-def _as_cfg(value: Any) -> dict | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return {"type": value}
-    return dict(value)
 
 
 def parse_feature_layer(spec: str) -> tuple[str, int]:
@@ -56,34 +41,10 @@ def parse_feature_layer(spec: str) -> tuple[str, int]:
     return name, int(index) if index else -1
 
 
-def build_equi_components(test_cfg: Any) -> tuple[Any, dict | None, tuple[str, int]]:
-    """Build the defense and check the attack config of a ``test_cfg`` (fails early on bad names).
-
-    Returns (defense or None, attack cfg or None, feature layer).
-    """
-    defense_cfg = _as_cfg(test_cfg.get("defense"))
-    attack_cfg = _as_cfg(test_cfg.get("attack"))
-    defense = DEFENSES.build(defense_cfg) if defense_cfg is not None else None
-    if attack_cfg is not None:
-        cls = ATTACKS.get(attack_cfg.get("type"))
-        # Build once with stand-ins, so bad budgets or unknown arguments fail now, not mid-run.
-        cls(**_attack_kwargs(cls, attack_cfg, lambda x: x, lambda x, t: x.sum(), lambda x: x,
-                             lambda x, seed: x))
-    feature = parse_feature_layer(test_cfg.get("feature_layer", "backbone"))
-    return defense, attack_cfg, feature
-
-
-def _attack_kwargs(cls: type, cfg: dict, logits_fn: Callable, loss_fn: Callable, feature_fn: Callable,
-                   preprocessor: Callable, ignore_index: int = 255, transforms: list | None = None) -> dict:
-    kwargs = {k: v for k, v in cfg.items() if k != "type"}
-    kwargs.update(loss_fn=loss_fn, logits_fn=logits_fn, ignore_index=ignore_index)
-    if issubclass(cls, Adaptive):
-        kwargs["feature_fn"] = feature_fn
-        if transforms is not None:
-            kwargs.setdefault("transforms", transforms)
-    if issubclass(cls, BPDA):
-        kwargs["defense"] = preprocessor
-    return kwargs
+def build_equi_components(test_cfg: Any) -> tuple[EquiPipeline, tuple[str, int]]:
+    """Build the defense/attack pipeline of a ``test_cfg`` (fails early on bad names or budgets)."""
+    pipeline = EquiPipeline(test_cfg.get("defense"), test_cfg.get("attack"))
+    return pipeline, parse_feature_layer(test_cfg.get("feature_layer", "backbone"))
 
 
 class PixelSpace:
@@ -107,17 +68,19 @@ class PixelSpace:
 
 
 class EquiRuntime:
-    """Per-model state: the built defense, the attack config and the current scenario."""
+    """Per-model state: the defense/attack pipeline and the current scenario."""
 
     def __init__(self, model: EncoderDecoder) -> None:
         self.model = model
-        self.defense, self.attack_cfg, (self.layer, self.layer_index) = build_equi_components(model.test_cfg)
+        self.pipeline, (self.layer, self.layer_index) = build_equi_components(model.test_cfg)
         self.scenario: str | None = None
         self.record_scores = False
         self.scores: list[float] = []
         self.pixels = PixelSpace(model.data_preprocessor)
-        # Scores are always equivariance scores: the equi defense's own transforms, else the default set.
-        self._score_defense = self.defense if type(self.defense) is EquivarianceDefense else EquivarianceDefense()
+
+    @property
+    def defense(self):
+        return self.pipeline.defense
 
     # ----- model views in pixel space ----------------------------------------------------
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -146,63 +109,46 @@ class EquiRuntime:
     # ----- one batch ----------------------------------------------------------------------
     def predict(self, inputs: torch.Tensor, data_samples: list | None, stock_predict: Callable) -> list:
         attack_on, defend_on = SCENARIOS[self.scenario] if self.scenario else (True, True)
-        attack_on = attack_on and self.attack_cfg is not None
-        defend_on = defend_on and self.defense is not None and not isinstance(self.defense, NoDefense)
+        attack_on = attack_on and self.pipeline.attack_cfg is not None
+        defend_on = defend_on and self.pipeline.defends
         if not (attack_on or defend_on or self.record_scores):
             return stock_predict(inputs, data_samples)
         if data_samples is None:
             raise ValueError("equi-ext needs data samples (image metas) to defend or attack a batch")
+        if attack_on and any(not hasattr(s, "gt_sem_seg") for s in data_samples):
+            raise ValueError("an attack needs ground truth: the test pipeline must load annotations "
+                             "(LoadAnnotations) so data samples carry gt_sem_seg")
         metas = [s.metainfo for s in data_samples]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, meta in enumerate(metas):
             groups[(tuple(meta.get("padding_size", (0, 0, 0, 0))), tuple(meta["ori_shape"]))].append(i)
         new_inputs = inputs.clone()
+        ignore_index = getattr(self.model.decode_head, "ignore_index", 255)
         with frozen_model(self.model):
             for (padding, _), idx in groups.items():
                 left, right, top, bottom = padding
                 h, w = inputs.shape[-2:]
                 region = (slice(None), slice(None), slice(top, h - bottom), slice(left, w - right))
-                pixels = self.pixels.to_pixels(inputs[idx][region])
-                seeds = [self._image_seed(metas[i], i) for i in idx]
+                logits_fn = self.logits_fn([metas[i] for i in idx], padding, (h, w))
+                targets = None
                 if attack_on:
-                    pixels = self._attack(pixels, [data_samples[i] for i in idx], [metas[i] for i in idx],
-                                          padding, (h, w), seeds)
-                if defend_on:
-                    own_score = self.record_scores and self.defense is self._score_defense
-                    out = self.defense(pixels, self.features, model=self.model, image_seeds=seeds,
-                                       compute_score=own_score)
-                    pixels = out.images
-                if self.record_scores:  # always the equivariance score, whatever the defense optimised
-                    score = out.score if defend_on and own_score else self._score_defense.score(pixels, self.features)
+                    targets = torch.stack([data_samples[i].gt_sem_seg.data[0] for i in idx]).to(inputs.device).long()
+
+                def loss_fn(x: torch.Tensor, t: torch.Tensor, logits_fn=logits_fn) -> torch.Tensor:
+                    return pixel_cross_entropy(logits_fn(x), t, ignore_index)
+
+                pixels, score = self.pipeline.run(
+                    self.pixels.to_pixels(inputs[idx][region]), attack=attack_on, defend=defend_on,
+                    features=self.features, model=self.model, seeds=[self._image_seed(metas[i], i) for i in idx],
+                    targets=targets, loss_fn=loss_fn, logits_fn=logits_fn, record_score=self.record_scores,
+                    ignore_index=ignore_index)
+                if score is not None:
                     self.scores.extend(score.tolist())
                 if attack_on or defend_on:  # scoring alone leaves the inputs bit-identical
                     normalised = self.pixels.to_inputs(pixels)
                     for j, i in enumerate(idx):
                         new_inputs[i][region[1:]] = normalised[j]
         return stock_predict(new_inputs, data_samples)
-
-    def _attack(self, pixels, samples, metas, padding, padded_size, seeds) -> torch.Tensor:
-        if any(not hasattr(s, "gt_sem_seg") for s in samples):
-            raise ValueError("an attack needs ground truth: the test pipeline must load annotations "
-                             "(LoadAnnotations) so data samples carry gt_sem_seg")
-        targets = torch.stack([s.gt_sem_seg.data[0] for s in samples]).to(pixels.device).long()
-        logits_fn = self.logits_fn(metas, padding, padded_size)
-        ignore_index = getattr(self.model.decode_head, "ignore_index", 255)
-
-        def loss_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return pixel_cross_entropy(logits_fn(x), t, ignore_index)
-
-        if self.defense is None or isinstance(self.defense, NoDefense):
-            def preprocessor(x: torch.Tensor, seed: int) -> torch.Tensor:  # BPDA on no defense = PGD
-                return x.clone()
-        else:
-            preprocessor = defense_preprocessor(self.defense, self.features, model=self.model, image_seeds=seeds)
-        cls = ATTACKS.get(self.attack_cfg["type"])
-        # The adaptive attacker is white-box: it uses the transforms of the defense it faces.
-        transforms = self._score_defense.transforms
-        attack = cls(**_attack_kwargs(cls, self.attack_cfg, logits_fn, loss_fn, self.features, preprocessor,
-                                      ignore_index, transforms))
-        return attack(pixels, targets, image_seeds=seeds)
 
     @staticmethod
     def _image_seed(meta: dict, index: int) -> int:

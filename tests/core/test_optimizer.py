@@ -180,3 +180,26 @@ def test_core_imports_no_framework():
 def test_rotation_transforms_work_inside_the_defense(toy_task):
     out = equi_ext.defend(toy_task.model.features, toy_task.images[:1], transforms=[Rotate(10.0), "hflip"], steps=2)
     assert out.score.shape == (1,)
+
+
+def test_transforms_per_step_cover_every_transform_and_cut_per_step_work(toy_task):
+    calls = []
+
+    def counting_features(x):
+        calls.append(x.shape[0])
+        return toy_task.model.features(x)
+
+    images = toy_task.images[:2]
+    defense = EquivarianceDefense(transforms="flip_resize", steps=5, eps_v=4, transforms_per_step=2, seed=3)
+    schedule = defense._subset_schedule(5, torch.Generator().manual_seed(3))
+    assert all(len(step) == 2 for step in schedule)
+    assert set(schedule[0] + schedule[1] + schedule[2]) == set(range(5))  # all K within ⌈K/m⌉ steps
+    out = defense(images, counting_features, compute_score=False)
+    assert (out.images - images).abs().max() <= 4 + 1e-4
+    # two transformed copies (plus x) per step instead of five
+    assert sum(calls) <= 5 * 3 * images.shape[0]
+    full_calls = len(calls)
+    calls.clear()
+    EquivarianceDefense(transforms="flip_resize", steps=5, eps_v=4, seed=3)(images, counting_features,
+                                                                          compute_score=False)
+    assert sum(calls) == 5 * 6 * images.shape[0] and len(calls) >= full_calls

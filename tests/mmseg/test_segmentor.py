@@ -72,7 +72,7 @@ def test_config_with_custom_imports_defends_under_plain_runner(synthetic_val_roo
     before = fingerprint(runner.model)
     metrics = runner.test()
     assert "mIoU" in metrics
-    assert equi_mmseg.runtime(runner.model).attack_cfg["type"] == "pgd"
+    assert equi_mmseg.runtime(runner.model).pipeline.attack_cfg["type"] == "pgd"
     assert fingerprint(runner.model) == before  # weights, buffers, flags untouched by attack + defense
     assert torch.is_grad_enabled()  # the test loop's no_grad did not leak out, nor did enable_grad
 

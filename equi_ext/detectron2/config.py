@@ -1,0 +1,101 @@
+"""``cfg.EQUI.*``: the defense and attack settings of a Detectron2 config, and config loading.
+
+An existing Mask R-CNN yaml gains the defense with
+``MODEL.META_ARCHITECTURE EquiGeneralizedRCNN EQUI.DEFENSE equi`` (plus ``EQUI.ATTACK pgd``
+to evaluate under attack). ``None`` means "the defense preset's value".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from detectron2 import model_zoo
+from detectron2.config import CfgNode, get_cfg
+
+#: ``_BASE_: model_zoo://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml`` inherits a config
+#: shipped inside the detectron2 package (as ``mmseg::`` does for MMSeg configs).
+MODEL_ZOO_PREFIX = "model_zoo://"
+FEATURES = ("fpn", "mask_logits", "fpn+mask_logits")
+
+
+def add_equi_config(cfg: CfgNode) -> CfgNode:
+    """Add the ``EQUI`` namespace with its defaults to ``cfg`` (idempotent); returns ``cfg``."""
+    if "EQUI" in cfg:
+        return cfg
+    cfg.EQUI = CfgNode()
+    # Defense: a name of equi_ext.defenses.DEFENSES (none, equi, invariance, random, detect_then_defend).
+    cfg.EQUI.DEFENSE = "none"
+    cfg.EQUI.PRESET = "default"  # equi/invariance: named base settings of EquivarianceDefense
+    cfg.EQUI.TRANSFORMS = None  # a transform-set name ('flip_resize', 'paper', 'pilot'); None = preset
+    cfg.EQUI.DEFENSE_STEPS = None  # T
+    cfg.EQUI.EPS_V = None  # purification radius, pixel levels (0-255)
+    cfg.EQUI.STEP_SIZE = None  # η, pixel levels
+    cfg.EQUI.THRESHOLD = None  # detect_then_defend: score under which an image is defended
+    cfg.EQUI.SEED = 0
+    # What the equivariance is measured on: FPN maps (dense, overlap-masked), per-ROI mask
+    # logits (box-aware: boxes mapped through each transform), or both summed.
+    cfg.EQUI.FEATURE = "fpn"
+    cfg.EQUI.FPN_LEVELS = []  # empty = every backbone output (p2 … p6)
+    cfg.EQUI.ROI_SCORE_THRESH = 0.5  # mask_logits: detections on x scoring at least this give the boxes
+    # Attack: a name of equi_ext.attacks.ATTACKS taking a task loss ('' = no attack).
+    cfg.EQUI.ATTACK = ""
+    cfg.EQUI.EPS = 4.0  # L∞ budget, pixel levels
+    cfg.EQUI.STEPS = 10
+    cfg.EQUI.ATTACK_STEP_SIZE = None  # None = 2.5·EPS/STEPS
+    cfg.EQUI.LAMBDA_E = 1.0  # adaptive attack only
+    cfg.EQUI.EOT_SAMPLES = 4  # eot attack only
+    # A synthetic-shapes root registered as <prefix>_train / <prefix>_val before building loaders.
+    cfg.EQUI.SYNTHETIC_ROOT = ""
+    return cfg
+
+
+def _merge_dicts(update: dict, base: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_dicts(value, base[key])
+        else:
+            base[key] = value
+    return base
+
+
+def _load_yaml(path: Path) -> dict:
+    """Read a yaml config with its ``_BASE_`` chain: relative paths or ``model_zoo://`` names."""
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    base = raw.pop("_BASE_", None)
+    if base is None:
+        return raw
+    if str(base).startswith(MODEL_ZOO_PREFIX):
+        try:
+            base_file = model_zoo.get_config_file(base[len(MODEL_ZOO_PREFIX):])
+        except RuntimeError as err:
+            raise FileNotFoundError(f"{path}: _BASE_ {base!r} is not a Detectron2 model-zoo config ({err})") from None
+        base_dict = CfgNode.load_yaml_with_base(base_file, allow_unsafe=False)
+    else:
+        base_path = Path(base).expanduser()
+        base_path = base_path if base_path.is_absolute() else path.parent / base_path
+        if not base_path.is_file():
+            raise FileNotFoundError(f"{path}: _BASE_ {str(base_path)!r} does not exist")
+        base_dict = _load_yaml(base_path)
+    return _merge_dicts(raw, base_dict)
+
+
+def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -> CfgNode:
+    """Detectron2's defaults + ``EQUI`` + ``config_file`` + ``opts`` (``KEY VALUE`` pairs), checked.
+
+    Raises:
+        FileNotFoundError: the config (or its model-zoo base) does not exist.
+        ValueError: an unknown ``EQUI.FEATURE``.
+    """
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    cfg = add_equi_config(get_cfg())
+    cfg.merge_from_other_cfg(CfgNode(_load_yaml(path)))
+    if opts:
+        cfg.merge_from_list(list(opts))
+    if cfg.EQUI.FEATURE not in FEATURES:
+        raise ValueError(f"EQUI.FEATURE must be one of {FEATURES}; got {cfg.EQUI.FEATURE!r}")
+    return cfg

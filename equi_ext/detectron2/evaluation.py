@@ -1,0 +1,146 @@
+"""COCO mask/box AP of an ``EquiGeneralizedRCNN`` clean / attacked / defended, in one run.
+
+Each scenario is one pass of Detectron2's ``inference_on_dataset`` with a fresh
+``COCOEvaluator`` (pycocotools' official implementation). Attacks need ground truth at
+test time, so the loader keeps the annotations (Detectron2's test mapper drops them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.data import detection_utils as utils
+from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.modeling import build_model
+
+from ..pipeline import SCENARIOS, default_scenarios
+from .modeling import EquiGeneralizedRCNN
+
+logger = logging.getLogger(__name__)
+SCENARIO_LABELS = {"clean": "clean", "clean_defended": "clean + defense", "attacked": "attacked",
+                   "defended": "attacked + defense"}
+
+
+class _PredictedImagesCOCOEvaluator(COCOEvaluator):
+    """COCO AP over the images actually predicted (a fixed subset of the split in tests and demos)."""
+
+    def evaluate(self, img_ids=None):
+        return super().evaluate(img_ids=[p["image_id"] for p in self._predictions])
+
+
+def build_annotated_test_loader(cfg, dataset_name: str, num_images: int | None = None):
+    """Test-time resizing, annotations kept (transformed like the image) for the attacks' losses."""
+    mapper = DatasetMapper(
+        is_train=True,  # keeps and transforms annotations; augmentations are the test ones
+        augmentations=utils.build_augmentation(cfg, is_train=False),
+        image_format=cfg.INPUT.FORMAT,
+        use_instance_mask=cfg.MODEL.MASK_ON,
+        instance_mask_format=cfg.INPUT.MASK_FORMAT,
+    )
+    records = DatasetCatalog.get(dataset_name)
+    if num_images is not None:
+        records = records[:num_images]
+    return build_detection_test_loader(records, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+
+def load_weights(model: torch.nn.Module, weights: str | None) -> None:
+    """Load ``weights`` strictly: a missing file or a checkpoint that does not fit is an error.
+
+    Accepts Detectron2 checkpoints (``{"model": state_dict, ...}``) and bare state dicts, in
+    fp32 or fp16 (cast to the model's dtype); Detectron2 model-zoo ``.pkl`` files go through
+    ``DetectionCheckpointer`` (name conversion) instead.
+    """
+    if not weights:
+        logger.warning("no MODEL.WEIGHTS / checkpoint given: evaluating randomly initialised weights")
+        return
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"checkpoint {weights!r} does not exist")
+    if weights.endswith(".pkl"):
+        from detectron2.checkpoint import DetectionCheckpointer
+
+        DetectionCheckpointer(model).load(weights)
+        return
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {weights!r} holds no state dict")
+    state = {k.removeprefix("module."): torch.as_tensor(v) for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {weights!r} does not match the model:\n{err}") from None
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| scenario | mask AP | mask AP50 | box AP | equivariance score | images | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        score = f"{r['equivariance_score']:.3f}" if r.get("equivariance_score") is not None else "—"
+        lines.append(f"| {SCENARIO_LABELS[r['scenario']]} | {r['segm_AP']:.2f} | {r['segm_AP50']:.2f} "
+                     f"| {r['bbox_AP']:.2f} | {score} | {r['images']} | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None = None,
+                       num_images: int | None = None, output_dir: str | None = None,
+                       model: EquiGeneralizedRCNN | None = None) -> list[dict]:
+    """Evaluate ``cfg.DATASETS.TEST[0]`` under each scenario; write ``equi_results.{md,json}``.
+
+    Args:
+        cfg: a config from :func:`equi_ext.detectron2.load_config` (``EquiGeneralizedRCNN``).
+        weights: checkpoint path (None = the model's random initialisation).
+        scenarios: subset of ``SCENARIOS``; default: every one the config's defense/attack allow.
+        num_images: evaluate the first N images of the split only.
+        output_dir: where results go (default ``cfg.OUTPUT_DIR``).
+        model: an already built and loaded model (benchmarks reuse one across settings).
+
+    Returns:
+        One dict per scenario: segm/bbox AP (and AP50), mean equivariance score, images, seconds.
+    """
+    if model is None:
+        model = build_model(cfg)
+        if not isinstance(model, EquiGeneralizedRCNN):
+            raise ValueError(f"MODEL.META_ARCHITECTURE must be EquiGeneralizedRCNN for equi-ext evaluation; "
+                             f"got {cfg.MODEL.META_ARCHITECTURE!r}")
+        load_weights(model, weights)
+    model.eval()
+    if scenarios is None:
+        scenarios = default_scenarios(model.pipeline.defends, model.pipeline.attack_cfg is not None)
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenarios {unknown}; valid: {list(SCENARIOS)}")
+    if not cfg.DATASETS.TEST:
+        raise ValueError("DATASETS.TEST is empty: name the dataset to evaluate")
+    dataset = cfg.DATASETS.TEST[0]
+    out_dir = Path(output_dir or cfg.OUTPUT_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for scenario in scenarios:
+        model.scenario, model.record_scores, model.scores = scenario, True, []
+        evaluator = _PredictedImagesCOCOEvaluator(dataset, tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
+                                                  distributed=True, output_dir=str(out_dir / scenario),
+                                                  use_fast_impl=False)
+        start = time.perf_counter()
+        results = inference_on_dataset(model, build_annotated_test_loader(cfg, dataset, num_images), evaluator)
+        scores = list(model.scores)
+        rows.append(dict(
+            scenario=scenario,
+            segm_AP=float(results.get("segm", {}).get("AP", float("nan"))),
+            segm_AP50=float(results.get("segm", {}).get("AP50", float("nan"))),
+            bbox_AP=float(results["bbox"]["AP"]),
+            equivariance_score=sum(scores) / len(scores) if scores else None,
+            images=len(scores), seconds=time.perf_counter() - start,
+        ))
+    model.scenario, model.record_scores = None, False
+    table = format_table(rows)
+    (out_dir / "equi_results.md").write_text(table + "\n")
+    (out_dir / "equi_results.json").write_text(json.dumps(
+        dict(weights=weights, equi=json.loads(json.dumps(cfg.EQUI, default=str)), results=rows), indent=2))
+    print(table)
+    return rows

@@ -1,0 +1,214 @@
+"""``EquiGeneralizedRCNN``: Mask R-CNN whose inference can be attacked and defended (``cfg.EQUI.*``).
+
+Training is the stock ``GeneralizedRCNN``; so is inference when neither ``EQUI.DEFENSE`` nor
+``EQUI.ATTACK`` is set. Otherwise each batch of ``inference`` is
+
+    images (input format, 0–255) → RGB pixels → attack (the model's own training losses,
+    ground truth from the inputs' ``instances``) → defense → back to the input format
+    → stock ``GeneralizedRCNN.inference`` (postprocessing included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.structures import ImageList, Instances
+from detectron2.utils.events import EventStorage
+
+from ...attacks import ATTACKS
+from ...core.optimizer import frozen_model
+from ...defenses import DEFENSES
+from ...pipeline import SCENARIOS, EquiPipeline
+from .objective import MaskRCNNObjective
+
+#: ``cfg.EQUI`` keys → constructor arguments, passed when the registered class accepts them.
+DEFENSE_KEYS = {"PRESET": "preset", "TRANSFORMS": "transforms", "DEFENSE_STEPS": "steps", "EPS_V": "eps_v",
+                "STEP_SIZE": "step_size", "THRESHOLD": "threshold", "SEED": "seed"}
+ATTACK_KEYS = {"EPS": "eps", "STEPS": "steps", "ATTACK_STEP_SIZE": "step_size", "LAMBDA_E": "lambda_e",
+               "EOT_SAMPLES": "samples", "SEED": "seed"}
+
+
+def _init_arguments(cls: type) -> set[str]:
+    """Named constructor arguments of ``cls``, following ``**kwargs`` up the class hierarchy."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        names |= {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return names
+
+
+def _accepted(cls: type, equi_cfg, keys: dict[str, str]) -> dict:
+    accepted = _init_arguments(cls)
+    out = {}
+    for key, arg in keys.items():
+        value = equi_cfg.get(key)
+        if value is not None and arg in accepted:
+            out[arg] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def equi_settings(cfg) -> dict[str, Any]:
+    """The defense and attack configs (registry dicts) and views that ``cfg.EQUI`` describes."""
+    equi = cfg.EQUI
+    defense = None
+    if equi.DEFENSE and equi.DEFENSE != "none":
+        cls = DEFENSES.get(equi.DEFENSE)
+        defense = {"type": equi.DEFENSE, **_accepted(cls, equi, DEFENSE_KEYS)}
+        if equi.DEFENSE == "detect_then_defend":
+            inner = DEFENSES.get("equi")
+            defense.pop("seed", None)
+            defense["defense"] = {"type": "equi", **_accepted(inner, equi, DEFENSE_KEYS)}
+            defense["defense"].pop("threshold", None)
+            for key in ("preset", "transforms", "steps", "eps_v", "step_size"):
+                defense.pop(key, None)
+    attack = None
+    if equi.ATTACK:
+        attack = {"type": equi.ATTACK, **_accepted(ATTACKS.get(equi.ATTACK), equi, ATTACK_KEYS)}
+    return dict(defense=defense, attack=attack, feature=equi.FEATURE, levels=list(equi.FPN_LEVELS),
+                roi_score_thresh=float(equi.ROI_SCORE_THRESH))
+
+
+@contextlib.contextmanager
+def heads_in_training(model: GeneralizedRCNN) -> Iterator[None]:
+    """Switch only ``proposal_generator`` and ``roi_heads`` to training (so they return losses),
+    keeping the backbone — and its BatchNorm — in eval; every flag is restored, also on errors."""
+    modules = [m for head in (model.proposal_generator, model.roi_heads) if head is not None for m in head.modules()]
+    flags = [(m, m.training) for m in modules]
+    try:
+        for m, _ in flags:
+            m.training = True
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@META_ARCH_REGISTRY.register()
+class EquiGeneralizedRCNN(GeneralizedRCNN):
+    """``GeneralizedRCNN`` with test-time attack and equivariance defense from ``cfg.EQUI``.
+
+    ``scenario`` (set by the tools) selects what ``inference`` measures: one of
+    ``equi_ext.pipeline.SCENARIOS``, or None for "as configured". With ``record_scores``
+    the equivariance score of every predicted image is appended to ``scores``.
+    """
+
+    @configurable
+    def __init__(self, *, equi: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline = EquiPipeline(equi["defense"], equi["attack"], needs_logits=False)
+        self.feature, self.levels = equi["feature"], equi["levels"]
+        self.roi_score_thresh = equi["roi_score_thresh"]
+        MaskRCNNObjective(self, self.to_inputs, self.levels, boxes=[] if "mask_logits" in self.feature else None)
+        self.scenario: str | None = None
+        self.record_scores = False
+        self.scores: list[float] = []
+
+    @classmethod
+    def from_config(cls, cfg) -> dict[str, Any]:
+        ret = super().from_config(cfg)
+        ret["equi"] = equi_settings(cfg)
+        return ret
+
+    # ----- pixel space: RGB floats in [0, 255] ------------------------------------------------
+    def to_pixels(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.to(self.device, torch.float32)
+        return x.flip(-3) if self.input_format == "BGR" else x
+
+    def to_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.flip(-3) if self.input_format == "BGR" else pixels
+
+    def to_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (self.to_image(pixels) - self.pixel_mean) / self.pixel_std
+
+    # ----- model views ----------------------------------------------------------------------
+    def task_loss(self, pixels: torch.Tensor, targets: list[Instances], seed: int = 0) -> torch.Tensor:
+        """Sum of the RPN, box and mask training losses (SPEC §6), proposal sampling seeded."""
+        images = ImageList.from_tensors(list(self.to_inputs(pixels)), self.backbone.size_divisibility,
+                                        padding_constraints=getattr(self.backbone, "padding_constraints", None))
+        features = self.backbone(images.tensor)
+        devices = [pixels.device.index or 0] if pixels.is_cuda else []
+        # Training-mode heads log statistics: give them a throwaway event storage.
+        with heads_in_training(self), EventStorage(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            proposals, rpn_losses = self.proposal_generator(images, features, targets)
+            _, roi_losses = self.roi_heads(images, features, proposals, targets)
+        return sum(rpn_losses.values()) + sum(roi_losses.values())
+
+    def _boxes(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Confident, non-degenerate detections on ``pixels``: the boxes of the ROI term."""
+        with torch.no_grad():
+            results = super().inference([{"image": self.to_image(p)} for p in pixels], do_postprocess=False)
+        boxes = []
+        for r in results:
+            b = r.pred_boxes.tensor[r.scores >= self.roi_score_thresh]
+            boxes.append(b[(b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)].detach())
+        return boxes
+
+    def objective(self, pixels: torch.Tensor) -> MaskRCNNObjective:
+        boxes = self._boxes(pixels) if "mask_logits" in self.feature else None
+        return MaskRCNNObjective(self, self.to_inputs, self.levels, use_fpn="fpn" in self.feature, boxes=boxes)
+
+    # ----- inference ------------------------------------------------------------------------
+    def inference(self, batched_inputs: list[dict], detected_instances: list[Instances] | None = None,
+                  do_postprocess: bool = True):
+        attack_on, defend_on = SCENARIOS[self.scenario] if self.scenario else (True, True)
+        attack_on = attack_on and self.pipeline.attack_cfg is not None
+        defend_on = defend_on and self.pipeline.defends
+        if not (attack_on or defend_on or self.record_scores) or detected_instances is not None:
+            return super().inference(batched_inputs, detected_instances, do_postprocess)
+        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
+            raise ValueError("batched_inputs must be a non-empty list of dicts with an 'image' tensor")
+        if attack_on and any("instances" not in x for x in batched_inputs):
+            raise ValueError("an attack needs ground truth: inputs must carry 'instances' (build the test loader "
+                             "with equi_ext.detectron2.evaluation.build_annotated_test_loader)")
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, x in enumerate(batched_inputs):
+            image = x.get("image") if isinstance(x, dict) else None
+            if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+                raise ValueError(f"input {i}: 'image' must be a (3, H, W) tensor; got {shape}")
+            groups[tuple(image.shape)].append(i)
+        new_inputs = [dict(x) for x in batched_inputs]
+        with frozen_model(self):
+            for idx in groups.values():
+                pixels = torch.stack([self.to_pixels(batched_inputs[i]["image"]) for i in idx])
+                seeds = [self._image_seed(batched_inputs[i], i) for i in idx]
+                targets = [batched_inputs[i]["instances"].to(self.device) for i in idx] if attack_on else None
+                loss_seed = zlib.crc32(repr(seeds).encode())
+
+                def loss_fn(x: torch.Tensor, t: list[Instances], seed=loss_seed) -> torch.Tensor:
+                    return self.task_loss(x, t, seed)
+
+                pixels, score = self.pipeline.run(
+                    pixels, attack=attack_on, defend=False, features=self.objective(pixels), model=self,
+                    seeds=seeds, targets=targets, loss_fn=loss_fn)
+                if defend_on or self.record_scores:
+                    pixels, score = self.pipeline.run(
+                        pixels, attack=False, defend=defend_on, features=self.objective(pixels), model=self,
+                        seeds=seeds, record_score=self.record_scores)
+                if score is not None:
+                    self.scores.extend(score.tolist())
+                for j, i in enumerate(idx):
+                    new_inputs[i]["image"] = self.to_image(pixels[j])
+        return super().inference(new_inputs, None, do_postprocess)
+
+    @staticmethod
+    def _image_seed(inputs: dict, index: int) -> int:
+        """Stable per-image seed: the file name (not its folder), else the image id, else the index."""
+        if inputs.get("file_name"):
+            return zlib.crc32(os.path.basename(str(inputs["file_name"])).encode())
+        image_id = inputs.get("image_id")
+        return image_id if isinstance(image_id, int) else index

@@ -1,0 +1,139 @@
+"""What both framework adapters do with a batch in RGB pixel space: attack, defend, score.
+
+The adapters (``equi_ext.mmseg``, ``equi_ext.detectron2``) only convert their inputs to
+pixels, supply the model's views (features, logits, task loss) and hand the result back
+to their stock inference; every decision about attacks, defenses and scores is made here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attacks import ATTACKS, BPDA, Adaptive, defense_preprocessor
+from .core.optimizer import EquivarianceDefense
+from .defenses import DEFENSES, NoDefense
+
+#: scenario name → (attack?, defend?); the tools run one evaluation each.
+SCENARIOS = {
+    "clean": (False, False),
+    "clean_defended": (False, True),
+    "attacked": (True, False),
+    "defended": (True, True),
+}
+
+
+def as_cfg(value: Any) -> dict | None:
+    """``None`` / ``'name'`` / a mapping → ``None`` / ``{'type': 'name'}`` / a dict copy."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return {"type": value}
+    return dict(value)
+
+
+def default_scenarios(has_defense: bool, has_attack: bool) -> list[str]:
+    """Every scenario the configured defense/attack make meaningful, in table order."""
+    scenarios = ["clean"]
+    if has_defense:
+        scenarios.append("clean_defended")
+    if has_attack:
+        scenarios.append("attacked")
+        if has_defense:
+            scenarios.append("defended")
+    return scenarios
+
+
+def attack_kwargs(cls: type, cfg: dict, *, loss_fn: Callable, logits_fn: Callable | None, feature_fn: Any,
+                  preprocessor: Callable, transforms: list | None = None, **extra: Any) -> dict:
+    """Constructor arguments of attack ``cls``: the config's budget plus the model's views."""
+    kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    kwargs.update(loss_fn=loss_fn, logits_fn=logits_fn, **extra)
+    if issubclass(cls, Adaptive):
+        kwargs["feature_fn"] = feature_fn
+        if transforms is not None:
+            kwargs.setdefault("transforms", transforms)
+    if issubclass(cls, BPDA):
+        kwargs["defense"] = preprocessor
+    return kwargs
+
+
+class EquiPipeline:
+    """A configured defense and attack, applied to pixel batches.
+
+    Args:
+        defense_cfg: a defense name or config dict (``None`` = no defense).
+        attack_cfg: an attack name or config dict (``None`` = no attack).
+        pixel_range: value range of the pixel batches.
+        needs_logits: attacks that weight pixels need dense logits; a framework without
+            them (Detectron2) passes False so such attacks are refused at build time.
+
+    Raises:
+        KeyError / ValueError / TypeError: unknown names or bad budgets, at construction
+        (the attack is built once with stand-ins), never mid-evaluation.
+    """
+
+    def __init__(self, defense_cfg: Any = None, attack_cfg: Any = None, *, pixel_range=(0.0, 255.0),
+                 needs_logits: bool = True) -> None:
+        defense_cfg, self.attack_cfg = as_cfg(defense_cfg), as_cfg(attack_cfg)
+        if defense_cfg is not None:
+            defense_cfg.setdefault("pixel_range", pixel_range)
+        self.defense = DEFENSES.build(defense_cfg) if defense_cfg is not None else None
+        self.pixel_range = pixel_range
+        if self.attack_cfg is not None:
+            cls = ATTACKS.get(self.attack_cfg.get("type"))
+            logits = (lambda x: x) if needs_logits else None
+            try:
+                cls(**attack_kwargs(cls, self.attack_cfg, loss_fn=lambda x, t: x.sum(), logits_fn=logits,
+                                    feature_fn=lambda x: x, preprocessor=lambda x, seed: x))
+            except (TypeError, ValueError) as err:
+                if not needs_logits and "logits_fn" in str(err):
+                    raise ValueError(f"attack {cls.__name__} needs dense logits, which this model does not "
+                                     f"have ({err}); use one of pgd, ifgsm, mim, bpda, eot, adaptive") from None
+                raise
+        # Scores are always equivariance scores: the equi defense's own transforms, else the default set.
+        own = type(self.defense) is EquivarianceDefense
+        self.score_defense = self.defense if own else EquivarianceDefense(pixel_range=pixel_range)
+
+    @property
+    def defends(self) -> bool:
+        return self.defense is not None and not isinstance(self.defense, NoDefense)
+
+    def run(self, pixels: torch.Tensor, *, attack: bool, defend: bool, features: Any, model: nn.Module,
+            seeds: Sequence[int], targets: Any = None, loss_fn: Callable | None = None,
+            logits_fn: Callable | None = None, record_score: bool = False,
+            **attack_extra: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attack (if ``attack`` and configured), then defend (if ``defend`` and configured).
+
+        ``features`` is the defense's model view (a feature_fn or an ``Objective``);
+        ``loss_fn(pixels, targets)`` the task loss the attack maximises. Returns the
+        pixels to predict on and, with ``record_score``, their (N,) equivariance scores.
+        """
+        if attack and self.attack_cfg is not None:
+            pixels = self.attack(pixels, targets, features=features, model=model, seeds=seeds,
+                                 loss_fn=loss_fn, logits_fn=logits_fn, **attack_extra)
+        score = None
+        if defend and self.defends:
+            own_score = record_score and self.defense is self.score_defense
+            out = self.defense(pixels, features, model=model, image_seeds=seeds, compute_score=own_score)
+            pixels, score = out.images, out.score
+        if record_score and score is None:
+            score = self.score_defense.score(pixels, features)
+        return pixels, score
+
+    def attack(self, pixels: torch.Tensor, targets: Any, *, features: Any, model: nn.Module, seeds: Sequence[int],
+               loss_fn: Callable, logits_fn: Callable | None, **extra: Any) -> torch.Tensor:
+        if self.defends:
+            preprocessor = defense_preprocessor(self.defense, features, model=model, image_seeds=seeds)
+        else:
+            def preprocessor(x: torch.Tensor, seed: int) -> torch.Tensor:  # BPDA on no defense = PGD
+                return x.clone()
+        cls = ATTACKS.get(self.attack_cfg["type"])
+        # The adaptive attacker is white-box: it uses the transforms of the defense it faces.
+        attack = cls(**attack_kwargs(cls, self.attack_cfg, loss_fn=loss_fn, logits_fn=logits_fn,
+                                     feature_fn=features, preprocessor=preprocessor,
+                                     transforms=self.score_defense.transforms, **extra))
+        return attack(pixels, targets, image_seeds=seeds)

@@ -1,0 +1,247 @@
+#!/usr/bin/env python
+"""Speed and memory of defended inference against a vanilla forward, as ratios, in one process.
+
+For each model — the MMSeg demo DeepLabV3 and the Detectron2 demo Mask R-CNN (committed
+weights, synthetic val images) and, unless ``--skip-real``, a real-size MMSeg DeepLabV3
+R50-D8 at 512×512 (random weights: only the time matters) — it times, after a warm-up, a
+vanilla forward, defended inference for each preset, detection-only scoring and PGD-10,
+at batch 1 and batch N, and reports median/min/max seconds per image, the ratio to the
+vanilla forward of the same batch size, and the peak RSS above the process's RSS before
+any model was built (``/proc/self/status`` VmHWM, reset per measurement). The real-size
+model is timed for one defense step (per-step cost × T), not whole runs.
+
+Example::
+
+    python tools/benchmark_speed.py --batch 8 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+import torch  # noqa: E402
+
+from equi_ext.attacks import PGD  # noqa: E402
+from equi_ext.core.optimizer import PRESETS, EquivarianceDefense  # noqa: E402
+
+
+def _status_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def peak_rss_mib(fn: Callable[[], object], baseline_kib: int) -> float:
+    """Peak resident memory while ``fn`` runs, above ``baseline_kib``, in MiB (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    fn()
+    return (_status_kib("VmHWM") - baseline_kib) / 1024
+
+
+def timed(fn: Callable[[], object], repeats: int, per: int) -> dict:
+    """Median/min/max seconds per item over ``repeats`` calls of ``fn`` (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) / per)
+    return dict(median=statistics.median(times), min=min(times), max=max(times))
+
+
+@dataclass
+class Case:
+    """One model seen through pixels: its vanilla forward, the defense's view and the task loss."""
+
+    name: str
+    pixels: torch.Tensor
+    vanilla: Callable[[torch.Tensor], object]
+    features: Callable[[torch.Tensor], object]
+    loss_fn: Callable[[torch.Tensor, object], torch.Tensor]
+    targets: Callable[[int], object]
+    model: torch.nn.Module
+
+
+def mmseg_demo_case(batch: int) -> Case:
+    from run_demo import DATA, build_demo_runner, ensure_data
+
+    from equi_ext.attacks import pixel_cross_entropy
+    from equi_ext.mmseg import configure
+
+    ensure_data()
+    runner = build_demo_runner(DATA, batch, REPO / "work_dirs/benchmark_speed/mmseg")
+    model = runner.model.eval()
+    rt = configure(model, defense="equi")
+    samples = [next(iter([item])) for item in runner.test_dataloader.dataset][:batch]
+    data = model.data_preprocessor(dict(inputs=[s["inputs"] for s in samples],
+                                        data_samples=[s["data_samples"] for s in samples]), False)
+    metas = [s.metainfo for s in data["data_samples"]]
+    labels = torch.stack([s.gt_sem_seg.data[0] for s in data["data_samples"]]).long()
+    logits_for = {}
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n not in logits_for:
+            logits_for[n] = rt.logits_fn(metas[:n], (0, 0, 0, 0), tuple(x.shape[-2:]))
+        return logits_for[n](x)
+
+    return Case("MMSeg demo DeepLabV3 (R18c16-D8, 128×128)", rt.pixels.to_pixels(data["inputs"]), logits,
+                rt.features, lambda x, t: pixel_cross_entropy(logits(x), t), lambda n: labels[:n], model)
+
+
+def detectron2_demo_case(batch: int) -> Case:
+    from detectron2.modeling import build_model
+
+    from equi_ext.detectron2 import load_config, register_synthetic_shapes
+    from equi_ext.detectron2.evaluation import build_annotated_test_loader, load_weights
+
+    cfg = load_config(REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml")
+    names = register_synthetic_shapes(REPO / cfg.EQUI.SYNTHETIC_ROOT)
+    model = build_model(cfg).eval()
+    load_weights(model, str(REPO / cfg.MODEL.WEIGHTS))
+    inputs = [b[0] for b, _ in zip(build_annotated_test_loader(cfg, names[-1], batch), range(batch))]
+    pixels = torch.stack([model.to_pixels(x["image"]) for x in inputs])
+    targets = [x["instances"] for x in inputs]
+
+    def vanilla(x: torch.Tensor):
+        return model.inference([{"image": model.to_image(p)} for p in x], do_postprocess=False)
+
+    return Case("Detectron2 demo Mask R-CNN (R18-FPN, 128×128)", pixels, vanilla, model.objective(pixels[:1]),
+                lambda x, t: model.task_loss(x, t), lambda n: targets[:n], model)
+
+
+def real_size_case() -> Case:
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+
+    import equi_ext.mmseg  # noqa: F401
+    from equi_ext.mmseg import configure
+
+    cfg = Config.fromfile(str(REPO / "configs/deeplabv3_voc_equi.py"))
+    model = MODELS.build(cfg.model).eval()
+    rt = configure(model, defense="equi", attack=None)
+    pixels = torch.rand(1, 3, 512, 512) * 255
+
+    def vanilla(x: torch.Tensor):
+        return model.encode_decode(rt.pixels.to_inputs(x), [dict(img_shape=x.shape[-2:])] * x.shape[0])
+
+    return Case("MMSeg DeepLabV3 R50-D8 (512×512, random weights)", pixels, vanilla, rt.features,
+                lambda x, t: x.sum(), lambda n: None, model)
+
+
+def defense_for(preset: str, **overrides) -> EquivarianceDefense:
+    return EquivarianceDefense(preset=preset, **overrides)
+
+
+def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_kib: int,
+                attack_steps: int) -> list[dict]:
+    """Every measurement on the first ``n`` images of ``case``."""
+    x = case.pixels[:n]
+    targets = case.targets(n)
+    rows = []
+
+    def row(what: str, t: dict, peak: float | None = None) -> None:
+        rows.append(dict(model=case.name, batch=n, what=what, **t, ratio=t["median"] / vanilla["median"],
+                         peak_rss_mib=peak))
+
+    with torch.no_grad():
+        vanilla = timed(lambda: case.vanilla(x), repeats, n)
+        row("vanilla forward", vanilla, peak_rss_mib(lambda: case.vanilla(x), baseline_kib))
+        for preset in presets:
+            defense = defense_for(preset)
+
+            def defended(defense=defense):
+                return case.vanilla(defense(x, case.features, model=case.model, compute_score=False).images)
+
+            row(f"defended ({preset}: T={defense.steps}, K={len(defense.transforms)})",
+                timed(defended, repeats, n), peak_rss_mib(defended, baseline_kib))
+        scorer = defense_for(presets[0])
+        row(f"detection score only ({presets[0]} transforms)", timed(lambda: scorer.score(x, case.features), repeats, n))
+        attack = PGD(loss_fn=case.loss_fn, eps=4, steps=attack_steps)
+        row(f"PGD-{attack_steps} attack", timed(lambda: attack(x, targets), max(1, repeats // 2), n))
+    return rows
+
+
+def bench_real_size(case: Case, presets: list[str], baseline_kib: int) -> list[dict]:
+    """One timed defense step per preset (after one warm-up step), reported as per-step cost × T."""
+    rows = []
+    x = case.pixels
+    with torch.no_grad():
+        vanilla = timed(lambda: case.vanilla(x), 2, 1)
+        rows.append(dict(model=case.name, batch=1, what="vanilla forward", **vanilla, ratio=1.0,
+                         peak_rss_mib=peak_rss_mib(lambda: case.vanilla(x), baseline_kib)))
+        for preset in presets:
+            steps = PRESETS[preset]["steps"]
+            one_step = defense_for(preset, steps=1)
+            holder: dict = {}
+
+            def step(one_step=one_step, holder=holder):
+                holder["out"] = one_step(x, case.features, model=case.model, compute_score=False)
+
+            t = timed(step, 1, 1)
+            per_step = t["median"]
+            total = per_step * steps + vanilla["median"]
+            rows.append(dict(model=case.name, batch=1, what=f"defended ({preset}: {per_step:.1f} s/step × T={steps})",
+                             median=total, min=t["min"] * steps + vanilla["min"], max=t["max"] * steps + vanilla["max"],
+                             ratio=total / vanilla["median"], peak_rss_mib=peak_rss_mib(step, baseline_kib)))
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| model | batch | measurement | s/image (median) | min | max | × vanilla | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rss = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") is not None else "—"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['what']} | {r['median']:.3f} | {r['min']:.3f} "
+                     f"| {r['max']:.3f} | {r['ratio']:.1f} | {rss} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8, help="the batch-N size (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--presets", default=",".join(p for p in ("default", "fast") if p in PRESETS),
+                        help="defense presets to time (default: %(default)s)")
+    parser.add_argument("--attack-steps", type=int, default=10)
+    parser.add_argument("--skip-real", action="store_true", help="skip the real-size R50-D8 model")
+    parser.add_argument("--models", default="mmseg,detectron2", help="demo models to time (default: %(default)s)")
+    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/benchmark_speed"))
+    args = parser.parse_args(argv)
+    presets = args.presets.split(",")
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise SystemExit(f"error: unknown presets {unknown}; valid: {sorted(PRESETS)}")
+    baseline = _status_kib("VmRSS")
+    torch.manual_seed(0)
+    builders = {"mmseg": mmseg_demo_case, "detectron2": detectron2_demo_case}
+    rows: list[dict] = []
+    for name in args.models.split(","):
+        case = builders[name](args.batch)
+        for n in (1, args.batch):
+            rows += bench_batch(case, n, presets, args.repeats, baseline, args.attack_steps)
+    if not args.skip_real:
+        rows += bench_real_size(real_size_case(), presets, baseline)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    text = f"Machine: {machine}\n\n" + to_markdown(rows) + "\n"
+    out = Path(args.work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark_speed.md").write_text(text)
+    (out / "benchmark_speed.json").write_text(json.dumps(dict(machine=machine, rows=rows), indent=2))
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

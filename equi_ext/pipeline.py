@@ -25,6 +25,22 @@ SCENARIOS = {
     "defended": (True, True),
 }
 
+SCENARIO_LABELS = {"clean": "clean", "clean_defended": "clean + defense", "attacked": "attacked",
+                   "defended": "attacked + defense"}
+
+
+def scenario_table(rows: list[dict], metrics: dict[str, str]) -> str:
+    """Markdown table, one row per scenario: the ``metrics`` columns (header → key, shown ×1 with two
+    decimals), then the mean equivariance score, the number of images and the seconds taken."""
+    header = ["scenario", *metrics, "equivariance score", "images", "seconds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        score = f"{r['equivariance_score']:.3f}" if r.get("equivariance_score") is not None else "—"
+        cells = [SCENARIO_LABELS[r["scenario"]], *(f"{r[key]:.2f}" for key in metrics.values()), score,
+                 str(r["images"]), f"{r['seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
 
 def as_cfg(value: Any) -> dict | None:
     """``None`` / ``'name'`` / a mapping → ``None`` / ``{'type': 'name'}`` / a dict copy."""

@@ -30,19 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
+from mmengine.dist import all_gather_object, get_rank  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmengine.runner.checkpoint import load_state_dict  # noqa: E402
 
 import equi_ext.mmseg as equi_mmseg  # noqa: E402
 from equi_ext.mmseg.cli import add_common_arguments, load_config  # noqa: E402
-from equi_ext.pipeline import default_scenarios  # noqa: E402
-
-SCENARIO_LABELS = {
-    "clean": "clean",
-    "clean_defended": "clean + defense",
-    "attacked": "attacked",
-    "defended": "attacked + defense",
-}
+from equi_ext.pipeline import default_scenarios, scenario_table  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -89,16 +83,6 @@ def load_weights(runner: Runner, checkpoint: str | None, config: str) -> None:
         load_state_dict(getattr(runner.model, "module", runner.model), state, strict=True)
     except RuntimeError as err:
         raise SystemExit(f"error: checkpoint {checkpoint!r} does not match the model of {config!r}:\n{err}") from None
-
-
-def format_table(rows: list[dict]) -> str:
-    lines = ["| scenario | mIoU | aAcc | mAcc | equivariance score | images | seconds |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        score = f"{r['equivariance_score']:.3f}" if r.get("equivariance_score") is not None else "—"
-        lines.append(f"| {SCENARIO_LABELS[r['scenario']]} | {r['mIoU']:.2f} | {r['aAcc']:.2f} | {r['mAcc']:.2f} "
-                     f"| {score} | {r['images']} | {r['seconds']:.1f} |")
-    return "\n".join(lines)
 
 
 def detectron2_main(argv: list[str]) -> list[dict]:
@@ -156,14 +140,16 @@ def main(argv=None) -> list[dict]:
         runner.logger.info(f"equi-ext: evaluating scenario '{scenario}'")
         start = time.perf_counter()
         metrics = runner.test()
-        scores = rt.scores
+        scores = [s for rank_scores in all_gather_object(rt.scores) for s in rank_scores]  # every process's images
         rows.append(dict(
             scenario=scenario,
             mIoU=float(metrics["mIoU"]), aAcc=float(metrics["aAcc"]), mAcc=float(metrics["mAcc"]),
             equivariance_score=sum(scores) / len(scores) if scores else None,
             images=len(scores), seconds=time.perf_counter() - start,
         ))
-    table = format_table(rows)
+    table = scenario_table(rows, {"mIoU": "mIoU", "aAcc": "aAcc", "mAcc": "mAcc"})
+    if get_rank() != 0:
+        return rows
     os.makedirs(cfg.work_dir, exist_ok=True)
     with open(osp.join(cfg.work_dir, "equi_results.md"), "w") as f:
         f.write(table + "\n")

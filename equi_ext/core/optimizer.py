@@ -136,8 +136,9 @@ class EquivarianceDefense:
         self.steps = check_positive_int("steps", base["steps"] if steps is None else steps)
         self.eps_v = check_budget("eps_v", base["eps_v"] if eps_v is None else eps_v, self.pixel_range,
                                   allow_zero=False)
+        # Step sizes below one level are legitimate (η = ε_v/8 …); only radii get the "4/255" check.
         self.step_size = check_budget("step_size", base["step_size"] if step_size is None else step_size,
-                                      self.pixel_range, allow_zero=False)
+                                      self.pixel_range, allow_zero=False, allow_fraction=True)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}")
         if reduction not in REDUCTIONS:

@@ -18,20 +18,22 @@ from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_
 from detectron2.data import detection_utils as utils
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 from detectron2.modeling import build_model
+from detectron2.utils import comm
 
-from ..pipeline import SCENARIOS, default_scenarios
+from ..pipeline import SCENARIOS, default_scenarios, scenario_table
 from .modeling import EquiGeneralizedRCNN
 
 logger = logging.getLogger(__name__)
-SCENARIO_LABELS = {"clean": "clean", "clean_defended": "clean + defense", "attacked": "attacked",
-                   "defended": "attacked + defense"}
 
 
 class _PredictedImagesCOCOEvaluator(COCOEvaluator):
     """COCO AP over the images actually predicted (a fixed subset of the split in tests and demos)."""
 
     def evaluate(self, img_ids=None):
-        return super().evaluate(img_ids=[p["image_id"] for p in self._predictions])
+        ids = [p["image_id"] for p in self._predictions]
+        if self._distributed:  # every process's images (the parent gathers the predictions themselves)
+            ids = [i for rank_ids in comm.all_gather(ids) for i in rank_ids]
+        return super().evaluate(img_ids=ids)
 
 
 def build_annotated_test_loader(cfg, dataset_name: str, num_images: int | None = None):
@@ -77,16 +79,6 @@ def load_weights(model: torch.nn.Module, weights: str | None) -> None:
         raise ValueError(f"checkpoint {weights!r} does not match the model:\n{err}") from None
 
 
-def format_table(rows: list[dict]) -> str:
-    lines = ["| scenario | mask AP | mask AP50 | box AP | equivariance score | images | seconds |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        score = f"{r['equivariance_score']:.3f}" if r.get("equivariance_score") is not None else "—"
-        lines.append(f"| {SCENARIO_LABELS[r['scenario']]} | {r['segm_AP']:.2f} | {r['segm_AP50']:.2f} "
-                     f"| {r['bbox_AP']:.2f} | {score} | {r['images']} | {r['seconds']:.1f} |")
-    return "\n".join(lines)
-
-
 def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None = None,
                        num_images: int | None = None, output_dir: str | None = None,
                        model: EquiGeneralizedRCNN | None = None) -> list[dict]:
@@ -128,17 +120,19 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
                                                   use_fast_impl=False)
         start = time.perf_counter()
         results = inference_on_dataset(model, build_annotated_test_loader(cfg, dataset, num_images), evaluator)
-        scores = list(model.scores)
+        scores = [s for rank_scores in comm.all_gather(list(model.scores)) for s in rank_scores]
         rows.append(dict(
             scenario=scenario,
             segm_AP=float(results.get("segm", {}).get("AP", float("nan"))),
             segm_AP50=float(results.get("segm", {}).get("AP50", float("nan"))),
-            bbox_AP=float(results["bbox"]["AP"]),
+            bbox_AP=float(results.get("bbox", {}).get("AP", float("nan"))),  # {} off the main process
             equivariance_score=sum(scores) / len(scores) if scores else None,
             images=len(scores), seconds=time.perf_counter() - start,
         ))
     model.scenario, model.record_scores = None, False
-    table = format_table(rows)
+    if not comm.is_main_process():
+        return rows
+    table = scenario_table(rows, {"mask AP": "segm_AP", "mask AP50": "segm_AP50", "box AP": "bbox_AP"})
     (out_dir / "equi_results.md").write_text(table + "\n")
     (out_dir / "equi_results.json").write_text(json.dumps(
         dict(weights=weights, equi=json.loads(json.dumps(cfg.EQUI, default=str)), results=rows), indent=2))

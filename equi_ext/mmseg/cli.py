@@ -6,6 +6,7 @@ import argparse
 import os
 import os.path as osp
 
+import torch
 from mmengine.config import Config, DictAction
 
 
@@ -19,12 +20,24 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """Read ``args.config``, apply ``--cfg-options``, ``--launcher`` and the work dir (MMSeg's rules)."""
+    """Read ``args.config``, apply ``--cfg-options``, ``--launcher`` and the work dir (MMSeg's rules).
+
+    With ``--launcher pytorch`` on a machine without CUDA this also starts the gloo process group.
+    """
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if not osp.isfile(args.config):
         raise SystemExit(f"error: config file {args.config!r} does not exist")
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
+    if args.launcher == "pytorch" and not torch.cuda.is_available():
+        # CPU processes (`torchrun --nproc_per_node 2 ... --launcher pytorch`): MMEngine's pytorch launcher
+        # calls torch.cuda.set_device, so the gloo process group is started here; the Runner then finds it
+        # initialised and only reads rank and world size from it.
+        cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
+        if cfg.get("model_wrapper_cfg") is None:  # MMEngine's default passes a GPU index as device_ids
+            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend="gloo")
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:

@@ -90,3 +90,32 @@ def test_train_tool_trains_the_demo_config_and_its_checkpoint_loads(tmp_path, te
     rows = test_tool.main([str(DEMO_CONFIG), str(checkpoint), "--work-dir", str(tmp_path / "test"),
                            "--cfg-options", *common])
     assert [r["scenario"] for r in rows] == ["clean"] and rows[0]["images"] == 2
+
+
+def test_two_processes_with_the_pytorch_launcher_match_one_process(tmp_path, test_tool, synthetic_val_root):
+    """`torchrun --nproc_per_node 2 tools/test.py ... --launcher pytorch` (gloo on CPU) shards the images
+    and reports the same metrics as one process: per-image seeds do not depend on the shard."""
+    import socket
+    import subprocess
+    import sys
+
+    from .conftest import DEMO_CHECKPOINT, DEMO_CONFIG
+
+    options = ["--scenarios", "clean,attacked", "--cfg-options", f"test_dataloader.dataset.data_root={synthetic_val_root}",
+               "test_dataloader.dataset.indices=4", "test_dataloader.num_workers=0",
+               "test_dataloader.persistent_workers=False", "model.test_cfg.attack.type=pgd",
+               "model.test_cfg.attack.steps=2"]
+    single = test_tool.main([str(DEMO_CONFIG), str(DEMO_CHECKPOINT), "--work-dir", str(tmp_path / "one"), *options])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(port), str(REPO / "tools/test.py"), str(DEMO_CONFIG),
+                          str(DEMO_CHECKPOINT), "--launcher", "pytorch", "--work-dir", str(tmp_path / "two"), *options],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sharded = json.loads((tmp_path / "two/equi_results.json").read_text())["results"]
+    for one, two in zip(single, sharded):
+        assert one["scenario"] == two["scenario"] and two["images"] == 4
+        assert two["mIoU"] == pytest.approx(one["mIoU"], abs=1e-6)
+        assert two["equivariance_score"] == pytest.approx(one["equivariance_score"], abs=1e-5)

@@ -192,10 +192,12 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
                 def loss_fn(x: torch.Tensor, t: list[Instances], seed=loss_seed) -> torch.Tensor:
                     return self.task_loss(x, t, seed)
 
-                pixels, score = self.pipeline.run(
-                    pixels, attack=attack_on, defend=False, features=self.objective(pixels), model=self,
-                    seeds=seeds, targets=targets, loss_fn=loss_fn)
-                if defend_on or self.record_scores:
+                score = None
+                if attack_on:  # BPDA/EOT/adaptive see the defense's view of the clean image
+                    pixels, _ = self.pipeline.run(
+                        pixels, attack=True, defend=False, features=self.objective(pixels), model=self,
+                        seeds=seeds, targets=targets, loss_fn=loss_fn)
+                if defend_on or self.record_scores:  # the defense's view of what it is given
                     pixels, score = self.pipeline.run(
                         pixels, attack=False, defend=defend_on, features=self.objective(pixels), model=self,
                         seeds=seeds, record_score=self.record_scores)

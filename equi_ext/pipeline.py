@@ -15,7 +15,7 @@ from torch import nn
 
 from .attacks import ATTACKS, BPDA, Adaptive, defense_preprocessor
 from .core.optimizer import EquivarianceDefense
-from .defenses import DEFENSES, NoDefense
+from .defenses import DEFENSES, DetectThenDefend, NoDefense
 
 #: scenario name → (attack?, defend?); the tools run one evaluation each.
 SCENARIOS = {
@@ -108,11 +108,18 @@ class EquiPipeline:
             except (TypeError, ValueError) as err:
                 if not needs_logits and "logits_fn" in str(err):
                     raise ValueError(f"attack {cls.__name__} needs dense logits, which this model does not "
-                                     f"have ({err}); use one of pgd, ifgsm, mim, bpda, eot, adaptive") from None
+                                     f"have ({err}); use one of pgd, ifgsm, mim, bpda, eot, unrolled, adaptive") from None
                 raise
-        # Scores are always equivariance scores: the equi defense's own transforms, else the default set.
-        own = type(self.defense) is EquivarianceDefense
-        self.score_defense = self.defense if own else EquivarianceDefense(pixel_range=pixel_range)
+        # Scores are always equivariance scores: the equi defense's own transforms, the detector's
+        # for detect-then-defend (so the adaptive attacker targets what the detector sees), else the default set.
+        # Those two defenses return that score themselves.
+        self.defense_scores = type(self.defense) is EquivarianceDefense or isinstance(self.defense, DetectThenDefend)
+        if type(self.defense) is EquivarianceDefense:
+            self.score_defense = self.defense
+        elif isinstance(self.defense, DetectThenDefend):
+            self.score_defense = self.defense.scorer
+        else:
+            self.score_defense = EquivarianceDefense(pixel_range=pixel_range)
 
     @property
     def defends(self) -> bool:
@@ -133,8 +140,8 @@ class EquiPipeline:
                                  loss_fn=loss_fn, logits_fn=logits_fn, **attack_extra)
         score = None
         if defend and self.defends:
-            own_score = record_score and self.defense is self.score_defense
-            out = self.defense(pixels, features, model=model, image_seeds=seeds, compute_score=own_score)
+            out = self.defense(pixels, features, model=model, image_seeds=seeds,
+                               compute_score=record_score and self.defense_scores)
             pixels, score = out.images, out.score
         if record_score and score is None:
             score = self.score_defense.score(pixels, features)
@@ -142,12 +149,13 @@ class EquiPipeline:
 
     def attack(self, pixels: torch.Tensor, targets: Any, *, features: Any, model: nn.Module, seeds: Sequence[int],
                loss_fn: Callable, logits_fn: Callable | None, **extra: Any) -> torch.Tensor:
+        cls = ATTACKS.get(self.attack_cfg["type"])
         if self.defends:
-            preprocessor = defense_preprocessor(self.defense, features, model=model, image_seeds=seeds)
+            preprocessor = defense_preprocessor(self.defense, features, model=model, image_seeds=seeds,
+                                                differentiable=getattr(cls, "differentiable_defense", False))
         else:
             def preprocessor(x: torch.Tensor, seed: int) -> torch.Tensor:  # BPDA on no defense = PGD
                 return x.clone()
-        cls = ATTACKS.get(self.attack_cfg["type"])
         # The adaptive attacker is white-box: it uses the transforms of the defense it faces.
         attack = cls(**attack_kwargs(cls, self.attack_cfg, loss_fn=loss_fn, logits_fn=logits_fn,
                                      feature_fn=features, preprocessor=preprocessor,

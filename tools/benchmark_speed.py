@@ -8,7 +8,9 @@ vanilla forward, defended inference for each preset, detection-only scoring and 
 at batch 1 and batch N, and reports median/min/max seconds per image, the ratio to the
 vanilla forward of the same batch size, and the peak RSS above the process's RSS before
 any model was built (``/proc/self/status`` VmHWM, reset per measurement). The real-size
-model is timed for one defense step (per-step cost × T), not whole runs.
+model is timed for one defense step (per-step cost × T; whole runs only for presets that
+sample transforms per step), with the transformed copies batched and chunked (one copy's
+graph at a time); ``--cityscapes-size`` does the same for the demo model on 1024×2048 images.
 
 Example::
 
@@ -18,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import re
@@ -36,6 +39,7 @@ import torch  # noqa: E402
 
 from equi_ext.attacks import PGD  # noqa: E402
 from equi_ext.core.optimizer import PRESETS, EquivarianceDefense  # noqa: E402
+from equi_ext.defenses import DetectThenDefend  # noqa: E402
 
 
 def _status_kib(field: str) -> int:
@@ -73,7 +77,7 @@ class Case:
     model: torch.nn.Module
 
 
-def mmseg_demo_case(batch: int) -> Case:
+def mmseg_demo_case(batch: int, size: tuple[int, int] | None = None) -> Case:
     from run_demo import DATA, build_demo_runner, ensure_data
 
     from equi_ext.attacks import pixel_cross_entropy
@@ -96,8 +100,13 @@ def mmseg_demo_case(batch: int) -> Case:
             logits_for[n] = rt.logits_fn(metas[:n], (0, 0, 0, 0), tuple(x.shape[-2:]))
         return logits_for[n](x)
 
-    return Case("MMSeg demo DeepLabV3 (R18c16-D8, 128×128)", rt.pixels.to_pixels(data["inputs"]), logits,
-                rt.features, lambda x, t: pixel_cross_entropy(logits(x), t), lambda n: labels[:n], model)
+    pixels = rt.pixels.to_pixels(data["inputs"])
+    name = "MMSeg demo DeepLabV3 (R18c16-D8, 128×128)"
+    if size is not None:  # the demo images scaled up, e.g. to Cityscapes' 1024×2048 (timing and memory only)
+        pixels = torch.nn.functional.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+        name = f"MMSeg demo DeepLabV3 (R18c16-D8, {size[0]}×{size[1]})"
+    return Case(name, pixels, logits, rt.features, lambda x, t: pixel_cross_entropy(logits(x), t),
+                lambda n: labels[:n], model)
 
 
 def detectron2_demo_case(batch: int) -> Case:
@@ -146,7 +155,8 @@ def defense_for(preset: str, **overrides) -> EquivarianceDefense:
 
 
 def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_kib: int,
-                attack_steps: int) -> list[dict]:
+                attack_steps: int, detector_transforms: list[str] | None = None,
+                detector_threshold: float = 0.0) -> list[dict]:
     """Every measurement on the first ``n`` images of ``case``."""
     x = case.pixels[:n]
     targets = case.targets(n)
@@ -169,33 +179,49 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
                 timed(defended, repeats, n), peak_rss_mib(defended, baseline_kib))
         scorer = defense_for(presets[0])
         row(f"detection score only ({presets[0]} transforms)", timed(lambda: scorer.score(x, case.features), repeats, n))
+        if detector_transforms:
+            detector = DetectThenDefend(threshold=detector_threshold, score_transforms=detector_transforms,
+                                        defense=dict(type="equi", preset=presets[-1]))
+
+            def detect_then_predict():
+                return case.vanilla(detector(x, case.features, model=case.model, compute_score=False).images)
+
+            t = timed(detect_then_predict, repeats, n)
+            flagged = int(detector.last_flagged.sum())
+            row(f"detect-then-defend, clean images ({', '.join(detector_transforms)} score < {detector_threshold:g}, "
+                f"{flagged}/{n} flagged, else {presets[-1]})", t)
         attack = PGD(loss_fn=case.loss_fn, eps=4, steps=attack_steps)
         row(f"PGD-{attack_steps} attack", timed(lambda: attack(x, targets), max(1, repeats // 2), n))
     return rows
 
 
-def bench_real_size(case: Case, presets: list[str], baseline_kib: int) -> list[dict]:
-    """One timed defense step per preset (after one warm-up step), reported as per-step cost × T."""
+def bench_per_step(case: Case, presets: list[str], baseline_kib: int) -> list[dict]:
+    """One image: one timed defense step per preset, batched and chunked (after one warm-up
+    step), reported as per-step cost × T + a vanilla forward; peak RSS of one step."""
     rows = []
-    x = case.pixels
+    x = case.pixels[:1]
     with torch.no_grad():
         vanilla = timed(lambda: case.vanilla(x), 2, 1)
         rows.append(dict(model=case.name, batch=1, what="vanilla forward", **vanilla, ratio=1.0,
                          peak_rss_mib=peak_rss_mib(lambda: case.vanilla(x), baseline_kib)))
-        for preset in presets:
+        for preset, chunked in itertools.product(presets, (False, True)):
             steps = PRESETS[preset]["steps"]
-            one_step = defense_for(preset, steps=1)
-            holder: dict = {}
+            # A preset that samples transforms per step is timed over its whole schedule (all T
+            # steps, reported per step), since one step's cost depends on the transform it drew.
+            timed_steps = steps if PRESETS[preset].get("transforms_per_step") else 1
+            per_step_defense = defense_for(preset, steps=timed_steps, chunked=chunked)
 
-            def step(one_step=one_step, holder=holder):
-                holder["out"] = one_step(x, case.features, model=case.model, compute_score=False)
+            def step(defense=per_step_defense):
+                defense(x, case.features, model=case.model, compute_score=False)
 
-            t = timed(step, 1, 1)
+            # Memory first: the timing's warm-up then also covers allocator growth.
+            peak = peak_rss_mib(step, baseline_kib)
+            t = {k: v / timed_steps for k, v in timed(step, 1, 1).items()}
             per_step = t["median"]
             total = per_step * steps + vanilla["median"]
-            rows.append(dict(model=case.name, batch=1, what=f"defended ({preset}: {per_step:.1f} s/step × T={steps})",
-                             median=total, min=t["min"] * steps + vanilla["min"], max=t["max"] * steps + vanilla["max"],
-                             ratio=total / vanilla["median"], peak_rss_mib=peak_rss_mib(step, baseline_kib)))
+            label = f"defended ({preset}{', chunked' if chunked else ''}: {per_step:.1f} s/step × T={steps})"
+            rows.append(dict(model=case.name, batch=1, what=label, median=total, min=t["min"] * steps + vanilla["min"],
+                             max=t["max"] * steps + vanilla["max"], ratio=total / vanilla["median"], peak_rss_mib=peak))
     return rows
 
 
@@ -217,6 +243,12 @@ def main(argv=None) -> list[dict]:
                         help="defense presets to time (default: %(default)s)")
     parser.add_argument("--attack-steps", type=int, default=10)
     parser.add_argument("--skip-real", action="store_true", help="skip the real-size R50-D8 model")
+    parser.add_argument("--detector-transforms", default="hflip,resize:0.5",
+                        help="score transforms of the detect-then-defend row, MMSeg demo only (default: %(default)s)")
+    parser.add_argument("--detector-threshold", type=float, default=0.554,
+                        help="its threshold, from tools/detect_attacks.py on the tuning split (default: %(default)s)")
+    parser.add_argument("--cityscapes-size", action="store_true",
+                        help="also time one defense step of the MMSeg demo model on 1024×2048 images")
     parser.add_argument("--models", default="mmseg,detectron2", help="demo models to time (default: %(default)s)")
     parser.add_argument("--work-dir", default=str(REPO / "work_dirs/benchmark_speed"))
     args = parser.parse_args(argv)
@@ -230,10 +262,14 @@ def main(argv=None) -> list[dict]:
     rows: list[dict] = []
     for name in args.models.split(","):
         case = builders[name](args.batch)
+        detector = args.detector_transforms.split(",") if name == "mmseg" and args.detector_transforms else None
         for n in (1, args.batch):
-            rows += bench_batch(case, n, presets, args.repeats, baseline, args.attack_steps)
+            rows += bench_batch(case, n, presets, args.repeats, baseline, args.attack_steps, detector,
+                                args.detector_threshold)
+    if args.cityscapes_size:
+        rows += bench_per_step(mmseg_demo_case(1, size=(1024, 2048)), presets, baseline)
     if not args.skip_real:
-        rows += bench_real_size(real_size_case(), presets, baseline)
+        rows += bench_per_step(real_size_case(), presets, baseline)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = f"Machine: {machine}\n\n" + to_markdown(rows) + "\n"
     out = Path(args.work_dir)

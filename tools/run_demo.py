@@ -60,8 +60,10 @@ def ensure_checkpoint(retrain: bool, work_dir: Path) -> Path:
     return CHECKPOINT
 
 
-def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoint: Path = CHECKPOINT):
-    """An MMEngine runner of the demo config on the first ``num_images`` val images, weights loaded."""
+def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoint: Path = CHECKPOINT,
+                      test_evaluator: dict | None = None):
+    """An MMEngine runner of the demo config on the first ``num_images`` val images, weights loaded
+    (``test_evaluator`` replaces the config's, e.g. with ``PerImageIoUMetric``)."""
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -71,6 +73,8 @@ def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoi
     cfg.test_dataloader.dataset.indices = num_images
     cfg.default_hooks.pop("visualization")
     cfg.log_level = "WARNING"
+    if test_evaluator is not None:
+        cfg.test_evaluator = test_evaluator
     runner = Runner.from_cfg(cfg)
     runner.load_checkpoint(str(checkpoint), map_location="cpu", strict=True)  # weights only: safe to load
     return runner

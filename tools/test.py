@@ -93,9 +93,32 @@ def detectron2_main(argv: list[str]) -> list[dict]:
     parser.add_argument("--work-dir", help="output directory (default: OUTPUT_DIR)")
     parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(equi_mmseg.SCENARIOS))
     parser.add_argument("--num-images", type=int, help="evaluate the first N images of DATASETS.TEST[0]")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="processes per machine, started by Detectron2's launch (gloo on CPU; default: 1)")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default="auto", help="e.g. tcp://HOST:PORT for several machines")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs, e.g. EQUI.DEFENSE equi EQUI.ATTACK pgd")
     args = parser.parse_args(argv)
+    from detectron2.engine import launch
+
+    from equi_ext.detectron2 import load_config as load_d2_config
+
+    try:
+        load_d2_config(args.config, args.opts)  # bad settings fail here, before any process starts
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.num_gpus * args.num_machines == 1:
+        return detectron2_evaluate(args)
+    # Each process evaluates its shard (Detectron2's InferenceSampler); rank 0 writes the gathered results.
+    launch(detectron2_evaluate, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    return []
+
+
+def detectron2_evaluate(args: argparse.Namespace) -> list[dict]:
+    """One process's part of ``detectron2_main``: build, register the data, evaluate the scenarios."""
     from detectron2.utils.logger import setup_logger
 
     from equi_ext.detectron2 import evaluate_scenarios, register_from_cfg

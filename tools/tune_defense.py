@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from run_demo import build_demo_runner  # noqa: E402
+from run_demo import DATA, build_demo_runner, ensure_data  # noqa: E402
 
 TUNE_DATA = REPO / "data/synthetic_shapes_tune"
 
@@ -36,6 +36,8 @@ def ensure_tune_data() -> Path:
     return TUNE_DATA
 CANDIDATES = {
     "paper": dict(preset="paper"),
+    "default": dict(preset="default"),
+    "fast": dict(preset="fast"),
     "T20-eta12": dict(transforms="pilot", steps=20, eps_v=6, step_size=12),
     "T20-eta1.5": dict(transforms="pilot", steps=20, eps_v=6, step_size=1.5),
     "T8-eta1.5": dict(transforms="pilot", steps=8, eps_v=6, step_size=1.5),
@@ -50,6 +52,10 @@ CANDIDATES = {
     # Cheaper settings for the `fast` preset (README "Speed"): fewer steps, fewer or smaller copies per step.
     "fr-T20-epsv4-eta0.5": dict(transforms="flip_resize", steps=20, eps_v=4, step_size=0.5),  # reference
     "fr-T8-epsv4-m2": dict(transforms="flip_resize", steps=8, eps_v=4, step_size=1, transforms_per_step=2),
+    "fr-T4-epsv4-eta2-m1": dict(transforms="flip_resize", steps=4, eps_v=4, step_size=2, transforms_per_step=1),
+    "fr-T8-epsv4-m1": dict(transforms="flip_resize", steps=8, eps_v=4, step_size=1, transforms_per_step=1),
+    "fr-T6-epsv4-eta1.33-m2": dict(transforms="flip_resize", steps=6, eps_v=4, step_size=4 / 3,
+                                   transforms_per_step=2),
     "fr-T4-epsv4-m2": dict(transforms="flip_resize", steps=4, eps_v=4, step_size=2, transforms_per_step=2),
     "f3r-T4-epsv4": dict(transforms=["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], steps=4, eps_v=4,
                          step_size=2),
@@ -124,6 +130,9 @@ def main(argv=None) -> list[dict]:
                         + " (default: paper,T20-eta12,T20-eta1.5,T8-eta1.5,T4-eta3); with --detectron2 from: "
                         + ", ".join(D2_CANDIDATES) + " (default: all)")
     parser.add_argument("--detectron2", action="store_true", help="tune the demo Mask R-CNN instead")
+    parser.add_argument("--split", choices=("tune", "val"), default="tune",
+                        help="'val' re-runs chosen candidates on the reported split, to confirm a choice made on "
+                             "'tune' (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.detectron2:
         return tune_detectron2(args)
@@ -132,7 +141,10 @@ def main(argv=None) -> list[dict]:
     from equi_ext.mmseg import configure
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table
 
-    runner = build_demo_runner(ensure_tune_data(), args.num_images, Path(args.work_dir))
+    if args.split == "val":
+        ensure_data()
+    data = ensure_tune_data() if args.split == "tune" else DATA
+    runner = build_demo_runner(data, args.num_images, Path(args.work_dir))
     configure(runner.model, feature_layer=args.feature_layer)
     chosen = args.candidates.split(",")
     unknown = [c for c in chosen if c not in CANDIDATES]
@@ -141,11 +153,12 @@ def main(argv=None) -> list[dict]:
     defenses = {"vanilla": None, **{name: dict(type="equi", **CANDIDATES[name]) for name in chosen}}
     attacks = {"clean": None, "PGD-20": dict(type="pgd", eps=4, steps=20)}
     rows = evaluate_grid(runner, defenses, attacks)
-    text = (f"Tuning split (seed 1), first {args.num_images} images, feature layer {args.feature_layer}\n\n"
+    split = "Tuning split (seed 1)" if args.split == "tune" else "Reported val split (seed 0)"
+    text = (f"{split}, first {args.num_images} images, feature layer {args.feature_layer}\n\n"
             + grid_table(rows) + "\n\nseconds per cell\n\n" + grid_table(rows, "seconds", "{:.0f}") + "\n")
     out = Path(args.work_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"tune_{args.feature_layer}_{len(chosen)}cands_{args.num_images}img"
+    stem = f"{args.split}_{args.feature_layer}_{len(chosen)}cands_{args.num_images}img"
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(rows, indent=2))
     print(text)

@@ -1,7 +1,7 @@
 """Attacks for dense tasks, one class each, called as ``adv = attack(images, targets)``."""
 
 from .base import Attack, pixel_cross_entropy
-from .defense_aware import BPDA, EOT, Adaptive, defense_preprocessor, sweep_lambda
+from .defense_aware import BPDA, EOT, Adaptive, Unrolled, defense_preprocessor, sweep_lambda
 from .pixelwise import CW, IFGSM, MIM, PGD, CosPGD, Houdini, SegPGD, Targeted
 from .registry import ATTACKS
 
@@ -13,5 +13,6 @@ def build_attack(cfg, **defaults):
 
 __all__ = [
     "ATTACKS", "Adaptive", "Attack", "BPDA", "CW", "CosPGD", "EOT", "Houdini", "IFGSM", "MIM", "PGD",
-    "SegPGD", "Targeted", "build_attack", "defense_preprocessor", "pixel_cross_entropy", "sweep_lambda",
+    "SegPGD", "Targeted", "Unrolled", "build_attack", "defense_preprocessor", "pixel_cross_entropy",
+    "sweep_lambda",
 ]

@@ -1,4 +1,4 @@
-"""Attacks that know about the defense: adaptive (paper Eq. 6), BPDA and EOT.
+"""Attacks that know about the defense: adaptive (paper Eq. 6), BPDA, EOT and unrolled.
 
 A defense is seen by BPDA/EOT as a randomised preprocessor ``h(images, seed) -> images``
 (``defense_preprocessor`` builds one from any registered defense).
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.losses import FeatureFn, equivariance_terms
+from ..core.optimizer import EquivarianceDefense
 from ..core.transforms import sample_transforms
 from ..core.validation import check_positive_int
 from .pixelwise import PGD
@@ -22,12 +23,17 @@ Preprocessor = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def defense_preprocessor(defense: Any, feature_fn: FeatureFn, *, model: nn.Module | None = None,
-                         image_seeds: Sequence[int] | None = None) -> Preprocessor:
-    """Wrap ``defense(images, feature_fn, ...)`` as ``h(images, seed) -> purified images``."""
+                         image_seeds: Sequence[int] | None = None, differentiable: bool = False) -> Preprocessor:
+    """Wrap ``defense(images, feature_fn, ...)`` as ``h(images, seed) -> purified images``;
+    ``differentiable`` keeps the defense's unrolled graph (equivariance-type defenses only)."""
+    if differentiable and not isinstance(defense, EquivarianceDefense):
+        raise TypeError(f"the unrolled attack differentiates through an equivariance-type defense; "
+                        f"{type(defense).__name__} has no differentiable form (use bpda)")
+    extra = dict(differentiable=True) if differentiable else {}
 
     def preprocess(images: torch.Tensor, seed: int) -> torch.Tensor:
         return defense(images, feature_fn, model=model, image_seeds=image_seeds, seed=seed,
-                       compute_score=False).images
+                       compute_score=False, **extra).images
 
     return preprocess
 
@@ -68,6 +74,8 @@ class BPDA(PGD):
     defense randomness (seed = step), as a deployed defense would.
     """
 
+    differentiable_defense = False  # the preprocessor's output is used detached
+
     def __init__(self, *, defense: Preprocessor, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not callable(defense):
@@ -81,6 +89,24 @@ class BPDA(PGD):
 
     def gradient(self, adv, targets, step):
         return self.defended_gradient(adv, targets, seed=step)
+
+
+@ATTACKS.register("unrolled")
+class Unrolled(BPDA):
+    """White-box through the whole defense: the task gradient flows back through all T
+    optimiser steps (second-order gradients of the equivariance loss), with sign() passed
+    straight through. Costly (memory and time grow with T): meant for small T, as a check
+    that BPDA's identity approximation is not what makes the defense look robust.
+
+    ``defense`` must be a preprocessor built with ``defense_preprocessor(..., differentiable=True)``.
+    """
+
+    differentiable_defense = True
+
+    def defended_gradient(self, adv: torch.Tensor, targets: Any, seed: int) -> torch.Tensor:
+        leaf = adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.task_loss(self.defense(leaf, seed), targets), leaf)
+        return grad
 
 
 @ATTACKS.register("eot")

@@ -151,8 +151,13 @@ def invariance_terms(
     return invariance_from_maps(base, outputs)
 
 
-def invariance_from_maps(base: list[torch.Tensor], outputs: Sequence[list[torch.Tensor]]) -> torch.Tensor:
-    """(N, K) cosines of the spatially pooled maps, averaged over levels."""
+def invariance_from_maps(base: list[torch.Tensor], outputs: Sequence[list[torch.Tensor]],
+                         transforms: Sequence[Transform] = (), reduction: str = "dense") -> torch.Tensor:
+    """(N, K) cosines of the spatially pooled maps, averaged over levels.
+
+    ``transforms`` and ``reduction`` are unused (no inverse, one pooled vector); they keep
+    the signature of :func:`equivariance_from_maps`.
+    """
     pooled = [level.mean(dim=(2, 3)) for level in base]
     return torch.stack([
         torch.stack([F.cosine_similarity(f.mean(dim=(2, 3)), p, dim=1, eps=1e-8) for f, p in zip(levels, pooled)])
@@ -194,3 +199,42 @@ def roi_equivariance(base_rois: Sequence[torch.Tensor], transformed_rois: Sequen
 
 
 OBJECTIVES = {"equivariance": equivariance_terms, "invariance": invariance_terms}
+FROM_MAPS = {"equivariance": equivariance_from_maps, "invariance": invariance_from_maps}
+
+
+def chunked_terms_and_gradient(
+    kind: str,
+    feature_fn: FeatureFn,
+    images: torch.Tensor,
+    transforms: Sequence[Transform],
+    reduction: str = "dense",
+    pixel_range: PixelRange = DEFAULT_PIXEL_RANGE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (N, K) terms of ``kind`` and the gradient of their sum w.r.t. ``images``, holding
+    the autograd graph of one transformed copy at a time.
+
+    F(x) is computed once; each F(g_i(x)) is forwarded and back-propagated alone against a
+    detached copy of F(x) whose gradient is accumulated, and a single backward through F(x)
+    closes the sum. Same gradient as differentiating :data:`OBJECTIVES` [kind] at once, but the
+    peak memory is that of F(x) plus the largest copy, not of all K copies (Cityscapes-size
+    images with 1.5×/2× resizes would not fit otherwise).
+    """
+    if not images.requires_grad:
+        raise ValueError("chunked_terms_and_gradient needs images with requires_grad=True")
+    _cosine_for(reduction)
+    n = images.shape[0]
+    base = _levels(feature_fn(images), n)
+    base_leaves = [level.detach().requires_grad_(True) for level in base]
+    grad = torch.zeros_like(images)
+    base_grads = [torch.zeros_like(level) for level in base]
+    columns = []
+    for transform in transforms:
+        copy_maps = _levels(feature_fn(transform.apply(images, pixel_range)), n)
+        term = FROM_MAPS[kind](base_leaves, [copy_maps], [transform], reduction)
+        grad_images, *grad_base = torch.autograd.grad(term.sum(), [images, *base_leaves])
+        grad += grad_images
+        for total, part in zip(base_grads, grad_base):
+            total += part
+        columns.append(term.detach())
+    (grad_through_base,) = torch.autograd.grad(base, images, grad_outputs=base_grads)
+    return torch.cat(columns, dim=1), grad + grad_through_base

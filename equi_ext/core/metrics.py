@@ -28,3 +28,35 @@ def mean_iou(preds: torch.Tensor, targets: torch.Tensor, num_classes: int, ignor
     """Dataset-level mIoU in percent over classes present in prediction or ground truth."""
     ious = iou_per_class(confusion_matrix(preds, targets, num_classes, ignore_index))
     return float(ious.nanmean() * 100)
+
+
+def image_iou(intersect: torch.Tensor, union: torch.Tensor) -> float:
+    """One image's mean IoU in percent over the classes in its prediction or ground truth (NaN if none)."""
+    present = union > 0
+    if not bool(present.any()):
+        return float("nan")
+    return float((intersect[present].double() / union[present].double()).mean() * 100)
+
+
+def worst_case_per_image(runs: dict[str, list[dict]]) -> list[str]:
+    """For each image, the name of the run that hurt it most: lowest per-image IoU, ties → highest loss.
+
+    ``runs`` maps a run name (an attack) to one record per image, in the same image order,
+    each with ``img`` (an id), ``iou`` and ``loss``. This is the per-image worst case that
+    AutoAttack/RobustBench report; a dataset mIoU over these picks pools intersections and
+    unions, so it is usually, not provably, below that of every single run.
+    """
+    if not runs:
+        raise ValueError("worst_case_per_image needs at least one run")
+    names = list(runs)
+    images = [r["img"] for r in runs[names[0]]]
+    for name in names[1:]:
+        other = [r["img"] for r in runs[name]]
+        if other != images:
+            raise ValueError(f"runs {names[0]!r} and {name!r} cover different images (or another order)")
+
+    def harm(name: str, i: int) -> tuple[float, float]:
+        iou = runs[name][i]["iou"]
+        return (float("inf") if iou != iou else iou, -runs[name][i]["loss"])  # NaN IoU: nothing to hurt
+
+    return [min(names, key=lambda name: harm(name, i)) for i in range(len(images))]

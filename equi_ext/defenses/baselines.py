@@ -44,11 +44,14 @@ class DetectThenDefend:
     Args:
         threshold: score under which an image counts as attacked. Choose it on a tuning
             split (``tools/detect_attacks.py`` prints the clean scores' percentiles).
-        defense: config of the wrapped defense (an ``EquivarianceDefense``: its transforms
-            and seed also compute the score).
+        defense: config of the wrapped defense (an ``EquivarianceDefense``; its seed also
+            seeds the score's transforms).
+        score_transforms: transforms of the detector's score (default: the defense's own).
+            A small set (e.g. ``['hflip', 'resize:0.5']``) keeps clean traffic cheap: the
+            score is one no-grad forward of x and of each copy, paid on every image.
     """
 
-    def __init__(self, *, threshold: float, defense: str | dict = "equi",
+    def __init__(self, *, threshold: float, defense: str | dict = "equi", score_transforms: str | list | None = None,
                  pixel_range: PixelRange = DEFAULT_PIXEL_RANGE) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
             raise ValueError(f"threshold must be an equivariance score in [-1, 1]; got {threshold!r}")
@@ -59,13 +62,16 @@ class DetectThenDefend:
         if not isinstance(self.defense, EquivarianceDefense):
             raise TypeError(f"detect_then_defend wraps an equivariance-type defense; got {type(self.defense).__name__}")
         self.pixel_range = self.defense.pixel_range
+        self.scorer = self.defense if score_transforms is None else EquivarianceDefense(
+            transforms=score_transforms, seed=self.defense.seed, pixel_range=self.pixel_range,
+            min_size=self.defense.min_size)
         self.transforms = self.defense.transforms
         self.last_flagged: torch.Tensor | None = None
 
     def __call__(self, images: torch.Tensor, features: FeatureFn, *, model: nn.Module | None = None,
                  image_seeds: Sequence[int] | None = None, seed: int | None = None,
                  compute_score: bool = True) -> DefenseOutput:
-        score = self.defense.score(images, features, seed=seed)
+        score = self.scorer.score(images, features, seed=seed)
         flagged = score < self.threshold
         self.last_flagged = flagged.cpu()
         out_images = images.detach().clone()
@@ -74,13 +80,14 @@ class DetectThenDefend:
             idx = flagged.nonzero().flatten()
             seeds = list(range(images.shape[0])) if image_seeds is None else list(image_seeds)
             inner = self.defense(images[idx], features, model=model, image_seeds=[seeds[i] for i in idx.tolist()],
-                                 seed=seed, compute_score=compute_score)
+                                 seed=seed, compute_score=False)
             out_images[idx] = inner.images
             trace[:, idx] = inner.loss_trace
             if compute_score:
                 score = score.clone()
-                score[idx] = inner.score
+                score[idx] = self.scorer.score(inner.images, features, seed=seed)
         return DefenseOutput(images=out_images, loss_trace=trace, score=score if compute_score else None)
 
     def score(self, images: torch.Tensor, features: FeatureFn, *, seed: int | None = None) -> torch.Tensor:
-        return self.defense.score(images, features, seed=seed)
+        """The detector's score (its ``score_transforms``)."""
+        return self.scorer.score(images, features, seed=seed)

@@ -15,12 +15,14 @@ from equi_ext.attacks import (
     Houdini,
     SegPGD,
     Targeted,
+    Unrolled,
     build_attack,
     defense_preprocessor,
     sweep_lambda,
 )
 from equi_ext.core.metrics import mean_iou
 from equi_ext.core.optimizer import EquivarianceDefense
+from equi_ext.defenses import RandomNoiseDefense
 
 NUM_CLASSES = 3
 
@@ -45,7 +47,7 @@ def all_attacks(task, eps=4.0, steps=3):
 
 def test_registry_lists_every_attack_of_the_spec():
     assert set(ATTACKS.names()) == {"pgd", "mim", "ifgsm", "cw", "houdini", "segpgd", "cospgd", "targeted",
-                                    "adaptive", "bpda", "eot"}
+                                    "adaptive", "bpda", "eot", "unrolled"}
 
 
 @pytest.mark.parametrize("eps", [0.0, 4.0])
@@ -189,3 +191,31 @@ def test_sub_level_step_sizes_are_allowed_for_attacks(toy_task):
     # 2.5·ε/T = 0.5 pixel levels for ε = 4, T = 20: legitimate, unlike an ε below one level.
     attack = PGD(logits_fn=toy_task.logits, eps=4, steps=20)
     assert attack.step_size == 0.5
+
+
+def test_unrolled_defense_matches_the_plain_one_forward_and_has_a_non_identity_jacobian(toy_task):
+    images, labels = toy_task.images[:2], toy_task.labels[:2]
+    defense = EquivarianceDefense(steps=2, transforms=["hflip", "resize:0.5"], eps_v=6, step_size=3)
+    plain = defense(images, toy_task.model.features, seed=5).images
+    leaf = images.clone().requires_grad_(True)
+    unrolled = defense(leaf, toy_task.model.features, seed=5, differentiable=True).images
+    torch.testing.assert_close(unrolled.detach(), plain, atol=1e-4, rtol=0)
+    loss = torch.nn.functional.cross_entropy(toy_task.logits(unrolled), labels)
+    (through,) = torch.autograd.grad(loss, leaf)
+    purified = plain.clone().requires_grad_(True)
+    (identity,) = torch.autograd.grad(torch.nn.functional.cross_entropy(toy_task.logits(purified), labels), purified)
+    # BPDA's identity gradient is not the true one: the unrolled steps contribute second-order terms.
+    assert (through - identity).norm() > 1e-3 * identity.norm()
+    assert torch.nn.functional.cosine_similarity(through.flatten(), identity.flatten(), dim=0) > 0.2
+
+
+def test_unrolled_attack_hurts_the_defended_model_and_needs_a_differentiable_defense(toy_task):
+    images, labels = toy_task.images[:4], toy_task.labels[:4]
+    defense = EquivarianceDefense(steps=2, transforms=["hflip"], eps_v=6, step_size=3)
+    h = defense_preprocessor(defense, toy_task.model.features, model=toy_task.model, differentiable=True)
+    adv = Unrolled(defense=h, logits_fn=toy_task.logits, eps=8, steps=5)(images, labels)
+    assert (adv - images).abs().max() <= 8 + 1e-4
+    purified = defense_preprocessor(defense, toy_task.model.features)
+    assert miou(toy_task, purified(adv, 0), labels) < miou(toy_task, purified(images, 0), labels) - 10
+    with pytest.raises(TypeError, match="no differentiable form"):
+        defense_preprocessor(RandomNoiseDefense(), toy_task.model.features, differentiable=True)

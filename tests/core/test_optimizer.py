@@ -203,3 +203,70 @@ def test_transforms_per_step_cover_every_transform_and_cut_per_step_work(toy_tas
     EquivarianceDefense(transforms="flip_resize", steps=5, eps_v=4, seed=3)(images, counting_features,
                                                                           compute_score=False)
     assert sum(calls) == 5 * 6 * images.shape[0] and len(calls) >= full_calls
+
+
+def test_subset_schedule_never_repeats_a_transform_within_a_step():
+    for k, m, steps in [(5, 2, 9), (5, 3, 7), (7, 4, 11), (3, 2, 6)]:
+        defense = EquivarianceDefense(transforms="pilot", steps=steps, transforms_per_step=m)
+        for seed in range(20):
+            schedule = defense._subset_schedule(k, torch.Generator().manual_seed(seed))
+            assert all(len(set(window)) == m for window in schedule), (k, m, seed, schedule)
+            first = -(-k // m)
+            assert set(sum(schedule[:first], [])) == set(range(k))
+
+
+@pytest.mark.parametrize("kind", ["equivariance", "invariance"])
+def test_chunked_gradient_equals_batched_and_holds_one_copy_at_a_time(toy_task, kind):
+    images = toy_task.images[:2]
+    batch_sizes = []
+
+    def features(x):
+        batch_sizes.append(x.shape[0])
+        return toy_task.model.features(x)
+
+    cls = EquivarianceDefense if kind == "equivariance" else InvarianceDefense
+    transforms = build_transforms("flip_resize")
+    plain, chunked = cls(transforms="flip_resize"), cls(transforms="flip_resize", chunked=True)
+    x = images.clone().requires_grad_(True)
+    terms, grad = plain._terms_and_gradient(features, x, transforms)
+    batch_sizes.clear()
+    terms_c, grad_c = chunked._terms_and_gradient(features, x, transforms)
+    assert max(batch_sizes) == images.shape[0]  # never two copies in one graph
+    assert len(batch_sizes) == len(transforms) + 1  # F(x) once
+    torch.testing.assert_close(terms_c, terms, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_c, grad, atol=1e-6, rtol=1e-4)
+    assert grad.abs().max() > 0
+    a = plain(images, toy_task.model.features, seed=4, compute_score=True)
+    b = chunked(images, toy_task.model.features, seed=4, compute_score=True)
+    assert (a.images - b.images).abs().gt(1e-3).float().mean() < 1e-3  # signs agree but for ties
+    torch.testing.assert_close(a.score, b.score, atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_refuses_an_objective_with_its_own_terms(toy_task):
+    from equi_ext.core.losses import Objective
+
+    class Custom(Objective):
+        def terms(self, kind, images, transforms, reduction, pixel_range):
+            return equivariance_terms(toy_task.model.features, images, transforms, reduction, pixel_range)
+
+    with pytest.raises(ValueError, match="chunked=True needs a dense feature_fn"):
+        EquivarianceDefense(chunked=True, steps=1)(toy_task.images[:1], Custom())
+    with pytest.raises(TypeError, match="chunked must be True or False"):
+        EquivarianceDefense(chunked="yes")
+
+
+def test_fast_preset_stays_inside_eps_v_and_raises_the_attacked_score_like_the_reference(toy_task):
+    """``fast`` (T 4, one transform per step) against the T = 20 reference of README "Speed"."""
+    images, labels = toy_task.images[:8], toy_task.labels[:8]
+    features = toy_task.model.features
+    adv = PGD(logits_fn=toy_task.logits, eps=8, steps=10)(images, labels)
+    before = equi_ext.equivariance_score(features, adv)
+    gains = {}
+    for name, defense in [("fast", EquivarianceDefense(preset="fast")),
+                          ("reference", EquivarianceDefense(transforms="flip_resize", steps=20, eps_v=4,
+                                                            step_size=0.5))]:
+        out = defense(adv, features, model=toy_task.model)
+        assert (out.images - adv).abs().max() <= 4 + 1e-4
+        gains[name] = float((equi_ext.equivariance_score(features, out.images) - before).mean())
+    assert gains["reference"] > 0.02
+    assert gains["fast"] >= 0.5 * gains["reference"], gains  # at a tenth of the reference's feature calls

@@ -44,6 +44,26 @@ def test_detect_then_defend_defends_only_flagged_images(toy_task):
     torch.testing.assert_close(mixed.images[flagged], reference.images[flagged], atol=1e-3, rtol=0)
 
 
+def test_detect_then_defend_scores_with_its_own_cheaper_transforms(toy_task):
+    images = toy_task.images[:3]
+    calls = []
+
+    def features(x):
+        calls.append(x.shape[0])
+        return toy_task.model.features(x)
+
+    detector = DetectThenDefend(threshold=-1.0, defense=dict(type="equi", steps=2), score_transforms=["hflip"])
+    out = detector(images, features)
+    assert sum(calls) == 2 * images.shape[0]  # x and its flip, one no-grad call each image
+    expected = EquivarianceDefense(transforms=["hflip"]).score(images, toy_task.model.features)
+    torch.testing.assert_close(out.score, expected)
+    torch.testing.assert_close(detector.score(images, toy_task.model.features), expected)
+    # Defended images get the detector's score of their purified version, not the inner defense's.
+    flag_all = DetectThenDefend(threshold=1.0, defense=dict(type="equi", steps=2), score_transforms=["hflip"])
+    defended = flag_all(images, toy_task.model.features)
+    torch.testing.assert_close(defended.score, flag_all.scorer.score(defended.images, toy_task.model.features))
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(threshold=2.0), ValueError, r"threshold must be an equivariance score in \[-1, 1\]"),
     (dict(threshold=0.5, defense="random"), TypeError, "wraps an equivariance-type defense"),

@@ -284,3 +284,24 @@ def test_train_net_then_test_round_trip(tmp_path, test_tool):
     rows = test_tool.main([str(DEMO_EQUI_YAML), str(weights), "--scenarios", "clean", "--opts", *opts,
                            "OUTPUT_DIR", str(tmp_path / "test")])
     assert rows[0]["scenario"] == "clean" and rows[0]["images"] == 2
+
+
+def test_tools_test_yaml_two_processes_match_one(tmp_path):
+    """``--num-gpus 2`` (Detectron2's launch, gloo on CPU) shards the images over two processes
+    and reports the same mask AP and equivariance score as one process."""
+    root = tmp_path / "shapes"
+    generate_dataset(root, seed=5, image_size=128, num_train=0, num_val=2)
+    opts = ["EQUI.SYNTHETIC_ROOT", str(root), "DATASETS.TEST", "('equi_d2_launch_val',)", "EQUI.STEPS", "1",
+            "EQUI.DEFENSE_STEPS", "1"]
+    results = {}
+    for procs in (1, 2):
+        out = tmp_path / f"procs{procs}"
+        run = subprocess.run([sys.executable, str(REPO / "tools/test.py"), str(DEMO_EQUI_YAML), "--scenarios",
+                              "clean,defended", "--num-gpus", str(procs), "--work-dir", str(out), "--opts", *opts],
+                             capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert run.returncode == 0, run.stderr[-2000:]
+        results[procs] = json.loads((out / "equi_results.json").read_text())["results"]
+    for one, two in zip(results[1], results[2], strict=True):
+        assert one["images"] == two["images"] == 2
+        assert one["segm_AP"] == pytest.approx(two["segm_AP"], abs=1e-6)
+        assert one["equivariance_score"] == pytest.approx(two["equivariance_score"], abs=1e-5)

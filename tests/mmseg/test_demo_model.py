@@ -31,7 +31,8 @@ def grid(synthetic_val_root, tmp_path_factory):
     runner.load_checkpoint(str(DEMO_CHECKPOINT), map_location="cpu", strict=True)
     rows = evaluate_grid(
         runner,
-        defenses={"vanilla": None, "invariance": dict(type="invariance"), "equi": dict(type="equi")},
+        defenses={"vanilla": None, "invariance": dict(type="invariance"), "equi": dict(type="equi"),
+                  "fast": dict(type="equi", preset="fast")},
         attacks={"clean": None, "pgd": dict(type="pgd", eps=4, steps=10)},
     )
     for r in rows:
@@ -61,3 +62,10 @@ def test_attack_lowers_and_defense_restores_the_equivariance_score(grid):
                    "images (70.97 -> 67.83) and 7.9 on the tuning split; see README 'Known gaps'")
 def test_defense_costs_at_most_three_points_on_clean_images(grid):
     assert grid[("clean", "vanilla")]["mIoU"] - grid[("clean", "equi")]["mIoU"] <= 3
+
+
+def test_fast_preset_restores_the_score_and_mIoU_like_the_default(grid):
+    attacked = grid[("pgd", "vanilla")]
+    assert grid[("pgd", "fast")]["score"] > attacked["score"] + 0.1
+    recovered = {name: grid[("pgd", name)]["mIoU"] - attacked["mIoU"] for name in ("fast", "equi")}
+    assert recovered["fast"] >= 0.8 * recovered["equi"], recovered

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import REPO, write_voc_fixture
+from .conftest import REPO, load_tool, write_voc_fixture
 
 VOC_CONFIG = str(REPO / "configs/deeplabv3_voc_equi.py")
 
@@ -119,3 +119,29 @@ def test_two_processes_with_the_pytorch_launcher_match_one_process(tmp_path, tes
         assert one["scenario"] == two["scenario"] and two["images"] == 4
         assert two["mIoU"] == pytest.approx(one["mIoU"], abs=1e-6)
         assert two["equivariance_score"] == pytest.approx(one["equivariance_score"], abs=1e-5)
+
+
+def test_per_image_metric_reproduces_iou_metric_and_sanity_report_runs(synthetic_val_root, tmp_path):
+    """PerImageIoUMetric's worst case over one run is that run's IoUMetric mIoU; the honesty
+    report runs end to end (tiny budgets) and pools every ε-bounded run per image."""
+    from equi_ext.mmseg.evaluation import evaluate_grid, worst_case
+
+    run_demo = load_tool("run_demo")
+    runner = run_demo.build_demo_runner(synthetic_val_root, 3, tmp_path / "grid",
+                                        test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
+    (row,) = evaluate_grid(runner, {"vanilla": None}, {"clean": None})
+    assert [r["img"] for r in row["per_image"]] == sorted({r["img"] for r in row["per_image"]})
+    assert all(r["loss"] > 0 for r in row["per_image"])
+    assert worst_case(runner, [row])["mIoU"] == pytest.approx(row["mIoU"], abs=1e-6)
+
+    report = load_tool("sanity_checks").main([
+        "--data-root", str(synthetic_val_root), "--num-images", "2", "--steps", "1", "--bpda-steps", "1",
+        "--max-bpda-steps", "2", "--restarts", "2", "--lambdas", "1", "--eot-samples", "1",
+        "--work-dir", str(tmp_path / "sanity")])
+    assert [c["check"] for c in report["checks"]] == list("abcdef")
+    assert [s for s, _ in report["bpda_curve"]] == [1, 2]
+    bounded = [label for label in report["runs"]
+               if label not in ("clean", "clean + defense", "PGD (vanilla)") and "ε=255" not in label]
+    assert len(report["worst_case_picks"]) == 2 and len(bounded) == 7  # 2 restarts, BPDA ×2, EOT, adaptive, unrolled
+    assert set(p.split(" / ")[0] for p in report["worst_case_picks"]) <= set(bounded)
+    assert "Per-image worst case" in (tmp_path / "sanity/sanity_checks.md").read_text()

@@ -111,15 +111,16 @@ class EquiPipeline:
                                      f"have ({err}); use one of pgd, ifgsm, mim, bpda, eot, unrolled, adaptive") from None
                 raise
         # Scores are always equivariance scores: the equi defense's own transforms, the detector's
-        # for detect-then-defend (so the adaptive attacker targets what the detector sees), else the default set.
-        # Those two defenses return that score themselves.
-        self.defense_scores = type(self.defense) is EquivarianceDefense or isinstance(self.defense, DetectThenDefend)
+        # for detect-then-defend (so the adaptive attacker targets what the detector sees), else the
+        # default set. The first two return that score themselves (``defense_scores``).
+        self.defense_scores = True
         if type(self.defense) is EquivarianceDefense:
             self.score_defense = self.defense
         elif isinstance(self.defense, DetectThenDefend):
             self.score_defense = self.defense.scorer
         else:
             self.score_defense = EquivarianceDefense(pixel_range=pixel_range)
+            self.defense_scores = False
 
     @property
     def defends(self) -> bool:

@@ -65,7 +65,6 @@ class DetectThenDefend:
         self.scorer = self.defense if score_transforms is None else EquivarianceDefense(
             transforms=score_transforms, seed=self.defense.seed, pixel_range=self.pixel_range,
             min_size=self.defense.min_size)
-        self.transforms = self.defense.transforms
         self.last_flagged: torch.Tensor | None = None
 
     def __call__(self, images: torch.Tensor, features: FeatureFn, *, model: nn.Module | None = None,

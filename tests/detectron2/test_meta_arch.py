@@ -86,7 +86,7 @@ def test_flipped_mask_logits_map_back_onto_the_originals(coco_fixture, symmetric
         _symmetrise_mask_head(model)
     pixels = torch.rand(2, 3, 128, 128) * 255
     boxes = [torch.tensor([[10.0, 20.0, 60.0, 50.0], [70.0, 5.0, 120.0, 100.0]]), torch.tensor([[3.0, 3.0, 40.0, 90.0]])]
-    objective = MaskRCNNObjective(model, model.to_inputs, use_fpn=False, boxes=boxes)
+    objective = MaskRCNNObjective(model, model.image_list, use_fpn=False, boxes=boxes)
     with torch.no_grad():
         terms = objective.terms("equivariance", pixels, [HFlip()], "dense", (0.0, 255.0))
     if symmetric:  # flip-equivariant model: the box-aware term is exact
@@ -110,9 +110,9 @@ def test_mask_logit_objective_falls_back_to_fpn_without_boxes(small):
     pixels = torch.rand(1, 3, FIXTURE_SIZE, FIXTURE_SIZE) * 255
     transforms = [HFlip(), Resize(0.5)]
     with torch.no_grad():
-        dense = MaskRCNNObjective(model, model.to_inputs).terms("equivariance", pixels, transforms, "dense",
+        dense = MaskRCNNObjective(model, model.image_list).terms("equivariance", pixels, transforms, "dense",
                                                                 (0.0, 255.0))
-        no_boxes = MaskRCNNObjective(model, model.to_inputs, use_fpn=False, boxes=[torch.zeros(0, 4)]).terms(
+        no_boxes = MaskRCNNObjective(model, model.image_list, use_fpn=False, boxes=[torch.zeros(0, 4)]).terms(
             "equivariance", pixels, transforms, "dense", (0.0, 255.0))
     torch.testing.assert_close(no_boxes, dense)
 

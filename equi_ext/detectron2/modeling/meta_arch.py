@@ -111,7 +111,7 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         self.pipeline = EquiPipeline(equi["defense"], equi["attack"], needs_logits=False)
         self.feature, self.levels = equi["feature"], equi["levels"]
         self.roi_score_thresh = equi["roi_score_thresh"]
-        MaskRCNNObjective(self, self.to_inputs, self.levels, boxes=[] if "mask_logits" in self.feature else None)
+        MaskRCNNObjective(self, self.image_list, self.levels, boxes=[] if "mask_logits" in self.feature else None)
         self.scenario: str | None = None
         self.record_scores = False
         self.scores: list[float] = []
@@ -133,11 +133,15 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
     def to_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
         return (self.to_image(pixels) - self.pixel_mean) / self.pixel_std
 
+    def image_list(self, pixels: torch.Tensor) -> ImageList:
+        """Normalised and padded as ``preprocess_image`` would, but differentiable in ``pixels``."""
+        return ImageList.from_tensors(list(self.to_inputs(pixels)), self.backbone.size_divisibility,
+                                      padding_constraints=getattr(self.backbone, "padding_constraints", None))
+
     # ----- model views ----------------------------------------------------------------------
     def task_loss(self, pixels: torch.Tensor, targets: list[Instances], seed: int = 0) -> torch.Tensor:
         """Sum of the RPN, box and mask training losses (SPEC §6), proposal sampling seeded."""
-        images = ImageList.from_tensors(list(self.to_inputs(pixels)), self.backbone.size_divisibility,
-                                        padding_constraints=getattr(self.backbone, "padding_constraints", None))
+        images = self.image_list(pixels)
         features = self.backbone(images.tensor)
         devices = [pixels.device.index or 0] if pixels.is_cuda else []
         # Training-mode heads log statistics: give them a throwaway event storage.
@@ -159,7 +163,7 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
 
     def objective(self, pixels: torch.Tensor) -> MaskRCNNObjective:
         boxes = self._boxes(pixels) if "mask_logits" in self.feature else None
-        return MaskRCNNObjective(self, self.to_inputs, self.levels, use_fpn="fpn" in self.feature, boxes=boxes)
+        return MaskRCNNObjective(self, self.image_list, self.levels, use_fpn="fpn" in self.feature, boxes=boxes)
 
     # ----- inference ------------------------------------------------------------------------
     def inference(self, batched_inputs: list[dict], detected_instances: list[Instances] | None = None,

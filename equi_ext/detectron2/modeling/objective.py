@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from detectron2.structures import Boxes, ImageList
+from detectron2.structures import Boxes
 
 from ...core.losses import (
     OBJECTIVES,
@@ -32,15 +32,15 @@ class MaskRCNNObjective(Objective):
 
     Args:
         model: the ``GeneralizedRCNN``.
-        to_inputs: RGB pixels (N, 3, H, W) → the model's normalised input channels.
+        image_list: RGB pixels (N, 3, H, W) → the model's normalised, padded ``ImageList``.
         levels: FPN outputs of the dense term (empty = all).
         use_fpn: include the dense FPN term (else ROI terms only, FPN where no ROI term exists).
         boxes: per-image (R_n, 4) boxes in pixel coordinates, or None for the dense term only.
     """
 
-    def __init__(self, model, to_inputs, levels: Sequence[str] = (), *, use_fpn: bool = True,
+    def __init__(self, model, image_list, levels: Sequence[str] = (), *, use_fpn: bool = True,
                  boxes: list[torch.Tensor] | None = None) -> None:
-        self.model, self.to_inputs = model, to_inputs
+        self.model, self.image_list = model, image_list
         shapes = model.backbone.output_shape()
         self.names = list(shapes)
         unknown = [name for name in levels if name not in shapes]
@@ -55,10 +55,7 @@ class MaskRCNNObjective(Objective):
     def all_levels(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """Every backbone output for ``pixels``, cropped to the image (no padding)."""
         h, w = pixels.shape[-2:]
-        backbone = self.model.backbone
-        batch = ImageList.from_tensors(list(self.to_inputs(pixels)), backbone.size_divisibility,
-                                       padding_constraints=getattr(backbone, "padding_constraints", None))
-        feats = backbone(batch.tensor)
+        feats = self.model.backbone(self.image_list(pixels).tensor)
         return [feats[n][..., :math.ceil(h / self.strides[n]), :math.ceil(w / self.strides[n])] for n in self.names]
 
     def _pick(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:

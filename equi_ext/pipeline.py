@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, BPDA, Adaptive, defense_preprocessor
-from .core.optimizer import EquivarianceDefense
+from .core.optimizer import EquivarianceDefense, InvarianceDefense
+from .core.scores import output_variance_score
 from .defenses import DEFENSES, DetectThenDefend, NoDefense
 
 #: scenario name → (attack?, defend?); the tools run one evaluation each.
@@ -86,6 +87,10 @@ class EquiPipeline:
         pixel_range: value range of the pixel batches.
         needs_logits: attacks that weight pixels need dense logits; a framework without
             them (Detectron2) passes False so such attacks are refused at build time.
+        score: what ``record_score`` records per image: ``'equivariance'`` (default: the
+            defense's own score, see below), ``'invariance'``, ``'output_variance'`` (paper
+            Eq. 16 on the logits; higher = more suspicious), or a defense name/config whose
+            ``score`` is used (e.g. ``dict(type='rotation', head=...)``: its self-supervised loss).
 
     Raises:
         KeyError / ValueError / TypeError: unknown names or bad budgets, at construction
@@ -93,7 +98,7 @@ class EquiPipeline:
     """
 
     def __init__(self, defense_cfg: Any = None, attack_cfg: Any = None, *, pixel_range=(0.0, 255.0),
-                 needs_logits: bool = True) -> None:
+                 needs_logits: bool = True, score: Any = "equivariance") -> None:
         defense_cfg, self.attack_cfg = as_cfg(defense_cfg), as_cfg(attack_cfg)
         if defense_cfg is not None:
             defense_cfg.setdefault("pixel_range", pixel_range)
@@ -121,6 +126,31 @@ class EquiPipeline:
         else:
             self.score_defense = EquivarianceDefense(pixel_range=pixel_range)
             self.defense_scores = False
+        self.scorer = self._build_scorer(score, pixel_range, needs_logits)
+        if score != "equivariance":
+            self.defense_scores = False
+
+    def _build_scorer(self, score: Any, pixel_range, needs_logits: bool) -> Callable:
+        """(pixels, features, logits_fn) → (N,) per-image score."""
+        if score == "equivariance":
+            return lambda pixels, features, logits_fn: self.score_defense.score(pixels, features)
+        if score == "invariance":
+            invariance = InvarianceDefense(pixel_range=pixel_range)
+            return lambda pixels, features, logits_fn: invariance.score(pixels, features)
+        if score == "output_variance":
+            if not needs_logits:
+                raise ValueError("score='output_variance' needs dense logits, which this model does not have")
+            return lambda pixels, features, logits_fn: output_variance_score(
+                logits_fn, pixels, transforms=self.score_defense.transforms, pixel_range=pixel_range)
+        cfg = as_cfg(score) if isinstance(score, (str, dict)) else None
+        if cfg is None or not isinstance(cfg.get("type"), str):
+            raise ValueError(f"score must be 'equivariance', 'invariance', 'output_variance' or a defense "
+                             f"name/config; got {score!r}")
+        cfg.setdefault("pixel_range", pixel_range)
+        scorer = DEFENSES.build(cfg)
+        if not hasattr(scorer, "score"):
+            raise ValueError(f"score={score!r}: defense {type(scorer).__name__} has no score")
+        return lambda pixels, features, logits_fn: scorer.score(pixels, features)
 
     @property
     def defends(self) -> bool:
@@ -145,7 +175,7 @@ class EquiPipeline:
                                compute_score=record_score and self.defense_scores)
             pixels, score = out.images, out.score
         if record_score and score is None:
-            score = self.score_defense.score(pixels, features)
+            score = self.scorer(pixels, features, logits_fn)
         return pixels, score
 
     def attack(self, pixels: torch.Tensor, targets: Any, *, features: Any, model: nn.Module, seeds: Sequence[int],

@@ -35,7 +35,7 @@ from mmengine.runner import Runner  # noqa: E402
 from mmengine.runner.checkpoint import load_state_dict  # noqa: E402
 
 import equi_ext.mmseg as equi_mmseg  # noqa: E402
-from equi_ext.mmseg.cli import add_common_arguments, load_config  # noqa: E402
+from equi_ext.mmseg.cli import add_common_arguments, check_test_data, load_config  # noqa: E402
 from equi_ext.pipeline import default_scenarios, scenario_table  # noqa: E402
 
 
@@ -155,6 +155,7 @@ def main(argv=None) -> list[dict]:
     if unknown:
         raise SystemExit(f"error: unknown scenarios {unknown}; valid: {list(equi_mmseg.SCENARIOS)}")
 
+    check_test_data(cfg)
     runner = Runner.from_cfg(cfg)
     load_weights(runner, args.checkpoint, args.config)
     rows = []

@@ -93,6 +93,19 @@ def frozen_model(model: nn.Module | None) -> Iterator[None]:
                     b.copy_(saved)
 
 
+def check_transform_sizes(transforms: Sequence[Transform], size: tuple[int, int], min_size: int = 8) -> None:
+    """Refuse images whose transformed copies would have a side below ``min_size`` pixels."""
+    if min(size) < min_size:
+        raise ValueError(f"images of size {size[0]}x{size[1]} are smaller than min_size={min_size}")
+    for t in transforms:
+        out = t.output_size(size)
+        if min(out) < min_size:
+            raise ValueError(
+                f"images of size {size[0]}x{size[1]} are too small for {t}: it yields {out[0]}x{out[1]}, "
+                f"below min_size={min_size} pixels per side; use larger images or other transforms"
+            )
+
+
 class EquivarianceDefense:
     """Restore the equivariance of ``feature_fn`` around a possibly attacked image.
 
@@ -196,15 +209,7 @@ class EquivarianceDefense:
         return terms.detach(), grad
 
     def _check_sizes(self, transforms: Sequence[Transform], size: tuple[int, int]) -> None:
-        if min(size) < self.min_size:
-            raise ValueError(f"images of size {size[0]}x{size[1]} are smaller than min_size={self.min_size}")
-        for t in transforms:
-            out = t.output_size(size)
-            if min(out) < self.min_size:
-                raise ValueError(
-                    f"images of size {size[0]}x{size[1]} are too small for {t}: it yields {out[0]}x{out[1]}, "
-                    f"below min_size={self.min_size} pixels per side; use larger images or other transforms"
-                )
+        check_transform_sizes(transforms, size, self.min_size)
 
     def _subset_schedule(self, k: int, generator: torch.Generator) -> list[list[int]] | None:
         """Indices of the transforms used at each step (None = all, every step): windows of m

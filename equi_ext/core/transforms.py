@@ -224,6 +224,47 @@ class Rotate(Transform):
         return self._map_boxes(boxes, image_size, -self.degrees)
 
 
+@TRANSFORMS.register("rot90")
+@dataclass(frozen=True)
+class Rot90(Transform):
+    """Rotate by ``k`` quarter turns, as ``torch.rot90(x, k, dims=(-2, -1))`` (counter-clockwise on
+    screen): exact, no resampling, so the overlap is the whole image; an odd ``k`` swaps H and W.
+
+    The rotation-prediction baseline (Shi et al. 2020) asks a head which ``k`` was applied.
+    Content at pixel (x, y) of an H×W image moves, per turn, to (y, W − x) of the W×H result.
+    """
+
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k) or not 0 <= k <= 3:
+            raise ValueError(f"k must be a number of quarter turns in {{0, 1, 2, 3}}; got {k!r}")
+        object.__setattr__(self, "k", int(k))
+
+    def output_size(self, size: Size) -> Size:
+        return (size[1], size[0]) if self.k % 2 else tuple(size)
+
+    def apply(self, images: torch.Tensor, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE) -> torch.Tensor:
+        return torch.rot90(images, self.k, dims=(-2, -1))
+
+    def inverse(self, features: torch.Tensor, size: Size) -> torch.Tensor:
+        return _resample_to(torch.rot90(features, -self.k, dims=(-2, -1)), size)
+
+    def apply_boxes(self, boxes: torch.Tensor, image_size: Size) -> torch.Tensor:
+        h, w = image_size
+        for _ in range(self.k):  # one turn: (x, y) → (y, W − x) on an H×W image, which becomes W×H
+            boxes = torch.stack([boxes[:, 1], w - boxes[:, 2], boxes[:, 3], w - boxes[:, 0]], dim=1)
+            h, w = w, h
+        return boxes.clone()
+
+    def inverse_boxes(self, boxes: torch.Tensor, image_size: Size) -> torch.Tensor:
+        return Rot90((4 - self.k) % 4).apply_boxes(boxes, self.output_size(image_size))
+
+    def inverse_roi(self, roi_maps: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(roi_maps, -self.k, dims=(-2, -1))
+
+
 @TRANSFORMS.register("color_jitter")
 @dataclass(frozen=True)
 class ColorJitter(Transform):

@@ -63,8 +63,12 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     return value
 
 
-def check_images(images: torch.Tensor, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, name: str = "images") -> None:
-    """Check an image batch: float (N, 3, H, W), finite, inside ``pixel_range``."""
+def check_image_batch(images: torch.Tensor, name: str = "images") -> None:
+    """Check the layout of an image batch: a non-empty float (N, 3, H, W) tensor (values unchecked).
+
+    The adapters call it on normalised inputs, whose values only ``check_images`` can judge
+    once converted back to pixels.
+    """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, 3, H, W); got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != 3:
@@ -72,9 +76,12 @@ def check_images(images: torch.Tensor, pixel_range: PixelRange = DEFAULT_PIXEL_R
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch: shape {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise TypeError(
-            f"{name} must be a floating-point tensor with values in {pixel_range}; got dtype {images.dtype}"
-        )
+        raise TypeError(f"{name} must be a floating-point tensor (e.g. images.float()); got dtype {images.dtype}")
+
+
+def check_images(images: torch.Tensor, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, name: str = "images") -> None:
+    """Check an image batch: float (N, 3, H, W), finite, inside ``pixel_range``."""
+    check_image_batch(images, name)
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} contains NaN or inf values")
     low, high = check_pixel_range(pixel_range)

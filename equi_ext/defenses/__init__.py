@@ -3,6 +3,7 @@
 from ..core.optimizer import EquivarianceDefense, InvarianceDefense, NoDefense
 from .baselines import DetectThenDefend, RandomNoiseDefense
 from .registry import DEFENSES
+from .ssl import ContrastiveDefense, RotationDefense
 
 DEFENSES.register("none")(NoDefense)
 DEFENSES.register("equi")(EquivarianceDefense)
@@ -14,5 +15,5 @@ def build_defense(cfg, **defaults):
     return DEFENSES.build(cfg, **defaults)
 
 
-__all__ = ["DEFENSES", "DetectThenDefend", "EquivarianceDefense", "InvarianceDefense", "NoDefense",
-           "RandomNoiseDefense", "build_defense"]
+__all__ = ["DEFENSES", "ContrastiveDefense", "DetectThenDefend", "EquivarianceDefense", "InvarianceDefense",
+           "NoDefense", "RandomNoiseDefense", "RotationDefense", "build_defense"]

@@ -25,8 +25,10 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     if "EQUI" in cfg:
         return cfg
     cfg.EQUI = CfgNode()
-    # Defense: a name of equi_ext.defenses.DEFENSES (none, equi, invariance, random, detect_then_defend).
+    # Defense: a name of equi_ext.defenses.DEFENSES (none, equi, invariance, random, rotation, contrastive,
+    # detect_then_defend).
     cfg.EQUI.DEFENSE = "none"
+    cfg.EQUI.SSL_HEAD = ""  # rotation/contrastive: head checkpoint from tools/train_ssl_head.py
     cfg.EQUI.PRESET = "default"  # equi/invariance: named base settings of EquivarianceDefense
     cfg.EQUI.TRANSFORMS = None  # a transform-set name ('flip_resize', 'paper', 'pilot'); None = preset
     cfg.EQUI.DEFENSE_STEPS = None  # T

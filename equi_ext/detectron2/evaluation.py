@@ -13,12 +13,15 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader
 from detectron2.data import detection_utils as utils
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from ..pipeline import SCENARIOS, default_scenarios, scenario_table
 from .modeling import EquiGeneralizedRCNN
@@ -27,13 +30,46 @@ logger = logging.getLogger(__name__)
 
 
 class _PredictedImagesCOCOEvaluator(COCOEvaluator):
-    """COCO AP over the images actually predicted (a fixed subset of the split in tests and demos)."""
+    """COCO AP over the images actually predicted (a fixed subset of the split in tests and demos).
+
+    When the model detects nothing on any image (e.g. under a strong attack), Detectron2 skips
+    pycocotools and reports NaN; here pycocotools scores the empty result: AP 0 wherever there
+    is ground truth (NaN only where there is none), as for any other weak prediction.
+    """
 
     def evaluate(self, img_ids=None):
         ids = [p["image_id"] for p in self._predictions]
         if self._distributed:  # every process's images (the parent gathers the predictions themselves)
             ids = [i for rank_ids in comm.all_gather(ids) for i in rank_ids]
+        self._eval_img_ids = ids
         return super().evaluate(img_ids=ids)
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        if coco_eval is None and self._eval_img_ids:  # Detectron2's "no predictions" case
+            coco_dt = COCO()
+            coco_dt.dataset = dict(images=self._coco_api.dataset["images"], annotations=[],
+                                   categories=self._coco_api.dataset["categories"])
+            coco_dt.createIndex()
+            coco_eval = COCOeval(self._coco_api, coco_dt, iou_type)
+            coco_eval.params.imgIds = self._eval_img_ids
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        return super()._derive_coco_results(coco_eval, iou_type, class_names)
+
+
+def check_dataset(name: str) -> None:
+    """Fail before building a model if ``name`` is not registered or its files do not exist
+    (Detectron2 would fail later, deep inside its loader)."""
+    if name not in DatasetCatalog.list():
+        raise KeyError(f"DATASETS.TEST names {name!r}, which is not a registered dataset; register it first "
+                       "(EQUI.SYNTHETIC_ROOT registers the synthetic shapes)")
+    meta = MetadataCatalog.get(name)
+    for key in ("json_file", "image_root"):
+        path = meta.get(key, None)
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"dataset {name!r}: {key} {path!r} does not exist (Detectron2's builtin "
+                                    "datasets live under $DETECTRON2_DATASETS, default ./datasets)")
 
 
 def build_annotated_test_loader(cfg, dataset_name: str, num_images: int | None = None):
@@ -70,8 +106,11 @@ def load_weights(model: torch.nn.Module, weights: str | None) -> None:
         return
     ckpt = torch.load(weights, map_location="cpu", weights_only=False)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {weights!r} holds no state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, (torch.Tensor, np.ndarray)) for v in state.values()):
+        mmengine = isinstance(ckpt, dict) and "state_dict" in ckpt
+        hint = " (an MMEngine checkpoint: evaluate it with its MMSeg .py config)" if mmengine else ""
+        raise ValueError(f"checkpoint {weights!r} holds no Detectron2 state dict (a 'model' mapping of tensors); "
+                         f"found keys {sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__}{hint}")
     state = {k.removeprefix("module."): torch.as_tensor(v) for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
@@ -95,6 +134,10 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
     Returns:
         One dict per scenario: segm/bbox AP (and AP50), mean equivariance score, images, seconds.
     """
+    if not cfg.DATASETS.TEST:
+        raise ValueError("DATASETS.TEST is empty: name the dataset to evaluate")
+    dataset = cfg.DATASETS.TEST[0]
+    check_dataset(dataset)
     if model is None:
         model = build_model(cfg)
         if not isinstance(model, EquiGeneralizedRCNN):
@@ -107,9 +150,6 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenarios {unknown}; valid: {list(SCENARIOS)}")
-    if not cfg.DATASETS.TEST:
-        raise ValueError("DATASETS.TEST is empty: name the dataset to evaluate")
-    dataset = cfg.DATASETS.TEST[0]
     out_dir = Path(output_dir or cfg.OUTPUT_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -5,7 +5,7 @@ automatically through ``tools/test.py``) registers ``SyntheticShapesDataset`` an
 every ``EncoderDecoder`` honour ``model.test_cfg.defense`` / ``model.test_cfg.attack``.
 """
 
-from . import datasets, metrics  # noqa: F401  (registers SyntheticShapesDataset, PerImageIoUMetric)
+from . import datasets, metrics, transforms  # noqa: F401  (registers SyntheticShapesDataset, PerImageIoUMetric, ImageCorruption)
 from .segmentor import SCENARIOS, build_equi_components, configure, install, runtime, set_scenario
 
 install()

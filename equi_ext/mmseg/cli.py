@@ -45,3 +45,32 @@ def load_config(args: argparse.Namespace) -> Config:
     elif cfg.get("work_dir", None) is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
     return cfg
+
+
+def _leaf_datasets(dataset_cfg):
+    """The configs of the datasets that read files, inside wrappers (Repeat/ClassBalanced/Concat)."""
+    if "datasets" in dataset_cfg:
+        for child in dataset_cfg["datasets"]:
+            yield from _leaf_datasets(child)
+    elif "dataset" in dataset_cfg:
+        yield from _leaf_datasets(dataset_cfg["dataset"])
+    else:
+        yield dataset_cfg
+
+
+def check_test_data(cfg: Config) -> None:
+    """Stop, naming the setting, when the test split's data root, image folder or annotation file
+    does not exist or the image folder is empty: MMEngine would fail deep inside its file listing
+    (``FileNotFoundError``) or its serialisation (``need at least one array to concatenate``).
+    Remote paths (``s3://``...) are left to MMEngine's file backends.
+    """
+    fix = "set it with --cfg-options test_dataloader.dataset.data_root=PATH"
+    for dataset in _leaf_datasets(cfg.test_dataloader.dataset):
+        root = dataset.get("data_root") or ""
+        img_dir = osp.join(root, (dataset.get("data_prefix") or {}).get("img_path", ""))
+        ann_file = osp.join(root, dataset["ann_file"]) if dataset.get("ann_file") else ""
+        for key, path in (("data_root", root), ("data_prefix.img_path", img_dir), ("ann_file", ann_file)):
+            if path and "://" not in path and not osp.exists(path):
+                raise SystemExit(f"error: test dataset {key} {path!r} does not exist; {fix}")
+        if img_dir and "://" not in img_dir and not ann_file and not any(files for _, _, files in os.walk(img_dir)):
+            raise SystemExit(f"error: test dataset folder {img_dir!r} holds no image; {fix}")

@@ -6,13 +6,15 @@ numbers are exactly what ``tools/test.py`` would report for that configuration.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from mmengine.runner import Runner
+from torch.utils.data import DataLoader, Subset
 
 from ..core.metrics import worst_case_per_image
-from .metrics import PerImageIoUMetric
+from .metrics import PerImageIoUMetric, load_record, record_path
 from .segmentor import configure, set_scenario
 
 
@@ -44,6 +46,39 @@ def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, A
             if metric is not None:
                 rows[-1]["per_image"] = list(metric.per_image)
     return rows
+
+
+def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, Any], record_dir: str | os.PathLike,
+                  *, resume: bool = False) -> dict:
+    """One (attack, defense) cell, image records written to ``record_dir`` as each image finishes.
+
+    With ``resume``, images that already have a record are not run again. The cell's mIoU is
+    always IoUMetric's over the records of all the runner's images, so an interrupted and
+    resumed cell reports exactly what an uninterrupted one does (seeds are per image: see
+    ``EquiRuntime._image_seed``). Returns an ``evaluate_grid`` row plus ``run_images``.
+    """
+    metric = per_image_metric(runner)
+    if metric is None:
+        raise ValueError("evaluate_cell needs test_evaluator=dict(type='PerImageIoUMetric') in the config")
+    loop = runner.test_loop
+    full = loop.dataloader
+    paths = [record_path(record_dir, full.dataset.get_data_info(i)["img_path"]) for i in range(len(full.dataset))]
+    todo = [i for i, path in enumerate(paths) if not (resume and path.is_file())]
+    row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
+    if todo:
+        if len(todo) < len(paths):
+            loop.dataloader = DataLoader(Subset(full.dataset, todo), batch_size=full.batch_size,
+                                         collate_fn=full.collate_fn, num_workers=0)
+        metric.record_dir = str(record_dir)
+        try:
+            (ran,) = evaluate_grid(runner, {defense[0]: defense[1]}, {attack[0]: attack[1]})
+        finally:
+            loop.dataloader, metric.record_dir = full, None
+        row["seconds"] = ran["seconds"]
+    records = [load_record(path) for path in paths]
+    row.update(mIoU=float(metric.metrics_of([r["areas"] for r in records])["mIoU"]), images=len(records),
+               per_image=records)
+    return row
 
 
 def worst_case(runner: Runner, rows: list[dict]) -> dict:

@@ -3,11 +3,17 @@
 The honest robust number is a per-image worst case over every attack run (AutoAttack /
 RobustBench style), which needs each image's intersection/union and task loss; IoUMetric
 only keeps their sums. The dataset numbers it reports are IoUMetric's own.
+
+With ``record_dir`` set, each image's record is also written there as it is processed (temp
+file + rename), so a long run killed mid-way keeps every finished image (``--resume``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,16 +21,22 @@ from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 
 from ..core.metrics import image_iou
+from ..reporting import atomic_write_json
 
 
 @METRICS.register_module()
 class PerImageIoUMetric(IoUMetric):
     """After ``evaluate()``, ``per_image`` lists one dict per image: ``img`` (its path),
     ``areas`` (IoUMetric's intersect/union/pred/label tuple), ``iou`` (percent) and ``loss``
-    (pixel cross-entropy of the predicted logits, ignore_index excluded; NaN without logits)."""
+    (pixel cross-entropy of the predicted logits, ignore_index excluded; NaN without logits).
 
-    def __init__(self, **kwargs) -> None:
+    Args:
+        record_dir: if set, write each processed image's record to ``record_dir/<file name>.json``.
+    """
+
+    def __init__(self, record_dir: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.record_dir = record_dir
         self.per_image: list[dict] = []
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
@@ -32,6 +44,13 @@ class PerImageIoUMetric(IoUMetric):
         super().process(data_batch, data_samples)
         for index, sample in zip(range(start, len(self.results)), data_samples):
             self.results[index] = (*self.results[index], sample["img_path"], self._loss(sample))
+            if self.record_dir is not None:
+                *areas, img, loss = self.results[index]
+                atomic_write_json(record_path(self.record_dir, img), self._record(areas, img, loss))
+
+    @staticmethod
+    def _record(areas: Sequence[torch.Tensor], img: str, loss: float) -> dict:
+        return dict(img=img, areas=tuple(areas), iou=image_iou(areas[0], areas[1]), loss=loss)
 
     def _loss(self, sample: dict) -> float:
         logits = sample.get("seg_logits", {}).get("data")
@@ -44,10 +63,21 @@ class PerImageIoUMetric(IoUMetric):
         return float(loss)
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        self.per_image = [dict(img=img, areas=tuple(areas), iou=image_iou(areas[0], areas[1]), loss=loss)
-                          for *areas, img, loss in results]
+        self.per_image = [self._record(areas, img, loss) for *areas, img, loss in results]
         return super().compute_metrics([r[:4] for r in results])
 
     def metrics_of(self, areas: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, float]:
         """IoUMetric's dataset metrics over any choice of per-image areas (e.g. a worst case)."""
         return super().compute_metrics(list(areas))
+
+
+def record_path(record_dir: str | os.PathLike, img_path: str) -> Path:
+    """Where ``PerImageIoUMetric`` keeps an image's record: named by file name, not folder."""
+    return Path(record_dir) / f"{os.path.basename(img_path)}.json"
+
+
+def load_record(path: str | os.PathLike) -> dict:
+    """A record written with ``record_dir``, its areas back as tensors (counts are exact in float32)."""
+    record = json.loads(Path(path).read_text())
+    record["areas"] = tuple(torch.tensor(a, dtype=torch.float32) for a in record["areas"])
+    return record

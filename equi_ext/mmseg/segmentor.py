@@ -27,6 +27,7 @@ from mmseg.models.segmentors import EncoderDecoder
 
 from ..attacks import pixel_cross_entropy
 from ..core.optimizer import frozen_model
+from ..core.validation import check_image_batch, check_images
 from ..pipeline import SCENARIOS, EquiPipeline
 
 FEATURE_LAYERS = ("backbone", "neck", "logits")
@@ -43,7 +44,8 @@ def parse_feature_layer(spec: str) -> tuple[str, int]:
 
 def build_equi_components(test_cfg: Any) -> tuple[EquiPipeline, tuple[str, int]]:
     """Build the defense/attack pipeline of a ``test_cfg`` (fails early on bad names or budgets)."""
-    pipeline = EquiPipeline(test_cfg.get("defense"), test_cfg.get("attack"))
+    pipeline = EquiPipeline(test_cfg.get("defense"), test_cfg.get("attack"),
+                            score=test_cfg.get("score", "equivariance"))
     return pipeline, parse_feature_layer(test_cfg.get("feature_layer", "backbone"))
 
 
@@ -59,8 +61,12 @@ class PixelSpace:
         self.pad_val = float(getattr(preprocessor, "pad_val", 0))
 
     def to_pixels(self, inputs: torch.Tensor) -> torch.Tensor:
+        """RGB pixels of ``inputs``; values outside [0, 255] (beyond rounding) or NaN/inf are an error,
+        not clamped: they mean the images or the preprocessor's mean/std are not what equi-ext assumes."""
         x = inputs * self.std + self.mean if self.mean is not None else inputs
-        return (x.flip(1) if self.swap else x).clamp(0, 255)
+        x = x.flip(1) if self.swap else x
+        check_images(x, name="pixels (inputs * std + mean of the data_preprocessor)")
+        return x.clamp(0, 255)
 
     def to_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.flip(1) if self.swap else pixels
@@ -115,6 +121,9 @@ class EquiRuntime:
             return stock_predict(inputs, data_samples)
         if data_samples is None:
             raise ValueError("equi-ext needs data samples (image metas) to defend or attack a batch")
+        check_image_batch(inputs, name="inputs")
+        if len(data_samples) != inputs.shape[0]:
+            raise ValueError(f"got {len(data_samples)} data samples for a batch of {inputs.shape[0]} inputs")
         if attack_on and any(not hasattr(s, "gt_sem_seg") for s in data_samples):
             raise ValueError("an attack needs ground truth: the test pipeline must load annotations "
                              "(LoadAnnotations) so data samples carry gt_sem_seg")

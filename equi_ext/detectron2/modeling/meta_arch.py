@@ -32,7 +32,7 @@ from .objective import MaskRCNNObjective
 
 #: ``cfg.EQUI`` keys → constructor arguments, passed when the registered class accepts them.
 DEFENSE_KEYS = {"PRESET": "preset", "TRANSFORMS": "transforms", "DEFENSE_STEPS": "steps", "EPS_V": "eps_v",
-                "STEP_SIZE": "step_size", "THRESHOLD": "threshold", "SEED": "seed"}
+                "STEP_SIZE": "step_size", "THRESHOLD": "threshold", "SEED": "seed", "SSL_HEAD": "head"}
 ATTACK_KEYS = {"EPS": "eps", "STEPS": "steps", "ATTACK_STEP_SIZE": "step_size", "LAMBDA_E": "lambda_e",
                "EOT_SAMPLES": "samples", "SEED": "seed"}
 
@@ -184,6 +184,9 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
             if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
                 shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
                 raise ValueError(f"input {i}: 'image' must be a (3, H, W) tensor; got {shape}")
+            if image.dtype != torch.uint8 and not image.is_floating_point():  # e.g. bool would become 0/1 pixels
+                raise TypeError(f"input {i}: 'image' must be uint8 or floating point with values in 0-255; "
+                                f"got dtype {image.dtype}")
             groups[tuple(image.shape)].append(i)
         new_inputs = [dict(x) for x in batched_inputs]
         with frozen_model(self):

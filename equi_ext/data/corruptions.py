@@ -1,0 +1,71 @@
+"""The 15 common corruptions of Hendrycks & Dietterich (``imagecorruptions``), seeded per image.
+
+``imagecorruptions`` 1.1.2 predates NumPy 2 and scikit-image 0.19+: ``glass_blur`` calls
+``gaussian(..., multichannel=True)`` (now ``channel_axis=-1``) and ``fog`` allocates with
+``np.float_`` (removed in NumPy 2). :func:`corrupt` patches those two names in the package's
+own module namespace — nothing global — and otherwise uses the package as it is.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import numpy as np
+
+with warnings.catch_warnings():  # the package imports pkg_resources, deprecated by setuptools
+    warnings.simplefilter("ignore", UserWarning)
+    import imagecorruptions
+    from imagecorruptions import corruptions as _corruptions
+
+#: The 15 benchmark corruptions (noise, blur, weather, digital), in the package's order.
+CORRUPTIONS: tuple[str, ...] = tuple(imagecorruptions.get_corruption_names("common"))
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+def _gaussian_compat(image, *args, multichannel=None, **kwargs):
+    """scikit-image's ``gaussian`` accepting the removed ``multichannel`` flag."""
+    from skimage.filters import gaussian
+
+    if multichannel is not None:
+        kwargs.setdefault("channel_axis", -1 if multichannel else None)
+    return gaussian(image, *args, **kwargs)
+
+
+def _install_shim() -> None:
+    if getattr(_corruptions, "_equi_shim", False):
+        return
+    numpy_compat = types.ModuleType("numpy_compat", "numpy plus the float_ alias imagecorruptions uses")
+    numpy_compat.__dict__.update(np.__dict__)
+    numpy_compat.float_ = np.float64
+    _corruptions.np = numpy_compat
+    _corruptions.gaussian = _gaussian_compat
+    _corruptions._equi_shim = True
+
+
+def check_corruption(name: str, severity: int) -> None:
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {SEVERITIES}; got {severity!r}")
+
+
+def corrupt(image: np.ndarray, name: str, severity: int = 3, seed: int = 0) -> np.ndarray:
+    """Corrupt an (H, W, 3) uint8 RGB image; the package's global NumPy RNG is seeded with
+    ``seed`` for the call and restored afterwards, so results depend only on (image, seed)."""
+    check_corruption(name, severity)
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"corrupt() takes an (H, W, 3) uint8 image; got {type(image).__name__} "
+                         f"{getattr(image, 'dtype', '')} {shape}")
+    if min(image.shape[:2]) < 32:
+        raise ValueError(f"corruptions need images of at least 32x32 pixels; got {image.shape[0]}x{image.shape[1]}")
+    _install_shim()
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return imagecorruptions.corrupt(image, severity=severity, corruption_name=name)
+    finally:
+        np.random.set_state(state)

@@ -1,0 +1,41 @@
+"""MMSeg pipeline transforms provided by equi-ext."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+from mmcv.transforms import BaseTransform
+from mmseg.registry import TRANSFORMS
+
+from ..data.corruptions import check_corruption, corrupt
+
+
+@TRANSFORMS.register_module()
+class ImageCorruption(BaseTransform):
+    """Apply one of the 15 common corruptions (``equi_ext.data.corruptions``) to ``results['img']``.
+
+    Put it right after ``LoadImageFromFile``. Each image's randomness is seeded by its file
+    name (not its folder, nor its position in the loader), so a corrupted benchmark is the
+    same on every machine, batch size and resumed run.
+
+    Example::
+
+        dict(type='ImageCorruption', corruption='fog', severity=3)
+    """
+
+    def __init__(self, corruption: str, severity: int = 3) -> None:
+        check_corruption(corruption, severity)
+        self.corruption, self.severity = corruption, severity
+
+    def transform(self, results: dict) -> dict:
+        img = results["img"]
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"ImageCorruption needs a 3-channel image; got shape {img.shape}")
+        seed = zlib.crc32(os.path.basename(str(results.get("img_path", ""))).encode())
+        rgb = corrupt(img[..., ::-1].copy(), self.corruption, self.severity, seed)  # loaded as BGR
+        results["img"] = rgb[..., ::-1].copy()
+        return results
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(corruption={self.corruption!r}, severity={self.severity})"

@@ -1,0 +1,75 @@
+"""tools/benchmark_robustness.py: per-image records, --resume after a kill, seeds, the table files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import REPO, load_tool
+
+ARGS = ["--num-images", "8", "--defenses", "equivariance", "--attacks", "clean,pgd", "--steps", "3"]
+
+
+def _cell_dir(work, seed=0):
+    return work / "cells" / f"seed{seed}" / "equivariance" / "PGD-3"
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(synthetic_val_root, tmp_path):
+    """A run killed (SIGKILL) after a few images keeps only whole records; ``--resume`` runs just
+    the missing images and ends with the uninterrupted run's numbers, image by image."""
+    tool = load_tool("benchmark_robustness")
+    data = ["--data-root", str(synthetic_val_root)]
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools/benchmark_robustness.py"), *ARGS, *data,
+                             "--seeds", "0", "--work-dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if len(list(_cell_dir(killed).glob("*.json"))) >= 3:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    written = sorted(_cell_dir(killed).glob("*.json"))
+    assert 3 <= len(written) < 8
+    for path in written:
+        json.loads(path.read_text())  # whole records only (temp file + rename)
+
+    resumed = tool.main([*ARGS, *data, "--seeds", "0", "--work-dir", str(killed), "--resume"])
+    run_images = {(c["attack"], c["defense"]): c.get("run_images") for c in resumed["cells"]}
+    assert run_images[("clean", "equivariance")] == 0  # the clean cell had finished
+    assert run_images[("PGD-3", "equivariance")] == 8 - len(written)
+
+    full = tool.main([*ARGS, *data, "--seeds", "0,1", "--work-dir", str(tmp_path / "full")])
+    for label in resumed["table"]:
+        assert resumed["table"][label]["equivariance"] == [full["table"][label]["equivariance"][0]], label
+    for path in _cell_dir(tmp_path / "full").glob("*.json"):
+        assert json.loads(path.read_text()) == json.loads((_cell_dir(killed) / path.name).read_text())
+    # The seed is the run's: seed 1 draws another random start and other defense noise.
+    assert full["table"]["PGD-3"]["equivariance"][0] != full["table"]["PGD-3"]["equivariance"][1]
+
+    lines = list(csv.DictReader((tmp_path / "full/robustness.csv").open()))
+    assert {(r["attack"], r["seed"]) for r in lines} == {(a, s) for a in ("clean", "PGD-3", "worst case (per image)")
+                                                          for s in ("0", "1")}
+    md = (tmp_path / "full/robustness.md").read_text()
+    mean = sum(full["table"]["PGD-3"]["equivariance"]) / 2
+    assert f"| PGD-3 | {mean:.2f} ± " in md
+
+
+def test_bad_arguments_are_named(tmp_path):
+    tool = load_tool("benchmark_robustness")
+    with pytest.raises(SystemExit, match="unknown defense"):
+        tool.main(["--defenses", "equivariance,magic", "--work-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="checkpoint .* does not exist"):
+        tool.main(["--checkpoint", str(tmp_path / "missing.pth"), "--work-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--seeds takes integers"):
+        tool.main(["--seeds", "0,x", "--work-dir", str(tmp_path)])

@@ -1,0 +1,68 @@
+"""The SSL baselines through MMSeg: tools/train_ssl_head.py on the demo model, then
+``model.test_cfg.defense=dict(type='rotation'|'contrastive', head=...)`` in tools/test.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from equi_ext.core.ssl import load_head
+from equi_ext.data.synthetic import generate_dataset
+from equi_ext.defenses.ssl import SSLDefense
+
+from .conftest import DEMO_CHECKPOINT, DEMO_CONFIG, load_tool
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ssl_mmseg") / "shapes"
+    generate_dataset(root, seed=5, image_size=128, num_train=6, num_val=1)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["rotation", "contrastive"])
+def test_train_tool_writes_a_head_that_tools_test_uses_by_name(kind, tiny_root, tmp_path, test_tool, monkeypatch):
+    head_path = tmp_path / f"{kind}.pth"
+    metrics = load_tool("train_ssl_head").main([
+        str(DEMO_CONFIG), str(DEMO_CHECKPOINT), "--kind", kind, "--out", str(head_path), "--iters", "5",
+        "--data-root", str(tiny_root), "--work-dir", str(tmp_path / "log")])
+    assert metrics["train_images"] + metrics["held_out_images"] == 6 and 0 <= metrics["value"] <= 1
+    head = load_head(head_path, kind=kind)
+    assert head.in_channels == [128] and "feature_layer=backbone" in head.feature_spec  # ResNetV1c-18/4, stage 4
+
+    calls = []
+    stock_call = SSLDefense.__call__
+
+    def spy(self, images, features, **kwargs):
+        out = stock_call(self, images, features, **kwargs)
+        calls.append((type(self).__name__, (out.images - images).abs().max().item(), out.images.min().item(),
+                      out.images.max().item()))
+        return out
+
+    monkeypatch.setattr(SSLDefense, "__call__", spy)
+    rows = test_tool.main([
+        str(DEMO_CONFIG), str(DEMO_CHECKPOINT), "--work-dir", str(tmp_path / "test"), "--scenarios", "clean_defended",
+        "--cfg-options", f"test_dataloader.dataset.data_root={tiny_root}", "test_dataloader.num_workers=0",
+        "test_dataloader.persistent_workers=False", f"model.test_cfg.defense.type={kind}",
+        f"model.test_cfg.defense.head={head_path}", "model.test_cfg.defense.steps=2",
+        "model.test_cfg.defense.eps_v=3"])
+    assert [r["scenario"] for r in rows] == ["clean_defended"] and rows[0]["images"] == 1
+    ((name, moved, low, high),) = calls
+    assert name == f"{kind.capitalize()}Defense" and 0 < moved <= 3 + 1e-3 and low >= 0 and high <= 255
+
+
+def test_missing_or_mismatched_heads_are_refused_by_name(tiny_root, tmp_path, test_tool):
+    from equi_ext.core.ssl import SSLHead, save_head
+
+    with pytest.raises(FileNotFoundError, match=r"SSL head file '.*nope.pth' does not exist"):  # before any run
+        test_tool.main([str(DEMO_CONFIG), "--cfg-options", "model.test_cfg.defense.type=contrastive",
+                        f"model.test_cfg.defense.head={tmp_path / 'nope.pth'}"])
+    head = SSLHead("rotation", [256, 256, 256], feature_spec="detectron2:fpn")
+    save_head(head, tmp_path / "d2.pth")
+    with pytest.raises(ValueError, match=r"trained on 3 feature map\(s\) with channels \[256, 256, 256\] "
+                                         r"\(detectron2:fpn\), but the model's features have 1 map\(s\) with "
+                                         r"channels \[128\]"):
+        test_tool.main([
+            str(DEMO_CONFIG), str(DEMO_CHECKPOINT), "--work-dir", str(tmp_path / "test"), "--cfg-options",
+            f"test_dataloader.dataset.data_root={tiny_root}", "test_dataloader.num_workers=0",
+            "test_dataloader.persistent_workers=False", "model.test_cfg.defense.type=rotation",
+            f"model.test_cfg.defense.head={tmp_path / 'd2.pth'}", "model.test_cfg.defense.steps=1"])

@@ -1,0 +1,400 @@
+"""The bad-input matrix: each case × the public API, the MMSeg path and the Detectron2 path.
+
+Every case either raises early, with its exception type and a message naming the problem, or
+follows a documented fallback whose result is checked (a batch of one or of mixed sizes is
+processed exactly as image by image; a model that detects nothing scores AP 0, not NaN).
+Cases already tested elsewhere are listed in the README table ("Bad input") with their node
+ids instead of being repeated here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.modeling import GeneralizedRCNN, build_model
+from detectron2.structures import Instances
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from torch import nn
+
+import equi_ext
+import equi_ext.mmseg as equi_mmseg
+from equi_ext.attacks import ATTACKS
+from equi_ext.core.optimizer import EquivarianceDefense
+from equi_ext.core.scores import output_variance_score
+from equi_ext.data.synthetic import generate_dataset
+from equi_ext.defenses import DEFENSES
+from equi_ext.detectron2 import register_synthetic_shapes
+from equi_ext.detectron2.evaluation import build_annotated_test_loader, evaluate_scenarios
+
+from .detectron2.conftest import DEMO_EQUI_YAML, small_cfg
+from .mmseg.conftest import DEMO_CHECKPOINT, DEMO_CONFIG, load_tool
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+SIZE = 64
+
+
+@dataclass(frozen=True)
+class Case:
+    """``run(*fixtures)`` returns the calls that must each raise ``error`` matching ``match``; with
+    ``error=None`` the case is a documented fallback and ``run`` checks the result itself."""
+
+    id: str
+    run: Callable[..., Any]
+    error: type[BaseException] | None = None
+    match: str = ""
+    fixtures: tuple[str, ...] = ()
+
+
+def smooth(n: int = 2, size: int = SIZE, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 255
+    return nn.functional.interpolate(coarse, size=size, mode="bicubic", align_corners=False).clamp(0, 255)
+
+
+def with_value(images: torch.Tensor, value: float) -> torch.Tensor:
+    images = images.clone()
+    images[0, 1, 3, 5] = value
+    return images
+
+
+# ----- public API: every entry point that takes images -------------------------------------------
+_conv = nn.Conv2d(3, 4, 3, padding=1)
+
+
+def _features(x: torch.Tensor) -> torch.Tensor:
+    return _conv(x / 255)
+
+
+def api_calls(images: Any) -> list[Callable[[], Any]]:
+    """The defenses, an attack and both scores, each called on ``images``."""
+    labels = torch.zeros(2, SIZE, SIZE, dtype=torch.long)
+    return [
+        lambda: EquivarianceDefense(steps=1)(images, _features),
+        lambda: equi_ext.defend(_features, images, method="invariance", steps=1),
+        lambda: DEFENSES.build("random")(images),
+        lambda: ATTACKS.build(dict(type="pgd", steps=1, logits_fn=_features))(images, labels),
+        lambda: equi_ext.equivariance_score(_features, images),
+        lambda: output_variance_score(_features, images),
+    ]
+
+
+# ----- MMSeg path: the stock EncoderDecoder.predict that equi_ext.mmseg wraps --------------------
+def build_segmentor(**test_cfg: Any):
+    """The demo DeepLabV3 (random weights) with ``test_cfg`` defense/attack settings."""
+    init_default_scope("mmseg")
+    cfg = Config.fromfile(str(DEMO_CONFIG))
+    cfg.model.test_cfg.update(test_cfg)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def segmentor():
+    return build_segmentor(defense=dict(type="equi", steps=1, transforms=["hflip", "resize:0.5"]),
+                           attack=dict(type="pgd", eps=4, steps=1))
+
+
+def seg_samples(n: int, names: tuple[str, ...] = ("a.png", "b.png"), padding=((0, 0, 0, 0),) * 2,
+                size: int = SIZE) -> list[SegDataSample]:
+    """Data samples as MMSeg's test pipeline and preprocessor leave them (metas, ground truth)."""
+    samples = []
+    for i in range(n):
+        left, right, top, bottom = padding[i]
+        shape = (size - top - bottom, size - left - right)
+        sample = SegDataSample(metainfo=dict(img_path=names[i], img_shape=shape, ori_shape=shape,
+                                             pad_shape=(size, size), padding_size=padding[i]))
+        sample.gt_sem_seg = PixelData(data=(torch.arange(shape[0] * shape[1]).view(1, *shape) % 3).long())
+        samples.append(sample)
+    return samples
+
+
+def seg_inputs(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels as the data_preprocessor hands them to the model (normalised, channel order)."""
+    return equi_mmseg.runtime(model).pixels.to_inputs(pixels)
+
+
+def seg_predict(model, inputs: torch.Tensor, samples: list) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [s.seg_logits.data for s in model.predict(inputs, samples)]
+
+
+def check_mmseg_batch_of_one(model) -> None:
+    """Each image of a batch of two equals the image alone (attack + defense are per image)."""
+    inputs, samples = seg_inputs(model, smooth(2, size=32)), seg_samples(2, size=32)
+    together = seg_predict(model, inputs, samples)
+    with torch.no_grad():  # EncoderDecoder.inference is stock: no attack, no defense
+        stock = model.inference(inputs, [s.metainfo for s in samples])
+    assert not torch.allclose(stock[0], together[0], atol=1e-3)  # the attack and the defense did act
+    (alone,) = seg_predict(model, inputs[1:], samples[1:])
+    torch.testing.assert_close(alone, together[1], atol=1e-4, rtol=0)
+
+
+def check_mmseg_mixed_sizes(model) -> None:
+    """A batch of a 32×32 image and a 24×20 one padded to 32×32 (their preprocessor metas
+    differ) is split into groups, so each equals the image alone and padding is never defended."""
+    inputs, samples = seg_inputs(model, smooth(2, size=32)), seg_samples(2, padding=((0, 0, 0, 0), (0, 12, 0, 8)),
+                                                                          size=32)
+    inputs[1, :, 24:] = 0.0  # what the preprocessor pads with (pad_val, after normalisation)
+    inputs[1, :, :, 20:] = 0.0
+    seen = []
+    stock = model.inference
+
+    def spy(batch, metas):
+        seen.append(batch.clone())
+        return stock(batch, metas)
+
+    model.inference = spy
+    try:
+        together = seg_predict(model, inputs, samples)
+    finally:
+        del model.inference
+    assert [tuple(t.shape[-2:]) for t in together] == [(32, 32), (24, 20)]
+    final = seen[-1]  # what the stock inference predicted on: attacked + defended, padding untouched
+    assert not torch.equal(final[1, :, :24, :20], inputs[1, :, :24, :20])
+    assert (final[1, :, 24:] == 0).all() and (final[1, :, :, 20:] == 0).all()
+    for i in range(2):
+        (alone,) = seg_predict(model, inputs[i:i + 1], samples[i:i + 1])
+        torch.testing.assert_close(alone, together[i], atol=1e-4, rtol=0)
+
+
+def mmseg_tool(work_dir, *options: str) -> Callable[[], Any]:
+    """tools/test.py on the demo config with ``--cfg-options``."""
+    return lambda: load_tool("test").main([str(DEMO_CONFIG), "--work-dir", str(work_dir), "--cfg-options", *options])
+
+
+@pytest.fixture(scope="module")
+def empty_split(tmp_path_factory) -> str:
+    """A data root whose val folders exist but hold nothing (e.g. generated with --num-val 0)."""
+    root = tmp_path_factory.mktemp("empty_split")
+    (root / "img_dir/val").mkdir(parents=True)
+    (root / "ann_dir/val").mkdir(parents=True)
+    return str(root)
+
+
+# ----- Detectron2 path: EquiGeneralizedRCNN and tools/test.py with a yaml -------------------------
+@pytest.fixture(scope="module")
+def d2_dataset(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("coco_bad_inputs") / "shapes"
+    generate_dataset(root, seed=3, image_size=SIZE, num_train=0, num_val=2)
+    (name,) = register_synthetic_shapes(root, prefix="equi_bad_inputs")
+    return name
+
+
+@pytest.fixture(scope="module")
+def detector(d2_dataset):
+    """The demo Mask R-CNN architecture (random weights): defense T = 1 on flips, PGD-1."""
+    torch.manual_seed(0)
+    cfg = small_cfg(d2_dataset, "EQUI.DEFENSE_STEPS", "1", "EQUI.STEPS", "1", "EQUI.TRANSFORMS", "['hflip']")
+    model = build_model(cfg)
+    model.eval()
+    return cfg, model, d2_dataset
+
+
+def d2_infer(model, scenario: str, inputs: list[dict]) -> list:
+    model.scenario = scenario
+    try:
+        with torch.no_grad():
+            return model(inputs)
+    finally:
+        model.scenario = None
+
+
+def d2_image_calls(image: Any) -> Callable[[Any], list[Callable[[], Any]]]:
+    """``inference`` on one bad image: defended, and scored only (the clean scenario records scores)."""
+    def calls(detector):
+        _, model, _ = detector
+
+        def scored():
+            model.record_scores = True
+            try:
+                return d2_infer(model, "clean", [{"image": image}])
+            finally:
+                model.record_scores = False
+
+        return [lambda: d2_infer(model, "clean_defended", [{"image": image}]), scored]
+    return calls
+
+
+def purified(model, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The images the defended ``inference`` hands to the stock Mask R-CNN inference."""
+    seen: list[torch.Tensor] = []
+    stock = GeneralizedRCNN.inference
+
+    def spy(self, batched_inputs, detected_instances=None, do_postprocess=True):
+        seen.extend(x["image"].clone() for x in batched_inputs)
+        return stock(self, batched_inputs, detected_instances, do_postprocess)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GeneralizedRCNN, "inference", spy)
+        d2_infer(model, "clean_defended", [{"image": im, "file_name": f"{i}.png"} for i, im in enumerate(images)])
+    return seen
+
+
+@pytest.fixture(scope="module")
+def d2_batches(detector):
+    """Purified images of the batch [A 32×32, B 24×32, C 32×32] and of A and B alone."""
+    _, model, _ = detector
+    a, c = smooth(2, size=32, seed=1)
+    b = smooth(1, size=32, seed=2)[0, :, :24]
+    mixed = purified(model, [a, b, c])
+    return dict(originals=[a, b, c], mixed=mixed, a=purified(model, [a])[0], b=purified(model, [b])[0])
+
+
+def check_d2_batch_of_one(batches) -> None:
+    """A alone equals A purified together with C (a same-size group of two)."""
+    assert not torch.equal(batches["a"], batches["originals"][0])  # the defense did act
+    torch.testing.assert_close(batches["a"], batches["mixed"][0], atol=1e-3, rtol=0)
+
+
+def check_d2_mixed_sizes(batches) -> None:
+    """B keeps its size and equals B alone: size groups are purified separately, never padded together."""
+    assert tuple(batches["mixed"][1].shape) == (3, 24, 32)
+    torch.testing.assert_close(batches["b"], batches["mixed"][1], atol=1e-3, rtol=0)
+
+
+def check_d2_empty_detections(detector, tmp_path) -> None:
+    """A model that detects nothing scores COCO AP 0 where there is ground truth (Detectron2 alone: NaN)."""
+    cfg, model, _ = detector
+    predictor = model.roi_heads.box_predictor
+    thresh, predictor.test_score_thresh = predictor.test_score_thresh, 1.01  # no score passes
+    try:
+        (row,) = evaluate_scenarios(cfg, None, scenarios=["clean"], model=model, output_dir=str(tmp_path))
+    finally:
+        predictor.test_score_thresh = thresh
+    assert row["segm_AP"] == 0.0 and row["segm_AP50"] == 0.0 and row["bbox_AP"] == 0.0
+
+
+def check_d2_empty_ground_truth(detector) -> None:
+    """An image without annotations is still attacked (its RPN loss sees only background), within ε."""
+    cfg, model, dataset = detector
+    (inputs,) = next(iter(build_annotated_test_loader(cfg, dataset, 1)))
+    inputs["instances"] = inputs["instances"][:0]
+    seen = []
+    stock = GeneralizedRCNN.inference
+
+    def spy(self, batched_inputs, detected_instances=None, do_postprocess=True):
+        seen.append(batched_inputs[0]["image"].clone())
+        return stock(self, batched_inputs, detected_instances, do_postprocess)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GeneralizedRCNN, "inference", spy)
+        (out,) = d2_infer(model, "attacked", [inputs])
+    delta = (seen[0] - inputs["image"].float()).abs().max()
+    assert 0 < delta <= 4 + 1e-4 and isinstance(out["instances"], Instances)
+
+
+def d2_tool(work_dir, dataset: str | None, *opts: str, checkpoint: str | None = None) -> Callable[[], Any]:
+    """tools/test.py on the demo yaml, evaluating ``dataset`` (fails before any image is read)."""
+    data = ["DATASETS.TEST", f"('{dataset}',)"] if dataset else []
+    args = [str(DEMO_EQUI_YAML), *([checkpoint] if checkpoint else []), "--work-dir", str(work_dir),
+            "--opts", "MODEL.WEIGHTS", "", "EQUI.SYNTHETIC_ROOT", "", *data, *opts]
+    return lambda: load_tool("test").main(args)
+
+
+def missing_files_dataset() -> str:
+    """A registered COCO dataset whose files are not there (e.g. DETECTRON2_DATASETS unset)."""
+    name = "equi_bad_inputs_missing_files"
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, "/nonexistent/instances_val.json", "/nonexistent/val")
+    return name
+
+
+NAN, INF = float("nan"), float("inf")
+CASES = [
+    # --- public API ---------------------------------------------------------------------------------------------
+    Case("api-wrong_rank", lambda: api_calls(smooth()[0]), ValueError, r"shape \(N, 3, H, W\) \(RGB\); got \(3, 64"),
+    Case("api-wrong_channels", lambda: api_calls(smooth()[:, :1]), ValueError, r"got \(2, 1, 64, 64\)"),
+    Case("api-wrong_dtype", lambda: api_calls(smooth().to(torch.uint8)), TypeError, "floating-point .*torch.uint8"),
+    Case("api-out_of_range", lambda: api_calls(smooth() * 2), ValueError, r"must lie in pixel_range \(0.0, 255.0\)"),
+    Case("api-nan", lambda: api_calls(with_value(smooth(), NAN)), ValueError, "contains NaN or inf"),
+    Case("api-inf", lambda: api_calls(with_value(smooth(), INF)), ValueError, "contains NaN or inf"),
+    Case("api-empty_batch", lambda: api_calls(smooth()[:0]), ValueError, "empty batch"),
+    Case("api-mixed_sizes", lambda: api_calls([smooth(1)[0], smooth(1, size=48)[0]]), TypeError,
+         r"must be a torch.Tensor of shape \(N, 3, H, W\); got list"),
+    Case("api-too_small", lambda: [lambda: equi_ext.equivariance_score(_features, smooth(size=12)),
+                                   lambda: equi_ext.defend(_features, smooth(size=12), method="invariance"),
+                                   lambda: output_variance_score(_features, smooth(size=12))],
+         ValueError, "images of size 12x12 are too small for Resize"),
+    # --- MMSeg path ----------------------------------------------------------------------------------------------
+    Case("mmseg-wrong_rank", lambda m: [lambda: m.predict(seg_inputs(m, smooth())[0], seg_samples(1))],
+         ValueError, r"inputs must have shape \(N, 3, H, W\) \(RGB\); got \(3, 64, 64\)", ("segmentor",)),
+    Case("mmseg-wrong_channels", lambda m: [lambda: m.predict(seg_inputs(m, smooth())[:, :1], seg_samples(2))],
+         ValueError, r"inputs must have shape .* got \(2, 1, 64, 64\)", ("segmentor",)),
+    Case("mmseg-wrong_dtype", lambda m: [lambda: m.predict(smooth().to(torch.uint8), seg_samples(2))],
+         TypeError, "inputs must be a floating-point tensor", ("segmentor",)),
+    Case("mmseg-batch_mismatch", lambda m: [lambda: m.predict(seg_inputs(m, smooth()), seg_samples(1))],
+         ValueError, "got 1 data samples for a batch of 2 inputs", ("segmentor",)),
+    Case("mmseg-out_of_range", lambda m: [lambda: m.predict(seg_inputs(m, smooth()) * 3, seg_samples(2))],
+         ValueError, r"pixels \(inputs \* std \+ mean of the data_preprocessor\) values must lie in pixel_range",
+         ("segmentor",)),
+    Case("mmseg-nan", lambda m: [lambda: m.predict(with_value(seg_inputs(m, smooth()), NAN), seg_samples(2))],
+         ValueError, "data_preprocessor.* contains NaN or inf", ("segmentor",)),
+    Case("mmseg-inf", lambda m: [lambda: m.predict(with_value(seg_inputs(m, smooth()), INF), seg_samples(2))],
+         ValueError, "data_preprocessor.* contains NaN or inf", ("segmentor",)),
+    Case("mmseg-too_small", lambda m: [lambda: m.predict(seg_inputs(m, smooth(size=12)), seg_samples(2, size=12))],
+         ValueError, "images of size 12x12 are too small for Resize", ("segmentor",)),
+    Case("mmseg-batch_of_one", check_mmseg_batch_of_one, fixtures=("segmentor",)),
+    Case("mmseg-mixed_sizes", check_mmseg_mixed_sizes, fixtures=("segmentor",)),
+    Case("mmseg-unknown_defense", lambda: [lambda: equi_mmseg.runtime(build_segmentor(defense="magic"))],
+         KeyError, "unknown defense 'magic'; valid names: .*equi"),
+    Case("mmseg-unknown_attack", lambda: [lambda: equi_mmseg.runtime(build_segmentor(attack="fgsm"))],
+         KeyError, "unknown attack 'fgsm'; valid names: .*pgd"),
+    Case("mmseg-negative_eps_v", lambda tmp: [mmseg_tool(tmp, "model.test_cfg.defense.type=equi",
+                                                         "model.test_cfg.defense.eps_v=-1")],
+         SystemExit, "eps_v must be > 0 pixel levels; got -1", ("tmp_path",)),
+    Case("mmseg-missing_dataset", lambda tmp: [mmseg_tool(tmp, "test_dataloader.dataset.data_root=/nonexistent/x")],
+         SystemExit, "test dataset data_root '/nonexistent/x' does not exist", ("tmp_path",)),
+    Case("mmseg-empty_dataset", lambda tmp, root: [mmseg_tool(tmp, f"test_dataloader.dataset.data_root={root}")],
+         SystemExit, r"test dataset folder '.*img_dir/val' holds no image", ("tmp_path", "empty_split")),
+    # --- Detectron2 path -----------------------------------------------------------------------------------------
+    Case("d2-wrong_channels", d2_image_calls(torch.zeros(1, SIZE, SIZE)), ValueError,
+         r"input 0: 'image' must be a \(3, H, W\) tensor; got \(1, 64, 64\)", ("detector",)),
+    Case("d2-wrong_dtype", d2_image_calls(torch.ones(3, SIZE, SIZE, dtype=torch.bool)), TypeError,
+         "input 0: 'image' must be uint8 or floating point .* got dtype torch.bool", ("detector",)),
+    Case("d2-out_of_range", d2_image_calls(smooth(1)[0] * 4), ValueError, r"must lie in pixel_range \(0.0, 255.0\)",
+         ("detector",)),
+    Case("d2-nan", d2_image_calls(with_value(smooth(1), NAN)[0]), ValueError, "contains NaN or inf", ("detector",)),
+    Case("d2-inf", d2_image_calls(with_value(smooth(1), INF)[0]), ValueError, "contains NaN or inf", ("detector",)),
+    Case("d2-batch_of_one", check_d2_batch_of_one, fixtures=("d2_batches",)),
+    Case("d2-mixed_sizes", check_d2_mixed_sizes, fixtures=("d2_batches",)),
+    Case("d2-empty_detections", check_d2_empty_detections, fixtures=("detector", "tmp_path")),
+    Case("d2-empty_ground_truth", check_d2_empty_ground_truth, fixtures=("detector",)),
+    Case("d2-unknown_attack", lambda name: [lambda: build_model(small_cfg(name, "EQUI.ATTACK", "fgsm"))],
+         KeyError, "unknown attack 'fgsm'; valid names: .*pgd", ("d2_dataset",)),
+    Case("d2-negative_eps_v", lambda name: [lambda: build_model(small_cfg(name, "EQUI.EPS_V", "-1.0"))],
+         ValueError, "eps_v must be > 0 pixel levels; got -1.0", ("d2_dataset",)),
+    Case("d2-mismatched_checkpoint", lambda tmp, name: [d2_tool(tmp, name, checkpoint=str(DEMO_CHECKPOINT))],
+         SystemExit, r"holds no Detectron2 state dict .*\['meta', 'state_dict'\] \(an MMEngine checkpoint",
+         ("tmp_path", "d2_dataset")),
+    Case("d2-missing_dataset", lambda tmp: [d2_tool(tmp, None, "EQUI.SYNTHETIC_ROOT", "/nonexistent/x")], SystemExit,
+         "EQUI.SYNTHETIC_ROOT '/nonexistent/x' does not exist; generate it", ("tmp_path",)),
+    Case("d2-unregistered_dataset", lambda tmp: [d2_tool(tmp, "nope_val")], SystemExit,
+         "DATASETS.TEST names 'nope_val', which is not a registered dataset", ("tmp_path",)),
+    Case("d2-missing_dataset_files", lambda tmp: [d2_tool(tmp, missing_files_dataset())], SystemExit,
+         "json_file '/nonexistent/instances_val.json' does not exist", ("tmp_path",)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, request) -> None:
+    fixtures = [request.getfixturevalue(name) for name in case.fixtures]
+    if case.error is None:
+        case.run(*fixtures)
+        return
+    calls = case.run(*fixtures)
+    assert calls
+    for call in calls:
+        with pytest.raises(case.error, match=case.match):
+            call()

@@ -1,0 +1,322 @@
+#!/usr/bin/env python
+"""Ablations of the equivariance defense on the demo model (paper Tables 6, 7, 12 and Figure 3).
+
+Each command evaluates, with MMSeg's test loop and ``IoUMetric`` on the first N images of the
+reported val split (data/synthetic_shapes), the defense at every point of one grid, clean and
+under PGD at ε = 4, plus the vanilla model once for reference. Every point starts from the
+``--preset`` settings and changes only the ablated knob:
+
+  transforms   (Table 6)  only resizes / flip / rotations / colour jitter, flip + resize, all:
+                          subsets of the paper's K = 8 set, every transform used at every step
+  eps_v        (Table 7)  ε_v, with the step size scaled to keep the preset's η / ε_v ratio
+  optimizer    (Table 12) SGLD (annealed noise) vs plain SGD (no noise)
+  constraints  (Figure 3) the first K transforms of the paper's set in a fixed order, all K per step
+
+Writes ``ablation_<name>.{md,json,csv,png}`` into ``--work-dir``. The table also reports how
+far the defense moved the images (max and mean |x' − x|, pixel levels; x is the defense's input).
+
+Examples::
+
+    python tools/ablate.py transforms
+    python tools/ablate.py eps_v --values 2,8 --num-images 2 --attack-steps 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from mmengine.hooks import Hook
+
+TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS))
+
+from run_demo import DATA, EPS, build_demo_runner, ensure_data  # noqa: E402
+
+from equi_ext.core.optimizer import OPTIMIZERS, PRESETS  # noqa: E402
+from equi_ext.core.transforms import (  # noqa: E402
+    TRANSFORM_SETS,
+    TRANSFORMS,
+    ColorJitter,
+    HFlip,
+    Resize,
+    Rotate,
+    Transform,
+)
+from equi_ext.defenses import build_defense  # noqa: E402
+from equi_ext.mmseg.evaluation import evaluate_grid  # noqa: E402
+from equi_ext.mmseg.segmentor import runtime  # noqa: E402
+from equi_ext.reporting import atomic_write_bytes, write_report  # noqa: E402
+
+
+def transform_spec(t: Transform) -> dict:
+    """A transform as a config dict (``dict(type='resize', scale=[0.3, 0.5])``), so that grid points
+    stay plain data in the MMSeg ``test_cfg`` and in the JSON report."""
+    name = next(n for n in TRANSFORMS.names() if TRANSFORMS.get(n) is type(t))
+    return dict(type=name, **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(t).items()})
+
+
+PAPER_SET = TRANSFORM_SETS["paper"]
+#: Table 6: families of the paper's K = 8 set, so "all" is exactly the paper's set.
+TRANSFORM_SUBSETS = {
+    name: [transform_spec(t) for t in PAPER_SET if isinstance(t, families)]
+    for name, families in {"resize": Resize, "flip": HFlip, "rotate": Rotate, "color_jitter": ColorJitter,
+                           "flip+resize": (HFlip, Resize), "paper": Transform}.items()
+}
+#: Figure 3: the paper's set reordered so that every prefix mixes families, most useful first
+#: (Table 6: flip and resize help most): flip, resize 0.5–0.8×, resize 1.25–1.6×, rotate −15…−5°,
+#: resize 0.3–0.5×, resize 1.6–2×, colour jitter, rotate 5…15°.
+CONSTRAINT_POOL = [transform_spec(PAPER_SET[i]) for i in (5, 1, 2, 6, 0, 3, 4, 7)]
+
+
+def _all_per_step(transforms: list[dict]) -> dict:
+    """Constrain every step with the whole set: a preset that uses one transform per step
+    (``fast``) would otherwise cap the distinct constraints of a call at T."""
+    return dict(transforms=transforms, transforms_per_step=len(transforms))
+
+
+def _choice(valid: Any) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in valid:
+            raise ValueError(f"must be one of {', '.join(valid)}; got {value!r}")
+        return value
+    return parse
+
+
+def _finite(value: str) -> float:
+    number = float(value)  # its ValueError names the value
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number; got {value!r}")
+    return number
+
+
+def _k(value: str) -> int:
+    k = int(value)
+    if not 1 <= k <= len(CONSTRAINT_POOL):
+        raise ValueError(f"must be an integer in [1, {len(CONSTRAINT_POOL)}] (the pool's size); got {value!r}")
+    return k
+
+
+class Ablation(NamedTuple):
+    """One ablation: its grid as data. A grid value ``v`` becomes the point ``label(v)`` with the
+    defense overrides ``overrides(v, base)``, ``base`` being the preset's settings."""
+
+    reference: str
+    knob: str
+    values: tuple
+    parse: Callable[[str], Any]
+    label: Callable[[Any], str]
+    overrides: Callable[[Any, dict], dict]
+    plot: str  # 'bar' (categorical knob) or 'line' (numeric knob, log2 axis)
+    note: str
+
+
+ABLATIONS = {
+    "transforms": Ablation(
+        "Table 6", "transform set", tuple(TRANSFORM_SUBSETS), _choice(TRANSFORM_SUBSETS),
+        str, lambda v, base: _all_per_step(TRANSFORM_SUBSETS[v]), "bar",
+        "Subsets of the paper's K = 8 transforms (random parameters drawn per call from the seed); "
+        "every transform of a set is used at every step."),
+    "eps_v": Ablation(
+        "Table 7", "ε_v (pixel levels)", (1.0, 2.0, 4.0, 8.0, 16.0), _finite,
+        "ε_v={:g}".format, lambda v, base: dict(eps_v=v, step_size=v * base["step_size"] / base["eps_v"]), "line",
+        "Step size η scaled with ε_v to keep the preset's ratio η / ε_v."),
+    "optimizer": Ablation(
+        "Table 12", "optimizer", OPTIMIZERS, _choice(OPTIMIZERS),
+        str.upper, lambda v, base: dict(optimizer=v), "bar",
+        "SGLD adds annealed Gaussian noise (σ_t = (T−1−t)/T) inside the sign step; SGD does not."),
+    "constraints": Ablation(
+        "Figure 3", "K (number of transforms)", (1, 2, 4, 8), _k,
+        "K={}".format, lambda v, base: _all_per_step(CONSTRAINT_POOL[:v]), "line",
+        "The first K of a fixed pool (the paper's set in the order flip, resize 0.5–0.8×, resize 1.25–1.6×, "
+        "rotate −15…−5°, resize 0.3–0.5×, resize 1.6–2×, colour jitter, rotate 5…15°); all K used at every step."),
+}
+
+
+def build_grid(name: str, values: list[Any] | None = None, preset: str = "fast") -> list[tuple[str, Any, dict]]:
+    """``[(label, value, defense overrides), ...]`` of ablation ``name`` at ``values`` (strings are
+    parsed; default: the ablation's own grid). Raises ValueError naming the ablation and the bad value."""
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; valid names: {', '.join(ABLATIONS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid names: {', '.join(PRESETS)}")
+    spec = ABLATIONS[name]
+    parsed = []
+    for value in spec.values if values is None else values:
+        try:
+            parsed.append(spec.parse(value) if isinstance(value, str) else value)
+        except ValueError as err:
+            raise ValueError(f"{name} value {value!r}: {err}") from None
+    if not parsed:
+        raise ValueError(f"{name}: the grid must have at least one value")
+    grid = [(spec.label(v), v, spec.overrides(v, PRESETS[preset])) for v in parsed]
+    labels = [label for label, _, _ in grid]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{name}: duplicate grid values {parsed}")
+    return grid
+
+
+def defense_cfg(overrides: dict, preset: str, seed: int) -> dict:
+    return dict(type="equi", preset=preset, seed=seed, **overrides)
+
+
+class ShiftRecorder:
+    """Wraps a defense to record, per image, max and mean |x' − x| of each call (x = its input)."""
+
+    def __init__(self, defense: Any, shifts: list[tuple[float, float]]) -> None:
+        self.defense, self.shifts = defense, shifts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.defense, name)
+
+    def __call__(self, images, features, **kwargs):
+        out = self.defense(images, features, **kwargs)
+        delta = (out.images - images.detach()).abs().flatten(1)
+        self.shifts.extend(zip(delta.amax(1).tolist(), delta.mean(1).tolist()))
+        return out
+
+
+class ShiftHook(Hook):
+    """Before each test run, wrap the model's freshly configured defense in a ``ShiftRecorder``:
+    ``evaluate_grid`` reports mIoU and scores but not the purified images. ``runs[i]`` holds the
+    shifts of the i-th run, i.e. of ``evaluate_grid``'s i-th row (empty without a defense)."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[tuple[float, float]]] = []
+
+    def before_test(self, runner) -> None:
+        self.runs.append([])
+        pipeline = runtime(runner.model).pipeline
+        if pipeline.defends:
+            pipeline.defense = ShiftRecorder(pipeline.defense, self.runs[-1])
+
+
+COLUMNS = [  # (header, key in a result row, format); a row holds both scenarios of one grid point
+    ("clean mIoU", "clean_mIoU", "{:.2f}"), ("PGD mIoU", "attacked_mIoU", "{:.2f}"),
+    ("score clean", "clean_score", "{:.3f}"), ("score PGD", "attacked_score", "{:.3f}"),
+    ("max abs shift clean", "clean_shift_max", "{:.2f}"), ("max abs shift PGD", "attacked_shift_max", "{:.2f}"),
+    ("mean abs shift clean", "clean_shift_mean", "{:.3f}"), ("mean abs shift PGD", "attacked_shift_mean", "{:.3f}"),
+    ("seconds", "seconds", "{:.0f}"),
+]
+
+
+def collect(grid_rows: list[dict], runs: list[list[tuple[float, float]]], attack: str) -> dict[str, dict]:
+    """Merge ``evaluate_grid`` rows (one per scenario) into one result per defense label."""
+    results: dict[str, dict] = {}
+    for row, shifts in zip(grid_rows, runs, strict=True):
+        scenario = "attacked" if row["attack"] == attack else "clean"
+        result = results.setdefault(row["defense"], dict(label=row["defense"], seconds=0.0))
+        result.update({f"{scenario}_mIoU": row["mIoU"], f"{scenario}_score": row["score"]})
+        if shifts:
+            result[f"{scenario}_shift_max"] = max(s for s, _ in shifts)
+            result[f"{scenario}_shift_mean"] = sum(m for _, m in shifts) / len(shifts)
+        result["seconds"] += row["seconds"]
+    return results
+
+
+def table(results: list[dict], knob: str) -> str:
+    lines = [f"| {knob} | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for r in results:
+        lines.append(f"| {r['label']} | " + " | ".join(fmt.format(r[k]) if k in r else "—" for _, k, fmt in COLUMNS)
+                     + " |")
+    return "\n".join(lines)
+
+
+def plot(spec: Ablation, name: str, points: list[dict], vanilla: dict, attack: str) -> bytes:
+    """PNG of defended clean and attacked mIoU per grid point, vanilla as horizontal lines."""
+    from matplotlib.figure import Figure  # object API, Agg canvas: no pyplot state, no display
+
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.add_subplot()
+    clean, attacked = [p["clean_mIoU"] for p in points], [p["attacked_mIoU"] for p in points]
+    if spec.plot == "bar":
+        x = range(len(points))
+        ax.bar([i - 0.2 for i in x], clean, 0.4, label="clean + defense")
+        ax.bar([i + 0.2 for i in x], attacked, 0.4, label=f"{attack} + defense")
+        ax.set_xticks(list(x), [p["label"] for p in points])
+    else:
+        x = [p["value"] for p in points]
+        ax.plot(x, clean, "o-", label="clean + defense")
+        ax.plot(x, attacked, "s-", label=f"{attack} + defense")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+    ax.axhline(vanilla["clean_mIoU"], color="gray", ls="--", lw=1, label="vanilla clean")
+    ax.axhline(vanilla["attacked_mIoU"], color="gray", ls=":", lw=1, label=f"vanilla {attack}")
+    ax.set_xlabel(spec.knob)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(f"{name} ablation ({spec.reference} of the paper)")
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: clear of the data
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ablation", choices=list(ABLATIONS))
+    parser.add_argument("--values", help="comma-separated grid values (defaults: "
+                        + "; ".join(f"{k} {','.join(map(str, a.values))}" for k, a in ABLATIONS.items()) + ")")
+    parser.add_argument("--num-images", type=int, default=8, help="first N val images (default: %(default)s)")
+    parser.add_argument("--preset", default="fast", choices=list(PRESETS),
+                        help="base defense settings (default: %(default)s)")
+    parser.add_argument("--attack-steps", type=int, default=20, help="PGD steps (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="defense and attack seed (default: %(default)s)")
+    parser.add_argument("--data-root", default=str(DATA), help="val images (default: the demo benchmark)")
+    parser.add_argument("--work-dir", default=str(TOOLS.parent / "work_dirs/ablate"))
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.num_images < 1 or args.attack_steps < 1:
+        raise SystemExit(f"error: --num-images and --attack-steps must be >= 1; got {args.num_images}, "
+                         f"{args.attack_steps}")
+    try:
+        grid = build_grid(args.ablation, args.values.split(",") if args.values is not None else None, args.preset)
+        for label, _, overrides in grid:  # fail before any evaluation, with the library's own checks
+            try:
+                build_defense(defense_cfg(overrides, args.preset, args.seed))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{args.ablation} point {label!r}: {err}") from None
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    spec = ABLATIONS[args.ablation]
+    out = Path(args.work_dir)
+    if Path(args.data_root) == DATA:
+        ensure_data()
+    runner = build_demo_runner(Path(args.data_root), args.num_images, out / "runs")
+    hook = ShiftHook()
+    runner.register_hook(hook)
+    attack = f"PGD-{args.attack_steps}"
+    defenses = {"vanilla": None, **{label: defense_cfg(o, args.preset, args.seed) for label, _, o in grid}}
+    rows = evaluate_grid(runner, defenses, {"clean": None, attack: dict(type="pgd", eps=EPS, steps=args.attack_steps,
+                                                                         seed=args.seed)})
+    results = collect(rows, hook.runs, attack)
+    vanilla = dict(results.pop("vanilla"), label="vanilla (no defense)")
+    points = [dict(results[label], value=value, overrides=o) for label, value, o in grid]
+    command = "python tools/ablate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    text = (f"# {args.ablation} ablation ({spec.reference} of the paper)\n\n`{command}`\n\n"
+            f"Demo DeepLabV3, first {args.num_images} val images of {args.data_root}, mIoU (%) by "
+            f"MMSeg's IoUMetric; attack {attack} at ε = {EPS:g} on the vanilla model's loss (seed {args.seed}). "
+            f"Defense: preset `{args.preset}` {PRESETS[args.preset]}, seed {args.seed}; only {spec.knob} changes. "
+            f"{spec.note} Shifts are |x' − x| in pixel levels, x being the defense's input (max over pixels and "
+            "images; mean over pixels and images).\n\n" + table([vanilla, *points], spec.knob) + "\n")
+    data = dict(ablation=args.ablation, reference=spec.reference, command=command, num_images=args.num_images,
+                preset=args.preset, base=PRESETS[args.preset], eps=EPS, attack=attack, seed=args.seed,
+                vanilla=vanilla, points=points)
+    csv_rows = [{"label": p["label"], "value": p["value"], **{k: p.get(k) for _, k, _ in COLUMNS}} for p in points]
+    write_report(out, f"ablation_{args.ablation}", text, data, csv_rows)
+    atomic_write_bytes(out / f"ablation_{args.ablation}.png", plot(spec, args.ablation, points, vanilla, attack))
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -112,3 +112,22 @@ def toy_task() -> ToyTask:
     model.eval()
     val_images, val_labels = toy_scenes(24, seed=3)
     return ToyTask(model=model, images=val_images, labels=val_labels)
+
+
+@pytest.fixture
+def ssl_defense_calls(monkeypatch) -> list[tuple[str, float, float, float]]:
+    """Every call of a self-supervised baseline defense during the test, as (class name,
+    max |x' − x|, min x', max x'): proof that a framework path really ran it, within budget."""
+    from equi_ext.defenses.ssl import SSLDefense
+
+    calls = []
+    stock_call = SSLDefense.__call__
+
+    def spy(self, images, features, **kwargs):
+        out = stock_call(self, images, features, **kwargs)
+        calls.append((type(self).__name__, (out.images - images).abs().max().item(), out.images.min().item(),
+                      out.images.max().item()))
+        return out
+
+    monkeypatch.setattr(SSLDefense, "__call__", spy)
+    return calls

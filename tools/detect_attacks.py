@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
     lines += ["", f"Threshold ({args.clean_percentile:g}th percentile of the tuning split's clean equivariance "
               f"scores): {threshold:.3f}", "", "mIoU", "", grid_table(grid), "", "seconds", "",
               grid_table(grid, "seconds", "{:.0f}"), "", "| attack | flagged | slipped through |", "|---|---|---|"]
-    lines += [f"| {a} | {flagged[a]:.0%} | {slip.get(a, float('nan')):.0%} |" for a in attacks]
+    lines += [f"| {a} | {flagged[a]:.0%} | " + (f"{slip[a]:.0%}" if a in slip else "—") + " |" for a in attacks]
     result = dict(num_images=args.num_images, severity=args.severity, score_transforms=score_transforms,
                   auroc=auroc, threshold=threshold, flagged=flagged, slipped_through=slip,
                   scores={c: {k: v.tolist() for k, v in s.items()} for c, s in conditions.items()},

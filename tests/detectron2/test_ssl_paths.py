@@ -7,7 +7,6 @@ import pytest
 
 from equi_ext.core.ssl import load_head
 from equi_ext.data.synthetic import generate_dataset
-from equi_ext.defenses.ssl import SSLDefense
 from equi_ext.detectron2.evaluation import evaluate_scenarios
 from equi_ext.detectron2.modeling.meta_arch import equi_settings
 
@@ -26,7 +25,7 @@ def train_tool():
 
 
 @pytest.mark.parametrize("kind", ["rotation", "contrastive"])
-def test_train_tool_and_eval_by_name(kind, coco_fixture, tmp_path, monkeypatch):
+def test_train_tool_and_eval_by_name(kind, coco_fixture, tmp_path, ssl_defense_calls):
     root = tmp_path / "shapes"
     generate_dataset(root, seed=6, image_size=FIXTURE_SIZE, num_train=6, num_val=1)
     head_path = tmp_path / f"{kind}.pth"
@@ -44,16 +43,7 @@ def test_train_tool_and_eval_by_name(kind, coco_fixture, tmp_path, monkeypatch):
     cfg = small_cfg(dataset, "EQUI.DEFENSE", kind, "EQUI.SSL_HEAD", str(head_path), "EQUI.DEFENSE_STEPS", "2",
                     "EQUI.EPS_V", "3.0", "EQUI.ATTACK", "")
     assert equi_settings(cfg)["defense"]["head"] == str(head_path)
-    calls = []
-    stock_call = SSLDefense.__call__
-
-    def spy(self, images, features, **kwargs):
-        out = stock_call(self, images, features, **kwargs)
-        calls.append((type(self).__name__, (out.images - images).abs().max().item(), out.images.min().item(),
-                      out.images.max().item()))
-        return out
-
-    monkeypatch.setattr(SSLDefense, "__call__", spy)
+    calls = ssl_defense_calls
     rows = evaluate_scenarios(cfg, str(DEMO_WEIGHTS), scenarios=["clean_defended"], num_images=1,
                               output_dir=str(tmp_path / "eval"))
     assert rows[0]["images"] == 1 and 0 <= rows[0]["segm_AP"] <= 100

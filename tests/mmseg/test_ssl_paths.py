@@ -7,7 +7,6 @@ import pytest
 
 from equi_ext.core.ssl import load_head
 from equi_ext.data.synthetic import generate_dataset
-from equi_ext.defenses.ssl import SSLDefense
 
 from .conftest import DEMO_CHECKPOINT, DEMO_CONFIG, load_tool
 
@@ -20,7 +19,7 @@ def tiny_root(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["rotation", "contrastive"])
-def test_train_tool_writes_a_head_that_tools_test_uses_by_name(kind, tiny_root, tmp_path, test_tool, monkeypatch):
+def test_train_tool_writes_a_head_that_tools_test_uses_by_name(kind, tiny_root, tmp_path, test_tool, ssl_defense_calls):
     head_path = tmp_path / f"{kind}.pth"
     metrics = load_tool("train_ssl_head").main([
         str(DEMO_CONFIG), str(DEMO_CHECKPOINT), "--kind", kind, "--out", str(head_path), "--iters", "5",
@@ -29,16 +28,7 @@ def test_train_tool_writes_a_head_that_tools_test_uses_by_name(kind, tiny_root, 
     head = load_head(head_path, kind=kind)
     assert head.in_channels == [128] and "feature_layer=backbone" in head.feature_spec  # ResNetV1c-18/4, stage 4
 
-    calls = []
-    stock_call = SSLDefense.__call__
-
-    def spy(self, images, features, **kwargs):
-        out = stock_call(self, images, features, **kwargs)
-        calls.append((type(self).__name__, (out.images - images).abs().max().item(), out.images.min().item(),
-                      out.images.max().item()))
-        return out
-
-    monkeypatch.setattr(SSLDefense, "__call__", spy)
+    calls = ssl_defense_calls
     rows = test_tool.main([
         str(DEMO_CONFIG), str(DEMO_CHECKPOINT), "--work-dir", str(tmp_path / "test"), "--scenarios", "clean_defended",
         "--cfg-options", f"test_dataloader.dataset.data_root={tiny_root}", "test_dataloader.num_workers=0",

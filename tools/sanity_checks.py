@@ -29,7 +29,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -63,6 +62,7 @@ def main(argv=None) -> dict:
         ensure_data()
 
     from equi_ext.mmseg.evaluation import evaluate_grid, worst_case
+    from equi_ext.reporting import write_report
 
     runner = build_demo_runner(Path(args.data_root), args.num_images, out / "runs",
                                test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
@@ -154,9 +154,7 @@ def main(argv=None) -> dict:
                   checks=[dict(check=k, what=w, passed=p, numbers=n) for k, w, p, n in checks],
                   runs={label: {k: v for k, v in r.items() if k != "per_image"} for label, r in rows.items()},
                   worst_case_picks=worst["picks"])
-    (out / "sanity_checks.md").write_text(text)
-    (out / "sanity_checks.json").write_text(json.dumps(result, indent=2))
-    print(text)
+    write_report(out, "sanity_checks", text, result)
     return result
 
 

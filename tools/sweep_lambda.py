@@ -12,7 +12,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
 
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table
+    from equi_ext.reporting import write_report
 
     lambdas = [float(v) for v in args.lambdas.split(",")]
     runner = build_demo_runner(ensure_tune_data(), args.num_images, Path(args.work_dir))
@@ -41,11 +41,7 @@ def main(argv=None) -> list[dict]:
     text = (f"Tuning split (seed 1), first {args.num_images} images, adaptive attack with {args.steps} steps\n\n"
             + grid_table(rows) + "\n\nmean equivariance score of the attacked (vanilla) / defended images\n\n"
             + grid_table(rows, "score", "{:.3f}") + "\n")
-    out = Path(args.work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep_lambda.md").write_text(text)
-    (out / "sweep_lambda.json").write_text(json.dumps(rows, indent=2))
-    print(text)
+    write_report(args.work_dir, "sweep_lambda", text, rows)
     return rows
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, BPDA, Adaptive, defense_preprocessor
-from .core.optimizer import EquivarianceDefense, InvarianceDefense
+from .core.optimizer import EquivarianceDefense
 from .core.scores import output_variance_score
 from .defenses import DEFENSES, DetectThenDefend, NoDefense
 
@@ -131,12 +131,10 @@ class EquiPipeline:
             self.defense_scores = False
 
     def _build_scorer(self, score: Any, pixel_range, needs_logits: bool) -> Callable:
-        """(pixels, features, logits_fn) → (N,) per-image score."""
+        """(pixels, features, logits_fn) → (N,) per-image score; ``'invariance'`` and any other
+        defense name reach the registry (the defense's own ``score``)."""
         if score == "equivariance":
             return lambda pixels, features, logits_fn: self.score_defense.score(pixels, features)
-        if score == "invariance":
-            invariance = InvarianceDefense(pixel_range=pixel_range)
-            return lambda pixels, features, logits_fn: invariance.score(pixels, features)
         if score == "output_variance":
             if not needs_logits:
                 raise ValueError("score='output_variance' needs dense logits, which this model does not have")

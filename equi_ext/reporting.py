@@ -40,6 +40,11 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, default=_jsonable).encode())
 
 
+def record_path(record_dir: str | os.PathLike, image_file: str) -> Path:
+    """Where an image's per-image record lives: named by the image's file name, not its folder."""
+    return Path(record_dir) / f"{os.path.basename(image_file)}.json"
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):  # tensors and numpy arrays
         return value.tolist()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Table-2-style robustness benchmark of the demo DeepLabV3: attacks × defenses × seeds.
+"""Table-2-style robustness benchmark of a demo model: attacks × defenses × seeds.
 
 Rows are attacks (clean, PGD, MIM, IFGSM, CW, Houdini, the adaptive attack for each λ_e,
 BPDA, EOT-BPDA) and a last row, the per-image worst case over every attack row (the honest
@@ -10,6 +10,11 @@ Table 2); adaptive, BPDA and EOT attack through the defense. Each cell runs once
 (the seed of the attack's random start and of the defense's noise and transforms) and the
 tables show mean ± std over seeds.
 
+The default model is the demo DeepLabV3 (mIoU from MMSeg's IoUMetric); ``--detectron2``
+benchmarks the demo Mask R-CNN instead (COCO mask AP from Detectron2's COCOEvaluator; the
+per-image quality is each image's own mask AP; attacks that need dense logits — CW, Houdini —
+do not apply and their rows say so).
+
 Every image's result is written atomically under ``WORK_DIR/cells`` as it finishes;
 ``--resume`` skips every image already written, so a killed run continues where it stopped
 and ends with the same numbers. Writes ``robustness.{md,csv,json}`` into the work dir.
@@ -17,6 +22,7 @@ and ends with the same numbers. Writes ``robustness.{md,csv,json}`` into the wor
 Example::
 
     python tools/benchmark_robustness.py --num-images 8 --seeds 0,1,2
+    python tools/benchmark_robustness.py --detectron2 --num-images 6 --seeds 0 --work-dir work_dirs/robustness_d2
 """
 
 from __future__ import annotations
@@ -32,31 +38,12 @@ TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 sys.path.insert(0, str(TOOLS.parent))
 
-from run_demo import CHECKPOINT, DATA, EPS, build_demo_runner, ensure_data  # noqa: E402
+from evaluation_backends import SSL_HEADS, build_backend  # noqa: E402
+from run_demo import DATA, EPS, ensure_data  # noqa: E402
 
-#: head checkpoints of the self-supervised baselines for the demo model (tools/train_ssl_head.py)
-SSL_HEADS = {"rotation": TOOLS.parent / "checkpoints/ssl/deeplabv3_r18c16-d8_synthetic-128x128_rotation.pth",
-             "contrastive": TOOLS.parent / "checkpoints/ssl/deeplabv3_r18c16-d8_synthetic-128x128_contrastive.pth"}
 DEFENSE_NAMES = ("vanilla", "random", "rotation", "contrastive", "invariance", "equivariance")
 ATTACK_NAMES = ("clean", "pgd", "mim", "ifgsm", "cw", "houdini", "adaptive", "bpda", "eot")
 WORST = "worst case (per image)"
-
-
-def defense_columns(names: list[str], preset: str) -> dict[str, dict | None]:
-    """Column label → defense config (None = vanilla). Budgets follow ``preset`` (ε_v, T, η)."""
-    columns = {}
-    for name in names:
-        if name == "vanilla":
-            columns[name] = None
-        elif name == "random":
-            from equi_ext.core.optimizer import PRESETS
-
-            columns[name] = dict(type="random", eps_v=PRESETS[preset]["eps_v"])
-        elif name in SSL_HEADS:
-            columns[name] = dict(type=name, preset=preset, head=str(SSL_HEADS[name]))
-        else:
-            columns[name] = dict(type="equi" if name == "equivariance" else name, preset=preset)
-    return columns
 
 
 def attack_rows(names: list[str], steps: int, bpda_steps: int, lambdas: list[float],
@@ -105,7 +92,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=8, help="first N val images (default: %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default: %(default)s)")
-    parser.add_argument("--preset", default="fast", help="budget of the optimised defenses (default: %(default)s)")
+    parser.add_argument("--detectron2", action="store_true", help="benchmark the demo Mask R-CNN (mask AP)")
+    parser.add_argument("--preset", default="fast",
+                        help="MMSeg: budget of the optimised defenses (default: %(default)s); the Mask R-CNN "
+                             "keeps its config's tuned settings")
     parser.add_argument("--defenses", default=",".join(DEFENSE_NAMES), help="columns (default: all)")
     parser.add_argument("--attacks", default=",".join(ATTACK_NAMES), help="rows (default: all)")
     parser.add_argument("--steps", type=int, default=10, help="attack steps (default: %(default)s)")
@@ -113,7 +103,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--eot-samples", type=int, default=2)
     parser.add_argument("--lambdas", default="0.1,1,10", help="adaptive λ_e sweep (default: %(default)s)")
     parser.add_argument("--data-root", default=str(DATA), help="val images (default: the demo benchmark)")
-    parser.add_argument("--checkpoint", default=str(CHECKPOINT))
+    parser.add_argument("--checkpoint", help="model weights (default: the demo model's)")
     parser.add_argument("--work-dir", default=str(TOOLS.parent / "work_dirs/robustness"))
     parser.add_argument("--resume", action="store_true", help="skip images already recorded in the work dir")
     args = parser.parse_args(argv)
@@ -124,24 +114,27 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: --seeds takes integers and --lambdas numbers, comma-separated ({err})") from None
     if args.num_images < 1 or args.steps < 1 or args.bpda_steps < 1 or args.eot_samples < 1:
         raise SystemExit("error: --num-images, --steps, --bpda-steps and --eot-samples must be >= 1")
-    if not Path(args.checkpoint).is_file():
+    if args.checkpoint and not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
-    columns = defense_columns(parse_list(args.defenses, DEFENSE_NAMES, "defense"), args.preset)
-    rows = attack_rows(parse_list(args.attacks, ATTACK_NAMES, "attack"), args.steps, args.bpda_steps, lambdas,
-                       args.eot_samples)
-    for name, cfg in columns.items():
-        if name in SSL_HEADS and not Path(cfg["head"]).is_file():
-            raise SystemExit(f"error: the {name} baseline needs its head {cfg['head']}: "
+    defense_names = parse_list(args.defenses, DEFENSE_NAMES, "defense")
+    framework = "detectron2" if args.detectron2 else "mmseg"
+    for name in defense_names:
+        if name in SSL_HEADS[framework] and not SSL_HEADS[framework][name].is_file():
+            raise SystemExit(f"error: the {name} baseline needs its head {SSL_HEADS[framework][name]}: "
                              f"train it with tools/train_ssl_head.py")
+    all_rows = attack_rows(parse_list(args.attacks, ATTACK_NAMES, "attack"), args.steps, args.bpda_steps, lambdas,
+                           args.eot_samples)
     out = Path(args.work_dir)
     if Path(args.data_root) == DATA:
         ensure_data()
 
-    from equi_ext.mmseg.evaluation import evaluate_cell, worst_case
     from equi_ext.reporting import write_report
 
-    runner = build_demo_runner(Path(args.data_root), args.num_images, out / "runs", Path(args.checkpoint),
-                               test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
+    backend = build_backend(args.detectron2, Path(args.data_root), args.num_images, out,
+                            Path(args.checkpoint) if args.checkpoint else None, args.preset)
+    columns = {name: backend.defense(name) for name in defense_names}
+    rows = {label: cfg for label, cfg in all_rows.items() if backend.supports(cfg)}
+    skipped = [label for label in all_rows if label not in rows]
     start = time.perf_counter()
     cells: list[dict] = []
     for seed in seeds:
@@ -149,33 +142,36 @@ def main(argv=None) -> dict:
             attacked = []
             for attack, attack_cfg in rows.items():
                 record_dir = out / "cells" / f"seed{seed}" / slug(defense) / slug(attack)
-                cell = evaluate_cell(runner, (attack, with_seed(attack_cfg, seed)),
-                                     (defense, with_seed(defense_cfg, seed)), record_dir, resume=args.resume)
+                cell = backend.cell((attack, with_seed(attack_cfg, seed)), (defense, with_seed(defense_cfg, seed)),
+                                    record_dir, resume=args.resume)
                 cell["seed"] = seed
-                print(f"  seed {seed}  {defense:<12} {attack:<22} mIoU {cell['mIoU']:6.2f}  "
+                print(f"  seed {seed}  {defense:<12} {attack:<22} {backend.metric} {cell[backend.key]:6.2f}  "
                       f"({cell['run_images']} images run, {cell['seconds']:.0f} s)", flush=True)
                 cells.append(cell)
                 if attack_cfg is not None:
                     attacked.append(cell)
             if attacked:
-                worst = worst_case(runner, attacked)
-                cells.append(dict(attack=WORST, defense=defense, seed=seed, mIoU=worst["mIoU"],
-                                  picks=worst["picks"]))
+                worst = backend.worst_case(attacked)
+                cells.append({"attack": WORST, "defense": defense, "seed": seed, backend.key: worst[backend.key],
+                              "picks": worst["picks"]})
     elapsed = time.perf_counter() - start
 
     labels = list(rows) + ([WORST] if any(c is not None for c in rows.values()) else [])
-    value = {(c["attack"], c["defense"], c["seed"]): c["mIoU"] for c in cells}
-    lines = [f"mIoU (%) of the demo DeepLabV3 on the first {args.num_images} val images, ε = {EPS:g}, "
-             f"defense budgets from preset `{args.preset}`, seeds {args.seeds} (mean ± std)", "",
+    value = {(c["attack"], c["defense"], c["seed"]): c[backend.key] for c in cells}
+    lines = [f"{backend.metric} (%) of the {backend.model_name} on the first {args.num_images} val images, "
+             f"ε = {EPS:g}, {backend.settings}, seeds {args.seeds} (mean ± std)", "",
              "| attack | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label in labels:
         lines.append(f"| {label} | " + " | ".join(mean_std([value[(label, d, s)] for s in seeds])
                                                   for d in columns) + " |")
+    if skipped:
+        lines += ["", f"Not applicable to this model (they need dense logits): {', '.join(skipped)}."]
     lines += ["", f"Command: `python tools/benchmark_robustness.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
               f"Evaluation time: {elapsed:.0f} s (this invocation)"]
-    csv_rows = [dict(attack=c["attack"], defense=c["defense"], seed=c["seed"], mIoU=c["mIoU"],
-                     seconds=c.get("seconds", float("nan"))) for c in cells]
-    data = dict(num_images=args.num_images, eps=EPS, preset=args.preset, seeds=seeds,
+    csv_rows = [{"attack": c["attack"], "defense": c["defense"], "seed": c["seed"], backend.key: c[backend.key],
+                 "seconds": c.get("seconds", float("nan"))} for c in cells]
+    data = dict(framework=backend.framework, metric=backend.key, num_images=args.num_images, eps=EPS,
+                settings=backend.settings, seeds=seeds, not_applicable=skipped,
                 columns={k: v for k, v in columns.items()}, rows={k: v for k, v in rows.items()},
                 table={label: {d: [value[(label, d, s)] for s in seeds] for d in columns} for label in labels},
                 cells=[{k: v for k, v in c.items() if k != "per_image"} for c in cells], seconds=elapsed)

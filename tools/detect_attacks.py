@@ -30,7 +30,7 @@ TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 sys.path.insert(0, str(TOOLS.parent))
 
-from benchmark_robustness import SSL_HEADS  # noqa: E402
+from evaluation_backends import SSL_HEADS  # noqa: E402
 from run_demo import DATA, EPS, build_demo_runner, ensure_data  # noqa: E402
 from tune_defense import ensure_tune_data  # noqa: E402
 
@@ -51,7 +51,7 @@ def parse_args(argv):
     parser.add_argument("--corruptions", default=",".join(CORRUPTIONS), help="default: all 15")
     parser.add_argument("--severity", type=int, default=3)
     parser.add_argument("--scores", default=",".join(SCORE_KINDS), help="default: all")
-    parser.add_argument("--rotation-head", default=str(SSL_HEADS["rotation"]))
+    parser.add_argument("--rotation-head", default=str(SSL_HEADS["mmseg"]["rotation"]))
     parser.add_argument("--lambdas", default="0.1,1,10,100", help="adaptive λ_e sweep against the detector")
     parser.add_argument("--attack-steps", type=int, default=20)
     parser.add_argument("--data-root", default=str(DATA), help="reported split (default: the demo benchmark)")

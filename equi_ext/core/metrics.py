@@ -38,13 +38,15 @@ def image_iou(intersect: torch.Tensor, union: torch.Tensor) -> float:
     return float((intersect[present].double() / union[present].double()).mean() * 100)
 
 
-def worst_case_per_image(runs: dict[str, list[dict]]) -> list[str]:
-    """For each image, the name of the run that hurt it most: lowest per-image IoU, ties → highest loss.
+def worst_case_per_image(runs: dict[str, list[dict]], quality: str = "iou") -> list[str]:
+    """For each image, the name of the run that hurt it most: lowest per-image quality (``iou``
+    for segmentation, e.g. ``mask_ap`` for instances), ties → highest loss.
 
     ``runs`` maps a run name (an attack) to one record per image, in the same image order,
-    each with ``img`` (an id), ``iou`` and ``loss``. This is the per-image worst case that
-    AutoAttack/RobustBench report; a dataset mIoU over these picks pools intersections and
-    unions, so it is usually, not provably, below that of every single run.
+    each with ``img`` (an id), the ``quality`` key and ``loss``. This is the per-image worst
+    case that AutoAttack/RobustBench report; a dataset metric over these picks pools
+    intersections and unions (or detections), so it is usually, not provably, below that of
+    every single run.
     """
     if not runs:
         raise ValueError("worst_case_per_image needs at least one run")
@@ -56,7 +58,7 @@ def worst_case_per_image(runs: dict[str, list[dict]]) -> list[str]:
             raise ValueError(f"runs {names[0]!r} and {name!r} cover different images (or another order)")
 
     def harm(name: str, i: int) -> tuple[float, float]:
-        iou = runs[name][i]["iou"]
-        return (float("inf") if iou != iou else iou, -runs[name][i]["loss"])  # NaN IoU: nothing to hurt
+        value = runs[name][i][quality]
+        return (float("inf") if value != value else value, -runs[name][i]["loss"])  # NaN: nothing to hurt
 
     return [min(names, key=lambda name: harm(name, i)) for i in range(len(images))]

@@ -3,14 +3,24 @@
 Each scenario is one pass of Detectron2's ``inference_on_dataset`` with a fresh
 ``COCOEvaluator`` (pycocotools' official implementation). Attacks need ground truth at
 test time, so the loader keeps the annotations (Detectron2's test mapper drops them).
+
+Benchmarks evaluate cells (one attack × one defense) with :func:`evaluate_cell`, which keeps
+one record per image (its predictions, its own mask AP and its task loss), written as each
+image finishes so a killed run resumes; :func:`worst_case` pools each image's worst attacked
+prediction over several cells and scores the pool with the same ``COCOEvaluator``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
 import logging
+import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +33,9 @@ from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..pipeline import SCENARIOS, default_scenarios, scenario_table
+from ..core.metrics import worst_case_per_image
+from ..pipeline import SCENARIOS, EquiPipeline, default_scenarios, scenario_table
+from ..reporting import atomic_write_json, record_path
 from .modeling import EquiGeneralizedRCNN
 
 logger = logging.getLogger(__name__)
@@ -58,6 +70,78 @@ class _PredictedImagesCOCOEvaluator(COCOEvaluator):
         return super()._derive_coco_results(coco_eval, iou_type, class_names)
 
 
+def coco_ap(coco_gt: COCO, metadata, predictions: Sequence[dict], img_ids: Sequence[int], task: str) -> float:
+    """AP (%) of ``predictions`` (``COCOEvaluator.process`` dicts) on ``img_ids``, silently, with
+    Detectron2's conventions (dataset category ids; mask area, not box area, for ``segm``).
+    Nothing predicted scores 0 where there is ground truth; NaN where there is none."""
+    reverse = {v: k for k, v in metadata.get("thing_dataset_id_to_contiguous_id", {}).items()}
+    results = []
+    for prediction in predictions:
+        for det in prediction["instances"]:
+            det = dict(det, category_id=reverse.get(det["category_id"], det["category_id"]))
+            if task == "segm":
+                det.pop("bbox", None)
+            results.append(det)
+    if not results:
+        return 0.0 if coco_gt.getAnnIds(imgIds=list(img_ids), iscrowd=False) else float("nan")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(results), task)
+        coco_eval.params.imgIds = list(img_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    ap = float(coco_eval.stats[0])
+    return ap * 100 if ap >= 0 else float("nan")
+
+
+class PerImageCOCOEvaluator(_PredictedImagesCOCOEvaluator):
+    """``COCOEvaluator`` that also keeps one record per image, for per-image worst cases.
+
+    A record holds the image's ``prediction`` (as ``COCOEvaluator`` keeps it), its own mask AP
+    and box AP (``mask_ap``, ``box_ap``: pycocotools on that image alone) and ``loss`` (the
+    model output's ``task_loss``, NaN without it). The dataset AP stays ``COCOEvaluator``'s.
+
+    Args:
+        record_dir: if set, write each processed image's record to ``record_dir/<file name>.json``
+            (temp file + rename), so a killed run keeps every finished image.
+    """
+
+    def __init__(self, dataset_name: str, *, record_dir: str | os.PathLike | None = None, **kwargs) -> None:
+        super().__init__(dataset_name, **kwargs)
+        self.record_dir = record_dir
+        self.per_image: list[dict] = []
+
+    def reset(self) -> None:
+        super().reset()
+        self.per_image = []
+
+    def process(self, inputs, outputs) -> None:
+        start = len(self._predictions)
+        super().process(inputs, outputs)
+        for inp, out, prediction in zip(inputs, outputs, self._predictions[start:]):
+            ids = [prediction["image_id"]]
+            record = dict(img=inp.get("file_name", str(prediction["image_id"])), image_id=prediction["image_id"],
+                          mask_ap=coco_ap(self._coco_api, self._metadata, [prediction], ids, "segm")
+                          if "segm" in (self._tasks or ()) else float("nan"),
+                          box_ap=coco_ap(self._coco_api, self._metadata, [prediction], ids, "bbox"),
+                          loss=float(out.get("task_loss", float("nan"))), prediction=prediction)
+            self.per_image.append(record)
+            if self.record_dir is not None:
+                atomic_write_json(record_path(self.record_dir, record["img"]), record)
+
+    def pooled_ap(self, records: Sequence[dict], task: str) -> float:
+        """AP (%) of the predictions of ``records`` pooled over their images (silent; what
+        ``evaluate_records`` reports for ``task``, without its logging)."""
+        return coco_ap(self._coco_api, self._metadata, [r["prediction"] for r in records],
+                       [r["image_id"] for r in records], task)
+
+    def evaluate_records(self, records: Sequence[dict]) -> dict:
+        """``COCOEvaluator`` results over the predictions of ``records`` (e.g. a worst-case pool)."""
+        self.reset()
+        self._predictions = copy.deepcopy([r["prediction"] for r in records])  # COCOEvaluator remaps ids in place
+        return self.evaluate()
+
+
 def check_dataset(name: str) -> None:
     """Fail before building a model if ``name`` is not registered or its files do not exist
     (Detectron2 would fail later, deep inside its loader)."""
@@ -72,8 +156,10 @@ def check_dataset(name: str) -> None:
                                     "datasets live under $DETECTRON2_DATASETS, default ./datasets)")
 
 
-def build_annotated_test_loader(cfg, dataset_name: str, num_images: int | None = None):
-    """Test-time resizing, annotations kept (transformed like the image) for the attacks' losses."""
+def build_annotated_test_loader(cfg, dataset: str | list[dict], num_images: int | None = None):
+    """Test-time resizing, annotations kept (transformed like the image) for the attacks' losses.
+
+    ``dataset`` is a registered name or a list of its records (e.g. the images still to run)."""
     mapper = DatasetMapper(
         is_train=True,  # keeps and transforms annotations; augmentations are the test ones
         augmentations=utils.build_augmentation(cfg, is_train=False),
@@ -81,7 +167,7 @@ def build_annotated_test_loader(cfg, dataset_name: str, num_images: int | None =
         use_instance_mask=cfg.MODEL.MASK_ON,
         instance_mask_format=cfg.INPUT.MASK_FORMAT,
     )
-    records = DatasetCatalog.get(dataset_name)
+    records = DatasetCatalog.get(dataset) if isinstance(dataset, str) else list(dataset)
     if num_images is not None:
         records = records[:num_images]
     return build_detection_test_loader(records, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
@@ -116,6 +202,14 @@ def load_weights(model: torch.nn.Module, weights: str | None) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"checkpoint {weights!r} does not match the model:\n{err}") from None
+
+
+def ap_summary(results: dict) -> dict[str, float]:
+    """Mask AP, mask AP50 and box AP (%) of ``COCOEvaluator`` results (NaN where absent, e.g.
+    off the main process)."""
+    return dict(segm_AP=float(results.get("segm", {}).get("AP", math.nan)),
+                segm_AP50=float(results.get("segm", {}).get("AP50", math.nan)),
+                bbox_AP=float(results.get("bbox", {}).get("AP", math.nan)))
 
 
 def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None = None,
@@ -162,10 +256,7 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
         results = inference_on_dataset(model, build_annotated_test_loader(cfg, dataset, num_images), evaluator)
         scores = [s for rank_scores in comm.all_gather(list(model.scores)) for s in rank_scores]
         rows.append(dict(
-            scenario=scenario,
-            segm_AP=float(results.get("segm", {}).get("AP", float("nan"))),
-            segm_AP50=float(results.get("segm", {}).get("AP50", float("nan"))),
-            bbox_AP=float(results.get("bbox", {}).get("AP", float("nan"))),  # {} off the main process
+            scenario=scenario, **ap_summary(results),
             equivariance_score=sum(scores) / len(scores) if scores else None,
             images=len(scores), seconds=time.perf_counter() - start,
         ))
@@ -178,3 +269,93 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
         dict(weights=weights, equi=json.loads(json.dumps(cfg.EQUI, default=str)), results=rows), indent=2))
     print(table)
     return rows
+
+
+def _tasks(cfg) -> tuple[str, ...]:
+    return ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+
+
+def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | None], defense: tuple[str, dict | None],
+                  record_dir: str | os.PathLike, *, num_images: int | None = None, resume: bool = False) -> dict:
+    """One (label, attack config) × (label, defense config) cell on the first ``num_images`` of
+    ``cfg.DATASETS.TEST[0]``, one process; configs as the registries take them (None = none).
+
+    Image records are written to ``record_dir`` as each image finishes; with ``resume`` images
+    that already have one are not run again. The cell's AP is always ``COCOEvaluator``'s over
+    the records of all its images, so a resumed cell reports what an uninterrupted one does
+    (seeds are per image: ``EquiGeneralizedRCNN._image_seed``). The model's own pipeline is
+    restored afterwards. Returns ``ap_summary`` keys, ``per_image``, ``images``, ``run_images``
+    and ``seconds``.
+    """
+    dataset = cfg.DATASETS.TEST[0]
+    check_dataset(dataset)
+    records = DatasetCatalog.get(dataset)[:num_images]
+    paths = [record_path(record_dir, r["file_name"]) for r in records]
+    todo = [r for r, path in zip(records, paths) if not (resume and path.is_file())]
+    row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
+    if todo:
+        pipeline = model.pipeline
+        model.pipeline = EquiPipeline(defense[1], attack[1], needs_logits=False)
+        defended = model.pipeline.defends
+        model.scenario = ("defended" if defended else "attacked") if attack[1] else (
+            "clean_defended" if defended else "clean")
+        model.record_losses = True
+        evaluator = PerImageCOCOEvaluator(dataset, tasks=_tasks(cfg), record_dir=record_dir, distributed=False,
+                                          use_fast_impl=False)
+        start = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' summaries of the partial run
+                inference_on_dataset(model, build_annotated_test_loader(cfg, todo), evaluator)
+        finally:
+            model.pipeline, model.scenario, model.record_losses = pipeline, None, False
+        row["seconds"] = time.perf_counter() - start
+    per_image = [json.loads(path.read_text()) for path in paths]
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = PerImageCOCOEvaluator(dataset, tasks=_tasks(cfg), distributed=False,
+                                        use_fast_impl=False).evaluate_records(per_image)
+    row.update(ap_summary(results), images=len(per_image), per_image=per_image)
+    return row
+
+
+def worst_case(cfg, rows: list[dict], max_passes: int = 5) -> dict:
+    """AP over each image's worst attacked prediction among ``evaluate_cell`` rows, and which
+    row each image took.
+
+    COCO AP ranks detections across images, so per-image AP alone does not say which choice
+    hurts the dataset most. The pool starts from the lower of (a) each image's lowest mask AP
+    (box AP without masks; ties: highest task loss) and (b) the strongest single row; then,
+    image by image, it switches to any row's prediction that lowers the pooled AP, until a
+    pass changes nothing (at most ``max_passes``). The result is never above the strongest
+    single row, and every image keeps an input an attack actually produced. The returned AP is
+    ``COCOEvaluator``'s on the final pool.
+    """
+    runs = {f"{r['attack']} / {r['defense']}": r["per_image"] for r in rows}
+    names = list(runs)
+    task = "segm" if cfg.MODEL.MASK_ON else "bbox"
+    evaluator = PerImageCOCOEvaluator(cfg.DATASETS.TEST[0], tasks=_tasks(cfg), distributed=False, use_fast_impl=False)
+
+    def pooled(picks: list[str]) -> float:
+        ap = evaluator.pooled_ap([runs[name][i] for i, name in enumerate(picks)], task)
+        return math.inf if math.isnan(ap) else ap
+
+    per_image = worst_case_per_image(runs, quality="mask_ap" if cfg.MODEL.MASK_ON else "box_ap")
+    num_images = len(per_image)
+    candidates = [per_image] + [[name] * num_images for name in names]
+    picks = min(candidates, key=pooled)
+    best = pooled(picks)
+    for _ in range(max_passes):
+        changed = False
+        for i in range(num_images):
+            for name in names:
+                if name == picks[i]:
+                    continue
+                trial = picks[:i] + [name] + picks[i + 1:]
+                ap = pooled(trial)
+                if ap < best - 1e-9:
+                    picks, best, changed = trial, ap, True
+        if not changed:
+            break
+    chosen = [runs[name][i] for i, name in enumerate(picks)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = evaluator.evaluate_records(chosen)
+    return dict(ap_summary(results), picks=picks)

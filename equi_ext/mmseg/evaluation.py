@@ -14,7 +14,8 @@ from mmengine.runner import Runner
 from torch.utils.data import DataLoader, Subset
 
 from ..core.metrics import worst_case_per_image
-from .metrics import PerImageIoUMetric, load_record, record_path
+from ..reporting import record_path
+from .metrics import PerImageIoUMetric, load_record
 from .segmentor import configure, set_scenario
 
 

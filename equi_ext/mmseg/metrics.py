@@ -21,7 +21,7 @@ from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 
 from ..core.metrics import image_iou
-from ..reporting import atomic_write_json
+from ..reporting import atomic_write_json, record_path
 
 
 @METRICS.register_module()
@@ -69,11 +69,6 @@ class PerImageIoUMetric(IoUMetric):
     def metrics_of(self, areas: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, float]:
         """IoUMetric's dataset metrics over any choice of per-image areas (e.g. a worst case)."""
         return super().compute_metrics(list(areas))
-
-
-def record_path(record_dir: str | os.PathLike, img_path: str) -> Path:
-    """Where ``PerImageIoUMetric`` keeps an image's record: named by file name, not folder."""
-    return Path(record_dir) / f"{os.path.basename(img_path)}.json"
 
 
 def load_record(path: str | os.PathLike) -> dict:

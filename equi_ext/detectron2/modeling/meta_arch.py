@@ -102,7 +102,9 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
 
     ``scenario`` (set by the tools) selects what ``inference`` measures: one of
     ``equi_ext.pipeline.SCENARIOS``, or None for "as configured". With ``record_scores``
-    the equivariance score of every predicted image is appended to ``scores``.
+    the equivariance score of every predicted image is appended to ``scores``; with
+    ``record_losses`` each output also carries ``task_loss``, the training losses of the input
+    it was predicted from (the per-image worst case breaks ties with it; needs ``instances``).
     """
 
     @configurable
@@ -114,6 +116,7 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         MaskRCNNObjective(self, self.image_list, self.levels, boxes=[] if "mask_logits" in self.feature else None)
         self.scenario: str | None = None
         self.record_scores = False
+        self.record_losses = False
         self.scores: list[float] = []
 
     @classmethod
@@ -171,13 +174,13 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         attack_on, defend_on = SCENARIOS[self.scenario] if self.scenario else (True, True)
         attack_on = attack_on and self.pipeline.attack_cfg is not None
         defend_on = defend_on and self.pipeline.defends
-        if not (attack_on or defend_on or self.record_scores) or detected_instances is not None:
+        if not (attack_on or defend_on or self.record_scores or self.record_losses) or detected_instances is not None:
             return super().inference(batched_inputs, detected_instances, do_postprocess)
         if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
             raise ValueError("batched_inputs must be a non-empty list of dicts with an 'image' tensor")
-        if attack_on and any("instances" not in x for x in batched_inputs):
-            raise ValueError("an attack needs ground truth: inputs must carry 'instances' (build the test loader "
-                             "with equi_ext.detectron2.evaluation.build_annotated_test_loader)")
+        if (attack_on or self.record_losses) and any("instances" not in x for x in batched_inputs):
+            raise ValueError("an attack (and record_losses) needs ground truth: inputs must carry 'instances' "
+                             "(build the test loader with equi_ext.detectron2.evaluation.build_annotated_test_loader)")
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, x in enumerate(batched_inputs):
             image = x.get("image") if isinstance(x, dict) else None
@@ -189,6 +192,7 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
                                 f"got dtype {image.dtype}")
             groups[tuple(image.shape)].append(i)
         new_inputs = [dict(x) for x in batched_inputs]
+        losses: dict[int, float] = {}
         with frozen_model(self):
             for idx in groups.values():
                 pixels = torch.stack([self.to_pixels(batched_inputs[i]["image"]) for i in idx])
@@ -212,7 +216,15 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
                     self.scores.extend(score.tolist())
                 for j, i in enumerate(idx):
                     new_inputs[i]["image"] = self.to_image(pixels[j])
-        return super().inference(new_inputs, None, do_postprocess)
+                    if self.record_losses:
+                        with torch.no_grad():
+                            target = [batched_inputs[i]["instances"].to(self.device)]
+                            losses[i] = float(self.task_loss(pixels[j:j + 1].detach(), target, seeds[j]))
+        results = super().inference(new_inputs, None, do_postprocess)
+        if do_postprocess:  # dicts; without postprocessing the results are bare Instances
+            for i, loss in losses.items():
+                results[i]["task_loss"] = loss
+        return results
 
     @staticmethod
     def _image_seed(inputs: dict, index: int) -> int:

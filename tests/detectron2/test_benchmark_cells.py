@@ -1,0 +1,107 @@
+"""Benchmark cells of the demo Mask R-CNN: per-image records, --resume, the pooled worst case,
+and the benchmark / honesty tools run end to end with ``--detectron2``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+from detectron2.modeling import build_model
+
+from equi_ext.data.synthetic import generate_dataset
+from equi_ext.detectron2 import load_config, register_synthetic_shapes
+from equi_ext.detectron2.evaluation import (
+    PerImageCOCOEvaluator,
+    evaluate_cell,
+    evaluate_scenarios,
+    load_weights,
+    worst_case,
+)
+
+from .conftest import DEMO_EQUI_YAML, DEMO_WEIGHTS, REPO
+
+NUM_IMAGES = 4
+PGD = dict(type="pgd", eps=4.0, steps=2)
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("d2_cells") / "shapes"
+    generate_dataset(root, seed=0, image_size=128, num_train=0, num_val=NUM_IMAGES)
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo(shapes_root):
+    (name,) = register_synthetic_shapes(shapes_root, prefix="equi_d2_cells_test")
+    cfg = load_config(DEMO_EQUI_YAML, ["EQUI.SYNTHETIC_ROOT", "", "DATASETS.TEST", f"('{name}',)"])
+    model = build_model(cfg).eval()
+    load_weights(model, str(DEMO_WEIGHTS))
+    return cfg, model
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"equi_tools_d2_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cell_records_resume_and_worst_case(demo, tmp_path):
+    cfg, model = demo
+    pipeline = model.pipeline
+    clean = evaluate_cell(cfg, model, ("clean", None), ("vanilla", None), tmp_path / "clean")
+    (reference,) = evaluate_scenarios(cfg, None, scenarios=["clean"], output_dir=str(tmp_path / "ref"), model=model)
+    assert clean["segm_AP"] == pytest.approx(reference["segm_AP"], abs=1e-9)  # COCOEvaluator's number
+    assert model.pipeline is pipeline and model.scenario is None and not model.record_losses
+    assert clean["images"] == clean["run_images"] == NUM_IMAGES
+    for record in clean["per_image"]:
+        assert 0.0 <= record["mask_ap"] <= 100.0 and math.isfinite(record["loss"]) and record["loss"] > 0
+
+    # The pooled AP the worst-case search minimises is the evaluator's AP.
+    evaluator = PerImageCOCOEvaluator(cfg.DATASETS.TEST[0], tasks=("bbox", "segm"), distributed=False)
+    assert evaluator.pooled_ap(clean["per_image"], "segm") == pytest.approx(clean["segm_AP"], abs=1e-9)
+
+    attacked_dir = tmp_path / "pgd"
+    pgd = evaluate_cell(cfg, model, ("PGD-2", PGD), ("vanilla", None), attacked_dir)
+    assert pgd["segm_AP"] < clean["segm_AP"] - 5.0
+    kept = {p.name: p.read_text() for p in sorted(attacked_dir.glob("*.json"))}
+    assert len(kept) == NUM_IMAGES
+    for path in sorted(attacked_dir.glob("*.json"))[:2]:
+        path.unlink()
+    resumed = evaluate_cell(cfg, model, ("PGD-2", PGD), ("vanilla", None), attacked_dir, resume=True)
+    assert resumed["run_images"] == 2
+    assert resumed["segm_AP"] == pytest.approx(pgd["segm_AP"], abs=1e-9)
+    assert {p.name: json.loads(p.read_text()) for p in attacked_dir.glob("*.json")} == \
+        {name: json.loads(text) for name, text in kept.items()}  # seeds are per image
+
+    assert worst_case(cfg, [pgd])["segm_AP"] == pytest.approx(pgd["segm_AP"], abs=1e-9)
+    worst = worst_case(cfg, [clean, pgd])
+    assert worst["segm_AP"] <= pgd["segm_AP"] + 1e-9
+    assert set(worst["picks"]) <= {"clean / vanilla", "PGD-2 / vanilla"} and len(worst["picks"]) == NUM_IMAGES
+
+
+def test_benchmark_and_honesty_tools_on_the_mask_rcnn(shapes_root, tmp_path):
+    """The tools' --detectron2 mode: mask AP rows, logit-only attacks named as not applicable,
+    a worst case never above the strongest run, and the six honesty checks."""
+    data = ["--data-root", str(shapes_root), "--num-images", "1"]
+    bench = load_tool("benchmark_robustness").main([
+        *data, "--detectron2", "--seeds", "0", "--defenses", "vanilla,random", "--attacks", "clean,pgd,cw",
+        "--steps", "1", "--work-dir", str(tmp_path / "bench")])
+    assert bench["framework"] == "detectron2" and bench["metric"] == "segm_AP"
+    assert bench["not_applicable"] == ["CW-1"]
+    assert set(bench["table"]) == {"clean", "PGD-1", "worst case (per image)"}
+    for column in ("vanilla", "random"):
+        assert bench["table"]["worst case (per image)"][column][0] <= bench["table"]["PGD-1"][column][0] + 1e-9
+    assert "Not applicable to this model (they need dense logits): CW-1." in (tmp_path / "bench/robustness.md").read_text()
+
+    report = load_tool("sanity_checks").main([
+        *data, "--detectron2", "--steps", "1", "--bpda-steps", "1", "--max-bpda-steps", "1", "--restarts", "1",
+        "--lambdas", "1", "--eot-samples", "1", "--work-dir", str(tmp_path / "sanity")])
+    assert report["framework"] == "detectron2"
+    assert [c["check"] for c in report["checks"]] == list("abcdef")
+    assert report["worst_case"] <= report["strongest_single"] + 1e-9
+    assert "mask AP" in (tmp_path / "sanity/sanity_checks.md").read_text()

@@ -1,0 +1,151 @@
+"""The demo models behind the benchmark and honesty tools, one interface for both frameworks.
+
+``benchmark_robustness.py`` and ``sanity_checks.py`` describe attacks and defenses as registry
+configs and ask a backend to evaluate one (attack, defense) cell or a per-image worst case:
+
+- :class:`MMSegBackend`: the demo DeepLabV3 through MMSeg's test loop, mIoU from
+  ``PerImageIoUMetric`` (IoUMetric's aggregation);
+- :class:`Detectron2Backend`: the demo Mask R-CNN through ``inference_on_dataset``, COCO mask
+  AP from ``COCOEvaluator``; its per-image quality is the image's own mask AP.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+from run_demo import CHECKPOINT, DATA, build_demo_runner
+
+REPO = Path(__file__).resolve().parents[1]
+D2_CONFIG = REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml"
+D2_CHECKPOINT = REPO / "checkpoints/mask_rcnn_R18_FPN_synthetic-128x128.pth"
+SSL_HEADS = {
+    "mmseg": {kind: REPO / f"checkpoints/ssl/deeplabv3_r18c16-d8_synthetic-128x128_{kind}.pth"
+              for kind in ("rotation", "contrastive")},
+    "detectron2": {kind: REPO / f"checkpoints/ssl/mask_rcnn_R18_FPN_synthetic-128x128_{kind}.pth"
+                   for kind in ("rotation", "contrastive")},
+}
+
+
+class MMSegBackend:
+    """The demo DeepLabV3 on the first ``num_images`` val images of ``data_root``; defense
+    budgets from the named ``preset``."""
+
+    framework, metric, key = "mmseg", "mIoU", "mIoU"
+    model_name = "demo DeepLabV3"
+
+    def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
+                 preset: str = "fast") -> None:
+        self.preset, self.num_images = preset, num_images
+        self.runner = build_demo_runner(data_root, num_images, work_dir / "runs", checkpoint or CHECKPOINT,
+                                        test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
+
+    @property
+    def settings(self) -> str:
+        return f"defense budgets from preset `{self.preset}`"
+
+    def defense(self, name: str) -> dict | None:
+        """Registry config of a defense column (``vanilla`` = None)."""
+        if name == "vanilla":
+            return None
+        if name == "random":
+            from equi_ext.core.optimizer import PRESETS
+
+            return dict(type="random", eps_v=PRESETS[self.preset]["eps_v"])
+        if name in SSL_HEADS[self.framework]:
+            return dict(type=name, preset=self.preset, head=str(SSL_HEADS[self.framework][name]))
+        return dict(type="equi" if name == "equivariance" else name, preset=self.preset)
+
+    def supports(self, attack: dict | None) -> bool:
+        return True
+
+    def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
+             resume: bool = False) -> dict:
+        from equi_ext.mmseg.evaluation import evaluate_cell
+
+        return evaluate_cell(self.runner, attack, defense, record_dir, resume=resume)
+
+    def worst_case(self, rows: list[dict]) -> dict:
+        from equi_ext.mmseg.evaluation import worst_case
+
+        return worst_case(self.runner, rows)
+
+
+class Detectron2Backend:
+    """The demo Mask R-CNN on the first ``num_images`` val images of ``data_root``, with the
+    defense settings of its tuned config (``D2_CONFIG``: flip + 3 resizes, T 4, ε_v 6, η 3,
+    FPN p2–p4); every defense column uses them. Attacks that need dense logits (CW, Houdini,
+    SegPGD, CosPGD) do not apply to an instance model."""
+
+    framework, metric, key = "detectron2", "mask AP", "segm_AP"
+    model_name = "demo Mask R-CNN"
+
+    def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None) -> None:
+        from detectron2.modeling import build_model
+
+        from equi_ext.detectron2 import load_config, register_synthetic_shapes
+        from equi_ext.detectron2.evaluation import load_weights
+
+        # Detectron2's catalog is process-global: one name per data root.
+        prefix = "synthetic_shapes" if data_root == DATA else f"equi_benchmark_{zlib.crc32(str(data_root).encode()):08x}"
+        names = register_synthetic_shapes(data_root, prefix=prefix)
+        val = [n for n in names if n.endswith("_val")]
+        if not val:
+            raise SystemExit(f"error: {data_root} has no val split (annotations/instances_val.json)")
+        opts = ["EQUI.SYNTHETIC_ROOT", "", "DATASETS.TEST", f"('{val[0]}',)", "OUTPUT_DIR", str(work_dir / "runs")]
+        self.cfg = load_config(D2_CONFIG, opts)
+        self.model = build_model(self.cfg).eval()
+        load_weights(self.model, str(checkpoint or D2_CHECKPOINT))
+        self.num_images = num_images
+
+    @property
+    def settings(self) -> str:
+        e = self.cfg.EQUI
+        return (f"defense settings of `{D2_CONFIG.relative_to(REPO)}` (transforms {', '.join(e.TRANSFORMS)}; "
+                f"T {e.DEFENSE_STEPS}, ε_v {e.EPS_V:g}, η {e.STEP_SIZE:g}; FPN {', '.join(e.FPN_LEVELS)})")
+
+    def defense(self, name: str) -> dict | None:
+        from equi_ext.detectron2.modeling.meta_arch import equi_settings
+
+        if name == "vanilla":
+            return None
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.EQUI.DEFENSE = "equi" if name == "equivariance" else name
+        cfg.EQUI.SSL_HEAD = str(SSL_HEADS[self.framework].get(name, ""))
+        return equi_settings(cfg)["defense"]
+
+    def supports(self, attack: dict | None) -> bool:
+        """False for attacks that need dense logits (the pipeline refuses them for this model)."""
+        from equi_ext.pipeline import EquiPipeline
+
+        if attack is None:
+            return True
+        try:
+            EquiPipeline(None, attack, needs_logits=False)
+        except ValueError as err:
+            if "dense logits" in str(err):
+                return False
+            raise
+        return True
+
+    def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
+             resume: bool = False) -> dict:
+        from equi_ext.detectron2.evaluation import evaluate_cell
+
+        return evaluate_cell(self.cfg, self.model, attack, defense, record_dir, num_images=self.num_images,
+                             resume=resume)
+
+    def worst_case(self, rows: list[dict]) -> dict:
+        from equi_ext.detectron2.evaluation import worst_case
+
+        return worst_case(self.cfg, rows)
+
+
+def build_backend(detectron2: bool, data_root: Path, num_images: int, work_dir: Path,
+                  checkpoint: Path | None = None, preset: str = "fast"):
+    """The backend of ``--detectron2`` (else MMSeg); ``preset`` only applies to MMSeg (the Mask
+    R-CNN keeps its config's tuned settings)."""
+    if detectron2:
+        return Detectron2Backend(data_root, num_images, work_dir, checkpoint)
+    return MMSegBackend(data_root, num_images, work_dir, checkpoint, preset)

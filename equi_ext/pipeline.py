@@ -115,20 +115,18 @@ class EquiPipeline:
                     raise ValueError(f"attack {cls.__name__} needs dense logits, which this model does not "
                                      f"have ({err}); use one of pgd, ifgsm, mim, bpda, eot, unrolled, adaptive") from None
                 raise
-        # Scores are always equivariance scores: the equi defense's own transforms, the detector's
-        # for detect-then-defend (so the adaptive attacker targets what the detector sees), else the
-        # default set. The first two return that score themselves (``defense_scores``).
-        self.defense_scores = True
-        if type(self.defense) is EquivarianceDefense:
-            self.score_defense = self.defense
-        elif isinstance(self.defense, DetectThenDefend):
+        # The equivariance score uses the equi defense's own transforms, the detector's for
+        # detect-then-defend (so the adaptive attacker targets what the detector sees), else the
+        # default set. The first two compute it while defending (``defense_scores``).
+        if isinstance(self.defense, DetectThenDefend):
             self.score_defense = self.defense.scorer
+        elif type(self.defense) is EquivarianceDefense:
+            self.score_defense = self.defense
         else:
             self.score_defense = EquivarianceDefense(pixel_range=pixel_range)
-            self.defense_scores = False
+        self.defense_scores = score == "equivariance" and (
+            self.score_defense is self.defense or isinstance(self.defense, DetectThenDefend))
         self.scorer = self._build_scorer(score, pixel_range, needs_logits)
-        if score != "equivariance":
-            self.defense_scores = False
 
     def _build_scorer(self, score: Any, pixel_range, needs_logits: bool) -> Callable:
         """(pixels, features, logits_fn) → (N,) per-image score; ``'invariance'`` and any other

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import platform
 import re
 import statistics
@@ -40,6 +39,7 @@ import torch  # noqa: E402
 from equi_ext.attacks import PGD  # noqa: E402
 from equi_ext.core.optimizer import PRESETS, EquivarianceDefense  # noqa: E402
 from equi_ext.defenses import DetectThenDefend  # noqa: E402
+from equi_ext.reporting import write_report  # noqa: E402
 
 
 def _status_kib(field: str) -> int:
@@ -272,11 +272,7 @@ def main(argv=None) -> list[dict]:
         rows += bench_per_step(real_size_case(), presets, baseline)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = f"Machine: {machine}\n\n" + to_markdown(rows) + "\n"
-    out = Path(args.work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark_speed.md").write_text(text)
-    (out / "benchmark_speed.json").write_text(json.dumps(dict(machine=machine, rows=rows), indent=2))
-    print(text)
+    write_report(args.work_dir, "benchmark_speed", text, dict(machine=machine, rows=rows))
     return rows
 
 

@@ -13,7 +13,6 @@ Steps (each real, nothing downloaded):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import subprocess
 import sys
@@ -92,6 +91,7 @@ def main(argv=None) -> dict:
     checkpoint = ensure_checkpoint(args.retrain, work_dir)
 
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table
+    from equi_ext.reporting import write_report
 
     runner = build_demo_runner(DATA, args.num_images, work_dir, checkpoint)
 
@@ -116,11 +116,8 @@ def main(argv=None) -> dict:
             "\n\nEquivariance score (mean cosine, Table 5)\n\n| clean | attacked | restored |\n|---|---|---|\n"
             + "| " + " | ".join(f"{v:.3f}" for v in scores.values()) + " |\n"
             + f"\nTotal evaluation time: {elapsed:.0f} s\n")
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "demo_results.md").write_text(text)
     result = dict(num_images=args.num_images, eps=EPS, defense=DEFENSE, rows=rows, scores=scores, seconds=elapsed)
-    (work_dir / "demo_results.json").write_text(json.dumps(result, indent=2))
-    print(text)
+    write_report(work_dir, "demo_results", text, result)
     return result
 
 

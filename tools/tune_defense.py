@@ -15,7 +15,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -88,6 +87,7 @@ def tune_detectron2(args) -> list[dict]:
 
     from equi_ext.detectron2 import load_config, register_synthetic_shapes
     from equi_ext.detectron2.evaluation import evaluate_scenarios, load_weights
+    from equi_ext.reporting import write_report
 
     (dataset,) = register_synthetic_shapes(ensure_tune_data(), prefix="synthetic_shapes_tune")
     chosen = args.candidates.split(",") if args.candidates else list(D2_CANDIDATES)
@@ -112,12 +112,7 @@ def tune_detectron2(args) -> list[dict]:
         lines.append(f"| {name} | {rows['clean_defended']['segm_AP']:.2f} | {base['attacked']['segm_AP']:.2f} "
                      f"| {rows['defended']['segm_AP']:.2f} | {rows['defended']['seconds']:.0f} |")
         results.append(dict(candidate=name, opts=D2_CANDIDATES[name], rows=list(rows.values())))
-    text = "\n".join(lines) + "\n"
-    out = Path(args.work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"tune_detectron2_{args.num_images}img.md").write_text(text)
-    (out / f"tune_detectron2_{args.num_images}img.json").write_text(json.dumps(results, indent=2))
-    print(text)
+    write_report(args.work_dir, f"tune_detectron2_{args.num_images}img", "\n".join(lines) + "\n", results)
     return results
 
 
@@ -140,6 +135,7 @@ def main(argv=None) -> list[dict]:
 
     from equi_ext.mmseg import configure
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table
+    from equi_ext.reporting import write_report
 
     if args.split == "val":
         ensure_data()
@@ -156,12 +152,7 @@ def main(argv=None) -> list[dict]:
     split = "Tuning split (seed 1)" if args.split == "tune" else "Reported val split (seed 0)"
     text = (f"{split}, first {args.num_images} images, feature layer {args.feature_layer}\n\n"
             + grid_table(rows) + "\n\nseconds per cell\n\n" + grid_table(rows, "seconds", "{:.0f}") + "\n")
-    out = Path(args.work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.split}_{args.feature_layer}_{len(chosen)}cands_{args.num_images}img"
-    (out / f"{stem}.md").write_text(text)
-    (out / f"{stem}.json").write_text(json.dumps(rows, indent=2))
-    print(text)
+    write_report(args.work_dir, f"{args.split}_{args.feature_layer}_{len(chosen)}cands_{args.num_images}img", text, rows)
     return rows
 
 

@@ -40,6 +40,7 @@ from equi_ext.core.losses import equivariance_from_maps, transformed_features  #
 from equi_ext.core.metrics import mean_iou  # noqa: E402
 from equi_ext.core.optimizer import PRESETS  # noqa: E402
 from equi_ext.core.scores import equivariance_map  # noqa: E402
+from equi_ext.core.seeding import file_seed  # noqa: E402
 from equi_ext.core.transforms import TRANSFORM_SETS, TRANSFORMS, Transform  # noqa: E402
 from equi_ext.pipeline import EquiPipeline  # noqa: E402
 from equi_ext.reporting import atomic_write_bytes, write_report  # noqa: E402
@@ -140,9 +141,10 @@ def analyse_image(runner, pipeline: EquiPipeline, index: int, names: dict[str, s
         return pixel_cross_entropy(logits_fn(x), t, ignore)
 
     transforms = report_transforms(pipeline)
-    adv, _ = pipeline.run(pixels, attack=True, defend=False, features=rt.features, model=model, seeds=[index],
+    seeds = [file_seed(meta["img_path"])]  # the seed tools/test.py gives this image
+    adv, _ = pipeline.run(pixels, attack=True, defend=False, features=rt.features, model=model, seeds=seeds,
                           targets=labels, loss_fn=loss_fn, logits_fn=logits_fn, ignore_index=ignore)
-    restored, _ = pipeline.run(adv, attack=False, defend=True, features=rt.features, model=model, seeds=[index])
+    restored, _ = pipeline.run(adv, attack=False, defend=True, features=rt.features, model=model, seeds=seeds)
 
     miou, scores, map_range = {}, {}, {}
     label_np = labels[0].numpy()

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import zlib
 from collections.abc import Sequence
 
 import torch
+
+
+def file_seed(path: str | os.PathLike) -> int:
+    """An image's seed from its file name (not its folder, which differs between machines), so
+    results depend neither on batching, sharding or resuming nor on where the data lives."""
+    return zlib.crc32(os.path.basename(str(path)).encode())
 
 
 def image_generators(seed: int, image_seeds: Sequence[int] | None, n: int) -> list[torch.Generator]:

@@ -15,8 +15,6 @@ need the whole view (SPEC §6).
 
 from __future__ import annotations
 
-import os
-import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +25,7 @@ from mmseg.models.segmentors import EncoderDecoder
 
 from ..attacks import pixel_cross_entropy
 from ..core.optimizer import frozen_model
+from ..core.seeding import file_seed
 from ..core.validation import check_image_batch, check_images
 from ..pipeline import SCENARIOS, EquiPipeline
 
@@ -161,10 +160,9 @@ class EquiRuntime:
 
     @staticmethod
     def _image_seed(meta: dict, index: int) -> int:
-        """Stable per-image seed from the file name (not the folder, which differs between
-        machines), so results depend neither on batching nor on where the data lives."""
+        """Stable per-image seed: the file name's (``file_seed``), else the batch index."""
         path = meta.get("img_path")
-        return zlib.crc32(os.path.basename(str(path)).encode()) if path else index
+        return file_seed(path) if path else index
 
 
 def runtime(model: EncoderDecoder) -> EquiRuntime:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import zlib
 from collections import defaultdict
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from detectron2.utils.events import EventStorage
 
 from ...attacks import ATTACKS
 from ...core.optimizer import frozen_model
+from ...core.seeding import file_seed
 from ...defenses import DEFENSES
 from ...pipeline import SCENARIOS, EquiPipeline
 from .objective import MaskRCNNObjective
@@ -230,6 +230,6 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
     def _image_seed(inputs: dict, index: int) -> int:
         """Stable per-image seed: the file name (not its folder), else the image id, else the index."""
         if inputs.get("file_name"):
-            return zlib.crc32(os.path.basename(str(inputs["file_name"])).encode())
+            return file_seed(inputs["file_name"])
         image_id = inputs.get("image_id")
         return image_id if isinstance(image_id, int) else index

@@ -327,7 +327,8 @@ def worst_case(cfg, rows: list[dict], max_passes: int = 5) -> dict:
     image by image, it switches to any row's prediction that lowers the pooled AP, until a
     pass changes nothing (at most ``max_passes``). The result is never above the strongest
     single row, and every image keeps an input an attack actually produced. The returned AP is
-    ``COCOEvaluator``'s on the final pool.
+    ``COCOEvaluator``'s on the final pool. Each pass costs images × rows pooled COCO
+    evaluations: sized for benchmark subsets (tens of images), not for a full COCO val split.
     """
     runs = {f"{r['attack']} / {r['defense']}": r["per_image"] for r in rows}
     names = list(runs)

@@ -36,7 +36,7 @@ class MMSegBackend:
 
     def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
                  preset: str = "fast") -> None:
-        self.preset, self.num_images = preset, num_images
+        self.preset = preset
         self.runner = build_demo_runner(data_root, num_images, work_dir / "runs", checkpoint or CHECKPOINT,
                                         test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
 

@@ -342,8 +342,7 @@ def worst_case(cfg, rows: list[dict], max_passes: int = 5) -> dict:
     per_image = worst_case_per_image(runs, quality="mask_ap" if cfg.MODEL.MASK_ON else "box_ap")
     num_images = len(per_image)
     candidates = [per_image] + [[name] * num_images for name in names]
-    picks = min(candidates, key=pooled)
-    best = pooled(picks)
+    best, picks = min(((pooled(c), c) for c in candidates), key=lambda scored: scored[0])
     for _ in range(max_passes):
         changed = False
         for i in range(num_images):

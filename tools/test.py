@@ -35,6 +35,7 @@ from mmengine.runner import Runner  # noqa: E402
 from mmengine.runner.checkpoint import load_state_dict  # noqa: E402
 
 import equi_ext.mmseg as equi_mmseg  # noqa: E402
+from equi_ext.core.distributed import close_process_group  # noqa: E402
 from equi_ext.mmseg.cli import add_common_arguments, check_test_data, load_config  # noqa: E402
 from equi_ext.pipeline import default_scenarios, scenario_table  # noqa: E402
 
@@ -131,11 +132,13 @@ def detectron2_evaluate(args: argparse.Namespace) -> list[dict]:
         setup_logger(name="equi_ext")
         setup_logger(name="detectron2")
         register_from_cfg(cfg)
-        return evaluate_scenarios(cfg, args.checkpoint or cfg.MODEL.WEIGHTS or None,
+        rows = evaluate_scenarios(cfg, args.checkpoint or cfg.MODEL.WEIGHTS or None,
                                   scenarios=args.scenarios.split(",") if args.scenarios else None,
                                   num_images=args.num_images)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
         raise SystemExit(f"error: {err}") from None
+    close_process_group()  # as a worker of Detectron2's launch
+    return rows
 
 
 def main(argv=None) -> list[dict]:
@@ -188,3 +191,4 @@ def main(argv=None) -> list[dict]:
 
 if __name__ == "__main__":
     main()
+    close_process_group()

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmengine.runner import Runner  # noqa: E402
 
 import equi_ext.mmseg  # noqa: E402,F401  (registers datasets and the defense wrapper)
+from equi_ext.core.distributed import close_process_group  # noqa: E402
 from equi_ext.mmseg.cli import add_common_arguments, load_config  # noqa: E402
 
 
@@ -38,3 +39,4 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+    close_process_group()

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 
+from equi_ext.core.distributed import close_process_group  # noqa: E402
 from equi_ext.detectron2 import evaluate_scenarios, load_config, register_from_cfg  # noqa: E402
 
 
@@ -45,10 +46,13 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        return evaluate_scenarios(cfg, cfg.MODEL.WEIGHTS or None)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        result = evaluate_scenarios(cfg, cfg.MODEL.WEIGHTS or None)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        result = trainer.train()
+    close_process_group()  # a worker of Detectron2's launch ends its group before exiting
+    return result
 
 
 if __name__ == "__main__":

@@ -202,6 +202,23 @@ OBJECTIVES = {"equivariance": equivariance_terms, "invariance": invariance_terms
 FROM_MAPS = {"equivariance": equivariance_from_maps, "invariance": invariance_from_maps}
 
 
+def chunked_terms(
+    kind: str,
+    feature_fn: FeatureFn,
+    images: torch.Tensor,
+    transforms: Sequence[Transform],
+    reduction: str = "dense",
+    pixel_range: PixelRange = DEFAULT_PIXEL_RANGE,
+) -> torch.Tensor:
+    """The (N, K) terms of ``kind`` with F(x) computed once and one transformed copy's maps
+    alive at a time (the memory-bounded twin of :data:`OBJECTIVES`, for scoring under no_grad)."""
+    _cosine_for(reduction)
+    n = images.shape[0]
+    base = _levels(feature_fn(images), n)
+    return torch.cat([FROM_MAPS[kind](base, [_levels(feature_fn(t.apply(images, pixel_range)), n)], [t], reduction)
+                      for t in transforms], dim=1)
+
+
 def chunked_terms_and_gradient(
     kind: str,
     feature_fn: FeatureFn,

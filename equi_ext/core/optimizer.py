@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .losses import OBJECTIVES, REDUCTIONS, FeatureFn, Objective, chunked_terms_and_gradient
+from .losses import OBJECTIVES, REDUCTIONS, FeatureFn, Objective, chunked_terms, chunked_terms_and_gradient
 from .seeding import image_generators, normal_like
 from .transforms import Transform, build_transforms
 from .validation import (
@@ -189,8 +189,7 @@ class EquivarianceDefense:
         if isinstance(feature_fn, Objective):
             return feature_fn.terms(self.objective, images, transforms, self.reduction, self.pixel_range)
         if self.chunked:
-            return torch.cat([OBJECTIVES[self.objective](feature_fn, images, [t], self.reduction, self.pixel_range)
-                              for t in transforms], dim=1)
+            return chunked_terms(self.objective, feature_fn, images, transforms, self.reduction, self.pixel_range)
         return OBJECTIVES[self.objective](feature_fn, images, transforms, self.reduction, self.pixel_range)
 
     def _terms_and_gradient(self, feature_fn: FeatureFn | Objective, images: torch.Tensor,

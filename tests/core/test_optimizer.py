@@ -236,6 +236,10 @@ def test_chunked_gradient_equals_batched_and_holds_one_copy_at_a_time(toy_task, 
     torch.testing.assert_close(terms_c, terms, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grad_c, grad, atol=1e-6, rtol=1e-4)
     assert grad.abs().max() > 0
+    batch_sizes.clear()
+    score_c = chunked.score(images, features, seed=4)
+    assert batch_sizes == [images.shape[0]] * (len(transforms) + 1)  # scoring too: F(x) once, one copy at a time
+    torch.testing.assert_close(score_c, plain.score(images, features, seed=4), atol=1e-5, rtol=1e-5)
     a = plain(images, toy_task.model.features, seed=4, compute_score=True)
     b = chunked(images, toy_task.model.features, seed=4, compute_score=True)
     assert (a.images - b.images).abs().gt(1e-3).float().mean() < 1e-3  # signs agree but for ties

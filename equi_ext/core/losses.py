@@ -209,49 +209,37 @@ def chunked_terms(
     transforms: Sequence[Transform],
     reduction: str = "dense",
     pixel_range: PixelRange = DEFAULT_PIXEL_RANGE,
-) -> torch.Tensor:
-    """The (N, K) terms of ``kind`` with F(x) computed once and one transformed copy's maps
-    alive at a time (the memory-bounded twin of :data:`OBJECTIVES`, for scoring under no_grad)."""
-    _cosine_for(reduction)
-    n = images.shape[0]
-    base = _levels(feature_fn(images), n)
-    return torch.cat([FROM_MAPS[kind](base, [_levels(feature_fn(t.apply(images, pixel_range)), n)], [t], reduction)
-                      for t in transforms], dim=1)
+    *,
+    gradient: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (N, K) terms of ``kind`` holding one transformed copy's maps at a time, and with
+    ``gradient`` the gradient of their sum w.r.t. ``images`` (else None).
 
-
-def chunked_terms_and_gradient(
-    kind: str,
-    feature_fn: FeatureFn,
-    images: torch.Tensor,
-    transforms: Sequence[Transform],
-    reduction: str = "dense",
-    pixel_range: PixelRange = DEFAULT_PIXEL_RANGE,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (N, K) terms of ``kind`` and the gradient of their sum w.r.t. ``images``, holding
-    the autograd graph of one transformed copy at a time.
-
-    F(x) is computed once; each F(g_i(x)) is forwarded and back-propagated alone against a
-    detached copy of F(x) whose gradient is accumulated, and a single backward through F(x)
-    closes the sum. Same gradient as differentiating :data:`OBJECTIVES` [kind] at once, but the
-    peak memory is that of F(x) plus the largest copy, not of all K copies (Cityscapes-size
-    images with 1.5×/2× resizes would not fit otherwise).
+    F(x) is computed once. With ``gradient``, each F(g_i(x)) is forwarded and back-propagated
+    alone against a detached copy of F(x) whose gradient is accumulated, and a single backward
+    through F(x) closes the sum. Same terms and gradient as :data:`OBJECTIVES` [kind] at once,
+    but the peak memory is that of F(x) plus the largest copy, not of all K copies
+    (Cityscapes-size images with 1.5×/2× resizes would not fit otherwise).
     """
-    if not images.requires_grad:
-        raise ValueError("chunked_terms_and_gradient needs images with requires_grad=True")
+    if gradient and not images.requires_grad:
+        raise ValueError("chunked_terms(gradient=True) needs images with requires_grad=True")
     _cosine_for(reduction)
     n = images.shape[0]
     base = _levels(feature_fn(images), n)
-    base_leaves = [level.detach().requires_grad_(True) for level in base]
-    grad = torch.zeros_like(images)
-    base_grads = [torch.zeros_like(level) for level in base]
+    base_leaves = [level.detach().requires_grad_(True) for level in base] if gradient else base
+    grad = torch.zeros_like(images) if gradient else None
+    base_grads = [torch.zeros_like(level) for level in base] if gradient else []
     columns = []
     for transform in transforms:
         copy_maps = _levels(feature_fn(transform.apply(images, pixel_range)), n)
         term = FROM_MAPS[kind](base_leaves, [copy_maps], [transform], reduction)
-        grad_images, *grad_base = torch.autograd.grad(term.sum(), [images, *base_leaves])
-        grad += grad_images
-        for total, part in zip(base_grads, grad_base):
-            total += part
+        if gradient:
+            grad_images, *grad_base = torch.autograd.grad(term.sum(), [images, *base_leaves])
+            grad += grad_images
+            for total, part in zip(base_grads, grad_base):
+                total += part
         columns.append(term.detach())
-    (grad_through_base,) = torch.autograd.grad(base, images, grad_outputs=base_grads)
-    return torch.cat(columns, dim=1), grad + grad_through_base
+    if gradient:
+        (grad_through_base,) = torch.autograd.grad(base, images, grad_outputs=base_grads)
+        grad = grad + grad_through_base
+    return torch.cat(columns, dim=1), grad

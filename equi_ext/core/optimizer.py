@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .losses import OBJECTIVES, REDUCTIONS, FeatureFn, Objective, chunked_terms, chunked_terms_and_gradient
+from .losses import OBJECTIVES, REDUCTIONS, FeatureFn, Objective, chunked_terms
 from .seeding import image_generators, normal_like
 from .transforms import Transform, build_transforms
 from .validation import (
@@ -189,7 +189,7 @@ class EquivarianceDefense:
         if isinstance(feature_fn, Objective):
             return feature_fn.terms(self.objective, images, transforms, self.reduction, self.pixel_range)
         if self.chunked:
-            return chunked_terms(self.objective, feature_fn, images, transforms, self.reduction, self.pixel_range)
+            return chunked_terms(self.objective, feature_fn, images, transforms, self.reduction, self.pixel_range)[0]
         return OBJECTIVES[self.objective](feature_fn, images, transforms, self.reduction, self.pixel_range)
 
     def _terms_and_gradient(self, feature_fn: FeatureFn | Objective, images: torch.Tensor,
@@ -201,8 +201,8 @@ class EquivarianceDefense:
             if isinstance(feature_fn, Objective):
                 raise ValueError(f"chunked=True needs a dense feature_fn; {type(feature_fn).__name__} computes "
                                  "its own terms (use chunked=False)")
-            return chunked_terms_and_gradient(self.objective, feature_fn, images, transforms, self.reduction,
-                                              self.pixel_range)
+            return chunked_terms(self.objective, feature_fn, images, transforms, self.reduction, self.pixel_range,
+                                 gradient=True)
         terms = self._terms(feature_fn, images, transforms)
         (grad,) = torch.autograd.grad(terms.sum(), images, create_graph=create_graph)
         return terms.detach(), grad

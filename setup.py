@@ -1,37 +1,43 @@
-"""Packaging for equi-ext.
+"""Packaging for equi-ext: a framework-free core plus one extra per framework.
 
-mmcv 2.1.0 (with its compiled ops) and detectron2 0.6 are not installable from PyPI
-as wheels for torch 2.14: ``tools/install.sh`` takes them from the wheelhouse named
-by ``EQUI_WHEELHOUSE`` (see README, "Installing elsewhere").
+``pip install equi-ext`` gives the torch core (defenses, attacks, scores). The extras add each framework's
+pure-Python side; neither framework's compiled part comes from a plain ``pip install`` (see README):
+mmcv 2.1.0's ops are a wheel that ``tools/install.sh`` takes from ``EQUI_WHEELHOUSE`` or builds from mmcv's
+PyPI sdist, and detectron2 is built by ``tools/install.sh`` from PyPI's ``pb1-detectron2==0.6`` sdist.
+The exact tested set is ``constraints.txt``.
 """
+
+import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "equi_ext/__init__.py").read_text(), re.M).group(1)
+
+# What the synthetic data generator (equi_ext.data) needs beside the core: both adapters' demos use it.
+DATA = ["pillow>=9", "pycocotools>=2.0.6"]
+
 setup(
     name="equi-ext",
-    version="0.1.0",
+    version=VERSION,
     description="Test-time robustness for MMSegmentation and Detectron2 models by restoring feature equivariance",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.10",
     packages=find_packages(include=["equi_ext", "equi_ext.*"]),
-    install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
-        "setuptools>=77.0.3,<81",
-        "mmengine>=0.10,<0.11",
-        "mmcv==2.1.0",
-        "mmsegmentation==1.2.2",
-        "detectron2==0.6",
-        "pycocotools>=2.0.7",
-        "ftfy",
-        "regex",
-        "numpy>=1.26",
-        "pillow>=10",
-        "tqdm",
-        "scikit-learn>=1.4",
-        "imagecorruptions==1.1.2",
-        "matplotlib>=3.8",
-    ],
-    extras_require={"dev": ["pytest>=8"]},
+    install_requires=["torch>=2.0", "numpy>=1.24", "tqdm>=4.60"],
+    extras_require={
+        # mmcv with ops: the wheel from EQUI_WHEELHOUSE or the one tools/install.sh builds (mmseg 1.2 needs < 2.2).
+        # mmengine imports pkg_resources, which setuptools 81 removed.
+        "mmseg": ["mmsegmentation>=1.2,<2", "mmcv>=2.0.0rc4,<2.2.0", "mmengine>=0.10,<1",
+                  "setuptools<81", "ftfy", "regex", *DATA],
+        # detectron2 itself is built by tools/install.sh (pb1-detectron2 sdist); these are its run-time needs
+        # (torchvision: ROIAlign, NMS; setuptools < 81: its model_zoo imports pkg_resources).
+        "detectron2": ["torchvision", "setuptools<81", "fvcore>=0.1.5,<0.1.6", "iopath>=0.1.7,<0.1.10",
+                       "yacs>=0.1.8", "omegaconf>=2.1", "termcolor>=1.1", "tabulate", "cloudpickle", "pyyaml",
+                       "matplotlib", *DATA],
+        "bench": ["scikit-learn>=1.3", "matplotlib>=3.7", "imagecorruptions>=1.1.2", "scikit-image>=0.21"],
+        "dev": ["pytest>=8", "ruff"],
+    },
 )

@@ -6,6 +6,7 @@ attack tests must not depend on it.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -112,6 +113,16 @@ def toy_task() -> ToyTask:
     model.eval()
     val_images, val_labels = toy_scenes(24, seed=3)
     return ToyTask(model=model, images=val_images, labels=val_labels)
+
+
+@pytest.fixture(scope="session")
+def toy_task64(toy_task) -> ToyTask:
+    """``toy_task`` in float64, for comparisons of two computation paths through sign steps (an image alone
+    vs in a batch). In float32 the two paths' kernels round differently (by CPU type and thread count), and
+    a gradient component within that rounding of zero flips its sign: a whole step. In float64 the gap is
+    ~1e-16 relative, so a flip needs a component within ~1e-12 of zero, which these images do not have."""
+    return ToyTask(model=copy.deepcopy(toy_task.model).double(), images=toy_task.images.double(),
+                   labels=toy_task.labels)
 
 
 @pytest.fixture

@@ -102,9 +102,8 @@ def detectron2_main(argv: list[str]) -> list[dict]:
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs, e.g. EQUI.DEFENSE equi EQUI.ATTACK pgd")
     args = parser.parse_args(argv)
-    from detectron2.engine import launch
-
     from equi_ext.detectron2 import load_config as load_d2_config
+    from equi_ext.detectron2.launch import launch
 
     try:
         load_d2_config(args.config, args.opts)  # bad settings fail here, before any process starts

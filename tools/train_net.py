@@ -11,16 +11,19 @@ Example (the demo Mask R-CNN, ~20 min on 2 CPU cores)::
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter  # noqa: E402
 
 from equi_ext.core.distributed import close_process_group  # noqa: E402
 from equi_ext.detectron2 import evaluate_scenarios, load_config, register_from_cfg  # noqa: E402
+from equi_ext.detectron2.launch import launch  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
@@ -29,7 +32,14 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference")
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        # The fast evaluator is C++ that the registry-built detectron2 lacks; pycocotools gives the same AP.
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+
+    def build_writers(self):
+        """Detectron2's writers, less TensorBoard where it is not installed (equi-ext does not require it)."""
+        if importlib.util.find_spec("tensorboard") is not None:
+            return super().build_writers()
+        return [CommonMetricPrinter(self.max_iter), JSONWriter(str(Path(self.cfg.OUTPUT_DIR) / "metrics.json"))]
 
 
 def setup(args):

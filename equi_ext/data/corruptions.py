@@ -13,13 +13,13 @@ import warnings
 
 import numpy as np
 
-with warnings.catch_warnings():  # the package imports pkg_resources, deprecated by setuptools
-    warnings.simplefilter("ignore", UserWarning)
-    import imagecorruptions
-    from imagecorruptions import corruptions as _corruptions
-
-#: The 15 benchmark corruptions (noise, blur, weather, digital), in the package's order.
-CORRUPTIONS: tuple[str, ...] = tuple(imagecorruptions.get_corruption_names("common"))
+#: The 15 benchmark corruptions (noise, blur, weather, digital), in the package's order
+#: (``imagecorruptions.get_corruption_names("common")``; a test keeps the two equal). Listed here so that
+#: names can be validated without importing the package, which is an optional (``[bench]``) dependency.
+CORRUPTIONS: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
@@ -32,15 +32,24 @@ def _gaussian_compat(image, *args, multichannel=None, **kwargs):
     return gaussian(image, *args, **kwargs)
 
 
-def _install_shim() -> None:
+def _package():
+    """Import ``imagecorruptions`` (with the NumPy 2 / scikit-image shim) on first use."""
+    try:
+        with warnings.catch_warnings():  # the package imports pkg_resources, deprecated by setuptools
+            warnings.simplefilter("ignore", UserWarning)
+            import imagecorruptions
+            from imagecorruptions import corruptions as _corruptions
+    except ImportError as error:
+        raise ImportError("corruptions need the imagecorruptions package: pip install 'equi-ext[bench]'") from error
     if getattr(_corruptions, "_equi_shim", False):
-        return
+        return imagecorruptions
     numpy_compat = types.ModuleType("numpy_compat", "numpy plus the float_ alias imagecorruptions uses")
     numpy_compat.__dict__.update(np.__dict__)
     numpy_compat.float_ = np.float64
     _corruptions.np = numpy_compat
     _corruptions.gaussian = _gaussian_compat
     _corruptions._equi_shim = True
+    return imagecorruptions
 
 
 def check_corruption(name: str, severity: int) -> None:
@@ -60,12 +69,12 @@ def corrupt(image: np.ndarray, name: str, severity: int = 3, seed: int = 0) -> n
                          f"{getattr(image, 'dtype', '')} {shape}")
     if min(image.shape[:2]) < 32:
         raise ValueError(f"corruptions need images of at least 32x32 pixels; got {image.shape[0]}x{image.shape[1]}")
-    _install_shim()
+    package = _package()
     state = np.random.get_state()
     np.random.seed(seed % 2**32)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return imagecorruptions.corrupt(image, severity=severity, corruption_name=name)
+            return package.corrupt(image, severity=severity, corruption_name=name)
     finally:
         np.random.set_state(state)

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +254,8 @@ def render_scene(
 
 def _coco_annotation(instance: dict[str, Any], ann_id: int, image_id: int) -> dict[str, Any]:
     """COCO record of an instance's visible mask as compressed RLE with str counts."""
+    from pycocotools import mask as mask_utils  # only the COCO writer needs it (both adapters' extras have it)
+
     rle = mask_utils.encode(np.asfortranarray(instance["mask"].astype(np.uint8)))
     return {
         "id": ann_id,

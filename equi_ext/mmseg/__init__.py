@@ -5,8 +5,14 @@ automatically through ``tools/test.py``) registers ``SyntheticShapesDataset`` an
 every ``EncoderDecoder`` honour ``model.test_cfg.defense`` / ``model.test_cfg.attack``.
 """
 
-from . import datasets, metrics, transforms  # noqa: F401  (registers SyntheticShapesDataset, PerImageIoUMetric, ImageCorruption)
-from .segmentor import SCENARIOS, build_equi_components, configure, install, runtime, set_scenario
+from ..frameworks import require
+
+# mmcv.ops: mmseg imports the compiled ops at import time, so mmcv-lite is not enough.
+require("mmseg", ["mmengine", "mmcv.ops", "mmseg"],
+        {"mmsegmentation": ("1.2", "2"), "mmcv": ("2.0.0rc4", "2.2.0"), "mmengine": ("0.10", "1")})
+
+from . import datasets, metrics, transforms  # noqa: E402, F401  (registers SyntheticShapesDataset, PerImageIoUMetric, ImageCorruption)
+from .segmentor import SCENARIOS, build_equi_components, configure, install, runtime, set_scenario  # noqa: E402
 
 install()
 

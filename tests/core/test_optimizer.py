@@ -52,6 +52,7 @@ def test_batched_terms_equal_per_transform_reference(toy_task):
     torch.testing.assert_close(batched, reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.numerics
 def test_attack_lowers_score_and_defense_restores_it_inside_budget(toy_task):
     images, labels = toy_task.images[:12], toy_task.labels[:12]
     features = toy_task.model.features
@@ -102,15 +103,16 @@ def test_grad_mode_of_caller_is_kept():
     assert not out.images.requires_grad
 
 
-def test_same_seed_same_result_and_batch_independence(toy_task):
-    f = toy_task.model.features
-    images = toy_task.images[:3]
+@pytest.mark.numerics
+def test_same_seed_same_result_and_batch_independence(toy_task64):
+    f = toy_task64.model.features
+    images = toy_task64.images[:3]
     defense = EquivarianceDefense(steps=3, seed=7)
     a = defense(images, f, image_seeds=[10, 11, 12]).images
     b = defense(images, f, image_seeds=[10, 11, 12]).images
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     alone = defense(images[2:], f, image_seeds=[12]).images
-    torch.testing.assert_close(alone, a[2:], atol=1e-3, rtol=0)
+    torch.testing.assert_close(alone, a[2:], atol=1e-6, rtol=0)
     other = EquivarianceDefense(steps=3, seed=8)(images, f, image_seeds=[10, 11, 12]).images
     assert not torch.equal(a, other)
 
@@ -240,10 +242,17 @@ def test_chunked_gradient_equals_batched_and_holds_one_copy_at_a_time(toy_task, 
     score_c = chunked.score(images, features, seed=4)
     assert batch_sizes == [images.shape[0]] * (len(transforms) + 1)  # scoring too: F(x) once, one copy at a time
     torch.testing.assert_close(score_c, plain.score(images, features, seed=4), atol=1e-5, rtol=1e-5)
-    a = plain(images, toy_task.model.features, seed=4, compute_score=True)
-    b = chunked(images, toy_task.model.features, seed=4, compute_score=True)
-    assert (a.images - b.images).abs().gt(1e-3).float().mean() < 1e-3  # signs agree but for ties
-    torch.testing.assert_close(a.score, b.score, atol=1e-4, rtol=1e-4)
+    # One defense step (σ_0 = 0 when T = 1, so the step is η·sign(g / std g)): the two agree wherever the two
+    # normalised gradients have one sign; a pixel may move the other way only where |d| <= |d − d_c|, i.e. where
+    # the rounding gap between the two gradients can flip the sign. Comparing images after several sign steps
+    # instead would compound such ties into whole-step differences that depend on the CPU's kernels.
+    one_step = dict(transforms="flip_resize", steps=1, seed=4)
+    a = cls(**one_step)(images, toy_task.model.features, compute_score=False).images
+    b = cls(**one_step, chunked=True)(images, toy_task.model.features, compute_score=False).images
+    d, d_c = (g / g.flatten(1).std(dim=1).view(-1, 1, 1, 1) for g in (grad, grad_c))
+    moved_apart = (a - b).abs() > 0
+    assert (d.abs() <= (d - d_c).abs())[moved_apart].all()
+    assert (a - images).abs().amax() > 0  # the step moved the images
 
 
 def test_chunked_refuses_an_objective_with_its_own_terms(toy_task):
@@ -259,6 +268,7 @@ def test_chunked_refuses_an_objective_with_its_own_terms(toy_task):
         EquivarianceDefense(chunked="yes")
 
 
+@pytest.mark.numerics
 def test_fast_preset_stays_inside_eps_v_and_raises_the_attacked_score_like_the_reference(toy_task):
     """``fast`` (T 4, one transform per step) against the T = 20 reference of README "Speed"."""
     images, labels = toy_task.images[:8], toy_task.labels[:8]

@@ -16,6 +16,12 @@ def image():
     return img
 
 
+def test_the_listed_names_are_the_packages_common_corruptions_in_its_order():
+    import imagecorruptions
+
+    assert CORRUPTIONS == tuple(imagecorruptions.get_corruption_names("common"))
+
+
 def test_all_fifteen_corruptions_run_change_the_image_and_keep_its_shape(image):
     assert len(CORRUPTIONS) == 15 and {"glass_blur", "fog"} <= set(CORRUPTIONS)
     for name in CORRUPTIONS:

@@ -43,6 +43,7 @@ def test_registered_by_name():
     assert DEFENSES.get("rotation") is RotationDefense and DEFENSES.get("contrastive") is ContrastiveDefense
 
 
+@pytest.mark.numerics
 def test_heads_learn_their_task_above_chance(heads):
     _, rot = heads["rotation"]
     _, con = heads["contrastive"]
@@ -51,6 +52,7 @@ def test_heads_learn_their_task_above_chance(heads):
     assert heads["contrastive"][0].bank.shape == (32, 64)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["rotation", "contrastive"])
 def test_stays_in_budget_raises_its_objective_and_leaves_the_model_alone(kind, heads, toy_task):
     model, images = toy_task.model, oriented_scenes(4, seed=12)
@@ -62,7 +64,10 @@ def test_stays_in_budget_raises_its_objective_and_leaves_the_model_alone(kind, h
     assert torch.equal(images, original) and fingerprint(model) == before_model
     assert (out.images - images).abs().max() <= 6 + 1e-4 and out.images.min() >= 0 and out.images.max() <= 255
     before, after = defense.score(images, model.features), defense.score(out.images, model.features)
-    assert (after > before + 0.05).all(), (before, after)  # the SSL loss (−objective) went down on every image
+    # Both objectives are mean log-probabilities, at most 0: each image closes a good part of its distance to
+    # that maximum (measured here: 58-100%). A fixed margin fails on images that start near 0 (a rotation image
+    # at -0.043 can rise by 0.043 at most) and encodes one CPU's last bits.
+    assert (before < 0).all() and (after - before > 0.25 * -before).all(), (before, after)
     torch.testing.assert_close(out.score, after)
     assert out.loss_trace.shape == (6, 4) and out.loss_trace[0].allclose(before)
     again = build_defense(dict(type=kind, head=heads[kind][0], steps=6, eps_v=6, step_size=1.5, optimizer="sgd"))

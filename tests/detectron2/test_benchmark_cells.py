@@ -50,6 +50,7 @@ def load_tool(name: str):
     return module
 
 
+@pytest.mark.numerics
 def test_cell_records_resume_and_worst_case(demo, tmp_path):
     cfg, model = demo
     pipeline = model.pipeline

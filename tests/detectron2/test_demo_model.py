@@ -16,7 +16,8 @@ from equi_ext.detectron2.evaluation import evaluate_scenarios, load_weights
 from .conftest import DEMO_EQUI_YAML, DEMO_WEIGHTS
 
 NUM_IMAGES = 8
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = [pytest.mark.numerics,  # thresholds on attacked / defended numbers
+              pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
 
 @pytest.fixture(scope="module")

@@ -286,6 +286,7 @@ def test_train_net_then_test_round_trip(tmp_path, test_tool):
     assert rows[0]["scenario"] == "clean" and rows[0]["images"] == 2
 
 
+@pytest.mark.numerics
 def test_tools_test_yaml_two_processes_match_one(tmp_path):
     """``--num-gpus 2`` (Detectron2's launch, gloo on CPU) shards the images over two processes
     and reports the same mask AP and equivariance score as one process."""

@@ -15,6 +15,8 @@ from equi_ext.mmseg.evaluation import evaluate_grid
 
 from .conftest import DEMO_CHECKPOINT, DEMO_CONFIG
 
+pytestmark = pytest.mark.numerics  # thresholds on attacked / defended numbers
+
 NUM_IMAGES = 12
 
 

@@ -26,6 +26,7 @@ def _scores(runner, score, attack=None):
     return np.array(row["image_scores"])
 
 
+@pytest.mark.numerics
 def test_scores_flag_pgd_images_and_corruption_changes_the_images(run_demo, synthetic_val_root, tmp_path):
     """Each score kind separates PGD-10 images from clean ones on the demo model (the equivariance
     score as the issue requires: AUROC ≥ 0.9, scikit-learn), and ImageCorruption really corrupts."""

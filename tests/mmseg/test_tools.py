@@ -92,9 +92,12 @@ def test_train_tool_trains_the_demo_config_and_its_checkpoint_loads(tmp_path, te
     assert [r["scenario"] for r in rows] == ["clean"] and rows[0]["images"] == 2
 
 
-def test_two_processes_with_the_pytorch_launcher_match_one_process(tmp_path, test_tool, synthetic_val_root):
+@pytest.mark.numerics
+def test_two_processes_with_the_pytorch_launcher_match_one_process(tmp_path, synthetic_val_root):
     """`torchrun --nproc_per_node 2 tools/test.py ... --launcher pytorch` (gloo on CPU) shards the images
-    and reports the same metrics as one process: per-image seeds do not depend on the shard."""
+    and reports the same metrics as one process: per-image seeds do not depend on the shard. Both runs use
+    one thread per process (torchrun's default), so that only the sharding differs, not the kernels."""
+    import os
     import socket
     import subprocess
     import sys
@@ -105,18 +108,21 @@ def test_two_processes_with_the_pytorch_launcher_match_one_process(tmp_path, tes
                "test_dataloader.dataset.indices=4", "test_dataloader.num_workers=0",
                "test_dataloader.persistent_workers=False", "model.test_cfg.attack.type=pgd",
                "model.test_cfg.attack.steps=2"]
-    single = test_tool.main([str(DEMO_CONFIG), str(DEMO_CHECKPOINT), "--work-dir", str(tmp_path / "one"), *options])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(port), str(REPO / "tools/test.py"), str(DEMO_CONFIG),
-                          str(DEMO_CHECKPOINT), "--launcher", "pytorch", "--work-dir", str(tmp_path / "two"), *options],
-                         capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert run.returncode == 0, run.stderr[-3000:]
-    sharded = json.loads((tmp_path / "two/equi_results.json").read_text())["results"]
-    for one, two in zip(single, sharded):
-        assert one["scenario"] == two["scenario"] and two["images"] == 4
+    runs = {"one": [], "two": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]}
+    results = {}
+    for name, launcher in runs.items():
+        extra = ["--launcher", "pytorch"] if name == "two" else []
+        run = subprocess.run([sys.executable, *launcher, str(REPO / "tools/test.py"), str(DEMO_CONFIG),
+                              str(DEMO_CHECKPOINT), *extra, "--work-dir", str(tmp_path / name), *options],
+                             capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "equi_results.json").read_text())["results"]
+    for one, two in zip(results["one"], results["two"], strict=True):
+        assert one["scenario"] == two["scenario"] and one["images"] == two["images"] == 4
         assert two["mIoU"] == pytest.approx(one["mIoU"], abs=1e-6)
         assert two["equivariance_score"] == pytest.approx(one["equivariance_score"], abs=1e-5)
 

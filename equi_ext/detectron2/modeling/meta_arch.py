@@ -30,6 +30,9 @@ from ...defenses import DEFENSES
 from ...pipeline import SCENARIOS, EquiPipeline
 from .objective import MaskRCNNObjective
 
+#: Detectron2 after 0.6 pads by the backbone's ``padding_constraints`` too; detected, not read off a version.
+FROM_TENSORS_TAKES_PADDING_CONSTRAINTS = "padding_constraints" in inspect.signature(ImageList.from_tensors).parameters
+
 #: ``cfg.EQUI`` keys → constructor arguments, passed when the registered class accepts them.
 DEFENSE_KEYS = {"PRESET": "preset", "TRANSFORMS": "transforms", "DEFENSE_STEPS": "steps", "EPS_V": "eps_v",
                 "STEP_SIZE": "step_size", "THRESHOLD": "threshold", "SEED": "seed", "SSL_HEAD": "head"}
@@ -137,9 +140,17 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         return (self.to_image(pixels) - self.pixel_mean) / self.pixel_std
 
     def image_list(self, pixels: torch.Tensor) -> ImageList:
-        """Normalised and padded as ``preprocess_image`` would, but differentiable in ``pixels``."""
-        return ImageList.from_tensors(list(self.to_inputs(pixels)), self.backbone.size_divisibility,
-                                      padding_constraints=getattr(self.backbone, "padding_constraints", None))
+        """Normalised and padded as ``preprocess_image`` would, but differentiable in ``pixels``.
+
+        Padded one image at a time: detectron2 0.6 batches several by in-place copies into views, which autograd
+        refuses; the images of one (N, 3, H, W) tensor share a size, so the padded batch is the same.
+        """
+        extra = {}
+        if FROM_TENSORS_TAKES_PADDING_CONSTRAINTS:  # newer than 0.6, whose preprocess_image pads by divisibility only
+            extra["padding_constraints"] = getattr(self.backbone, "padding_constraints", None)
+        padded = [ImageList.from_tensors([image], self.backbone.size_divisibility, **extra)
+                  for image in self.to_inputs(pixels)]
+        return ImageList(torch.cat([p.tensor for p in padded]), [size for p in padded for size in p.image_sizes])
 
     # ----- model views ----------------------------------------------------------------------
     def task_loss(self, pixels: torch.Tensor, targets: list[Instances], seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,153 @@
+"""Packaging by parts: the core needs no framework, each adapter needs only its own, and each extra lists
+what its part imports.
+
+Each check runs in a fresh interpreter in which the other parts' packages are made unimportable, as on a
+machine that installed only ``equi-ext`` or only one extra.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+MMSEG = ["mmseg", "mmcv", "mmengine"]
+DETECTRON2 = ["detectron2", "fvcore", "iopath", "yacs", "omegaconf"]
+BENCH = ["sklearn", "matplotlib", "imagecorruptions", "skimage"]
+
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = {blocked!r}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not installed in this test)", name=name)
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def run_without(blocked, body):
+    script = BLOCKER.format(blocked=sorted(blocked)) + textwrap.dedent(body)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_core_defends_and_attacks_with_no_framework_and_no_bench_library():
+    out = run_without(MMSEG + DETECTRON2 + BENCH + ["PIL", "pycocotools"], """
+        import sys, torch
+        import equi_ext
+        from equi_ext.attacks import build_attack
+        from equi_ext.attacks.base import pixel_cross_entropy
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+        images = torch.rand(2, 3, 32, 32) * 255
+        labels = torch.randint(0, 3, (2, 32, 32))
+        adv = build_attack(dict(type="pgd", eps=4, steps=2), loss_fn=lambda x, y: pixel_cross_entropy(net(x), y))(
+            images, labels)
+        out = equi_ext.defend(net, adv, method="equi", steps=2, eps_v=6, transforms="flip_resize")
+        score = equi_ext.equivariance_score(net, images)
+        assert (adv - images).abs().max() <= 4 + 1e-4 and (out.images - adv).abs().max() <= 6 + 1e-4
+        assert score.shape == (2,)
+        loaded = sorted({m.split(".")[0] for m in sys.modules} & {"mmseg", "mmcv", "mmengine", "detectron2"})
+        print(loaded)
+    """)
+    assert out.strip() == "[]"
+
+
+def test_mmseg_adapter_works_without_detectron2():
+    run_without(DETECTRON2, """
+        import equi_ext.mmseg
+        from mmseg.registry import MODELS
+        assert "SyntheticShapesDataset" in __import__("mmseg.registry").registry.DATASETS
+    """)
+
+
+def test_detectron2_adapter_works_without_mmseg():
+    run_without(MMSEG, """
+        import equi_ext.detectron2
+        from detectron2.modeling import META_ARCH_REGISTRY
+        assert "EquiGeneralizedRCNN" in META_ARCH_REGISTRY
+    """)
+
+
+@pytest.mark.parametrize("part, blocked, names", [
+    ("mmseg", ["mmseg"], ["'mmseg'", "tools/install.sh", "equi-ext[mmseg]"]),
+    ("mmseg", ["mmcv"], ["'mmcv.ops'", "equi-ext[mmseg]"]),
+    ("detectron2", ["detectron2"], ["'detectron2.modeling'", "pb1-detectron2==0.6", "equi-ext[detectron2]"]),
+])
+def test_an_adapter_without_its_framework_says_what_to_install(part, blocked, names):
+    out = run_without(blocked, f"""
+        try:
+            import equi_ext.{part}
+        except ImportError as error:
+            print(error)
+        else:
+            raise SystemExit("imported without its framework")
+    """)
+    for name in names:
+        assert name in out, out
+
+
+def _normalise(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_closure(requirements):
+    """Distribution names reachable from ``requirements`` through installed metadata, plus what setuptools
+    vendors (pkg_resources falls back to its own copies in ``setuptools/_vendor``)."""
+    seen, todo = set(), list(requirements)
+    while todo:
+        key = _normalise(re.split(r"[\s<>=!~;\[(]", todo.pop(), maxsplit=1)[0])
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        try:
+            todo += [r for r in importlib.metadata.requires(key) or [] if "extra ==" not in r]
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if "setuptools" in seen:
+        vendor = importlib.metadata.distribution("setuptools").locate_file("setuptools/_vendor")
+        seen |= {_normalise(p.name.split("-")[0]) for p in Path(vendor).glob("*.dist-info")}
+    return seen
+
+
+def _imported_top_levels(module, blocked=()):
+    """Top-level names (the standard library excluded) that ``import module`` loads, or None if it fails."""
+    out = subprocess.run([sys.executable, "-c", BLOCKER.format(blocked=sorted(blocked)) + textwrap.dedent(f"""
+        import json, sys
+        import {module}
+        print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
+    """)], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        return None
+    return set(json.loads(out.stdout.strip().splitlines()[-1])) - set(sys.stdlib_module_names)
+
+
+@pytest.mark.parametrize("module, extras, built_by_install_sh", [
+    ("equi_ext.defenses", [], []),
+    ("equi_ext.mmseg", ["mmseg"], []),
+    ("equi_ext.detectron2", ["detectron2"], ["pb1-detectron2"]),
+])
+def test_each_extra_declares_what_its_part_imports(module, extras, built_by_install_sh):
+    declared = [r for r in importlib.metadata.requires("equi-ext")
+                if "extra ==" not in r or any(f'extra == "{e}"' in r for e in extras)]
+    allowed = _requirement_closure([r.split(";")[0] for r in declared] + built_by_install_sh) | {"equi-ext"}
+    owners = importlib.metadata.packages_distributions()
+    loaded = _imported_top_levels(module)
+    assert loaded is not None
+    undeclared = {}
+    for name in loaded:
+        for dist in owners.get(name, []):
+            if _normalise(dist) not in allowed:
+                undeclared.setdefault(_normalise(dist), set()).add(name)
+    # A package imported only when present (``try: import tifffile``) is optional: the import must still work
+    # with it blocked.
+    needed = sorted(dist for dist, names in undeclared.items() if _imported_top_levels(module, names) is None)
+    assert not needed, f"import {module} needs {needed}, which equi-ext{extras} does not declare"

@@ -111,5 +111,5 @@ links=(--find-links "$cache")
 [[ -n "$wheelhouse" ]] && links+=(--find-links "$wheelhouse")
 "${pip[@]}" install --quiet -c "$constraints" "${links[@]}" --only-binary mmcv,pb1-detectron2 \
   -e "$repo[mmseg,detectron2,bench,dev]" pb1-detectron2
-"$venv/bin/python" -c "import equi_ext.mmseg, equi_ext.detectron2, mmcv.ops, detectron2.modeling"
+"$venv/bin/python" -W ignore -c "import equi_ext.mmseg, equi_ext.detectron2, mmcv.ops, detectron2.modeling"
 step "equi-ext installed in $venv"

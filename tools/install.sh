@@ -85,7 +85,7 @@ if [[ -z "$wheelhouse" ]] && ! compgen -G "$cache/mmcv-$mmcv_version-$py_tag-*.w
   sed -i "s/'-std=c++17'/'-std=c++20'/g" "$scratch/mmcv-$mmcv_version/setup.py"
   grep -q "c++20" "$scratch/mmcv-$mmcv_version/setup.py" || { echo "error: could not raise mmcv's C++ standard" >&2; exit 1; }
   # ninja prints "[k/n] c++ ..." per source; show every tenth so a 10-minute build is visibly alive.
-  (cd "$scratch/mmcv-$mmcv_version" && MMCV_WITH_OPS=1 MAX_JOBS="$(nproc)" \
+  (cd "$scratch/mmcv-$mmcv_version" && PYTHONUNBUFFERED=1 MMCV_WITH_OPS=1 MAX_JOBS="$(nproc)" \
      "$venv/bin/python" setup.py bdist_wheel -d "$cache" 2>&1) \
     | tee "$scratch/mmcv-build.log" \
     | awk -v start="$(date +%s)" 'match($0, /^\[[0-9]+\/[0-9]+\]/) { split(substr($0, 2, RLENGTH - 2), k, "/");

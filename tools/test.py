@@ -95,7 +95,7 @@ def detectron2_main(argv: list[str]) -> list[dict]:
     parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(equi_mmseg.SCENARIOS))
     parser.add_argument("--num-images", type=int, help="evaluate the first N images of DATASETS.TEST[0]")
     parser.add_argument("--num-gpus", type=int, default=1,
-                        help="processes per machine, started by Detectron2's launch (gloo on CPU; default: 1)")
+                        help="processes per machine: Detectron2's launch on GPUs, gloo processes without CUDA (default: 1)")
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
     parser.add_argument("--dist-url", default="auto", help="e.g. tcp://HOST:PORT for several machines")

@@ -45,6 +45,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                  transforms_per_step=1),
 }
 OPTIMIZERS = ("sgld", "sgd")
+
+
+def sgld_noise_scale(t: int, steps: int) -> float:
+    """σ_t = (T−1−t)/T: the noise's standard deviation at step t of T, falling linearly from (T−1)/T to 0, so
+    the walk starts as SGLD (exploring) and its last step is the noise-free MAP step (SPEC §1)."""
+    if not 0 <= t < steps:
+        raise ValueError(f"step t must be in [0, {steps}); got {t}")
+    return (steps - 1 - t) / steps
 RESAMPLING = ("fixed", "per_step")
 
 
@@ -300,8 +308,7 @@ class EquivarianceDefense:
                 std = grad.flatten(1).std(dim=1).view(-1, 1, 1, 1)
                 direction = grad / (std + 1e-12)
                 if self.optimizer == "sgld":
-                    sigma = (self.steps - 1 - t) / self.steps
-                    direction = direction + sigma * normal_like(x, noise_gens)
+                    direction = direction + sgld_noise_scale(t, self.steps) * normal_like(x, noise_gens)
                 if differentiable:  # sign() forward, identity backward (straight-through)
                     x_adv = x_adv + self.step_size * (direction + (direction.sign() - direction).detach())
                 else:

@@ -8,7 +8,7 @@ import torch
 import equi_ext
 from equi_ext.attacks import PGD
 from equi_ext.core.losses import equivariance_terms, invariance_terms
-from equi_ext.core.optimizer import EquivarianceDefense, InvarianceDefense
+from equi_ext.core.optimizer import EquivarianceDefense, InvarianceDefense, sgld_noise_scale
 from equi_ext.core.transforms import HFlip, Resize, Rotate, build_transforms
 
 
@@ -125,6 +125,26 @@ def test_sgd_variant_has_no_noise(toy_task):
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_sgld_noise_falls_linearly_to_zero_at_the_last_step():
+    assert [sgld_noise_scale(t, 4) for t in range(4)] == [0.75, 0.5, 0.25, 0.0]
+    assert sgld_noise_scale(0, 1) == 0.0
+    with pytest.raises(ValueError, match=r"step t must be in \[0, 3\); got 3"):
+        sgld_noise_scale(3, 3)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_with_a_flat_objective_only_the_noisy_steps_move_the_image(steps):
+    """F constant: the gradient is exactly 0, so each step moves every pixel by η·sign(σ_t ξ): ±η while σ_t > 0,
+    and not at all at the last step (σ_{T−1} = 0). After T steps every pixel has moved by an odd or even
+    multiple of η as T − 1 is odd or even, never by more than (T − 1)·η."""
+    images = torch.full((2, 3, 16, 16), 128.0)
+    out = EquivarianceDefense(steps=steps, eps_v=100, step_size=2, transforms="flip_resize", seed=3)(
+        images, lambda x: x[:, :1] * 0 + 1, compute_score=False).images
+    moved = (out - images).abs() / 2
+    assert torch.equal(moved, moved.round()) and moved.max() <= steps - 1
+    assert torch.equal(moved.remainder(2), torch.full_like(moved, (steps - 1) % 2))
+
+
 def test_invariance_and_per_step_resampling_run(toy_task):
     f = toy_task.model.features
     images = toy_task.images[:2]
@@ -180,8 +200,13 @@ def test_core_imports_no_framework():
 
 
 def test_rotation_transforms_work_inside_the_defense(toy_task):
-    out = equi_ext.defend(toy_task.model.features, toy_task.images[:1], transforms=[Rotate(10.0), "hflip"], steps=2)
-    assert out.score.shape == (1,)
+    f, images = toy_task.model.features, toy_task.images[:2]
+    common = dict(steps=2, eps_v=6, step_size=3, optimizer="sgd")
+    out = equi_ext.defend(f, images, transforms=[Rotate(10.0), "hflip"], **common)
+    flip_only = equi_ext.defend(f, images, transforms=["hflip"], **common)
+    assert 0 < (out.images - images).abs().max() <= 6 + 1e-4
+    assert not torch.equal(out.images, flip_only.images)  # the rotation term steered the gradient
+    torch.testing.assert_close(out.score, equi_ext.equivariance_score(f, out.images, transforms=[Rotate(10.0), "hflip"]))
 
 
 def test_transforms_per_step_cover_every_transform_and_cut_per_step_work(toy_task):

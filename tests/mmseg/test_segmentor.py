@@ -62,17 +62,49 @@ def test_defense_none_reproduces_vanilla_exactly(synthetic_val_root, tmp_path):
     assert vanilla.test() == with_none.test()
 
 
-def test_config_with_custom_imports_defends_under_plain_runner(synthetic_val_root, tmp_path):
+def record_calls(monkeypatch, cls):
+    """Patch ``cls.__call__`` to record (images in, images out) of every call."""
+    calls = []
+    stock = cls.__call__
+
+    def spy(self, images, *args, **kwargs):
+        out = stock(self, images, *args, **kwargs)
+        calls.append((images.detach().clone(), getattr(out, "images", out).detach().clone()))
+        return out
+
+    monkeypatch.setattr(cls, "__call__", spy)
+    return calls
+
+
+def test_config_with_custom_imports_defends_under_plain_runner(synthetic_val_root, tmp_path, monkeypatch):
     """The stock-tool path: no tools/test.py, only custom_imports in the config."""
+    from equi_ext.attacks import Attack
+    from equi_ext.core.optimizer import EquivarianceDefense
+
     cfg = demo_cfg(synthetic_val_root, tmp_path, defense=dict(type="equi", steps=2, transforms=["hflip"]),
                    attack=dict(type="pgd", eps=4, steps=2))
     assert "equi_ext.mmseg" in cfg.custom_imports["imports"]
     runner = Runner.from_cfg(cfg)
     runner.model.eval()  # MMEngine's test loop switches to eval itself and leaves it so
     before = fingerprint(runner.model)
+    attacks, defenses = record_calls(monkeypatch, Attack), record_calls(monkeypatch, EquivarianceDefense)
+    seen = []  # what the final prediction ran on (the attack's forwards run with gradients on)
+    stock_inference = runner.model.inference
+
+    def inference(inputs, metas):
+        if not torch.is_grad_enabled():
+            seen.append(inputs.detach().clone())
+        return stock_inference(inputs, metas)
+
+    monkeypatch.setattr(runner.model, "inference", inference)
     metrics = runner.test()
     assert "mIoU" in metrics
-    assert equi_mmseg.runtime(runner.model).pipeline.attack_cfg["type"] == "pgd"
+    assert len(attacks) == len(defenses) == len(seen) == 2  # one image per batch, the default scenario
+    for (clean, attacked), (defended_in, defended), inputs in zip(attacks, defenses, seen):
+        assert 0 < (attacked - clean).abs().max() <= 4 + 1e-3
+        assert torch.equal(defended_in, attacked) and (defended - attacked).abs().max() > 0
+        pixels = equi_mmseg.runtime(runner.model).pixels.to_pixels(inputs)
+        torch.testing.assert_close(pixels, defended, atol=1e-3, rtol=0)  # the model predicted on the defended
     assert fingerprint(runner.model) == before  # weights, buffers, flags untouched by attack + defense
     assert torch.is_grad_enabled()  # the test loop's no_grad did not leak out, nor did enable_grad
 
@@ -105,13 +137,19 @@ def test_attack_and_defense_change_predictions_within_budget(synthetic_val_root,
     assert final.min() >= 0 and final.max() <= 255
 
 
-def test_sliding_window_mode_is_defended(synthetic_val_root, tmp_path):
+def test_sliding_window_mode_is_defended(synthetic_val_root, tmp_path, monkeypatch):
+    """Slide mode: each whole image is defended once (the transforms need the whole view), then windowed."""
+    from equi_ext.core.optimizer import EquivarianceDefense
+
     cfg = demo_cfg(synthetic_val_root, tmp_path, mode="slide", crop_size=(64, 64), stride=(48, 48),
                    defense=dict(type="equi", steps=1, transforms=["hflip"]), attack=dict(type="pgd", eps=4, steps=1))
     runner = Runner.from_cfg(cfg)
+    defenses = record_calls(monkeypatch, EquivarianceDefense)
     equi_mmseg.set_scenario(runner.model, "defended", record_scores=True)
     metrics = runner.test()
     assert "mIoU" in metrics and len(equi_mmseg.runtime(runner.model).scores) == 2
+    assert [tuple(images.shape) for images, _ in defenses] == [(1, 3, 128, 128)] * 2
+    assert all((out - images).abs().max() > 0 for images, out in defenses)
 
 
 def test_scenario_names_are_checked(synthetic_val_root, tmp_path):
@@ -120,12 +158,55 @@ def test_scenario_names_are_checked(synthetic_val_root, tmp_path):
         equi_mmseg.set_scenario(runner.model, "sneaky")
 
 
-@pytest.mark.parametrize("defense", [dict(type="random", eps_v=4),
-                                     dict(type="detect_then_defend", threshold=1.0, defense=dict(type="equi", steps=1)),
-                                     dict(type="invariance", steps=1)])
-def test_baseline_defenses_are_selectable_by_name(synthetic_val_root, tmp_path, defense):
+@pytest.mark.parametrize("defense, cls", [
+    (dict(type="random", eps_v=4), "RandomNoiseDefense"),
+    (dict(type="detect_then_defend", threshold=1.0, defense=dict(type="equi", steps=1)), "DetectThenDefend"),
+    (dict(type="invariance", steps=1), "InvarianceDefense"),
+])
+def test_baseline_defenses_are_selectable_by_name(synthetic_val_root, tmp_path, monkeypatch, defense, cls):
+    import equi_ext.defenses as defenses
+
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, n=1, defense=defense))
+    calls = record_calls(monkeypatch, getattr(defenses, cls))
     equi_mmseg.set_scenario(runner.model, "clean_defended", record_scores=True)
     assert "mIoU" in runner.test()
-    assert type(equi_mmseg.runtime(runner.model).defense).__name__ in {
-        "RandomNoiseDefense", "DetectThenDefend", "InvarianceDefense"}
+    assert type(equi_mmseg.runtime(runner.model).defense).__name__ == cls
+    assert len(calls) == 1 and (calls[0][1] - calls[0][0]).abs().max() > 0  # it ran and moved the image
+
+
+@pytest.mark.parametrize("bgr_to_rgb", [True, False])
+def test_a_red_file_reaches_the_defense_as_red_rgb_pixels(synthetic_val_root, tmp_path, monkeypatch, bgr_to_rgb):
+    """The core's convention: RGB pixels in [0, 255], whatever channel order the model was trained on."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from equi_ext.core.optimizer import EquivarianceDefense
+
+    root = tmp_path / "red"
+    for sub in ("img_dir/val", "ann_dir/val"):
+        (root / sub).mkdir(parents=True)
+    name = sorted((synthetic_val_root / "img_dir/val").iterdir())[0].name
+    shutil.copy(synthetic_val_root / "ann_dir/val" / name, root / "ann_dir/val" / name)
+    picture = np.zeros((128, 128, 3), np.uint8)
+    picture[:, :64, 0] = 255  # left half red, right half blue (RGB as the file stores it)
+    picture[:, 64:, 2] = 255
+    Image.fromarray(picture).save(root / "img_dir/val" / name)
+
+    cfg = demo_cfg(root, tmp_path / "work", n=1, defense=dict(type="equi", steps=1, transforms=["hflip"]))
+    cfg.model.data_preprocessor.bgr_to_rgb = bgr_to_rgb
+    runner = Runner.from_cfg(cfg)
+    seen = []
+    stock = EquivarianceDefense.__call__
+
+    def spy(self, images, features, **kwargs):
+        seen.append(images.detach().clone())
+        return stock(self, images, features, **kwargs)
+
+    monkeypatch.setattr(EquivarianceDefense, "__call__", spy)
+    equi_mmseg.set_scenario(runner.model, "clean_defended")
+    predict_batch(runner, n=1)
+    (pixels,) = seen
+    expected = torch.from_numpy(picture).permute(2, 0, 1)[None].float()
+    torch.testing.assert_close(pixels, expected, atol=1e-3, rtol=0)

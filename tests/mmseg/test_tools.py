@@ -26,15 +26,45 @@ def voc_options(root, work_dir):
     ]
 
 
-def test_mmseg_voc_config_end_to_end(tmp_path, test_tool):
+def test_mmseg_voc_config_end_to_end(tmp_path, test_tool, monkeypatch):
+    import torch
+    from mmseg.models import EncoderDecoder
+
+    import equi_ext.mmseg as equi_mmseg
+    from equi_ext.core.optimizer import EquivarianceDefense
+
+    defended, predicted_on = [], []  # the defense's outputs; the pixels each final prediction ran on
+    stock_defense, stock_inference = EquivarianceDefense.__call__, EncoderDecoder.inference
+
+    def defense(self, images, *args, **kwargs):
+        out = stock_defense(self, images, *args, **kwargs)
+        defended.append(out.images.detach().clone())
+        return out
+
+    def inference(self, inputs, metas):
+        if not torch.is_grad_enabled():  # the final prediction, not an attack step
+            predicted_on.append(equi_mmseg.runtime(self).pixels.to_pixels(inputs.detach()))
+        return stock_inference(self, inputs, metas)
+
+    monkeypatch.setattr(EquivarianceDefense, "__call__", defense)
+    monkeypatch.setattr(EncoderDecoder, "inference", inference)
     root = write_voc_fixture(tmp_path / "VOC2012")
     rows = test_tool.main([VOC_CONFIG, *voc_options(root, tmp_path / "work")])
+    # clean, clean + defense, attacked, attacked + defense: 3 images each; the defended scenarios predict on
+    # exactly what the defense returned (the preprocessor pads at the bottom/right: compare the image part).
+    assert len(predicted_on) == 12 and len(defended) == 6
+    for seen, out in zip(predicted_on[3:6] + predicted_on[9:12], defended, strict=True):
+        torch.testing.assert_close(seen[..., :out.shape[-2], :out.shape[-1]], out, atol=1e-3, rtol=0)
     assert [r["scenario"] for r in rows] == ["clean", "clean_defended", "attacked", "defended"]
     for row in rows:
         assert 0.0 <= row["mIoU"] <= 100.0 and row["images"] == 3
         assert -1.0 <= row["equivariance_score"] <= 1.0
+    score = {r["scenario"]: r["equivariance_score"] for r in rows}
+    # Each scenario saw other images: the defense moved the clean ones, the attack moved them, the defense
+    # moved the attacked ones (the score is a smooth function of the images the model saw).
+    assert len({score["clean"], score["clean_defended"], score["attacked"], score["defended"]}) == 4
     saved = json.loads((tmp_path / "work/equi_results.json").read_text())
-    assert saved["results"][0]["scenario"] == "clean"
+    assert saved["results"] == json.loads(json.dumps(rows))
     assert "| attacked + defense |" in (tmp_path / "work/equi_results.md").read_text()
 
 
@@ -151,3 +181,29 @@ def test_per_image_metric_reproduces_iou_metric_and_sanity_report_runs(synthetic
     assert len(report["worst_case_picks"]) == 2 and len(bounded) == 7  # 2 restarts, BPDA ×2, EOT, adaptive, unrolled
     assert set(p.split(" / ")[0] for p in report["worst_case_picks"]) <= set(bounded)
     assert "Per-image worst case" in (tmp_path / "sanity/sanity_checks.md").read_text()
+
+
+def test_results_do_not_depend_on_the_data_folder(synthetic_val_root, tmp_path):
+    """The same images in another folder (it differs between machines) give equal per-image records."""
+    import shutil
+    from pathlib import Path
+
+    from equi_ext.mmseg.evaluation import evaluate_grid
+
+    run_demo = load_tool("run_demo")
+    names = sorted(p.name for p in (synthetic_val_root / "img_dir/val").iterdir())[:2]
+    records = {}
+    for place in ("here", "elsewhere/deeper"):
+        root = tmp_path / place / "shapes"
+        for sub in ("img_dir/val", "ann_dir/val"):
+            (root / sub).mkdir(parents=True)
+            for name in names:
+                shutil.copy(synthetic_val_root / sub / name, root / sub / name)
+        runner = run_demo.build_demo_runner(root, 2, tmp_path / place / "work",
+                                            test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
+        (row,) = evaluate_grid(runner, {"equi": dict(type="equi", steps=1, transforms=["hflip"])},
+                               {"pgd": dict(type="pgd", eps=4, steps=1)})
+        records[place] = [{**r, "img": Path(r["img"]).name, "areas": [a.tolist() for a in r["areas"]]}
+                          for r in row["per_image"]]
+    assert [r["img"] for r in records["here"]] == names
+    assert records["here"] == records["elsewhere/deeper"]

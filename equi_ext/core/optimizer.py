@@ -45,6 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  transforms_per_step=1),
 }
 OPTIMIZERS = ("sgld", "sgd")
+RESAMPLING = ("fixed", "per_step")
 
 
 def sgld_noise_scale(t: int, steps: int) -> float:
@@ -53,7 +54,6 @@ def sgld_noise_scale(t: int, steps: int) -> float:
     if not 0 <= t < steps:
         raise ValueError(f"step t must be in [0, {steps}); got {t}")
     return (steps - 1 - t) / steps
-RESAMPLING = ("fixed", "per_step")
 
 
 @dataclass

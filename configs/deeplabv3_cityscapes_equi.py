@@ -1,7 +1,7 @@
 # DeepLabV3 R50-D8 on Cityscapes (mmseg's own config, unmodified), paper settings for
 # standard models: ε = 4, ε_v = 1.5ε = 6, η = 2ε_v = 12, T = 20 ('paper' preset).
 # Cityscapes runs in sliding-window mode in some configs: the defense purifies the whole
-# image once, then stock sliding-window inference runs on it (SPEC §6).
+# image once, then stock sliding-window inference runs on it.
 _base_ = ['mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py']
 custom_imports = dict(imports=['equi_ext.mmseg'], allow_failed_imports=False)
 model = dict(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attacks import ATTACKS, BPDA, Adaptive, defense_preprocessor
+from .attacks import ATTACKS, defense_preprocessor
 from .core.optimizer import EquivarianceDefense
 from .core.scores import output_variance_score
 from .defenses import DEFENSES, DetectThenDefend, NoDefense
@@ -66,14 +66,14 @@ def default_scenarios(has_defense: bool, has_attack: bool) -> list[str]:
 
 def attack_kwargs(cls: type, cfg: dict, *, loss_fn: Callable, logits_fn: Callable | None, feature_fn: Any,
                   preprocessor: Callable, transforms: list | None = None, **extra: Any) -> dict:
-    """Constructor arguments of attack ``cls``: the config's budget plus the model's views."""
+    """Constructor arguments of attack ``cls``: the config's settings plus the model views it declares it needs."""
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
     kwargs.update(loss_fn=loss_fn, logits_fn=logits_fn, **extra)
-    if issubclass(cls, Adaptive):
+    if cls.needs_features:
         kwargs["feature_fn"] = feature_fn
         if transforms is not None:
             kwargs.setdefault("transforms", transforms)
-    if issubclass(cls, BPDA):
+    if cls.needs_defense:
         kwargs["defense"] = preprocessor
     return kwargs
 
@@ -105,16 +105,16 @@ class EquiPipeline:
         self.defense = DEFENSES.build(defense_cfg) if defense_cfg is not None else None
         self.pixel_range = pixel_range
         if self.attack_cfg is not None:
-            cls = ATTACKS.get(self.attack_cfg.get("type"))
-            logits = (lambda x: x) if needs_logits else None
-            try:
-                cls(**attack_kwargs(cls, self.attack_cfg, loss_fn=lambda x, t: x.sum(), logits_fn=logits,
-                                    feature_fn=lambda x: x, preprocessor=lambda x, seed: x))
-            except (TypeError, ValueError) as err:
-                if not needs_logits and "logits_fn" in str(err):
-                    raise ValueError(f"attack {cls.__name__} needs dense logits, which this model does not "
-                                     f"have ({err}); use one of pgd, ifgsm, mim, bpda, eot, unrolled, adaptive") from None
-                raise
+            name = self.attack_cfg.get("type")
+            cls = ATTACKS.check_keys(name, [k for k in self.attack_cfg if k != "type"])
+            if cls.needs_logits and not needs_logits:
+                usable = [n for n in ATTACKS.names() if not ATTACKS.get(n).needs_logits]
+                raise ValueError(f"attack {name!r} ({cls.__name__}) needs dense logits to weight pixels, which this "
+                                 f"model does not have; use one of {', '.join(usable)}")
+            # Built once with stand-in views so a bad budget fails here, not mid-evaluation.
+            cls(**attack_kwargs(cls, self.attack_cfg, loss_fn=lambda x, t: x.sum(),
+                                logits_fn=(lambda x: x) if needs_logits else None,
+                                feature_fn=lambda x: x, preprocessor=lambda x, seed: x))
         # The equivariance score uses the equi defense's own transforms, the detector's for
         # detect-then-defend (so the adaptive attacker targets what the detector sees), else the
         # default set. The first two compute it while defending (``defense_scores``).

@@ -22,6 +22,7 @@ from detectron2.structures import Instances
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
+from mmseg.models import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch import nn
@@ -35,6 +36,7 @@ from equi_ext.data.synthetic import generate_dataset
 from equi_ext.defenses import DEFENSES
 from equi_ext.detectron2 import register_synthetic_shapes
 from equi_ext.detectron2.evaluation import build_annotated_test_loader, evaluate_scenarios
+from equi_ext.detectron2.modeling.meta_arch import equi_settings
 
 from .detectron2.conftest import DEMO_EQUI_YAML, small_cfg
 from .mmseg.conftest import DEMO_CHECKPOINT, DEMO_CONFIG, load_tool
@@ -90,13 +92,23 @@ def api_calls(images: Any) -> list[Callable[[], Any]]:
 
 
 # ----- MMSeg path: the stock EncoderDecoder.predict that equi_ext.mmseg wraps --------------------
-def build_segmentor(**test_cfg: Any):
-    """The demo DeepLabV3 (random weights) with ``test_cfg`` defense/attack settings."""
+class PredictOverridden(EncoderDecoder):
+    """Like MMSeg's ``DepthEstimator``: its own ``predict`` never reaches the wrapped one."""
+
+    def predict(self, inputs, data_samples=None):
+        return data_samples
+
+
+def build_segmentor(_class: type | None = None, **test_cfg: Any):
+    """The demo DeepLabV3 (random weights) with ``test_cfg`` defense/attack settings (as ``_class``)."""
     init_default_scope("mmseg")
     cfg = Config.fromfile(str(DEMO_CONFIG))
     cfg.model.test_cfg.update(test_cfg)
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    if _class is not None:
+        model = _class(**{k: v for k, v in cfg.model.items() if k != "type"})
+    else:
+        model = MODELS.build(cfg.model)
     model.eval()
     return model
 
@@ -352,6 +364,19 @@ CASES = [
          KeyError, "unknown defense 'magic'; valid names: .*equi"),
     Case("mmseg-unknown_attack", lambda: [lambda: equi_mmseg.runtime(build_segmentor(attack="fgsm"))],
          KeyError, "unknown attack 'fgsm'; valid names: .*pgd"),
+    Case("mmseg-misspelt_test_cfg_key", lambda: [lambda: build_segmentor(defence="equi"),
+                                                 lambda: build_segmentor(atack="pgd"),
+                                                 lambda: build_segmentor(feature_layers="neck")],
+         KeyError, r"is not an equi-ext or MMSeg setting \(did you mean '(defense|attack|feature_layer)'\?\)"),
+    Case("mmseg-key_the_defense_ignores", lambda: [lambda: build_segmentor(defense=dict(type="equi", eps_vv=4))],
+         TypeError, r"defense 'equi' \(EquivarianceDefense\) does not accept 'eps_vv' \(did you mean 'eps_v'\?\); "
+         r"it accepts: .*eps_v"),
+    Case("mmseg-key_the_attack_ignores", lambda: [lambda: build_segmentor(attack=dict(type="pgd", lambda_e=20))],
+         TypeError, r"attack 'pgd' \(PGD\) does not accept 'lambda_e'; it accepts: eps, ignore_index"),
+    Case("mmseg-model_view_in_config", lambda: [lambda: build_segmentor(attack=dict(type="bpda", defense="equi"))],
+         TypeError, r"attack 'bpda' \(BPDA\): 'defense' is supplied by equi-ext from the model"),
+    Case("mmseg-predict_overridden", lambda: [lambda: build_segmentor(_class=PredictOverridden, defense="equi")],
+         TypeError, "PredictOverridden overrides EncoderDecoder.predict, which equi-ext wraps"),
     Case("mmseg-negative_eps_v", lambda tmp: [mmseg_tool(tmp, "model.test_cfg.defense.type=equi",
                                                          "model.test_cfg.defense.eps_v=-1")],
          SystemExit, "eps_v must be > 0 pixel levels; got -1", ("tmp_path",)),
@@ -374,6 +399,22 @@ CASES = [
     Case("d2-empty_ground_truth", check_d2_empty_ground_truth, fixtures=("detector",)),
     Case("d2-unknown_attack", lambda name: [lambda: build_model(small_cfg(name, "EQUI.ATTACK", "fgsm"))],
          KeyError, "unknown attack 'fgsm'; valid names: .*pgd", ("d2_dataset",)),
+    Case("d2-key_the_defense_ignores", lambda name: [lambda: equi_settings(small_cfg(name, "EQUI.THRESHOLD", "0.9")),
+                                                     lambda: build_model(small_cfg(name, "EQUI.THRESHOLD", "0.9"))],
+         ValueError, r"EQUI.THRESHOLD = 0.9 does not apply to EQUI.DEFENSE 'equi' \(EquivarianceDefense\); it takes "
+         r"EQUI.PRESET, EQUI.TRANSFORMS, EQUI.DEFENSE_STEPS, EQUI.EPS_V, EQUI.STEP_SIZE, EQUI.SEED —", ("d2_dataset",)),
+    Case("d2-key_the_attack_ignores", lambda name: [
+        lambda: equi_settings(small_cfg(name, "EQUI.LAMBDA_E", "20.0")),
+        lambda: equi_settings(small_cfg(name, "EQUI.EOT_SAMPLES", "8"))],
+         ValueError, r"EQUI.(LAMBDA_E = 20.0|EOT_SAMPLES = 8) does not apply to EQUI.ATTACK 'pgd' \(PGD\)",
+         ("d2_dataset",)),
+    Case("d2-key_the_baseline_ignores", lambda name: [
+        lambda: equi_settings(small_cfg(name, "EQUI.DEFENSE", "random")),
+        lambda: equi_settings(small_cfg(name, "EQUI.DEFENSE", "random", "EQUI.TRANSFORMS", "None"))],
+         ValueError, r"EQUI.(TRANSFORMS = \['hflip'.*|DEFENSE_STEPS = 4) does not apply to EQUI.DEFENSE 'random' "
+         r"\(RandomNoiseDefense\); it takes EQUI.EPS_V, EQUI.SEED", ("d2_dataset",)),
+    Case("d2-key_the_tool_ignores", lambda tmp: [d2_tool(tmp, None, "EQUI.THRESHOLD", "0.9")], SystemExit,
+         "EQUI.THRESHOLD = 0.9 does not apply to EQUI.DEFENSE 'equi'", ("tmp_path",)),
     Case("d2-negative_eps_v", lambda name: [lambda: build_model(small_cfg(name, "EQUI.EPS_V", "-1.0"))],
          ValueError, "eps_v must be > 0 pixel levels; got -1.0", ("d2_dataset",)),
     Case("d2-mismatched_checkpoint", lambda tmp, name: [d2_tool(tmp, name, checkpoint=str(DEMO_CHECKPOINT))],

@@ -19,6 +19,7 @@ import pytest
 
 MMSEG = ["mmseg", "mmcv", "mmengine"]
 DETECTRON2 = ["detectron2", "fvcore", "iopath", "yacs", "omegaconf"]
+REPO = Path(__file__).resolve().parents[1]
 BENCH = ["sklearn", "matplotlib", "imagecorruptions", "skimage"]
 
 BLOCKER = """
@@ -151,3 +152,18 @@ def test_each_extra_declares_what_its_part_imports(module, extras, built_by_inst
     # with it blocked.
     needed = sorted(dist for dist, names in undeclared.items() if _imported_top_levels(module, names) is None)
     assert not needed, f"import {module} needs {needed}, which equi-ext{extras} does not declare"
+
+
+def test_tools_test_runs_a_detectron2_config_without_mmseg():
+    """``tools/test.py CONFIG.yaml`` imports only the Detectron2 adapter: a bad yaml setting is reported
+    on a machine without MMSeg (it stops before any model is built)."""
+    out = run_without(MMSEG, f"""
+        import runpy, sys
+        sys.argv = ["tools/test.py", {str(REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml")!r},
+                    "--opts", "EQUI.THRESHOLD", "0.9"]
+        try:
+            runpy.run_path({str(REPO / "tools/test.py")!r}, run_name="__main__")
+        except SystemExit as err:
+            print(err)
+    """)
+    assert "EQUI.THRESHOLD = 0.9 does not apply to EQUI.DEFENSE 'equi'" in out

@@ -105,29 +105,28 @@ class Detectron2Backend:
                 f"T {e.DEFENSE_STEPS}, ε_v {e.EPS_V:g}, η {e.STEP_SIZE:g}; FPN {', '.join(e.FPN_LEVELS)})")
 
     def defense(self, name: str) -> dict | None:
-        from equi_ext.detectron2.modeling.meta_arch import equi_settings
+        """The config's defense settings for ``name``, each where that defense takes it (a baseline
+        such as ``random`` keeps ε_v and the seed, not the equivariance transforms)."""
+        from equi_ext.defenses import DEFENSES
+        from equi_ext.detectron2.modeling.meta_arch import DEFENSE_KEYS, equi_settings
 
         if name == "vanilla":
             return None
         cfg = self.cfg.clone()
         cfg.defrost()
         cfg.EQUI.DEFENSE = "equi" if name == "equivariance" else name
-        cfg.EQUI.SSL_HEAD = str(SSL_HEADS[self.framework].get(name, ""))
+        head = SSL_HEADS[self.framework].get(name)
+        cfg.EQUI.SSL_HEAD = str(head) if head else None
+        for key, arg in DEFENSE_KEYS.items():
+            if arg not in DEFENSES.settings(cfg.EQUI.DEFENSE):
+                cfg.EQUI[key] = None
         return equi_settings(cfg)["defense"]
 
     def supports(self, attack: dict | None) -> bool:
         """False for attacks that need dense logits (the pipeline refuses them for this model)."""
-        from equi_ext.pipeline import EquiPipeline
+        from equi_ext.attacks import ATTACKS
 
-        if attack is None:
-            return True
-        try:
-            EquiPipeline(None, attack, needs_logits=False)
-        except ValueError as err:
-            if "dense logits" in str(err):
-                return False
-            raise
-        return True
+        return attack is None or not ATTACKS.get(attack["type"]).needs_logits
 
     def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
              resume: bool = False) -> dict:

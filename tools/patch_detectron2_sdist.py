@@ -2,7 +2,7 @@
 
 PyPI's only detectron2 source is that sdist: detectron2 0.6 (Nov 2021) without ``detectron2/layers/csrc``.
 ``tools/install.sh`` unpacks it, runs this script on the folder, then builds a pure-Python wheel. Each patch
-below fixes one documented failure of the unmodified sdist (SPEC §7); the script stops if a patch no longer
+below fixes one documented failure of the unmodified sdist; the script stops if a patch no longer
 finds its target, so a changed sdist is noticed instead of half-patched. No detectron2 code is copied into
 equi-ext: the patches edit the downloaded files in a scratch folder.
 

@@ -28,30 +28,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from mmengine.config import Config  # noqa: E402
-from mmengine.dist import all_gather_object, get_rank  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-from mmengine.runner.checkpoint import load_state_dict  # noqa: E402
-
-import equi_ext.mmseg as equi_mmseg  # noqa: E402
 from equi_ext.core.distributed import close_process_group  # noqa: E402
-from equi_ext.mmseg.cli import add_common_arguments, check_test_data, load_config  # noqa: E402
-from equi_ext.pipeline import default_scenarios, scenario_table  # noqa: E402
+from equi_ext.pipeline import SCENARIOS, default_scenarios, scenario_table  # noqa: E402
 
 
 def parse_args(argv=None):
+    from equi_ext.mmseg.cli import add_common_arguments
+
     parser = argparse.ArgumentParser(description="Evaluate a segmentor clean / attacked / defended")
     parser.add_argument("config", help="test config file path")
     parser.add_argument("checkpoint", nargs="?", help="checkpoint file (omit to test random weights)")
     parser.add_argument("--show-dir", help="directory to save painted predictions")
-    parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(equi_mmseg.SCENARIOS)
+    parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(SCENARIOS)
                         + " (default: every scenario the config's defense/attack allow)")
     add_common_arguments(parser)
     return parser.parse_args(argv)
 
 
-def prepare_config(args) -> Config:
+def prepare_config(args):
+    from equi_ext.mmseg.cli import load_config
+
     cfg = load_config(args)
     if args.show_dir:
         hook = cfg.default_hooks.get("visualization")
@@ -63,7 +59,7 @@ def prepare_config(args) -> Config:
     return cfg
 
 
-def load_weights(runner: Runner, checkpoint: str | None, config: str) -> None:
+def load_weights(runner, checkpoint: str | None, config: str) -> None:
     """Load ``checkpoint`` strictly: a file that does not fit the model is an error, not a warning.
 
     MMEngine training checkpoints pickle more than tensors (message hubs, numpy values), which
@@ -75,6 +71,9 @@ def load_weights(runner: Runner, checkpoint: str | None, config: str) -> None:
         return
     if not osp.isfile(checkpoint):
         raise SystemExit(f"error: checkpoint {checkpoint!r} does not exist")
+    import torch
+    from mmengine.runner.checkpoint import load_state_dict
+
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
@@ -92,7 +91,7 @@ def detectron2_main(argv: list[str]) -> list[dict]:
     parser.add_argument("config", help="Detectron2 .yaml config (MODEL.META_ARCHITECTURE EquiGeneralizedRCNN)")
     parser.add_argument("checkpoint", nargs="?", help="weights (default: MODEL.WEIGHTS)")
     parser.add_argument("--work-dir", help="output directory (default: OUTPUT_DIR)")
-    parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(equi_mmseg.SCENARIOS))
+    parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(SCENARIOS))
     parser.add_argument("--num-images", type=int, help="evaluate the first N images of DATASETS.TEST[0]")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes per machine: Detectron2's launch on GPUs, gloo processes without CUDA (default: 1)")
@@ -145,17 +144,23 @@ def main(argv=None) -> list[dict]:
     if argv and argv[0].endswith((".yaml", ".yml")):
         return detectron2_main(argv)
     args = parse_args(argv)
+    from mmengine.dist import all_gather_object, get_rank
+    from mmengine.runner import Runner
+
+    import equi_ext.mmseg as equi_mmseg
+    from equi_ext.mmseg.cli import check_test_data
+
     cfg = prepare_config(args)
     test_cfg = cfg.model.get("test_cfg", {})
     try:
-        equi_mmseg.build_equi_components(test_cfg)
+        pipeline, _ = equi_mmseg.build_equi_components(test_cfg)
     except (KeyError, ValueError, TypeError) as err:
         raise SystemExit(f"error: bad equi-ext settings in model.test_cfg: {err}") from None
     scenarios = args.scenarios.split(",") if args.scenarios else default_scenarios(
-        test_cfg.get("defense") not in (None, "none"), test_cfg.get("attack") is not None)
-    unknown = [s for s in scenarios if s not in equi_mmseg.SCENARIOS]
+        pipeline.defends, pipeline.attack_cfg is not None)
+    unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
-        raise SystemExit(f"error: unknown scenarios {unknown}; valid: {list(equi_mmseg.SCENARIOS)}")
+        raise SystemExit(f"error: unknown scenarios {unknown}; valid: {list(SCENARIOS)}")
 
     check_test_data(cfg)
     runner = Runner.from_cfg(cfg)

@@ -7,7 +7,7 @@ train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
     # Scale jitter and flips: the paper's models were trained with them too, and they make
-    # features closer to equivariant (SPEC §5 on the demo model's effect size).
+    # features closer to equivariant (the defense's effect on the demo model depends on it).
     dict(type='RandomResize', scale=crop_size, ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.9),
     dict(type='RandomFlip', prob=0.5),

@@ -64,6 +64,14 @@ class Attack:
     """
 
     random_start = True
+    #: What the attack needs from the model besides the task loss, so a framework can refuse it at
+    #: build time: dense logits (pixel-weighting objectives), the defense's feature view (adaptive),
+    #: the defense itself as a preprocessor (the BPDA family).
+    needs_logits = False
+    needs_features = False
+    needs_defense = False
+    #: Constructor arguments equi-ext supplies from the model; a config cannot set them.
+    model_views: tuple[str, ...] = ("loss_fn", "logits_fn")
 
     def __init__(self, *, loss_fn: LossFn | None = None, logits_fn: LogitsFn | None = None, eps: float = 4.0,
                  step_size: float | None = None, steps: int = 10, norm: str = "linf",

@@ -47,6 +47,9 @@ class Adaptive(PGD):
     white-box attacker uses the defense's own transforms (the MMSeg adapter passes them).
     """
 
+    needs_features = True
+    model_views = (*PGD.model_views, "feature_fn")
+
     def __init__(self, *, feature_fn: FeatureFn, lambda_e: float = 1.0, transforms: str | list = "flip_resize",
                  transform_seed: int = 0, reduction: str = "dense", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -75,6 +78,8 @@ class BPDA(PGD):
     """
 
     differentiable_defense = False  # the preprocessor's output is used detached
+    needs_defense = True
+    model_views = (*PGD.model_views, "defense")
 
     def __init__(self, *, defense: Preprocessor, **kwargs: Any) -> None:
         super().__init__(**kwargs)

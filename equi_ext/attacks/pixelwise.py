@@ -35,6 +35,8 @@ def _true_and_best_other(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
 class LogitsAttack(Attack):
     """Base for attacks whose objective needs per-pixel logits."""
 
+    needs_logits = True
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.logits_fn is None:

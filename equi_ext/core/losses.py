@@ -127,7 +127,7 @@ def equivariance_terms(
 ) -> torch.Tensor:
     """cos(g_i⁻¹∘F∘g_i(x), F(x)) on the overlap, for each image and transform → (N, K).
 
-    Both branches stay differentiable (SPEC §1: F(x) is not detached).
+    Both branches stay differentiable (F(x) is not detached: the defense moves both sides of the cosine).
     """
     _cosine_for(reduction)
     base, outputs = transformed_features(feature_fn, images, transforms, pixel_range)

@@ -1,4 +1,4 @@
-"""The test-time defense optimiser (paper Algorithm 1, exactly as SPEC §1 writes it).
+"""The test-time defense optimiser (paper Algorithm 1).
 
 For t = 0 … T−1::
 
@@ -50,7 +50,7 @@ RESAMPLING = ("fixed", "per_step")
 
 def sgld_noise_scale(t: int, steps: int) -> float:
     """σ_t = (T−1−t)/T: the noise's standard deviation at step t of T, falling linearly from (T−1)/T to 0, so
-    the walk starts as SGLD (exploring) and its last step is the noise-free MAP step (SPEC §1)."""
+    the walk starts as SGLD (exploring) and its last step is the noise-free MAP step."""
     if not 0 <= t < steps:
         raise ValueError(f"step t must be in [0, {steps}); got {t}")
     return (steps - 1 - t) / steps

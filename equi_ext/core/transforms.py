@@ -310,7 +310,7 @@ TRANSFORM_SETS: dict[str, list[Any]] = {
         Rotate((-15.0, -5.0)),
         Rotate((5.0, 15.0)),
     ],
-    # The fixed set of the SPEC pilots (7 transforms, no jitter).
+    # The fixed set of the early pilot runs (7 transforms, no jitter).
     "pilot": [HFlip(), Resize(0.5), Resize(0.75), Resize(1.5), Resize(2.0), Rotate(-10.0), Rotate(10.0)],
     # The pilot set without rotations: the demo model was not trained with rotations, and
     # dropping them raised both clean and robust mIoU on the tuning split (README).

@@ -32,7 +32,7 @@ class SSLDefense(EquivarianceDefense):
 
     objective = ""  # set by subclasses: the head kind
 
-    def __init__(self, *, head: str | os.PathLike | SSLHead, chunked: bool = False, **settings: Any) -> None:
+    def __init__(self, *, head: str | os.PathLike | SSLHead | None = None, chunked: bool = False, **settings: Any) -> None:
         if chunked:
             raise ValueError(f"the {self.objective} defense does not support chunked=True: its objective "
                              "differentiates all views of an image together")
@@ -42,10 +42,10 @@ class SSLDefense(EquivarianceDefense):
                 raise ValueError(f"the {self.objective!r} defense needs a {self.objective!r} head; got a "
                                  f"{head.kind!r} head")
             self.head = head.eval().requires_grad_(False)
-        elif isinstance(head, (str, os.PathLike)):
-            if not str(head):
+        elif head is None or isinstance(head, (str, os.PathLike)):
+            if head is None or not str(head):
                 raise ValueError(f"the {self.objective!r} defense needs head=PATH, a head checkpoint written by "
-                                 "tools/train_ssl_head.py (Detectron2: EQUI.SSL_HEAD); got ''")
+                                 f"tools/train_ssl_head.py (Detectron2: EQUI.SSL_HEAD); got {head!r}")
             self.head = load_head(head, kind=self.objective)
         else:
             raise TypeError(f"head must be a path or an SSLHead; got {type(head).__name__}")
@@ -82,7 +82,7 @@ class RotationDefense(SSLDefense):
 
     objective = "rotation"
 
-    def __init__(self, *, head: str | os.PathLike | SSLHead, preset: str = "default", steps: int | None = None,
+    def __init__(self, *, head: str | os.PathLike | SSLHead | None = None, preset: str = "default", steps: int | None = None,
                  eps_v: float | None = None, step_size: float | None = None, optimizer: str = "sgld",
                  seed: int = 0, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, min_size: int = 8,
                  transforms_per_step: int | None = None, chunked: bool = False) -> None:
@@ -110,7 +110,7 @@ class ContrastiveDefense(SSLDefense):
 
     objective = "contrastive"
 
-    def __init__(self, *, head: str | os.PathLike | SSLHead, preset: str = "default",
+    def __init__(self, *, head: str | os.PathLike | SSLHead | None = None, preset: str = "default",
                  transforms: str | list[Any] | None = None, steps: int | None = None, eps_v: float | None = None,
                  step_size: float | None = None, optimizer: str = "sgld", resample: str | None = None,
                  seed: int = 0, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, min_size: int = 8,

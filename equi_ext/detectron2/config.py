@@ -2,7 +2,8 @@
 
 An existing Mask R-CNN yaml gains the defense with
 ``MODEL.META_ARCHITECTURE EquiGeneralizedRCNN EQUI.DEFENSE equi`` (plus ``EQUI.ATTACK pgd``
-to evaluate under attack). ``None`` means "the defense preset's value".
+to evaluate under attack). ``None`` means "the chosen class's default"; a key set for a class that does
+not take it (``EQUI.THRESHOLD`` with ``EQUI.DEFENSE equi``) is an error when the model is built.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     # Defense: a name of equi_ext.defenses.DEFENSES (none, equi, invariance, random, rotation, contrastive,
     # detect_then_defend).
     cfg.EQUI.DEFENSE = "none"
-    cfg.EQUI.SSL_HEAD = ""  # rotation/contrastive: head checkpoint from tools/train_ssl_head.py
-    cfg.EQUI.PRESET = "default"  # equi/invariance: named base settings of EquivarianceDefense
+    cfg.EQUI.SSL_HEAD = None  # rotation/contrastive: head checkpoint from tools/train_ssl_head.py
+    cfg.EQUI.PRESET = None  # equi/invariance/rotation/contrastive: named base settings (None = 'default')
     cfg.EQUI.TRANSFORMS = None  # a transform-set name ('flip_resize', 'paper', 'pilot'); None = preset
     cfg.EQUI.DEFENSE_STEPS = None  # T
     cfg.EQUI.EPS_V = None  # purification radius, pixel levels (0-255)
@@ -46,8 +47,8 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     cfg.EQUI.EPS = 4.0  # L∞ budget, pixel levels
     cfg.EQUI.STEPS = 10
     cfg.EQUI.ATTACK_STEP_SIZE = None  # None = 2.5·EPS/STEPS
-    cfg.EQUI.LAMBDA_E = 1.0  # adaptive attack only
-    cfg.EQUI.EOT_SAMPLES = 4  # eot attack only
+    cfg.EQUI.LAMBDA_E = None  # adaptive attack only (None = 1.0)
+    cfg.EQUI.EOT_SAMPLES = None  # eot attack only (None = 4)
     # A synthetic-shapes root registered as <prefix>_train / <prefix>_val before building loaders.
     cfg.EQUI.SYNTHETIC_ROOT = ""
     return cfg
@@ -89,8 +90,11 @@ def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -
 
     Raises:
         FileNotFoundError: the config (or its model-zoo base) does not exist.
-        ValueError: an unknown ``EQUI.FEATURE``.
+        KeyError: an unknown ``EQUI.DEFENSE`` / ``EQUI.ATTACK``.
+        ValueError: an unknown ``EQUI.FEATURE``, or a set ``EQUI`` key the chosen defense/attack does not take.
     """
+    from .modeling.meta_arch import equi_settings
+
     path = Path(config_file)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
@@ -100,4 +104,5 @@ def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -
         cfg.merge_from_list(list(opts))
     if cfg.EQUI.FEATURE not in FEATURES:
         raise ValueError(f"EQUI.FEATURE must be one of {FEATURES}; got {cfg.EQUI.FEATURE!r}")
+    equi_settings(cfg)
     return cfg

@@ -1,8 +1,9 @@
 """MMSegmentation adapter.
 
 Importing it (``custom_imports = dict(imports=['equi_ext.mmseg'])`` in a config, or
-automatically through ``tools/test.py``) registers ``SyntheticShapesDataset`` and makes
-every ``EncoderDecoder`` honour ``model.test_cfg.defense`` / ``model.test_cfg.attack``.
+automatically through ``tools/test.py``) registers ``SyntheticShapesDataset`` and
+``EquiEncoderDecoder``, and makes every ``EncoderDecoder`` honour ``model.test_cfg.defense`` /
+``model.test_cfg.attack``.
 """
 
 from ..frameworks import require
@@ -12,8 +13,16 @@ require("mmseg", ["mmengine", "mmcv.ops", "mmseg"],
         {"mmsegmentation": ("1.2", "2"), "mmcv": ("2.0.0rc4", "2.2.0"), "mmengine": ("0.10", "1")})
 
 from . import datasets, metrics, transforms  # noqa: E402, F401  (registers SyntheticShapesDataset, PerImageIoUMetric, ImageCorruption)
-from .segmentor import SCENARIOS, build_equi_components, configure, install, runtime, set_scenario  # noqa: E402
+from .segmentor import (  # noqa: E402
+    SCENARIOS,
+    EquiEncoderDecoder,
+    build_equi_components,
+    configure,
+    install,
+    runtime,
+    set_scenario,
+)
 
 install()
 
-__all__ = ["SCENARIOS", "build_equi_components", "configure", "install", "runtime", "set_scenario"]
+__all__ = ["SCENARIOS", "EquiEncoderDecoder", "build_equi_components", "configure", "install", "runtime", "set_scenario"]

@@ -10,11 +10,12 @@ keys (and without a scenario set by ``tools/test.py``) the wrapper calls the sto
     → stock ``predict`` (whole or sliding-window inference, ``postprocess_result``).
 
 The defense sees the whole image once, also in sliding-window mode: its transforms
-need the whole view (SPEC §6).
+need the whole view, and a window's cut would break the flip/resize correspondence.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -22,9 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
 
 from ..attacks import pixel_cross_entropy
 from ..core.optimizer import frozen_model
+from ..core.registry import did_you_mean
 from ..core.seeding import file_seed
 from ..core.validation import check_image_batch, check_images
 from ..pipeline import SCENARIOS, EquiPipeline
@@ -41,8 +44,22 @@ def parse_feature_layer(spec: str) -> tuple[str, int]:
     return name, int(index) if index else -1
 
 
+#: The ``model.test_cfg`` keys equi-ext reads; the rest of ``test_cfg`` belongs to MMSeg (``mode``, ``crop_size`` …).
+TEST_CFG_KEYS = ("defense", "attack", "score", "feature_layer")
+
+
+def check_test_cfg_keys(test_cfg: Any) -> None:
+    """A ``test_cfg`` key that is a near miss of one of equi-ext's (``defence``, ``atack``) is a ``KeyError``:
+    it would otherwise be ignored by both MMSeg and equi-ext, and the run would quietly be vanilla."""
+    for key in test_cfg or {}:
+        hint = did_you_mean(key, TEST_CFG_KEYS) if key not in TEST_CFG_KEYS else ""
+        if hint:
+            raise KeyError(f"model.test_cfg.{key} is not an equi-ext or MMSeg setting{hint}")
+
+
 def build_equi_components(test_cfg: Any) -> tuple[EquiPipeline, tuple[str, int]]:
-    """Build the defense/attack pipeline of a ``test_cfg`` (fails early on bad names or budgets)."""
+    """Build the defense/attack pipeline of a ``test_cfg`` (fails early on bad names, keys or budgets)."""
+    check_test_cfg_keys(test_cfg)
     pipeline = EquiPipeline(test_cfg.get("defense"), test_cfg.get("attack"),
                             score=test_cfg.get("score", "equivariance"))
     return pipeline, parse_feature_layer(test_cfg.get("feature_layer", "backbone"))
@@ -165,11 +182,20 @@ class EquiRuntime:
         return file_seed(path) if path else index
 
 
+def check_wrappable(model: EncoderDecoder) -> None:
+    """A subclass that overrides ``predict`` (e.g. MMSeg's ``DepthEstimator``) never reaches the wrapped one:
+    refuse it rather than evaluate it undefended."""
+    if not isinstance(model, EncoderDecoder):
+        raise TypeError(f"equi-ext's MMSeg path supports EncoderDecoder-based models; got {type(model).__name__}")
+    if getattr(type(model).predict, "_equi_wrapped", False) is False:
+        raise TypeError(f"{type(model).__name__} overrides EncoderDecoder.predict, which equi-ext wraps to attack and "
+                        f"defend each batch; its test_cfg.defense/attack would be ignored, so equi-ext refuses it")
+
+
 def runtime(model: EncoderDecoder) -> EquiRuntime:
     """The model's equi-ext runtime, built on first use from ``model.test_cfg``."""
     model = getattr(model, "module", model)
-    if not isinstance(model, EncoderDecoder):
-        raise TypeError(f"equi-ext's MMSeg path supports EncoderDecoder-based models; got {type(model).__name__}")
+    check_wrappable(model)
     if getattr(model, "_equi_runtime", None) is None:
         model._equi_runtime = EquiRuntime(model)
     return model._equi_runtime
@@ -203,10 +229,22 @@ def _uses_equi(model: EncoderDecoder) -> bool:
 
 
 def install() -> None:
-    """Wrap ``EncoderDecoder.predict`` once (idempotent)."""
+    """Wrap ``EncoderDecoder.predict`` once (idempotent), and ``__init__`` so that a model whose ``test_cfg``
+    has a misspelt key or bad settings, or asks for a defense/attack its ``predict`` would bypass, fails at build."""
     stock = EncoderDecoder.predict
     if getattr(stock, "_equi_wrapped", False):
         return
+    stock_init = EncoderDecoder.__init__
+
+    @functools.wraps(stock_init)
+    def __init__(self, *args, **kwargs):
+        stock_init(self, *args, **kwargs)
+        check_test_cfg_keys(self.test_cfg)
+        if _uses_equi(self):
+            check_wrappable(self)
+            build_equi_components(self.test_cfg)  # bad names, keys or budgets fail here, not at the first batch
+
+    EncoderDecoder.__init__ = __init__
 
     def predict(self, inputs, data_samples=None):
         if not _uses_equi(self):
@@ -216,3 +254,10 @@ def install() -> None:
     predict._equi_wrapped = True
     predict.__doc__ = stock.__doc__
     EncoderDecoder.predict = predict
+
+
+@MODELS.register_module()
+class EquiEncoderDecoder(EncoderDecoder):
+    """``model.type='EquiEncoderDecoder'`` for configs that prefer to name the defended model: the same
+    model as ``EncoderDecoder`` (whose wrapped ``predict`` honours ``test_cfg.defense``/``attack``), so its
+    checkpoints are interchangeable with the stock one's."""

@@ -233,3 +233,50 @@ def test_unrolled_attack_hurts_the_defended_model_and_needs_a_differentiable_def
     assert miou(toy_task, purified(adv, 0), labels) < miou(toy_task, purified(images, 0), labels) - 10
     with pytest.raises(TypeError, match="no differentiable form"):
         defense_preprocessor(RandomNoiseDefense(), toy_task.model.features, differentiable=True)
+
+
+def test_declared_needs_are_what_each_attack_cannot_be_built_without():
+    """``needs_logits`` / ``needs_features`` / ``needs_defense`` are what a framework checks before building an
+    attack: each attack builds with exactly its declared views, and fails without any one of them."""
+    def loss(x, t):
+        return x.sum()
+
+    views = dict(needs_logits=("logits_fn", lambda x: x), needs_features=("feature_fn", lambda x: x),
+                 needs_defense=("defense", identity_defense))
+    assert {n for n in ATTACKS.names() if ATTACKS.get(n).needs_logits} == {"cw", "cospgd", "houdini", "segpgd"}
+    assert {n for n in ATTACKS.names() if ATTACKS.get(n).needs_features} == {"adaptive"}
+    assert {n for n in ATTACKS.names() if ATTACKS.get(n).needs_defense} == {"bpda", "eot", "unrolled"}
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        needed = {arg: view for flag, (arg, view) in views.items() if getattr(cls, flag)}
+        cls(loss_fn=loss, **needed)
+        for arg in needed:
+            with pytest.raises((TypeError, ValueError), match=arg):
+                cls(loss_fn=loss, **{a: v for a, v in needed.items() if a != arg})
+
+
+def test_registries_refuse_a_key_the_class_would_ignore():
+    def loss(x, t):
+        return x.sum()
+
+    with pytest.raises(TypeError, match=r"attack 'mim' \(MIM\) does not accept 'decy' \(did you mean 'decay'\?\); "
+                                        r"it accepts: decay, eps, "):
+        ATTACKS.build(dict(type="mim", decy=0.5), loss_fn=loss)
+    assert ATTACKS.build(dict(type="mim", decay=0.5), loss_fn=loss).decay == 0.5
+    # What a config may set: the constructor's arguments without the views equi-ext supplies.
+    assert "samples" in ATTACKS.settings("eot") and "lambda_e" not in ATTACKS.settings("eot")
+    assert not {"loss_fn", "logits_fn", "defense"} & set(ATTACKS.settings("eot"))
+    assert not {"loss_fn", "logits_fn", "feature_fn"} & set(ATTACKS.settings("adaptive"))
+
+
+def test_a_framework_without_dense_logits_refuses_the_attacks_that_need_them():
+    from equi_ext.pipeline import EquiPipeline
+
+    for name in ("cw", "houdini", "segpgd", "cospgd"):
+        with pytest.raises(ValueError, match=rf"attack '{name}' \(\w+\) needs dense logits to weight pixels, which "
+                                             r"this model does not have; use one of adaptive, bpda, eot, ifgsm, mim, "
+                                             r"pgd, targeted, unrolled"):
+            EquiPipeline(None, name, needs_logits=False)
+        EquiPipeline(None, name, needs_logits=True)
+    with pytest.raises(TypeError, match="'loss_fn' is supplied by equi-ext from the model"):
+        EquiPipeline(None, dict(type="pgd", loss_fn="ce"))

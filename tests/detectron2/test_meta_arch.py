@@ -20,6 +20,7 @@ from torch import nn
 from equi_ext.core.losses import roi_equivariance
 from equi_ext.core.transforms import HFlip, Resize, Rotate
 from equi_ext.data.synthetic import generate_dataset
+from equi_ext.detectron2 import load_config
 from equi_ext.detectron2.evaluation import build_annotated_test_loader, evaluate_scenarios, load_weights
 from equi_ext.detectron2.modeling import EquiGeneralizedRCNN, heads_in_training
 from equi_ext.detectron2.modeling.meta_arch import equi_settings
@@ -265,6 +266,16 @@ def test_coco_config_inherits_detectron2_model_zoo_and_paper_settings():
     settings = equi_settings(cfg)
     assert settings["defense"] == {"type": "equi", "preset": "paper", "eps_v": 5.0, "step_size": 10.0, "seed": 0}
     assert settings["attack"]["eps"] == 4.0 and settings["attack"]["type"] == "pgd"
+
+
+def test_detect_then_defend_takes_the_threshold_and_configures_the_defense_it_wraps_with_the_rest():
+    cfg = load_config(DEMO_EQUI_YAML, ["EQUI.DEFENSE", "detect_then_defend", "EQUI.THRESHOLD", "0.6"])
+    assert equi_settings(cfg)["defense"] == {
+        "type": "detect_then_defend", "threshold": 0.6,
+        "defense": {"type": "equi", "transforms": ["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], "steps": 4,
+                    "eps_v": 6.0, "step_size": 3.0, "seed": 0}}
+    with pytest.raises(ValueError, match="EQUI.THRESHOLD = 0.6 does not apply to EQUI.DEFENSE 'equi'"):
+        load_config(DEMO_EQUI_YAML, ["EQUI.THRESHOLD", "0.6"])
 
 
 def test_train_net_then_test_round_trip(tmp_path, test_tool):

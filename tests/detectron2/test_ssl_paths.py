@@ -40,8 +40,10 @@ def test_train_tool_and_eval_by_name(kind, coco_fixture, tmp_path, ssl_defense_c
     assert head.in_channels == [64, 64, 64] and "fpn=['p2', 'p3', 'p4']" in head.feature_spec
 
     _, dataset = coco_fixture
+    # The rotation defense has its own views (quarter turns): the demo yaml's transforms are unset for it.
+    views = ["EQUI.TRANSFORMS", "None"] if kind == "rotation" else []
     cfg = small_cfg(dataset, "EQUI.DEFENSE", kind, "EQUI.SSL_HEAD", str(head_path), "EQUI.DEFENSE_STEPS", "2",
-                    "EQUI.EPS_V", "3.0", "EQUI.ATTACK", "")
+                    "EQUI.EPS_V", "3.0", "EQUI.ATTACK", "", *views)
     assert equi_settings(cfg)["defense"]["head"] == str(head_path)
     calls = ssl_defense_calls
     rows = evaluate_scenarios(cfg, str(DEMO_WEIGHTS), scenarios=["clean_defended"], num_images=1,
@@ -57,12 +59,13 @@ def test_missing_head_or_other_levels_fail_clearly(coco_fixture, tmp_path):
     from equi_ext.core.ssl import SSLHead, save_head
 
     _, dataset = coco_fixture
+    rotation_defense = ["EQUI.DEFENSE", "rotation", "EQUI.TRANSFORMS", "None"]  # its views are quarter turns
     with pytest.raises(ValueError, match="needs head=PATH.*EQUI.SSL_HEAD"):
-        build_model(small_cfg(dataset, "EQUI.DEFENSE", "rotation"))
+        build_model(small_cfg(dataset, *rotation_defense))
     with pytest.raises(FileNotFoundError, match="SSL head file '.*nope.pth' does not exist"):
-        build_model(small_cfg(dataset, "EQUI.DEFENSE", "rotation", "EQUI.SSL_HEAD", str(tmp_path / "nope.pth")))
+        build_model(small_cfg(dataset, *rotation_defense, "EQUI.SSL_HEAD", str(tmp_path / "nope.pth")))
     save_head(SSLHead("rotation", [64] * 5, feature_spec="detectron2:fpn=all"), tmp_path / "all.pth")
-    cfg = small_cfg(dataset, "EQUI.DEFENSE", "rotation", "EQUI.SSL_HEAD", str(tmp_path / "all.pth"),
+    cfg = small_cfg(dataset, *rotation_defense, "EQUI.SSL_HEAD", str(tmp_path / "all.pth"),
                     "EQUI.DEFENSE_STEPS", "1", "EQUI.ATTACK", "")
     with pytest.raises(ValueError, match=r"channels \[64, 64, 64, 64, 64\] \(detectron2:fpn=all\), but the "
                                          r"model's features have 3 map\(s\) with channels \[64, 64, 64\]"):

@@ -109,6 +109,21 @@ def test_config_with_custom_imports_defends_under_plain_runner(synthetic_val_roo
     assert torch.is_grad_enabled()  # the test loop's no_grad did not leak out, nor did enable_grad
 
 
+def test_equi_encoder_decoder_is_the_defended_encoder_decoder_under_its_own_name(synthetic_val_root, tmp_path):
+    defense = dict(type="equi", steps=1, transforms=["hflip"])
+    stock = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path / "a", defense=defense))
+    cfg = demo_cfg(synthetic_val_root, tmp_path / "b", defense=defense)
+    cfg.model.type = "EquiEncoderDecoder"
+    named = Runner.from_cfg(cfg)
+    assert type(named.model) is equi_mmseg.EquiEncoderDecoder
+    named.model.load_state_dict(stock.model.state_dict(), strict=True)
+    defended = predict_batch(named)
+    for a, b in zip(predict_batch(stock), defended, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    equi_mmseg.configure(named.model, defense=None)
+    assert any(not torch.equal(a, b) for a, b in zip(predict_batch(named), defended, strict=True))
+
+
 def test_attack_and_defense_change_predictions_within_budget(synthetic_val_root, tmp_path):
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, defense=dict(type="equi", steps=2, eps_v=6,
                                                                                    transforms=["hflip"]),

@@ -76,6 +76,9 @@ def test_mmseg_voc_config_end_to_end(tmp_path, test_tool, monkeypatch):
         ("model.test_cfg.attack.type=fgsm", "unknown attack 'fgsm'; valid names"),
         ("model.test_cfg.defense.eps_v=0.02", r"eps_v=0.02 is in \(0, 1\)"),
         ("model.test_cfg.feature_layer=head", "feature_layer must be one of"),
+        ("model.test_cfg.defence=equi", r"model.test_cfg.defence is not an equi-ext or MMSeg setting \(did you mean 'defense'"),
+        ("model.test_cfg.defense.eps_vv=4", r"defense 'equi' \(EquivarianceDefense\) does not accept 'eps_vv' \(did you mean"),
+        ("model.test_cfg.attack.samples=8", r"attack 'pgd' \(PGD\) does not accept 'samples'; it accepts"),
     ],
 )
 def test_bad_settings_fail_before_running(tmp_path, test_tool, option, message, capsys):
@@ -207,3 +210,11 @@ def test_results_do_not_depend_on_the_data_folder(synthetic_val_root, tmp_path):
                           for r in row["per_image"]]
     assert [r["img"] for r in records["here"]] == names
     assert records["here"] == records["elsewhere/deeper"]
+
+
+def test_a_none_defense_adds_no_defended_scenario(tmp_path, test_tool):
+    """``defense='none'`` is no defense: the default scenarios are clean and attacked, no 'clean + defense' row."""
+    root = write_voc_fixture(tmp_path / "VOC2012", n=1)
+    options = [option for option in voc_options(root, tmp_path / "work") if not option.startswith("model.test_cfg.defense")]
+    rows = test_tool.main([VOC_CONFIG, *options, "model.test_cfg.defense=none"])
+    assert [r["scenario"] for r in rows] == ["clean", "attacked"]

@@ -33,53 +33,60 @@ from .objective import MaskRCNNObjective
 #: Detectron2 after 0.6 pads by the backbone's ``padding_constraints`` too; detected, not read off a version.
 FROM_TENSORS_TAKES_PADDING_CONSTRAINTS = "padding_constraints" in inspect.signature(ImageList.from_tensors).parameters
 
-#: ``cfg.EQUI`` keys → constructor arguments, passed when the registered class accepts them.
+#: ``cfg.EQUI`` keys → constructor arguments of the chosen defense / attack. A key left at None (or ''
+#: for SSL_HEAD) takes the class's default; a set key the chosen class does not accept is an error.
 DEFENSE_KEYS = {"PRESET": "preset", "TRANSFORMS": "transforms", "DEFENSE_STEPS": "steps", "EPS_V": "eps_v",
                 "STEP_SIZE": "step_size", "THRESHOLD": "threshold", "SEED": "seed", "SSL_HEAD": "head"}
 ATTACK_KEYS = {"EPS": "eps", "STEPS": "steps", "ATTACK_STEP_SIZE": "step_size", "LAMBDA_E": "lambda_e",
                "EOT_SAMPLES": "samples", "SEED": "seed"}
 
 
-def _init_arguments(cls: type) -> set[str]:
-    """Named constructor arguments of ``cls``, following ``**kwargs`` up the class hierarchy."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters
-        names |= {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            break
-    return names
-
-
-def _accepted(cls: type, equi_cfg, keys: dict[str, str]) -> dict:
-    accepted = _init_arguments(cls)
-    out = {}
+def _settings(registry, name: str, equi_cfg, keys: dict[str, str]) -> tuple[dict, list[str]]:
+    """The set ``keys`` of ``equi_cfg`` as constructor settings of ``name``, and the set keys it does not take."""
+    accepted = set(registry.settings(name))
+    settings, rejected = {}, []
     for key, arg in keys.items():
         value = equi_cfg.get(key)
-        if value is not None and arg in accepted:
-            out[arg] = list(value) if isinstance(value, tuple) else value
-    return out
+        if value is None or value == "":
+            continue
+        if arg in accepted:
+            settings[arg] = list(value) if isinstance(value, tuple) else value
+        else:
+            rejected.append(key)
+    return settings, rejected
+
+
+def _refuse(rejected: list[str], equi_cfg, role: str, name: str, registry, keys: dict[str, str]) -> None:
+    if rejected:
+        cls = registry.get(name)
+        takes = [f"EQUI.{k}" for k, arg in keys.items() if arg in registry.settings(name)]
+        raise ValueError(f"EQUI.{rejected[0]} = {equi_cfg.get(rejected[0])!r} does not apply to EQUI.{role} {name!r} "
+                         f"({cls.__name__}); it takes {', '.join(takes) or 'no EQUI keys'} — unset the key "
+                         f"(None) or choose another EQUI.{role}")
 
 
 def equi_settings(cfg) -> dict[str, Any]:
-    """The defense and attack configs (registry dicts) and views that ``cfg.EQUI`` describes."""
+    """The defense and attack configs (registry dicts) and views that ``cfg.EQUI`` describes.
+
+    Raises:
+        KeyError: an unknown ``EQUI.DEFENSE`` / ``EQUI.ATTACK``.
+        ValueError: a set ``EQUI`` key that the chosen defense or attack does not accept.
+    """
     equi = cfg.EQUI
     defense = None
     if equi.DEFENSE and equi.DEFENSE != "none":
-        cls = DEFENSES.get(equi.DEFENSE)
-        defense = {"type": equi.DEFENSE, **_accepted(cls, equi, DEFENSE_KEYS)}
-        if equi.DEFENSE == "detect_then_defend":
-            inner = DEFENSES.get("equi")
-            defense.pop("seed", None)
-            defense["defense"] = {"type": "equi", **_accepted(inner, equi, DEFENSE_KEYS)}
-            defense["defense"].pop("threshold", None)
-            for key in ("preset", "transforms", "steps", "eps_v", "step_size"):
-                defense.pop(key, None)
+        defense_settings, rejected = _settings(DEFENSES, equi.DEFENSE, equi, DEFENSE_KEYS)
+        defense = {"type": equi.DEFENSE, **defense_settings}
+        if equi.DEFENSE == "detect_then_defend":  # the keys it does not take configure the defense it wraps
+            inner, rejected = _settings(DEFENSES, "equi", equi, {k: DEFENSE_KEYS[k] for k in rejected})
+            defense["defense"] = {"type": "equi", **inner}
+            _refuse(rejected, equi, "DEFENSE", "equi", DEFENSES, DEFENSE_KEYS)
+        _refuse(rejected, equi, "DEFENSE", equi.DEFENSE, DEFENSES, DEFENSE_KEYS)
     attack = None
     if equi.ATTACK:
-        attack = {"type": equi.ATTACK, **_accepted(ATTACKS.get(equi.ATTACK), equi, ATTACK_KEYS)}
+        attack_settings, rejected = _settings(ATTACKS, equi.ATTACK, equi, ATTACK_KEYS)
+        _refuse(rejected, equi, "ATTACK", equi.ATTACK, ATTACKS, ATTACK_KEYS)
+        attack = {"type": equi.ATTACK, **attack_settings}
     return dict(defense=defense, attack=attack, feature=equi.FEATURE, levels=list(equi.FPN_LEVELS),
                 roi_score_thresh=float(equi.ROI_SCORE_THRESH))
 
@@ -154,7 +161,7 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
 
     # ----- model views ----------------------------------------------------------------------
     def task_loss(self, pixels: torch.Tensor, targets: list[Instances], seed: int = 0) -> torch.Tensor:
-        """Sum of the RPN, box and mask training losses (SPEC §6), proposal sampling seeded."""
+        """Sum of the RPN, box and mask training losses (the attack's task loss), proposal sampling seeded."""
         images = self.image_list(pixels)
         features = self.backbone(images.tensor)
         devices = [pixels.device.index or 0] if pixels.is_cuda else []

@@ -7,7 +7,8 @@ to their stock inference; every decision about attacks, defenses and scores is m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +42,20 @@ def scenario_table(rows: list[dict], metrics: dict[str, str]) -> str:
                  str(r["images"]), f"{r['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def temporarily(holder: Any, **attributes: Any) -> Iterator[Any]:
+    """Set ``attributes`` of ``holder`` (a scenario, a pipeline, recording flags) for the block only: their
+    previous values come back after it, also when it raises, so a failed evaluation leaves no model mid-scenario."""
+    saved = {name: getattr(holder, name) for name in attributes}
+    try:
+        for name, value in attributes.items():
+            setattr(holder, name, value)
+        yield holder
+    finally:
+        for name, value in saved.items():
+            setattr(holder, name, value)
 
 
 def as_cfg(value: Any) -> dict | None:

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,3 +78,8 @@ def write_report(out_dir: str | Path, stem: str, text: str, data: Any,
         atomic_write_bytes(paths["csv"], csv_text(csv_rows).encode())
     print(text)
     return paths
+
+
+def slug(label: str) -> str:
+    """A row or column label as a file-name part (the per-image record folders of a benchmark cell)."""
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", label.replace("λ_e", "lambda"))

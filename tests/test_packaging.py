@@ -167,3 +167,19 @@ def test_tools_test_runs_a_detectron2_config_without_mmseg():
             print(err)
     """)
     assert "EQUI.THRESHOLD = 0.9 does not apply to EQUI.DEFENSE 'equi'" in out
+
+
+def test_tools_import_the_package_not_each_other_and_never_edit_sys_path():
+    """A tool's logic lives in the package: it runs from any working directory of an installed checkout."""
+    import ast
+
+    tools = {p.stem: p for p in (REPO / "tools").glob("*.py")}
+    for name, path in tools.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+                raise AssertionError(f"tools/{name}.py edits or reads sys.path (line {node.lineno})")
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            imported = {m.split(".")[0] for m in modules} & set(tools)
+            assert not imported, f"tools/{name}.py imports the tool(s) {sorted(imported)} (line {node.lineno})"

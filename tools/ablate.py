@@ -35,13 +35,8 @@ from typing import Any, NamedTuple
 
 from mmengine.hooks import Hook
 
-TOOLS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TOOLS))
-
-from run_demo import DATA, EPS, build_demo_runner, ensure_data  # noqa: E402
-
-from equi_ext.core.optimizer import OPTIMIZERS, PRESETS  # noqa: E402
-from equi_ext.core.transforms import (  # noqa: E402
+from equi_ext.core.optimizer import OPTIMIZERS, PRESETS
+from equi_ext.core.transforms import (
     TRANSFORM_SETS,
     TRANSFORMS,
     ColorJitter,
@@ -50,10 +45,11 @@ from equi_ext.core.transforms import (  # noqa: E402
     Rotate,
     Transform,
 )
-from equi_ext.defenses import build_defense  # noqa: E402
-from equi_ext.mmseg.evaluation import evaluate_grid  # noqa: E402
-from equi_ext.mmseg.segmentor import runtime  # noqa: E402
-from equi_ext.reporting import atomic_write_bytes, write_report  # noqa: E402
+from equi_ext.defenses import build_defense
+from equi_ext.evaluation.demo import DATA, EPS, REPO, build_demo_runner, ensure_data
+from equi_ext.mmseg.evaluation import evaluate_grid
+from equi_ext.mmseg.segmentor import runtime
+from equi_ext.reporting import atomic_write_bytes, write_report
 
 
 def transform_spec(t: Transform) -> dict:
@@ -270,7 +266,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--attack-steps", type=int, default=20, help="PGD steps (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="defense and attack seed (default: %(default)s)")
     parser.add_argument("--data-root", default=str(DATA), help="val images (default: the demo benchmark)")
-    parser.add_argument("--work-dir", default=str(TOOLS.parent / "work_dirs/ablate"))
+    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/ablate"))
     return parser.parse_args(argv)
 
 

@@ -28,18 +28,14 @@ Example::
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TOOLS))
-sys.path.insert(0, str(TOOLS.parent))
-
-from evaluation_backends import SSL_HEADS, build_backend  # noqa: E402
-from run_demo import DATA, EPS, ensure_data  # noqa: E402
+from equi_ext.evaluation.backends import build_backend
+from equi_ext.evaluation.demo import DATA, EPS, REPO, SSL_HEADS, ensure_data
+from equi_ext.reporting import slug
 
 DEFENSE_NAMES = ("vanilla", "random", "rotation", "contrastive", "invariance", "equivariance")
 ATTACK_NAMES = ("clean", "pgd", "mim", "ifgsm", "cw", "houdini", "adaptive", "bpda", "eot")
@@ -64,10 +60,6 @@ def attack_rows(names: list[str], steps: int, bpda_steps: int, lambdas: list[flo
         else:
             rows[f"{name.upper() if name != 'houdini' else 'Houdini'}-{steps}"] = dict(type=name, eps=EPS, steps=steps)
     return rows
-
-
-def slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", label.replace("λ_e", "lambda"))
 
 
 def with_seed(cfg: dict | None, seed: int) -> dict | None:
@@ -104,7 +96,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lambdas", default="0.1,1,10", help="adaptive λ_e sweep (default: %(default)s)")
     parser.add_argument("--data-root", default=str(DATA), help="val images (default: the demo benchmark)")
     parser.add_argument("--checkpoint", help="model weights (default: the demo model's)")
-    parser.add_argument("--work-dir", default=str(TOOLS.parent / "work_dirs/robustness"))
+    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/robustness"))
     parser.add_argument("--resume", action="store_true", help="skip images already recorded in the work dir")
     args = parser.parse_args(argv)
     try:

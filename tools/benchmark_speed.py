@@ -24,22 +24,18 @@ import itertools
 import platform
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
+import torch
 
-import torch  # noqa: E402
-
-from equi_ext.attacks import PGD  # noqa: E402
-from equi_ext.core.optimizer import PRESETS, EquivarianceDefense  # noqa: E402
-from equi_ext.defenses import DetectThenDefend  # noqa: E402
-from equi_ext.reporting import write_report  # noqa: E402
+from equi_ext.attacks import PGD
+from equi_ext.core.optimizer import PRESETS, EquivarianceDefense
+from equi_ext.defenses import DetectThenDefend
+from equi_ext.evaluation.demo import REPO
+from equi_ext.reporting import write_report
 
 
 def _status_kib(field: str) -> int:
@@ -78,9 +74,8 @@ class Case:
 
 
 def mmseg_demo_case(batch: int, size: tuple[int, int] | None = None) -> Case:
-    from run_demo import DATA, build_demo_runner, ensure_data
-
     from equi_ext.attacks import pixel_cross_entropy
+    from equi_ext.evaluation.demo import DATA, build_demo_runner, ensure_data
     from equi_ext.mmseg import configure
 
     ensure_data()

@@ -23,16 +23,9 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TOOLS))
-sys.path.insert(0, str(TOOLS.parent))
-
-from evaluation_backends import SSL_HEADS  # noqa: E402
-from run_demo import DATA, EPS, build_demo_runner, ensure_data  # noqa: E402
-from tune_defense import ensure_tune_data  # noqa: E402
+from equi_ext.evaluation.demo import DATA, EPS, REPO, SSL_HEADS, build_demo_runner, ensure_data, ensure_tune_data
 
 PGD = dict(type="pgd", eps=EPS)
 #: per-image scores compared as detectors (see score_cfg and sign in main)
@@ -56,7 +49,7 @@ def parse_args(argv):
     parser.add_argument("--attack-steps", type=int, default=20)
     parser.add_argument("--data-root", default=str(DATA), help="reported split (default: the demo benchmark)")
     parser.add_argument("--tune-root", help="tuning split (default: the seed-1 demo split)")
-    parser.add_argument("--work-dir", default=str(TOOLS.parent / "work_dirs/detect"))
+    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/detect"))
     args = parser.parse_args(argv)
     args.corruptions = [c for c in args.corruptions.split(",") if c]
     args.scores = [s for s in args.scores.split(",") if s]

@@ -13,12 +13,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
-
-try:
-    import equi_ext  # noqa: F401
-except ImportError:  # running from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm

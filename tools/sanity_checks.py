@@ -36,15 +36,11 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TOOLS))
-
-from benchmark_robustness import slug  # noqa: E402
-from evaluation_backends import build_backend  # noqa: E402
-from run_demo import DATA, EPS, ensure_data  # noqa: E402
+from equi_ext.evaluation.backends import build_backend
+from equi_ext.evaluation.demo import DATA, EPS, REPO, ensure_data
+from equi_ext.reporting import slug
 
 TOLERANCE = 0.5  # mIoU / AP points: "moved" / "stronger" below this is noise on a few images
 
@@ -63,7 +59,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lambdas", default="0.1,1,10", help="adaptive λ_e sweep (default: %(default)s)")
     parser.add_argument("--eot-samples", type=int, default=2)
     parser.add_argument("--data-root", default=str(DATA), help="val images (default: the demo benchmark)")
-    parser.add_argument("--work-dir", default=str(TOOLS.parent / "work_dirs/sanity"))
+    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/sanity"))
     parser.add_argument("--resume", action="store_true", help="reuse the per-image records of finished images")
     args = parser.parse_args(argv)
     if args.num_images < 1 or args.bpda_steps < 1 or args.max_bpda_steps < args.bpda_steps:

@@ -24,12 +24,9 @@ import os
 import os.path as osp
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from equi_ext.core.distributed import close_process_group  # noqa: E402
-from equi_ext.pipeline import SCENARIOS, default_scenarios, scenario_table  # noqa: E402
+from equi_ext.core.distributed import close_process_group
+from equi_ext.pipeline import SCENARIOS, default_scenarios, scenario_table
 
 
 def parse_args(argv=None):
@@ -60,29 +57,15 @@ def prepare_config(args):
 
 
 def load_weights(runner, checkpoint: str | None, config: str) -> None:
-    """Load ``checkpoint`` strictly: a file that does not fit the model is an error, not a warning.
+    """Load ``checkpoint`` strictly: a file that does not fit the model is an error, not a warning."""
+    from equi_ext.core.checkpoints import load_weights as load_checkpoint
 
-    MMEngine training checkpoints pickle more than tensors (message hubs, numpy values), which
-    torch >= 2.6 refuses under ``weights_only=True``; they are loaded as full pickles, so only
-    pass checkpoints you trust (as with MMSeg's own tools before torch 2.6).
-    """
-    if checkpoint is None:
-        runner.logger.warning("no checkpoint given: evaluating randomly initialised weights")
-        return
-    if not osp.isfile(checkpoint):
-        raise SystemExit(f"error: checkpoint {checkpoint!r} does not exist")
-    import torch
-    from mmengine.runner.checkpoint import load_state_dict
-
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise SystemExit(f"error: checkpoint {checkpoint!r} holds no state_dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
-        load_state_dict(getattr(runner.model, "module", runner.model), state, strict=True)
-    except RuntimeError as err:
-        raise SystemExit(f"error: checkpoint {checkpoint!r} does not match the model of {config!r}:\n{err}") from None
+        load_checkpoint(runner.model, checkpoint, framework="MMEngine")
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+    except ValueError as err:
+        raise SystemExit(f"error: {err} (config {config!r})") from None
 
 
 def detectron2_main(argv: list[str]) -> list[dict]:
@@ -167,11 +150,11 @@ def main(argv=None) -> list[dict]:
     load_weights(runner, args.checkpoint, args.config)
     rows = []
     for scenario in scenarios:
-        rt = equi_mmseg.set_scenario(runner.model, scenario, record_scores=True)
         runner.logger.info(f"equi-ext: evaluating scenario '{scenario}'")
         start = time.perf_counter()
-        metrics = runner.test()
-        scores = [s for rank_scores in all_gather_object(rt.scores) for s in rank_scores]  # every process's images
+        with equi_mmseg.scenario(runner.model, scenario, record_scores=True) as rt:
+            metrics = runner.test()
+            scores = [s for rank_scores in all_gather_object(rt.scores) for s in rank_scores]  # every process's
         rows.append(dict(
             scenario=scenario,
             mIoU=float(metrics["mIoU"]), aAcc=float(metrics["aAcc"]), mAcc=float(metrics["mAcc"]),

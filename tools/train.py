@@ -9,16 +9,12 @@ Example (the demo model, ~10 min on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mmengine.runner import Runner
 
-from mmengine.runner import Runner  # noqa: E402
-
-import equi_ext.mmseg  # noqa: E402,F401  (registers datasets and the defense wrapper)
-from equi_ext.core.distributed import close_process_group  # noqa: E402
-from equi_ext.mmseg.cli import add_common_arguments, load_config  # noqa: E402
+import equi_ext.mmseg  # noqa: F401  (registers datasets and the defense wrapper)
+from equi_ext.core.distributed import close_process_group
+from equi_ext.mmseg.cli import add_common_arguments, load_config
 
 
 def parse_args(argv=None):

@@ -12,18 +12,15 @@ Example (the demo Mask R-CNN, ~20 min on 2 CPU cores)::
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup  # noqa: E402
-from detectron2.evaluation import COCOEvaluator  # noqa: E402
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter  # noqa: E402
-
-from equi_ext.core.distributed import close_process_group  # noqa: E402
-from equi_ext.detectron2 import evaluate_scenarios, load_config, register_from_cfg  # noqa: E402
-from equi_ext.detectron2.launch import launch  # noqa: E402
+from equi_ext.core.distributed import close_process_group
+from equi_ext.detectron2 import evaluate_scenarios, load_config, register_from_cfg
+from equi_ext.detectron2.launch import launch
 
 
 class Trainer(DefaultTrainer):

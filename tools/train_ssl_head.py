@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from equi_ext.core.optimizer import frozen_model  # noqa: E402
-from equi_ext.core.ssl import KINDS, save_head, train_head  # noqa: E402
+from equi_ext.core.optimizer import frozen_model
+from equi_ext.core.ssl import KINDS, save_head, train_head
 
 
 def parse_args(argv=None):

@@ -15,24 +15,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from equi_ext.evaluation.demo import DATA, REPO, build_demo_runner, ensure_data, ensure_tune_data
 
-from run_demo import DATA, build_demo_runner, ensure_data  # noqa: E402
-
-TUNE_DATA = REPO / "data/synthetic_shapes_tune"
-
-
-def ensure_tune_data() -> Path:
-    """The tuning split: 100 images from seed 1, disjoint from the seed-0 split we report."""
-    if not (TUNE_DATA / "meta.json").is_file():
-        from equi_ext.data.synthetic import generate_dataset
-
-        generate_dataset(TUNE_DATA, seed=1, image_size=128, num_train=0, num_val=100)
-    return TUNE_DATA
 CANDIDATES = {
     "paper": dict(preset="paper"),
     "default": dict(preset="default"),

@@ -21,7 +21,6 @@ import html
 import io
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -29,21 +28,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
-
-from run_demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, build_demo_runner, ensure_data  # noqa: E402
-
-from equi_ext.attacks import pixel_cross_entropy  # noqa: E402
-from equi_ext.core.losses import equivariance_from_maps, transformed_features  # noqa: E402
-from equi_ext.core.metrics import mean_iou  # noqa: E402
-from equi_ext.core.optimizer import PRESETS  # noqa: E402
-from equi_ext.core.scores import equivariance_map  # noqa: E402
-from equi_ext.core.seeding import file_seed  # noqa: E402
-from equi_ext.core.transforms import TRANSFORM_SETS, TRANSFORMS, Transform  # noqa: E402
-from equi_ext.pipeline import EquiPipeline  # noqa: E402
-from equi_ext.reporting import atomic_write_bytes, write_report  # noqa: E402
+from equi_ext.attacks import pixel_cross_entropy
+from equi_ext.core.losses import equivariance_from_maps, transformed_features
+from equi_ext.core.metrics import mean_iou
+from equi_ext.core.optimizer import PRESETS
+from equi_ext.core.scores import equivariance_map
+from equi_ext.core.seeding import file_seed
+from equi_ext.core.transforms import TRANSFORM_SETS, TRANSFORMS, Transform
+from equi_ext.evaluation.demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, REPO, build_demo_runner, ensure_data
+from equi_ext.pipeline import EquiPipeline
+from equi_ext.reporting import atomic_write_bytes, write_report
 
 #: One panel's size in inches and the PNG resolution: a grid of R images × C panels is exactly
 #: (C·PANEL_W·DPI) × (R·PANEL_H·DPI) pixels, which the tests check.

@@ -15,6 +15,14 @@ def file_seed(path: str | os.PathLike) -> int:
     return zlib.crc32(os.path.basename(str(path)).encode())
 
 
+def image_seed(file_name: str | os.PathLike | None, image_id: object, index: int) -> int:
+    """The seed of one image in a batch: its file name's (``file_seed``), else an integer image id, else
+    its index in the batch (the last two only for in-memory inputs, which have no stable name)."""
+    if file_name:
+        return file_seed(file_name)
+    return image_id if isinstance(image_id, int) and not isinstance(image_id, bool) else index
+
+
 def image_generators(seed: int, image_seeds: Sequence[int] | None, n: int) -> list[torch.Generator]:
     """One CPU generator per image, seeded by (seed, image_seed); image_seeds default to 0..n−1."""
     seeds = list(image_seeds) if image_seeds is not None else list(range(n))

@@ -16,14 +16,12 @@ import contextlib
 import copy
 import io
 import json
-import logging
 import math
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader
 from detectron2.data import detection_utils as utils
@@ -33,12 +31,11 @@ from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..core.checkpoints import load_weights as load_checkpoint
 from ..core.metrics import worst_case_per_image
-from ..pipeline import SCENARIOS, EquiPipeline, default_scenarios, scenario_table
+from ..pipeline import SCENARIOS, EquiPipeline, default_scenarios, scenario_table, temporarily
 from ..reporting import atomic_write_json, record_path
 from .modeling import EquiGeneralizedRCNN
-
-logger = logging.getLogger(__name__)
 
 
 class _PredictedImagesCOCOEvaluator(COCOEvaluator):
@@ -174,34 +171,15 @@ def build_annotated_test_loader(cfg, dataset: str | list[dict], num_images: int 
 
 
 def load_weights(model: torch.nn.Module, weights: str | None) -> None:
-    """Load ``weights`` strictly: a missing file or a checkpoint that does not fit is an error.
-
-    Accepts Detectron2 checkpoints (``{"model": state_dict, ...}``) and bare state dicts, in
-    fp32 or fp16 (cast to the model's dtype); Detectron2 model-zoo ``.pkl`` files go through
-    ``DetectionCheckpointer`` (name conversion) instead.
-    """
-    if not weights:
-        logger.warning("no MODEL.WEIGHTS / checkpoint given: evaluating randomly initialised weights")
-        return
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"checkpoint {weights!r} does not exist")
-    if weights.endswith(".pkl"):
+    """Load ``weights`` strictly (``equi_ext.core.checkpoints.load_weights``): Detectron2 checkpoints
+    (``{"model": state_dict, ...}``) and bare state dicts, fp32 or fp16; Detectron2 model-zoo ``.pkl``
+    files go through ``DetectionCheckpointer`` (name conversion) instead."""
+    if weights and str(weights).endswith(".pkl") and os.path.isfile(weights):
         from detectron2.checkpoint import DetectionCheckpointer
 
         DetectionCheckpointer(model).load(weights)
         return
-    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, (torch.Tensor, np.ndarray)) for v in state.values()):
-        mmengine = isinstance(ckpt, dict) and "state_dict" in ckpt
-        hint = " (an MMEngine checkpoint: evaluate it with its MMSeg .py config)" if mmengine else ""
-        raise ValueError(f"checkpoint {weights!r} holds no Detectron2 state dict (a 'model' mapping of tensors); "
-                         f"found keys {sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__}{hint}")
-    state = {k.removeprefix("module."): torch.as_tensor(v) for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {weights!r} does not match the model:\n{err}") from None
+    load_checkpoint(model, weights, framework="Detectron2")
 
 
 def ap_summary(results: dict) -> dict[str, float]:
@@ -248,19 +226,17 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for scenario in scenarios:
-        model.scenario, model.record_scores, model.scores = scenario, True, []
-        evaluator = _PredictedImagesCOCOEvaluator(dataset, tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
-                                                  distributed=True, output_dir=str(out_dir / scenario),
-                                                  use_fast_impl=False)
+        evaluator = _PredictedImagesCOCOEvaluator(dataset, tasks=_tasks(cfg), distributed=True,
+                                                  output_dir=str(out_dir / scenario), use_fast_impl=False)
         start = time.perf_counter()
-        results = inference_on_dataset(model, build_annotated_test_loader(cfg, dataset, num_images), evaluator)
-        scores = [s for rank_scores in comm.all_gather(list(model.scores)) for s in rank_scores]
+        with temporarily(model, scenario=scenario, record_scores=True, scores=[]):
+            results = inference_on_dataset(model, build_annotated_test_loader(cfg, dataset, num_images), evaluator)
+            scores = [s for rank_scores in comm.all_gather(list(model.scores)) for s in rank_scores]
         rows.append(dict(
             scenario=scenario, **ap_summary(results),
             equivariance_score=sum(scores) / len(scores) if scores else None,
             images=len(scores), seconds=time.perf_counter() - start,
         ))
-    model.scenario, model.record_scores = None, False
     if not comm.is_main_process():
         return rows
     table = scenario_table(rows, {"mask AP": "segm_AP", "mask AP50": "segm_AP50", "box AP": "bbox_AP"})
@@ -283,7 +259,7 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
     Image records are written to ``record_dir`` as each image finishes; with ``resume`` images
     that already have one are not run again. The cell's AP is always ``COCOEvaluator``'s over
     the records of all its images, so a resumed cell reports what an uninterrupted one does
-    (seeds are per image: ``EquiGeneralizedRCNN._image_seed``). The model's own pipeline is
+    (seeds are per image: ``equi_ext.core.seeding.image_seed``). The model's own pipeline is
     restored afterwards. Returns ``ap_summary`` keys, ``per_image``, ``images``, ``run_images``
     and ``seconds``.
     """
@@ -294,20 +270,15 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
     todo = [r for r, path in zip(records, paths) if not (resume and path.is_file())]
     row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
     if todo:
-        pipeline = model.pipeline
-        model.pipeline = EquiPipeline(defense[1], attack[1], needs_logits=False)
-        defended = model.pipeline.defends
-        model.scenario = ("defended" if defended else "attacked") if attack[1] else (
-            "clean_defended" if defended else "clean")
-        model.record_losses = True
+        pipeline = EquiPipeline(defense[1], attack[1], needs_logits=False)
+        scenario = ("defended" if pipeline.defends else "attacked") if attack[1] else (
+            "clean_defended" if pipeline.defends else "clean")
         evaluator = PerImageCOCOEvaluator(dataset, tasks=_tasks(cfg), record_dir=record_dir, distributed=False,
                                           use_fast_impl=False)
         start = time.perf_counter()
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' summaries of the partial run
-                inference_on_dataset(model, build_annotated_test_loader(cfg, todo), evaluator)
-        finally:
-            model.pipeline, model.scenario, model.record_losses = pipeline, None, False
+        with temporarily(model, pipeline=pipeline, scenario=scenario, record_losses=True), \
+                contextlib.redirect_stdout(io.StringIO()):  # pycocotools' summaries of the partial run
+            inference_on_dataset(model, build_annotated_test_loader(cfg, todo), evaluator)
         row["seconds"] = time.perf_counter() - start
     per_image = [json.loads(path.read_text()) for path in paths]
     with contextlib.redirect_stdout(io.StringIO()):

@@ -20,9 +20,10 @@ from .segmentor import (  # noqa: E402
     configure,
     install,
     runtime,
+    scenario,
     set_scenario,
 )
 
 install()
 
-__all__ = ["SCENARIOS", "EquiEncoderDecoder", "build_equi_components", "configure", "install", "runtime", "set_scenario"]
+__all__ = ["SCENARIOS", "EquiEncoderDecoder", "build_equi_components", "configure", "install", "runtime", "scenario", "set_scenario"]

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 from ..core.metrics import worst_case_per_image
 from ..reporting import record_path
 from .metrics import PerImageIoUMetric, load_record
-from .segmentor import configure, set_scenario
+from .segmentor import scenario
 
 
 def per_image_metric(runner: Runner) -> PerImageIoUMetric | None:
@@ -27,22 +27,23 @@ def per_image_metric(runner: Runner) -> PerImageIoUMetric | None:
 def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, Any]) -> list[dict]:
     """Return one row per (attack, defense) cell: mIoU, mean and per-image equivariance score, seconds.
 
-    ``defenses``/``attacks`` map a column/row label to a config (``None`` = no defense / clean).
+    ``defenses``/``attacks`` map a column/row label to a config (``None`` = no defense / clean); the model's
+    own ``test_cfg`` is restored afterwards.
     With a ``PerImageIoUMetric`` evaluator, each row also carries its ``per_image`` records.
     """
     rows = []
     for attack_name, attack_cfg in attacks.items():
         for defense_name, defense_cfg in defenses.items():
-            configure(runner.model, defense=defense_cfg, attack=attack_cfg)
-            scenario = ("attacked" if attack_cfg is not None else "clean") if defense_cfg is None else (
+            name = ("attacked" if attack_cfg is not None else "clean") if defense_cfg is None else (
                 "defended" if attack_cfg is not None else "clean_defended")
-            rt = set_scenario(runner.model, scenario, record_scores=True)
             runner.logger.info(f"equi-ext grid: attack={attack_name} defense={defense_name}")
             start = time.perf_counter()
-            metrics = runner.test()
+            with scenario(runner.model, name, record_scores=True, defense=defense_cfg, attack=attack_cfg) as rt:
+                metrics = runner.test()
+                scores = list(rt.scores)
             rows.append(dict(attack=attack_name, defense=defense_name, mIoU=float(metrics["mIoU"]),
-                             score=sum(rt.scores) / max(len(rt.scores), 1), images=len(rt.scores),
-                             image_scores=list(rt.scores), seconds=time.perf_counter() - start))
+                             score=sum(scores) / max(len(scores), 1), images=len(scores),
+                             image_scores=scores, seconds=time.perf_counter() - start))
             metric = per_image_metric(runner)
             if metric is not None:
                 rows[-1]["per_image"] = list(metric.per_image)
@@ -56,7 +57,7 @@ def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, A
     With ``resume``, images that already have a record are not run again. The cell's mIoU is
     always IoUMetric's over the records of all the runner's images, so an interrupted and
     resumed cell reports exactly what an uninterrupted one does (seeds are per image: see
-    ``EquiRuntime._image_seed``). Returns an ``evaluate_grid`` row plus ``run_images``.
+    ``equi_ext.core.seeding.image_seed``). Returns an ``evaluate_grid`` row plus ``run_images``.
     """
     metric = per_image_metric(runner)
     if metric is None:

@@ -15,9 +15,10 @@ need the whole view, and a window's cut would break the flip/resize corresponden
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -28,11 +29,12 @@ from mmseg.registry import MODELS
 from ..attacks import pixel_cross_entropy
 from ..core.optimizer import frozen_model
 from ..core.registry import did_you_mean
-from ..core.seeding import file_seed
+from ..core.seeding import image_seed
 from ..core.validation import check_image_batch, check_images
-from ..pipeline import SCENARIOS, EquiPipeline
+from ..pipeline import SCENARIOS, EquiPipeline, temporarily
 
 FEATURE_LAYERS = ("backbone", "neck", "logits")
+_UNSET = object()
 
 
 def parse_feature_layer(spec: str) -> tuple[str, int]:
@@ -164,7 +166,7 @@ class EquiRuntime:
 
                 pixels, score = self.pipeline.run(
                     self.pixels.to_pixels(inputs[idx][region]), attack=attack_on, defend=defend_on,
-                    features=self.features, model=self.model, seeds=[self._image_seed(metas[i], i) for i in idx],
+                    features=self.features, model=self.model, seeds=[image_seed(metas[i].get("img_path"), None, i) for i in idx],
                     targets=targets, loss_fn=loss_fn, logits_fn=logits_fn, record_score=self.record_scores,
                     ignore_index=ignore_index)
                 if score is not None:
@@ -174,12 +176,6 @@ class EquiRuntime:
                     for j, i in enumerate(idx):
                         new_inputs[i][region[1:]] = normalised[j]
         return stock_predict(new_inputs, data_samples)
-
-    @staticmethod
-    def _image_seed(meta: dict, index: int) -> int:
-        """Stable per-image seed: the file name's (``file_seed``), else the batch index."""
-        path = meta.get("img_path")
-        return file_seed(path) if path else index
 
 
 def check_wrappable(model: EncoderDecoder) -> None:
@@ -211,6 +207,30 @@ def configure(model: EncoderDecoder, **test_cfg: Any) -> EquiRuntime:
         model.test_cfg[key] = value
     model._equi_runtime = None
     return runtime(model)
+
+
+@contextlib.contextmanager
+def scenario(model: EncoderDecoder, name: str | None, *, record_scores: bool = False,
+             **test_cfg: Any) -> Iterator[EquiRuntime]:
+    """Evaluate scenario ``name`` (one of ``SCENARIOS``; None = as configured) with the ``test_cfg`` keys given
+    (``defense``, ``attack`` …) for the block only; yields the runtime, whose ``scores`` the block's batches fill.
+    The model's ``test_cfg``, runtime and scenario are restored after the block, also when it raises."""
+    model = getattr(model, "module", model)
+    if name is not None and name not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {tuple(SCENARIOS)}; got {name!r}")
+    saved_cfg = {key: model.test_cfg.get(key, _UNSET) for key in test_cfg}
+    saved_runtime = getattr(model, "_equi_runtime", None)
+    try:
+        rt = configure(model, **test_cfg) if test_cfg else runtime(model)
+        with temporarily(rt, scenario=name, record_scores=record_scores, scores=[]):
+            yield rt
+    finally:
+        for key, value in saved_cfg.items():
+            if value is _UNSET:
+                model.test_cfg.pop(key, None)
+            else:
+                model.test_cfg[key] = value
+        model._equi_runtime = saved_runtime
 
 
 def set_scenario(model: EncoderDecoder, scenario: str | None, record_scores: bool = False) -> EquiRuntime:

@@ -106,3 +106,24 @@ def test_benchmark_and_honesty_tools_on_the_mask_rcnn(shapes_root, tmp_path):
     assert [c["check"] for c in report["checks"]] == list("abcdef")
     assert report["worst_case"] <= report["strongest_single"] + 1e-9
     assert "mask AP" in (tmp_path / "sanity/sanity_checks.md").read_text()
+
+
+def test_a_failing_cell_or_scenario_leaves_the_model_as_it_was(demo, tmp_path, monkeypatch):
+    """An error mid-evaluation (here: the evaluation loop itself) restores the model's pipeline, scenario and
+    recording flags, so the next evaluation with the same model is not silently run in a stale scenario."""
+    import equi_ext.detectron2.evaluation as evaluation
+
+    cfg, model = demo
+    pipeline = model.pipeline
+
+    def broken(*args, **kwargs):
+        assert model.scenario is not None  # the scenario was in force while the loop ran
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(evaluation, "inference_on_dataset", broken)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        evaluate_cell(cfg, model, ("PGD-2", PGD), ("equivariance", dict(type="equi", steps=1)), tmp_path / "cell")
+    assert model.pipeline is pipeline and model.scenario is None and not model.record_losses
+    with pytest.raises(RuntimeError, match="interrupted"):
+        evaluate_scenarios(cfg, None, scenarios=["defended"], output_dir=str(tmp_path / "s"), model=model)
+    assert model.scenario is None and not model.record_scores and model.pipeline is pipeline

@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from equi_ext.evaluation.demo import build_demo_runner
+
 from .conftest import load_tool
-
-
-@pytest.fixture(scope="module")
-def run_demo():
-    return load_tool("run_demo")
 
 
 def _scores(runner, score, attack=None):
@@ -27,12 +24,12 @@ def _scores(runner, score, attack=None):
 
 
 @pytest.mark.numerics
-def test_scores_flag_pgd_images_and_corruption_changes_the_images(run_demo, synthetic_val_root, tmp_path):
+def test_scores_flag_pgd_images_and_corruption_changes_the_images(synthetic_val_root, tmp_path):
     """Each score kind separates PGD-10 images from clean ones on the demo model (the equivariance
     score as the issue requires: AUROC ≥ 0.9, scikit-learn), and ImageCorruption really corrupts."""
     from sklearn.metrics import roc_auc_score
 
-    runner = run_demo.build_demo_runner(synthetic_val_root, 6, tmp_path / "val")
+    runner = build_demo_runner(synthetic_val_root, 6, tmp_path / "val")
     pgd = dict(type="pgd", eps=4, steps=10)
     labels = np.r_[np.zeros(6), np.ones(6)]
     for score, sign in (("equivariance", -1), ("output_variance", 1), ("invariance", -1)):
@@ -40,8 +37,8 @@ def test_scores_flag_pgd_images_and_corruption_changes_the_images(run_demo, synt
         auroc = roc_auc_score(labels, sign * np.r_[clean, attacked])
         assert auroc >= (0.9 if score == "equivariance" else 0.6), (score, auroc)
 
-    fog = run_demo.build_demo_runner(synthetic_val_root, 1, tmp_path / "fog",
-                                     corruption=dict(corruption="fog", severity=3))
+    fog = build_demo_runner(synthetic_val_root, 1, tmp_path / "fog",
+                            corruption=dict(corruption="fog", severity=3))
     sample = fog.test_dataloader.dataset[0]
     raw = np.asarray(Image.open(sample["data_samples"].img_path).convert("RGB"))
     loaded = sample["inputs"].numpy().transpose(1, 2, 0)[..., ::-1]  # BGR → RGB

@@ -167,6 +167,18 @@ def test_sliding_window_mode_is_defended(synthetic_val_root, tmp_path, monkeypat
     assert all((out - images).abs().max() > 0 for images, out in defenses)
 
 
+def test_a_scenario_block_restores_test_cfg_and_runtime_also_on_errors(synthetic_val_root, tmp_path):
+    runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, defense=dict(type="equi", steps=1)))
+    model = runner.model
+    before = equi_mmseg.runtime(model)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with equi_mmseg.scenario(model, "defended", record_scores=True, attack=dict(type="pgd", steps=1)) as rt:
+            assert rt is not before and rt.scenario == "defended" and rt.pipeline.attack_cfg["type"] == "pgd"
+            raise RuntimeError("interrupted")
+    assert "attack" not in model.test_cfg and model.test_cfg["defense"] == dict(type="equi", steps=1)
+    assert equi_mmseg.runtime(model) is before and before.scenario is None and not before.record_scores
+
+
 def test_scenario_names_are_checked(synthetic_val_root, tmp_path):
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, defense="equi"))
     with pytest.raises(ValueError, match="scenario must be one of"):

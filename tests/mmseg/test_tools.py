@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from equi_ext.evaluation.demo import build_demo_runner
+
 from .conftest import REPO, load_tool, write_voc_fixture
 
 VOC_CONFIG = str(REPO / "configs/deeplabv3_voc_equi.py")
@@ -165,9 +167,8 @@ def test_per_image_metric_reproduces_iou_metric_and_sanity_report_runs(synthetic
     report runs end to end (tiny budgets) and pools every ε-bounded run per image."""
     from equi_ext.mmseg.evaluation import evaluate_grid, worst_case
 
-    run_demo = load_tool("run_demo")
-    runner = run_demo.build_demo_runner(synthetic_val_root, 3, tmp_path / "grid",
-                                        test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
+    runner = build_demo_runner(synthetic_val_root, 3, tmp_path / "grid",
+                               test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
     (row,) = evaluate_grid(runner, {"vanilla": None}, {"clean": None})
     assert [r["img"] for r in row["per_image"]] == sorted({r["img"] for r in row["per_image"]})
     assert all(r["loss"] > 0 for r in row["per_image"])
@@ -193,7 +194,6 @@ def test_results_do_not_depend_on_the_data_folder(synthetic_val_root, tmp_path):
 
     from equi_ext.mmseg.evaluation import evaluate_grid
 
-    run_demo = load_tool("run_demo")
     names = sorted(p.name for p in (synthetic_val_root / "img_dir/val").iterdir())[:2]
     records = {}
     for place in ("here", "elsewhere/deeper"):
@@ -202,8 +202,8 @@ def test_results_do_not_depend_on_the_data_folder(synthetic_val_root, tmp_path):
             (root / sub).mkdir(parents=True)
             for name in names:
                 shutil.copy(synthetic_val_root / sub / name, root / sub / name)
-        runner = run_demo.build_demo_runner(root, 2, tmp_path / place / "work",
-                                            test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
+        runner = build_demo_runner(root, 2, tmp_path / place / "work",
+                                   test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
         (row,) = evaluate_grid(runner, {"equi": dict(type="equi", steps=1, transforms=["hflip"])},
                                {"pgd": dict(type="pgd", eps=4, steps=1)})
         records[place] = [{**r, "img": Path(r["img"]).name, "areas": [a.tolist() for a in r["areas"]]}

@@ -25,7 +25,7 @@ from detectron2.utils.events import EventStorage
 
 from ...attacks import ATTACKS
 from ...core.optimizer import frozen_model
-from ...core.seeding import file_seed
+from ...core.seeding import image_seed
 from ...defenses import DEFENSES
 from ...pipeline import SCENARIOS, EquiPipeline
 from .objective import MaskRCNNObjective
@@ -214,7 +214,7 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         with frozen_model(self):
             for idx in groups.values():
                 pixels = torch.stack([self.to_pixels(batched_inputs[i]["image"]) for i in idx])
-                seeds = [self._image_seed(batched_inputs[i], i) for i in idx]
+                seeds = [image_seed(batched_inputs[i].get("file_name"), batched_inputs[i].get("image_id"), i) for i in idx]
                 targets = [batched_inputs[i]["instances"].to(self.device) for i in idx] if attack_on else None
                 loss_seed = zlib.crc32(repr(seeds).encode())
 
@@ -244,10 +244,3 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
                 results[i]["task_loss"] = loss
         return results
 
-    @staticmethod
-    def _image_seed(inputs: dict, index: int) -> int:
-        """Stable per-image seed: the file name (not its folder), else the image id, else the index."""
-        if inputs.get("file_name"):
-            return file_seed(inputs["file_name"])
-        image_id = inputs.get("image_id")
-        return image_id if isinstance(image_id, int) else index

@@ -1,7 +1,7 @@
 """The demo models behind the benchmark and honesty tools, one interface for both frameworks.
 
-``benchmark_robustness.py`` and ``sanity_checks.py`` describe attacks and defenses as registry
-configs and ask a backend to evaluate one (attack, defense) cell or a per-image worst case:
+``tools/benchmark_robustness.py`` and ``tools/sanity_checks.py`` describe attacks and defenses as
+registry configs and ask a backend to evaluate one (attack, defense) cell or a per-image worst case:
 
 - :class:`MMSegBackend`: the demo DeepLabV3 through MMSeg's test loop, mIoU from
   ``PerImageIoUMetric`` (IoUMetric's aggregation);
@@ -14,17 +14,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-from run_demo import CHECKPOINT, DATA, build_demo_runner
-
-REPO = Path(__file__).resolve().parents[1]
-D2_CONFIG = REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml"
-D2_CHECKPOINT = REPO / "checkpoints/mask_rcnn_R18_FPN_synthetic-128x128.pth"
-SSL_HEADS = {
-    "mmseg": {kind: REPO / f"checkpoints/ssl/deeplabv3_r18c16-d8_synthetic-128x128_{kind}.pth"
-              for kind in ("rotation", "contrastive")},
-    "detectron2": {kind: REPO / f"checkpoints/ssl/mask_rcnn_R18_FPN_synthetic-128x128_{kind}.pth"
-                   for kind in ("rotation", "contrastive")},
-}
+from .demo import CHECKPOINT, D2_CHECKPOINT, D2_CONFIG, DATA, REPO, SSL_HEADS, build_demo_runner
 
 
 class MMSegBackend:
@@ -49,7 +39,7 @@ class MMSegBackend:
         if name == "vanilla":
             return None
         if name == "random":
-            from equi_ext.core.optimizer import PRESETS
+            from ..core.optimizer import PRESETS
 
             return dict(type="random", eps_v=PRESETS[self.preset]["eps_v"])
         if name in SSL_HEADS[self.framework]:
@@ -61,12 +51,12 @@ class MMSegBackend:
 
     def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
              resume: bool = False) -> dict:
-        from equi_ext.mmseg.evaluation import evaluate_cell
+        from ..mmseg.evaluation import evaluate_cell
 
         return evaluate_cell(self.runner, attack, defense, record_dir, resume=resume)
 
     def worst_case(self, rows: list[dict]) -> dict:
-        from equi_ext.mmseg.evaluation import worst_case
+        from ..mmseg.evaluation import worst_case
 
         return worst_case(self.runner, rows)
 
@@ -83,8 +73,8 @@ class Detectron2Backend:
     def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None) -> None:
         from detectron2.modeling import build_model
 
-        from equi_ext.detectron2 import load_config, register_synthetic_shapes
-        from equi_ext.detectron2.evaluation import load_weights
+        from ..detectron2 import load_config, register_synthetic_shapes
+        from ..detectron2.evaluation import load_weights
 
         # Detectron2's catalog is process-global: one name per data root.
         prefix = "synthetic_shapes" if data_root == DATA else f"equi_benchmark_{zlib.crc32(str(data_root).encode()):08x}"
@@ -107,8 +97,8 @@ class Detectron2Backend:
     def defense(self, name: str) -> dict | None:
         """The config's defense settings for ``name``, each where that defense takes it (a baseline
         such as ``random`` keeps ε_v and the seed, not the equivariance transforms)."""
-        from equi_ext.defenses import DEFENSES
-        from equi_ext.detectron2.modeling.meta_arch import DEFENSE_KEYS, equi_settings
+        from ..defenses import DEFENSES
+        from ..detectron2.modeling.meta_arch import DEFENSE_KEYS, equi_settings
 
         if name == "vanilla":
             return None
@@ -124,19 +114,19 @@ class Detectron2Backend:
 
     def supports(self, attack: dict | None) -> bool:
         """False for attacks that need dense logits (the pipeline refuses them for this model)."""
-        from equi_ext.attacks import ATTACKS
+        from ..attacks import ATTACKS
 
         return attack is None or not ATTACKS.get(attack["type"]).needs_logits
 
     def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
              resume: bool = False) -> dict:
-        from equi_ext.detectron2.evaluation import evaluate_cell
+        from ..detectron2.evaluation import evaluate_cell
 
         return evaluate_cell(self.cfg, self.model, attack, defense, record_dir, num_images=self.num_images,
                              resume=resume)
 
     def worst_case(self, rows: list[dict]) -> dict:
-        from equi_ext.detectron2.evaluation import worst_case
+        from ..detectron2.evaluation import worst_case
 
         return worst_case(self.cfg, rows)
 

@@ -1,0 +1,70 @@
+"""One strict checkpoint loader for both adapters: every accepted format loads exactly, every bad file is named."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from equi_ext.core.checkpoints import load_weights
+
+
+def model_pair():
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    source[1].running_mean.uniform_()
+    torch.manual_seed(1)
+    return source, nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+
+
+def assert_same_state(a: nn.Module, b: nn.Module, atol: float = 0.0) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert x.dtype == y.dtype, name
+        torch.testing.assert_close(x.float(), y.float(), rtol=0, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("framework, wrap", [
+    ("MMEngine", lambda s: {"state_dict": s, "meta": {"iter": 3}}),
+    ("Detectron2", lambda s: {"model": s, "iteration": 3}),
+    ("Detectron2", lambda s: s),
+    ("MMEngine", lambda s: {f"module.{k}": v for k, v in s.items()}),
+])
+def test_each_format_loads_every_tensor(tmp_path, framework, wrap):
+    source, target = model_pair()
+    torch.save(wrap(source.state_dict()), tmp_path / "w.pth")
+    load_weights(target, tmp_path / "w.pth", framework=framework)
+    assert_same_state(source, target)
+
+
+def test_fp16_weights_load_into_the_fp32_model(tmp_path):
+    source, target = model_pair()
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()}, tmp_path / "h.pth")
+    load_weights(target, tmp_path / "h.pth", framework="Detectron2")
+    assert_same_state(source, target, atol=2e-3)  # fp16 keeps 11 significant bits: |w| < 2 rounds by < 1e-3
+
+
+def test_bad_files_are_named_and_leave_the_model_alone(tmp_path, caplog):
+    source, target = model_pair()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(FileNotFoundError, match="checkpoint '.*missing.pth' does not exist"):
+        load_weights(target, tmp_path / "missing.pth", framework="MMEngine")
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "mm.pth")
+    with pytest.raises(ValueError, match=r"holds no Detectron2 state dict .*\['state_dict'\] \(an MMEngine checkpoint"):
+        load_weights(target, tmp_path / "mm.pth", framework="Detectron2")
+    partial = {k: v for k, v in source.state_dict().items() if not k.startswith("1.")}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="does not match the model:\nmissing: 1.bias, 1.num_batches_tracked, "):
+        load_weights(target, tmp_path / "partial.pth", framework="MMEngine")  # the layers it has are not copied either
+    shapes = dict(source.state_dict(), **{"0.weight": torch.zeros(4, 3, 1, 1)})
+    torch.save(shapes, tmp_path / "shapes.pth")
+    with pytest.raises(ValueError, match=r"does not match the model:\n0.weight: checkpoint \(4, 3, 1, 1\), model \(4, 3, 3, 3\)"):
+        load_weights(target, tmp_path / "shapes.pth", framework="MMEngine")
+    with pytest.raises(ValueError, match="framework must be one of"):
+        load_weights(target, tmp_path / "mm.pth", framework="mmseg")
+    with caplog.at_level(logging.WARNING):
+        load_weights(target, None, framework="MMEngine")
+    assert "randomly initialised" in caplog.text
+    for name, value in target.state_dict().items():
+        assert torch.equal(value, before[name]), name

@@ -28,56 +28,14 @@ Example::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from pathlib import Path
 
-from equi_ext.evaluation.backends import build_backend
-from equi_ext.evaluation.demo import DATA, EPS, REPO, SSL_HEADS, ensure_data
-from equi_ext.reporting import slug
-
-DEFENSE_NAMES = ("vanilla", "random", "rotation", "contrastive", "invariance", "equivariance")
-ATTACK_NAMES = ("clean", "pgd", "mim", "ifgsm", "cw", "houdini", "adaptive", "bpda", "eot")
-WORST = "worst case (per image)"
+from equi_ext.evaluation.demo import DATA, REPO
+from equi_ext.evaluation.robustness import ATTACK_NAMES, DEFENSE_NAMES, benchmark_robustness
 
 
-def attack_rows(names: list[str], steps: int, bpda_steps: int, lambdas: list[float],
-                eot_samples: int) -> dict[str, dict | None]:
-    """Row label → attack config (None = clean); ``adaptive`` gives one row per λ_e."""
-    rows: dict[str, dict | None] = {}
-    for name in names:
-        if name == "clean":
-            rows["clean"] = None
-        elif name == "adaptive":
-            for lam in lambdas:
-                rows[f"adaptive λ_e={lam:g}"] = dict(type="adaptive", eps=EPS, steps=steps, lambda_e=lam)
-        elif name == "bpda":
-            rows[f"BPDA-{bpda_steps}"] = dict(type="bpda", eps=EPS, steps=bpda_steps)
-        elif name == "eot":
-            rows[f"EOT-BPDA-{bpda_steps}×{eot_samples}"] = dict(type="eot", eps=EPS, steps=bpda_steps,
-                                                                samples=eot_samples)
-        else:
-            rows[f"{name.upper() if name != 'houdini' else 'Houdini'}-{steps}"] = dict(type=name, eps=EPS, steps=steps)
-    return rows
-
-
-def with_seed(cfg: dict | None, seed: int) -> dict | None:
-    return None if cfg is None else dict(cfg, seed=seed)
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in names if v not in allowed]
-    if unknown or not names:
-        raise SystemExit(f"error: unknown {what} {unknown or text!r}; choose from {', '.join(allowed)}")
-    return names
+def names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def main(argv=None) -> dict:
@@ -104,71 +62,15 @@ def main(argv=None) -> dict:
         lambdas = [float(v) for v in args.lambdas.split(",")]
     except ValueError as err:
         raise SystemExit(f"error: --seeds takes integers and --lambdas numbers, comma-separated ({err})") from None
-    if args.num_images < 1 or args.steps < 1 or args.bpda_steps < 1 or args.eot_samples < 1:
-        raise SystemExit("error: --num-images, --steps, --bpda-steps and --eot-samples must be >= 1")
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
-    defense_names = parse_list(args.defenses, DEFENSE_NAMES, "defense")
-    framework = "detectron2" if args.detectron2 else "mmseg"
-    for name in defense_names:
-        if name in SSL_HEADS[framework] and not SSL_HEADS[framework][name].is_file():
-            raise SystemExit(f"error: the {name} baseline needs its head {SSL_HEADS[framework][name]}: "
-                             f"train it with tools/train_ssl_head.py")
-    all_rows = attack_rows(parse_list(args.attacks, ATTACK_NAMES, "attack"), args.steps, args.bpda_steps, lambdas,
-                           args.eot_samples)
-    out = Path(args.work_dir)
-    if Path(args.data_root) == DATA:
-        ensure_data()
-
-    from equi_ext.reporting import write_report
-
-    backend = build_backend(args.detectron2, Path(args.data_root), args.num_images, out,
-                            Path(args.checkpoint) if args.checkpoint else None, args.preset)
-    columns = {name: backend.defense(name) for name in defense_names}
-    rows = {label: cfg for label, cfg in all_rows.items() if backend.supports(cfg)}
-    skipped = [label for label in all_rows if label not in rows]
-    start = time.perf_counter()
-    cells: list[dict] = []
-    for seed in seeds:
-        for defense, defense_cfg in columns.items():
-            attacked = []
-            for attack, attack_cfg in rows.items():
-                record_dir = out / "cells" / f"seed{seed}" / slug(defense) / slug(attack)
-                cell = backend.cell((attack, with_seed(attack_cfg, seed)), (defense, with_seed(defense_cfg, seed)),
-                                    record_dir, resume=args.resume)
-                cell["seed"] = seed
-                print(f"  seed {seed}  {defense:<12} {attack:<22} {backend.metric} {cell[backend.key]:6.2f}  "
-                      f"({cell['run_images']} images run, {cell['seconds']:.0f} s)", flush=True)
-                cells.append(cell)
-                if attack_cfg is not None:
-                    attacked.append(cell)
-            if attacked:
-                worst = backend.worst_case(attacked)
-                cells.append({"attack": WORST, "defense": defense, "seed": seed, backend.key: worst[backend.key],
-                              "picks": worst["picks"]})
-    elapsed = time.perf_counter() - start
-
-    labels = list(rows) + ([WORST] if any(c is not None for c in rows.values()) else [])
-    value = {(c["attack"], c["defense"], c["seed"]): c[backend.key] for c in cells}
-    lines = [f"{backend.metric} (%) of the {backend.model_name} on the first {args.num_images} val images, "
-             f"ε = {EPS:g}, {backend.settings}, seeds {args.seeds} (mean ± std)", "",
-             "| attack | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for label in labels:
-        lines.append(f"| {label} | " + " | ".join(mean_std([value[(label, d, s)] for s in seeds])
-                                                  for d in columns) + " |")
-    if skipped:
-        lines += ["", f"Not applicable to this model (they need dense logits): {', '.join(skipped)}."]
-    lines += ["", f"Command: `python tools/benchmark_robustness.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-              f"Evaluation time: {elapsed:.0f} s (this invocation)"]
-    csv_rows = [{"attack": c["attack"], "defense": c["defense"], "seed": c["seed"], backend.key: c[backend.key],
-                 "seconds": c.get("seconds", float("nan"))} for c in cells]
-    data = dict(framework=backend.framework, metric=backend.key, num_images=args.num_images, eps=EPS,
-                settings=backend.settings, seeds=seeds, not_applicable=skipped,
-                columns={k: v for k, v in columns.items()}, rows={k: v for k, v in rows.items()},
-                table={label: {d: [value[(label, d, s)] for s in seeds] for d in columns} for label in labels},
-                cells=[{k: v for k, v in c.items() if k != "per_image"} for c in cells], seconds=elapsed)
-    write_report(out, "robustness", "\n".join(lines) + "\n", data, csv_rows)
-    return data
+    command = "python tools/benchmark_robustness.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        return benchmark_robustness(
+            detectron2=args.detectron2, defense_names=names(args.defenses), attack_names=names(args.attacks),
+            seeds=seeds, num_images=args.num_images, steps=args.steps, bpda_steps=args.bpda_steps,
+            eot_samples=args.eot_samples, lambdas=lambdas, data_root=args.data_root, checkpoint=args.checkpoint,
+            preset=args.preset, work_dir=args.work_dir, resume=args.resume, command=command)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -19,14 +19,11 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import os.path as osp
 import sys
-import time
 
 from equi_ext.core.distributed import close_process_group
-from equi_ext.pipeline import SCENARIOS, default_scenarios, scenario_table
+from equi_ext.pipeline import SCENARIOS
 
 
 def parse_args(argv=None):
@@ -54,18 +51,6 @@ def prepare_config(args):
         cfg.visualizer["save_dir"] = args.show_dir
     cfg.load_from = None  # loaded strictly below, so a mismatched checkpoint is an error
     return cfg
-
-
-def load_weights(runner, checkpoint: str | None, config: str) -> None:
-    """Load ``checkpoint`` strictly: a file that does not fit the model is an error, not a warning."""
-    from equi_ext.core.checkpoints import load_weights as load_checkpoint
-
-    try:
-        load_checkpoint(runner.model, checkpoint, framework="MMEngine")
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
-    except ValueError as err:
-        raise SystemExit(f"error: {err} (config {config!r})") from None
 
 
 def detectron2_main(argv: list[str]) -> list[dict]:
@@ -127,53 +112,26 @@ def main(argv=None) -> list[dict]:
     if argv and argv[0].endswith((".yaml", ".yml")):
         return detectron2_main(argv)
     args = parse_args(argv)
-    from mmengine.dist import all_gather_object, get_rank
-    from mmengine.runner import Runner
-
-    import equi_ext.mmseg as equi_mmseg
+    from equi_ext.mmseg import build_equi_components
     from equi_ext.mmseg.cli import check_test_data
+    from equi_ext.mmseg.evaluation import evaluate_scenarios
 
     cfg = prepare_config(args)
-    test_cfg = cfg.model.get("test_cfg", {})
+    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
+        raise SystemExit(f"error: checkpoint {args.checkpoint!r} does not exist")
     try:
-        pipeline, _ = equi_mmseg.build_equi_components(test_cfg)
+        build_equi_components(cfg.model.get("test_cfg", {}))
     except (KeyError, ValueError, TypeError) as err:
         raise SystemExit(f"error: bad equi-ext settings in model.test_cfg: {err}") from None
-    scenarios = args.scenarios.split(",") if args.scenarios else default_scenarios(
-        pipeline.defends, pipeline.attack_cfg is not None)
-    unknown = [s for s in scenarios if s not in SCENARIOS]
+    scenarios = args.scenarios.split(",") if args.scenarios else None
+    unknown = [s for s in scenarios or [] if s not in SCENARIOS]
     if unknown:
         raise SystemExit(f"error: unknown scenarios {unknown}; valid: {list(SCENARIOS)}")
-
     check_test_data(cfg)
-    runner = Runner.from_cfg(cfg)
-    load_weights(runner, args.checkpoint, args.config)
-    rows = []
-    for scenario in scenarios:
-        runner.logger.info(f"equi-ext: evaluating scenario '{scenario}'")
-        start = time.perf_counter()
-        with equi_mmseg.scenario(runner.model, scenario, record_scores=True) as rt:
-            metrics = runner.test()
-            scores = [s for rank_scores in all_gather_object(rt.scores) for s in rank_scores]  # every process's
-        rows.append(dict(
-            scenario=scenario,
-            mIoU=float(metrics["mIoU"]), aAcc=float(metrics["aAcc"]), mAcc=float(metrics["mAcc"]),
-            equivariance_score=sum(scores) / len(scores) if scores else None,
-            images=len(scores), seconds=time.perf_counter() - start,
-        ))
-    table = scenario_table(rows, {"mIoU": "mIoU", "aAcc": "aAcc", "mAcc": "mAcc"})
-    if get_rank() != 0:
-        return rows
-    os.makedirs(cfg.work_dir, exist_ok=True)
-    with open(osp.join(cfg.work_dir, "equi_results.md"), "w") as f:
-        f.write(table + "\n")
-    with open(osp.join(cfg.work_dir, "equi_results.json"), "w") as f:
-        json.dump(dict(config=args.config, checkpoint=args.checkpoint, test_cfg=cfg.model.get("test_cfg", {}).to_dict()
-                       if hasattr(cfg.model.get("test_cfg", {}), "to_dict") else {}, results=rows), f, indent=2,
-                  default=str)
-    runner.logger.info("equi-ext results\n" + table)
-    print(table)
-    return rows
+    try:
+        return evaluate_scenarios(cfg, args.checkpoint, scenarios)
+    except ValueError as err:
+        raise SystemExit(f"error: {err} (config {args.config!r})") from None
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ def main(argv=None) -> list[dict]:
     if argv and argv[0].endswith((".yaml", ".yml")):
         return detectron2_main(argv)
     args = parse_args(argv)
+    from equi_ext.core.checkpoints import CheckpointError
     from equi_ext.mmseg import build_equi_components
     from equi_ext.mmseg.cli import check_test_data
     from equi_ext.mmseg.evaluation import evaluate_scenarios
@@ -130,7 +131,7 @@ def main(argv=None) -> list[dict]:
     check_test_data(cfg)
     try:
         return evaluate_scenarios(cfg, args.checkpoint, scenarios)
-    except ValueError as err:
+    except CheckpointError as err:
         raise SystemExit(f"error: {err} (config {args.config!r})") from None
 
 

@@ -21,6 +21,10 @@ OTHER_FORMAT_HINTS = {"MMEngine": "an MMEngine checkpoint: evaluate it with its 
                       "Detectron2": "a Detectron2 checkpoint: evaluate it with its .yaml config"}
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that holds no state dict of the expected framework, or one that does not fit the model."""
+
+
 def load_weights(model: nn.Module, checkpoint: str | os.PathLike | None, *, framework: str) -> None:
     """Load ``checkpoint`` into ``model`` strictly.
 
@@ -31,7 +35,7 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike | None, *, fram
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file holds no state dict of tensors (the message names the other framework's
+        CheckpointError (a ValueError): the file holds no state dict of tensors (the message names the other framework's
             format when it is one), or its keys or shapes do not match the model.
     """
     if framework not in STATE_KEYS:
@@ -49,7 +53,7 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike | None, *, fram
         other = [name for name, key in STATE_KEYS.items() if name != framework and isinstance(ckpt, dict) and key in ckpt]
         hint = f" ({OTHER_FORMAT_HINTS[other[0]]})" if other else ""
         found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"checkpoint {path!r} holds no {framework} state dict (a {STATE_KEYS[framework]!r} mapping "
+        raise CheckpointError(f"checkpoint {path!r} holds no {framework} state dict (a {STATE_KEYS[framework]!r} mapping "
                          f"of tensors); found keys {found}{hint}")
     state = {k.removeprefix("module."): torch.as_tensor(v) for k, v in state.items()}
     model = getattr(model, "module", model)
@@ -61,5 +65,5 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike | None, *, fram
                           if k in state and tuple(state[k].shape) != shape)]
     problems = [p for p in problems if p]
     if problems:
-        raise ValueError(f"checkpoint {path!r} does not match the model:\n" + "\n".join(problems))
+        raise CheckpointError(f"checkpoint {path!r} does not match the model:\n" + "\n".join(problems))
     model.load_state_dict(state, strict=True)

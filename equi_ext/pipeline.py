@@ -7,16 +7,19 @@ to their stock inference; every decision about attacks, defenses and scores is m
 
 from __future__ import annotations
 
+import abc
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from .attacks import ATTACKS, defense_preprocessor
-from .core.optimizer import EquivarianceDefense
+from .core.optimizer import EquivarianceDefense, frozen_model
 from .core.scores import output_variance_score
+from .core.validation import SettingsError
 from .defenses import DEFENSES, DetectThenDefend, NoDefense
 
 #: scenario name → (attack?, defend?); the tools run one evaluation each.
@@ -26,6 +29,14 @@ SCENARIOS = {
     "attacked": (True, False),
     "defended": (True, True),
 }
+
+def check_scenarios(names: Sequence[str]) -> list[str]:
+    """``names`` as a list, or a ``SettingsError`` (a ``ValueError``) naming the unknown ones and the valid ones."""
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        raise SettingsError(f"unknown scenario(s) {', '.join(map(repr, unknown))}; valid: {', '.join(SCENARIOS)}")
+    return list(names)
+
 
 SCENARIO_LABELS = {"clean": "clean", "clean_defended": "clean + defense", "attacked": "attacked",
                    "defended": "attacked + defense"}
@@ -91,6 +102,54 @@ def attack_kwargs(cls: type, cfg: dict, *, loss_fn: Callable, logits_fn: Callabl
     if cls.needs_defense:
         kwargs["defense"] = preprocessor
     return kwargs
+
+
+class PixelBatch(abc.ABC):
+    """One batch of a framework's inputs as :meth:`EquiPipeline.process` sees it: the adapter's views.
+
+    Images are addressed by their index in the batch; ``idx`` is a list of indices of one group
+    (images that share a ``group_key``, so their pixels stack into one (n, 3, H, W) tensor).
+    """
+
+    def __init__(self, model: nn.Module, size: int) -> None:
+        self.model, self.size = model, size
+
+    @abc.abstractmethod
+    def group_key(self, i: int) -> Hashable:
+        """Images with equal keys are attacked and defended together."""
+
+    @abc.abstractmethod
+    def pixels(self, idx: list[int]) -> torch.Tensor:
+        """The group's images as RGB pixels in the pipeline's range, (n, 3, H, W)."""
+
+    @abc.abstractmethod
+    def seed(self, i: int) -> int:
+        """Image ``i``'s seed: the same image gets the same attack and defense in any batch."""
+
+    @abc.abstractmethod
+    def targets(self, idx: list[int]) -> Any:
+        """Ground truth the attack's task loss takes (asked for only when attacking)."""
+
+    @abc.abstractmethod
+    def loss_fn(self, idx: list[int]) -> Callable:
+        """``loss_fn(pixels, targets)``: the task loss the attack maximises."""
+
+    def logits_fn(self, idx: list[int]) -> Callable | None:
+        """``logits_fn(pixels)``: dense logits, for attacks and scores that weight pixels (None: none)."""
+        return None
+
+    @abc.abstractmethod
+    def view(self, idx: list[int], pixels: torch.Tensor) -> Any:
+        """The defense's model view of ``pixels`` (a feature function or an ``Objective``)."""
+
+    @property
+    def attack_extra(self) -> dict:
+        """Further attack arguments of the framework (e.g. its ``ignore_index``)."""
+        return {}
+
+    @abc.abstractmethod
+    def put(self, idx: list[int], pixels: torch.Tensor, changed: bool) -> None:
+        """Hand the group's final pixels back to the framework (``changed``: attacked or defended)."""
 
 
 class EquiPipeline:
@@ -167,11 +226,45 @@ class EquiPipeline:
     def defends(self) -> bool:
         return self.defense is not None and not isinstance(self.defense, NoDefense)
 
+    def active(self, scenario: str | None) -> tuple[bool, bool]:
+        """(attack?, defend?) of ``scenario`` (None: as configured) given what is configured."""
+        attack, defend = SCENARIOS[scenario] if scenario else (True, True)
+        return attack and self.attack_cfg is not None, defend and self.defends
+
+    def process(self, batch: PixelBatch, scenario: str | None, record_scores: bool = False) -> list[float | None]:
+        """The per-batch flow of both adapters: group, attack, defend, hand back, with the model frozen.
+
+        The attack sees the defense's view of the clean image; the defense (and the score) the view
+        of what it is given. Returns each image's score (None unless ``record_scores``).
+        """
+        attack_on, defend_on = self.active(scenario)
+        groups: dict[Hashable, list[int]] = defaultdict(list)
+        for i in range(batch.size):
+            groups[batch.group_key(i)].append(i)
+        scores: list[float | None] = [None] * batch.size
+        with frozen_model(batch.model):
+            for idx in groups.values():
+                pixels, seeds, logits_fn = batch.pixels(idx), [batch.seed(i) for i in idx], batch.logits_fn(idx)
+                if attack_on:
+                    pixels, _ = self.run(pixels, attack=True, defend=False, features=batch.view(idx, pixels),
+                                         model=batch.model, seeds=seeds, targets=batch.targets(idx),
+                                         loss_fn=batch.loss_fn(idx), logits_fn=logits_fn, **batch.attack_extra)
+                score = None
+                if defend_on or record_scores:
+                    pixels, score = self.run(pixels, attack=False, defend=defend_on, features=batch.view(idx, pixels),
+                                             model=batch.model, seeds=seeds, logits_fn=logits_fn,
+                                             record_score=record_scores)
+                batch.put(idx, pixels, changed=attack_on or defend_on)
+                if score is not None:
+                    for i, value in zip(idx, score.tolist()):
+                        scores[i] = value
+        return scores
+
     def run(self, pixels: torch.Tensor, *, attack: bool, defend: bool, features: Any, model: nn.Module,
             seeds: Sequence[int], targets: Any = None, loss_fn: Callable | None = None,
             logits_fn: Callable | None = None, record_score: bool = False,
             **attack_extra: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attack (if ``attack`` and configured), then defend (if ``defend`` and configured).
+        """One group's step: attack (if ``attack`` and configured), then defend (if ``defend`` and configured).
 
         ``features`` is the defense's model view (a feature_fn or an ``Objective``);
         ``loss_fn(pixels, targets)`` the task loss the attack maximises. Returns the

@@ -183,3 +183,12 @@ def test_tools_import_the_package_not_each_other_and_never_edit_sys_path():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             imported = {m.split(".")[0] for m in modules} & set(tools)
             assert not imported, f"tools/{name}.py imports the tool(s) {sorted(imported)} (line {node.lineno})"
+
+
+def test_tools_are_argument_parsing_plus_one_call():
+    """A tool over 100 lines holds logic a user cannot import. ``patch_detectron2_sdist.py`` is exempt: it runs
+    before equi-ext is installed (it patches the sdist the install builds), so it cannot import the package."""
+    for path in (REPO / "tools").glob("*.py"):
+        if path.name != "patch_detectron2_sdist.py":
+            lines = len(path.read_text().splitlines())
+            assert lines <= 100, f"tools/{path.name} has {lines} lines; move its logic into equi_ext"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import DATA, REPO
 from equi_ext.evaluation.robustness import ATTACK_NAMES, DEFENSE_NAMES, benchmark_robustness
 
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
             seeds=seeds, num_images=args.num_images, steps=args.steps, bpda_steps=args.bpda_steps,
             eot_samples=args.eot_samples, lambdas=lambdas, data_root=args.data_root, checkpoint=args.checkpoint,
             preset=args.preset, work_dir=args.work_dir, resume=args.resume, command=command)
-    except ValueError as err:
+    except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import REPO, run_demo
 
 
@@ -27,7 +28,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
         return run_demo(args.num_images, args.work_dir, args.retrain)
-    except ValueError as err:
+    except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 

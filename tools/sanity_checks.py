@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 
+from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import DATA, REPO
 from equi_ext.evaluation.honesty import honesty_checks
 
@@ -64,7 +65,7 @@ def main(argv=None) -> dict:
                               steps=args.steps, bpda_steps=args.bpda_steps, max_bpda_steps=args.max_bpda_steps,
                               restarts=args.restarts, lambdas=lambdas, eot_samples=args.eot_samples,
                               data_root=args.data_root, work_dir=args.work_dir, resume=args.resume)
-    except ValueError as err:
+    except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 

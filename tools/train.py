@@ -14,6 +14,7 @@ from mmengine.runner import Runner
 
 import equi_ext.mmseg  # noqa: F401  (registers datasets and the defense wrapper)
 from equi_ext.core.distributed import close_process_group
+from equi_ext.core.validation import SettingsError
 from equi_ext.mmseg.cli import add_common_arguments, load_config
 
 
@@ -27,7 +28,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cfg = load_config(args)
+    try:
+        cfg = load_config(args)
+    except SettingsError as err:
+        raise SystemExit(f"error: {err}") from None
     cfg.resume = args.resume
     runner = Runner.from_cfg(cfg)
     runner.train()

@@ -10,6 +10,18 @@ import math
 
 import torch
 
+
+class SettingsError(ValueError):
+    """An evaluation whose settings cannot run (bad names, keys, budgets, scenarios, missing files), found
+    before anything runs; tools turn it into an exit message, an error mid-run keeps its own type."""
+
+    @classmethod
+    def of(cls, err: Exception, context: str = "") -> SettingsError:
+        """``err`` (a registry's ``KeyError``, a budget's ``ValueError`` …) as a ``SettingsError``, its text kept."""
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        return cls(f"{context}{text}")
+
+
 PixelRange = tuple[float, float]
 DEFAULT_PIXEL_RANGE: PixelRange = (0.0, 255.0)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader
 from detectron2.data import detection_utils as utils
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from pycocotools.coco import COCO
@@ -33,9 +33,11 @@ from pycocotools.cocoeval import COCOeval
 
 from ..core.checkpoints import load_weights as load_checkpoint
 from ..core.metrics import worst_case_per_image
-from ..pipeline import SCENARIOS, EquiPipeline, default_scenarios, scenario_table, temporarily
+from ..core.validation import SettingsError
+from ..pipeline import EquiPipeline, check_scenarios, default_scenarios, scenario_table, temporarily
 from ..reporting import atomic_write_json, record_path
 from .modeling import EquiGeneralizedRCNN
+from .modeling.meta_arch import SCORE_KEY
 
 
 class _PredictedImagesCOCOEvaluator(COCOEvaluator):
@@ -65,6 +67,28 @@ class _PredictedImagesCOCOEvaluator(COCOEvaluator):
             coco_eval.accumulate()
             coco_eval.summarize()
         return super()._derive_coco_results(coco_eval, iou_type, class_names)
+
+
+class EquiScoreEvaluator(DatasetEvaluator):
+    """Mean of the scores a model with ``record_scores`` puts on its outputs (``equi_score``), over every
+    process's images: ``{'equi': {'score': mean, 'images': n}}`` (no ``score`` when no image has one), on the
+    main process."""
+
+    def reset(self) -> None:
+        self._scores: list[float] = []
+
+    def process(self, inputs, outputs) -> None:
+        self._scores.extend(float(o[SCORE_KEY]) for o in outputs if o.get(SCORE_KEY) is not None)
+
+    def evaluate(self) -> dict:
+        gathered = comm.gather(self._scores, dst=0)
+        if not comm.is_main_process():  # as Detectron2's evaluators: results on the main process only
+            return {}
+        scores = [s for rank_scores in gathered for s in rank_scores]
+        summary = {"images": len(scores)}
+        if scores:
+            summary["score"] = sum(scores) / len(scores)
+        return {"equi": summary}
 
 
 def coco_ap(coco_gt: COCO, metadata, predictions: Sequence[dict], img_ids: Sequence[int], task: str) -> float:
@@ -140,16 +164,16 @@ class PerImageCOCOEvaluator(_PredictedImagesCOCOEvaluator):
 
 
 def check_dataset(name: str) -> None:
-    """Fail before building a model if ``name`` is not registered or its files do not exist
+    """A ``SettingsError`` before building a model if ``name`` is not registered or its files do not exist
     (Detectron2 would fail later, deep inside its loader)."""
     if name not in DatasetCatalog.list():
-        raise KeyError(f"DATASETS.TEST names {name!r}, which is not a registered dataset; register it first "
+        raise SettingsError(f"DATASETS.TEST names {name!r}, which is not a registered dataset; register it first "
                        "(EQUI.SYNTHETIC_ROOT registers the synthetic shapes)")
     meta = MetadataCatalog.get(name)
     for key in ("json_file", "image_root"):
         path = meta.get(key, None)
         if path and not os.path.exists(path):
-            raise FileNotFoundError(f"dataset {name!r}: {key} {path!r} does not exist (Detectron2's builtin "
+            raise SettingsError(f"dataset {name!r}: {key} {path!r} does not exist (Detectron2's builtin "
                                     "datasets live under $DETECTRON2_DATASETS, default ./datasets)")
 
 
@@ -204,38 +228,39 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
         model: an already built and loaded model (benchmarks reuse one across settings).
 
     Returns:
-        One dict per scenario: segm/bbox AP (and AP50), mean equivariance score, images, seconds.
+        One dict per scenario: segm/bbox AP (and AP50), mean equivariance score, images, seconds; complete
+        on the main process (Detectron2's evaluators return their results there only).
     """
     if not cfg.DATASETS.TEST:
-        raise ValueError("DATASETS.TEST is empty: name the dataset to evaluate")
+        raise SettingsError("DATASETS.TEST is empty: name the dataset to evaluate")
     dataset = cfg.DATASETS.TEST[0]
     check_dataset(dataset)
+    if weights and "://" not in str(weights) and not os.path.isfile(weights):
+        raise SettingsError(f"weights {weights!r} do not exist")
     if model is None:
         model = build_model(cfg)
         if not isinstance(model, EquiGeneralizedRCNN):
-            raise ValueError(f"MODEL.META_ARCHITECTURE must be EquiGeneralizedRCNN for equi-ext evaluation; "
-                             f"got {cfg.MODEL.META_ARCHITECTURE!r}")
+            raise SettingsError(f"MODEL.META_ARCHITECTURE must be EquiGeneralizedRCNN for equi-ext evaluation; "
+                                f"got {cfg.MODEL.META_ARCHITECTURE!r}")
         load_weights(model, weights)
     model.eval()
     if scenarios is None:
         scenarios = default_scenarios(model.pipeline.defends, model.pipeline.attack_cfg is not None)
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        raise ValueError(f"unknown scenarios {unknown}; valid: {list(SCENARIOS)}")
+    check_scenarios(scenarios)
     out_dir = Path(output_dir or cfg.OUTPUT_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for scenario in scenarios:
-        evaluator = _PredictedImagesCOCOEvaluator(dataset, tasks=_tasks(cfg), distributed=True,
-                                                  output_dir=str(out_dir / scenario), use_fast_impl=False)
+        evaluator = DatasetEvaluators([
+            _PredictedImagesCOCOEvaluator(dataset, tasks=_tasks(cfg), distributed=True,
+                                          output_dir=str(out_dir / scenario), use_fast_impl=False),
+            EquiScoreEvaluator()])
         start = time.perf_counter()
-        with temporarily(model, scenario=scenario, record_scores=True, scores=[]):
+        with temporarily(model, scenario=scenario, record_scores=True):
             results = inference_on_dataset(model, build_annotated_test_loader(cfg, dataset, num_images), evaluator)
-            scores = [s for rank_scores in comm.all_gather(list(model.scores)) for s in rank_scores]
         rows.append(dict(
-            scenario=scenario, **ap_summary(results),
-            equivariance_score=sum(scores) / len(scores) if scores else None,
-            images=len(scores), seconds=time.perf_counter() - start,
+            scenario=scenario, **ap_summary(results), equivariance_score=results.get("equi", {}).get("score"),
+            images=results.get("equi", {}).get("images", 0), seconds=time.perf_counter() - start,
         ))
     if not comm.is_main_process():
         return rows
@@ -244,6 +269,56 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
     (out_dir / "equi_results.json").write_text(json.dumps(
         dict(weights=weights, equi=json.loads(json.dumps(cfg.EQUI, default=str)), results=rows), indent=2))
     print(table)
+    return rows
+
+
+def evaluate_config(config: str, weights: str | None = None, *, opts: Sequence[str] = (),
+                    scenarios: list[str] | None = None, num_images: int | None = None, output_dir: str | None = None,
+                    num_processes: int = 1, num_machines: int = 1, machine_rank: int = 0,
+                    dist_url: str = "auto") -> list[dict]:
+    """``tools/test.py CONFIG.yaml``: load ``config`` with ``opts`` (KEY VALUE overrides), register its data and
+    :func:`evaluate_scenarios` it, in ``num_processes`` processes per machine (each evaluates its shard of
+    Detectron2's ``InferenceSampler``; rank 0 writes the gathered results). ``weights`` default to
+    ``MODEL.WEIGHTS``. Returns the rows (an empty list from a multi-process launch).
+
+    Raises:
+        SettingsError: a missing config, unknown keys or bad ``EQUI`` settings, before any process starts.
+    """
+    from .config import load_config
+    from .launch import launch
+
+    try:
+        load_config(config, list(opts))  # bad settings fail here, before any process starts
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        raise SettingsError.of(err) from err
+    args = (config, weights, list(opts), scenarios, num_images, output_dir)
+    if num_processes * num_machines == 1:
+        return _evaluate_process(*args)
+    launch(_evaluate_process, num_processes, num_machines=num_machines, machine_rank=machine_rank,
+           dist_url=dist_url, args=args)
+    return []
+
+
+def _evaluate_process(config: str, weights: str | None, opts: list[str], scenarios: list[str] | None,
+                      num_images: int | None, output_dir: str | None) -> list[dict]:
+    """One process's part of :func:`evaluate_config`."""
+    from detectron2.utils.logger import setup_logger
+
+    from ..core.distributed import close_process_group
+    from .config import load_config
+    from .datasets import register_from_cfg
+
+    cfg = load_config(config, opts)
+    if output_dir:
+        cfg.OUTPUT_DIR = output_dir
+    setup_logger(name="equi_ext")
+    setup_logger(name="detectron2")
+    try:
+        register_from_cfg(cfg)
+    except (FileNotFoundError, ValueError) as err:
+        raise SettingsError.of(err) from err
+    rows = evaluate_scenarios(cfg, weights or cfg.MODEL.WEIGHTS or None, scenarios=scenarios, num_images=num_images)
+    close_process_group()  # as a worker of a multi-process launch
     return rows
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+from ..core.validation import SettingsError
 from .demo import CHECKPOINT, D2_CHECKPOINT, D2_CONFIG, DATA, REPO, SSL_HEADS, build_demo_runner
 
 
@@ -81,7 +82,7 @@ class Detectron2Backend:
         names = register_synthetic_shapes(data_root, prefix=prefix)
         val = [n for n in names if n.endswith("_val")]
         if not val:
-            raise SystemExit(f"error: {data_root} has no val split (annotations/instances_val.json)")
+            raise SettingsError(f"{data_root} has no val split (annotations/instances_val.json)")
         opts = ["EQUI.SYNTHETIC_ROOT", "", "DATASETS.TEST", f"('{val[0]}',)", "OUTPUT_DIR", str(work_dir / "runs")]
         self.cfg = load_config(D2_CONFIG, opts)
         self.model = build_model(self.cfg).eval()

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.validation import SettingsError
+
 #: The checkout the demo assets live in (configs, checkpoints, generated data, tools).
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs/demo/deeplabv3_r18c16-d8_1xb8-3k_synthetic-128x128.py"
@@ -69,10 +71,12 @@ def ensure_checkpoint(retrain: bool, work_dir: Path) -> Path:
 def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoint: Path = CHECKPOINT,
                       test_evaluator: dict | None = None, corruption: dict | None = None):
     """An MMEngine runner of the demo config on the first ``num_images`` val images, weights loaded
-    (``test_evaluator`` replaces the config's, e.g. with ``PerImageIoUMetric``; ``corruption``,
-    e.g. ``dict(corruption='fog', severity=3)``, corrupts each image as it is loaded)."""
+    (``test_evaluator`` replaces the config's, e.g. with ``PerImageIoUMetric``; ``corruption``, e.g.
+    ``dict(corruption='fog', severity=3)``, corrupts each image as it is loaded)."""
     from mmengine.config import Config
     from mmengine.runner import Runner
+
+    from ..core.checkpoints import load_weights
 
     cfg = Config.fromfile(str(CONFIG))
     cfg.work_dir = str(work_dir)
@@ -85,7 +89,7 @@ def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoi
     if corruption is not None:
         cfg.test_dataloader.dataset.pipeline.insert(1, dict(type="ImageCorruption", **corruption))
     runner = Runner.from_cfg(cfg)
-    runner.load_checkpoint(str(checkpoint), map_location="cpu", strict=True)  # weights only: safe to load
+    load_weights(runner.model, checkpoint, framework="MMEngine")
     return runner
 
 
@@ -93,7 +97,7 @@ def run_demo(num_images: int = 16, work_dir: str | Path = REPO / "work_dirs/demo
     """The README's first command: the grid on the first ``num_images`` reported val images, written to
     ``work_dir/demo_results.{md,json}`` and returned (rows, scores, seconds)."""
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1; got {num_images}")
+        raise SettingsError(f"num_images must be >= 1; got {num_images}")
     work_dir = Path(work_dir)
     ensure_data()
     checkpoint = ensure_checkpoint(retrain, work_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.validation import SettingsError
 from ..reporting import slug, write_report
 from .backends import build_backend
 from .demo import DATA, EPS, ensure_data
@@ -28,7 +29,7 @@ def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str
         ValueError: ``num_images`` < 1 or not 1 <= ``bpda_steps`` <= ``max_bpda_steps``.
     """
     if num_images < 1 or bpda_steps < 1 or max_bpda_steps < bpda_steps:
-        raise ValueError("need num_images >= 1 and 1 <= bpda_steps <= max_bpda_steps")
+        raise SettingsError("need num_images >= 1 and 1 <= bpda_steps <= max_bpda_steps")
     out = Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     if Path(data_root) == DATA:

@@ -15,6 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
+from ..core.validation import SettingsError
 from ..reporting import slug, write_report
 from .backends import build_backend
 from .demo import DATA, EPS, SSL_HEADS, ensure_data
@@ -67,15 +68,15 @@ def benchmark_robustness(*, detectron2: bool, defense_names: list[str], attack_n
     for what, names, allowed in (("defense", defense_names, DEFENSE_NAMES), ("attack", attack_names, ATTACK_NAMES)):
         unknown = [n for n in names if n not in allowed]
         if unknown or not names:
-            raise ValueError(f"unknown {what} {unknown or names!r}; choose from {', '.join(allowed)}")
+            raise SettingsError(f"unknown {what} {unknown or names!r}; choose from {', '.join(allowed)}")
     if num_images < 1 or steps < 1 or bpda_steps < 1 or eot_samples < 1:
-        raise ValueError("num_images, steps, bpda_steps and eot_samples must be >= 1")
+        raise SettingsError("num_images, steps, bpda_steps and eot_samples must be >= 1")
     if checkpoint and not Path(checkpoint).is_file():
-        raise ValueError(f"checkpoint {checkpoint} does not exist")
+        raise SettingsError(f"checkpoint {checkpoint} does not exist")
     framework = "detectron2" if detectron2 else "mmseg"
     for name in defense_names:
         if name in SSL_HEADS[framework] and not SSL_HEADS[framework][name].is_file():
-            raise ValueError(f"the {name} baseline needs its head {SSL_HEADS[framework][name]}: "
+            raise SettingsError(f"the {name} baseline needs its head {SSL_HEADS[framework][name]}: "
                              f"train it with tools/train_ssl_head.py")
     all_rows = attack_rows(attack_names, steps, bpda_steps, lambdas, eot_samples)
     out = Path(work_dir)

@@ -12,18 +12,17 @@ from ..frameworks import require
 require("mmseg", ["mmengine", "mmcv.ops", "mmseg"],
         {"mmsegmentation": ("1.2", "2"), "mmcv": ("2.0.0rc4", "2.2.0"), "mmengine": ("0.10", "1")})
 
+from ..pipeline import SCENARIOS  # noqa: E402
 from . import datasets, metrics, transforms  # noqa: E402, F401  (registers SyntheticShapesDataset, PerImageIoUMetric, ImageCorruption)
 from .segmentor import (  # noqa: E402
-    SCENARIOS,
     EquiEncoderDecoder,
     build_equi_components,
     configure,
     install,
     runtime,
     scenario,
-    set_scenario,
 )
 
 install()
 
-__all__ = ["SCENARIOS", "EquiEncoderDecoder", "build_equi_components", "configure", "install", "runtime", "scenario", "set_scenario"]
+__all__ = ["SCENARIOS", "EquiEncoderDecoder", "build_equi_components", "configure", "install", "runtime", "scenario"]

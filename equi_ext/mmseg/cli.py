@@ -9,6 +9,8 @@ import os.path as osp
 import torch
 from mmengine.config import Config, DictAction
 
+from ..core.validation import SettingsError
+
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options MMSeg's own tools take: --work-dir, --cfg-options, --launcher, --local-rank."""
@@ -26,7 +28,7 @@ def load_config(args: argparse.Namespace) -> Config:
     """
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if not osp.isfile(args.config):
-        raise SystemExit(f"error: config file {args.config!r} does not exist")
+        raise SettingsError(f"config file {args.config!r} does not exist")
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.launcher == "pytorch" and not torch.cuda.is_available():
@@ -59,7 +61,7 @@ def _leaf_datasets(dataset_cfg):
 
 
 def check_test_data(cfg: Config) -> None:
-    """Stop, naming the setting, when the test split's data root, image folder or annotation file
+    """A ``SettingsError`` naming the setting when the test split's data root, image folder or annotation file
     does not exist or the image folder is empty: MMEngine would fail deep inside its file listing
     (``FileNotFoundError``) or its serialisation (``need at least one array to concatenate``).
     Remote paths (``s3://``...) are left to MMEngine's file backends.
@@ -71,6 +73,20 @@ def check_test_data(cfg: Config) -> None:
         ann_file = osp.join(root, dataset["ann_file"]) if dataset.get("ann_file") else ""
         for key, path in (("data_root", root), ("data_prefix.img_path", img_dir), ("ann_file", ann_file)):
             if path and "://" not in path and not osp.exists(path):
-                raise SystemExit(f"error: test dataset {key} {path!r} does not exist; {fix}")
+                raise SettingsError(f"test dataset {key} {path!r} does not exist; {fix}")
         if img_dir and "://" not in img_dir and not ann_file and not any(files for _, _, files in os.walk(img_dir)):
-            raise SystemExit(f"error: test dataset folder {img_dir!r} holds no image; {fix}")
+            raise SettingsError(f"test dataset folder {img_dir!r} holds no image; {fix}")
+
+
+def load_test_config(args: argparse.Namespace) -> Config:
+    """``load_config`` for ``tools/test.py``: ``--show-dir`` paints predictions through the config's
+    visualization hook; the checkpoint is loaded strictly by the evaluation, not by ``load_from``."""
+    cfg = load_config(args)
+    if args.show_dir:
+        hook = cfg.default_hooks.get("visualization")
+        if hook is None:
+            raise SettingsError("--show-dir needs a 'visualization' hook in default_hooks")
+        hook.update(draw=True, interval=1)
+        cfg.visualizer["save_dir"] = args.show_dir
+    cfg.load_from = None
+    return cfg

@@ -12,15 +12,17 @@ import time
 from typing import Any
 
 from mmengine.config import Config
-from mmengine.dist import all_gather_object, get_rank
+from mmengine.dist import get_rank
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader, Subset
 
 from ..core.checkpoints import load_weights
 from ..core.metrics import worst_case_per_image
-from ..pipeline import SCENARIOS, default_scenarios, scenario_table
+from ..core.validation import SettingsError
+from ..pipeline import check_scenarios, default_scenarios, scenario_table
 from ..reporting import record_path
-from .metrics import PerImageIoUMetric, load_record
+from .cli import check_test_data
+from .metrics import EquiScoreMetric, PerImageIoUMetric, load_record
 from .segmentor import build_equi_components, scenario
 
 
@@ -33,31 +35,35 @@ def evaluate_scenarios(cfg: Config, checkpoint: str | None, scenarios: list[str]
     default to every one the config's ``test_cfg.defense`` / ``attack`` make meaningful.
 
     Raises:
-        KeyError / TypeError / ValueError: bad equi-ext settings in ``model.test_cfg``, unknown scenarios,
-            a checkpoint that does not fit the model.
-        FileNotFoundError: a missing checkpoint.
+        SettingsError: before anything runs: bad equi-ext settings in ``model.test_cfg``, unknown scenarios,
+            a missing checkpoint or test data.
+        CheckpointError: a checkpoint that does not fit the model.
     """
     test_cfg = cfg.model.get("test_cfg", {})
-    pipeline, _ = build_equi_components(test_cfg)
+    try:
+        pipeline, _ = build_equi_components(test_cfg)
+    except (KeyError, ValueError, TypeError) as err:
+        raise SettingsError.of(err, "bad equi-ext settings in model.test_cfg: ") from err
     if scenarios is None:
         scenarios = default_scenarios(pipeline.defends, pipeline.attack_cfg is not None)
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        raise ValueError(f"unknown scenarios {unknown}; valid: {list(SCENARIOS)}")
+    check_scenarios(scenarios)
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise SettingsError(f"checkpoint {checkpoint!r} does not exist")
+    check_test_data(cfg)
     runner = Runner.from_cfg(cfg)
     load_weights(runner.model, checkpoint, framework="MMEngine")
+    score_metric(runner)
     rows = []
     for name in scenarios:
         runner.logger.info(f"equi-ext: evaluating scenario '{name}'")
         start = time.perf_counter()
-        with scenario(runner.model, name, record_scores=True) as rt:
+        with scenario(runner.model, name, record_scores=True):
             metrics = runner.test()
-            scores = [s for rank_scores in all_gather_object(rt.scores) for s in rank_scores]  # every process's
         rows.append(dict(
             scenario=name,
             mIoU=float(metrics["mIoU"]), aAcc=float(metrics["aAcc"]), mAcc=float(metrics["mAcc"]),
-            equivariance_score=sum(scores) / len(scores) if scores else None,
-            images=len(scores), seconds=time.perf_counter() - start,
+            equivariance_score=metrics.get("equi/score"), images=int(metrics["equi/images"]),
+            seconds=time.perf_counter() - start,
         ))
     if get_rank() != 0:
         return rows
@@ -79,6 +85,16 @@ def per_image_metric(runner: Runner) -> PerImageIoUMetric | None:
     return next((m for m in runner.test_loop.evaluator.metrics if isinstance(m, PerImageIoUMetric)), None)
 
 
+def score_metric(runner: Runner) -> EquiScoreMetric:
+    """The runner's ``EquiScoreMetric``, added to its test evaluator if the config did not list one."""
+    evaluator = runner.test_loop.evaluator
+    metric = next((m for m in evaluator.metrics if isinstance(m, EquiScoreMetric)), None)
+    if metric is None:
+        metric = EquiScoreMetric()
+        evaluator.metrics.append(metric)
+    return metric
+
+
 def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, Any]) -> list[dict]:
     """Return one row per (attack, defense) cell: mIoU, mean and per-image equivariance score, seconds.
 
@@ -86,6 +102,7 @@ def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, A
     own ``test_cfg`` is restored afterwards.
     With a ``PerImageIoUMetric`` evaluator, each row also carries its ``per_image`` records.
     """
+    scores = score_metric(runner)
     rows = []
     for attack_name, attack_cfg in attacks.items():
         for defense_name, defense_cfg in defenses.items():
@@ -93,12 +110,11 @@ def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, A
                 "defended" if attack_cfg is not None else "clean_defended")
             runner.logger.info(f"equi-ext grid: attack={attack_name} defense={defense_name}")
             start = time.perf_counter()
-            with scenario(runner.model, name, record_scores=True, defense=defense_cfg, attack=attack_cfg) as rt:
+            with scenario(runner.model, name, record_scores=True, defense=defense_cfg, attack=attack_cfg):
                 metrics = runner.test()
-                scores = list(rt.scores)
             rows.append(dict(attack=attack_name, defense=defense_name, mIoU=float(metrics["mIoU"]),
-                             score=sum(scores) / max(len(scores), 1), images=len(scores),
-                             image_scores=scores, seconds=time.perf_counter() - start))
+                             score=metrics.get("equi/score", 0.0), images=int(metrics["equi/images"]),
+                             image_scores=list(scores.image_scores), seconds=time.perf_counter() - start))
             metric = per_image_metric(runner)
             if metric is not None:
                 rows[-1]["per_image"] = list(metric.per_image)

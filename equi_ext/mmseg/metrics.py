@@ -1,4 +1,5 @@
-"""``PerImageIoUMetric``: MMSeg's ``IoUMetric`` that also keeps each image's areas and loss.
+"""``PerImageIoUMetric``: MMSeg's ``IoUMetric`` that also keeps each image's areas and loss;
+``EquiScoreMetric``: the mean per-image score the defended model puts on its outputs.
 
 The honest robust number is a per-image worst case over every attack run (AutoAttack /
 RobustBench style), which needs each image's intersection/union and task loss; IoUMetric
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from mmengine.evaluator import BaseMetric
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 
 from ..core.metrics import image_iou
 from ..reporting import atomic_write_json, record_path
+from .segmentor import SCORE_KEY
 
 
 @METRICS.register_module()
@@ -69,6 +72,32 @@ class PerImageIoUMetric(IoUMetric):
     def metrics_of(self, areas: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, float]:
         """IoUMetric's dataset metrics over any choice of per-image areas (e.g. a worst case)."""
         return super().compute_metrics(list(areas))
+
+
+@METRICS.register_module()
+class EquiScoreMetric(BaseMetric):
+    """Mean of the scores that a scenario with ``record_scores`` puts on each data sample
+    (``metainfo['equi_score']``), over every process's images: ``equi/score`` (absent when no image
+    carries one) and ``equi/images``. After ``evaluate()``, ``image_scores`` lists them in data order
+    (on the main process). Add it beside the task metric: ``test_evaluator=[dict(type='IoUMetric'),
+    dict(type='EquiScoreMetric')]``; equi-ext's evaluations add it to their runner themselves.
+    """
+
+    default_prefix = "equi"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.image_scores: list[float] = []
+
+    def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
+        self.results.extend(float(s[SCORE_KEY]) for s in data_samples if s.get(SCORE_KEY) is not None)
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        self.image_scores = list(results)
+        metrics = {"images": len(results)}
+        if results:
+            metrics["score"] = sum(results) / len(results)
+        return metrics
 
 
 def load_record(path: str | os.PathLike) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,11 +26,10 @@ from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 
 from ..attacks import pixel_cross_entropy
-from ..core.optimizer import frozen_model
 from ..core.registry import did_you_mean
 from ..core.seeding import image_seed
 from ..core.validation import check_image_batch, check_images
-from ..pipeline import SCENARIOS, EquiPipeline, temporarily
+from ..pipeline import EquiPipeline, PixelBatch, check_scenarios, temporarily
 
 FEATURE_LAYERS = ("backbone", "neck", "logits")
 _UNSET = object()
@@ -99,7 +97,6 @@ class EquiRuntime:
         self.pipeline, (self.layer, self.layer_index) = build_equi_components(model.test_cfg)
         self.scenario: str | None = None
         self.record_scores = False
-        self.scores: list[float] = []
         self.pixels = PixelSpace(model.data_preprocessor)
 
     @property
@@ -132,9 +129,7 @@ class EquiRuntime:
 
     # ----- one batch ----------------------------------------------------------------------
     def predict(self, inputs: torch.Tensor, data_samples: list | None, stock_predict: Callable) -> list:
-        attack_on, defend_on = SCENARIOS[self.scenario] if self.scenario else (True, True)
-        attack_on = attack_on and self.pipeline.attack_cfg is not None
-        defend_on = defend_on and self.pipeline.defends
+        attack_on, defend_on = self.pipeline.active(self.scenario)
         if not (attack_on or defend_on or self.record_scores):
             return stock_predict(inputs, data_samples)
         if data_samples is None:
@@ -145,37 +140,69 @@ class EquiRuntime:
         if attack_on and any(not hasattr(s, "gt_sem_seg") for s in data_samples):
             raise ValueError("an attack needs ground truth: the test pipeline must load annotations "
                              "(LoadAnnotations) so data samples carry gt_sem_seg")
-        metas = [s.metainfo for s in data_samples]
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, meta in enumerate(metas):
-            groups[(tuple(meta.get("padding_size", (0, 0, 0, 0))), tuple(meta["ori_shape"]))].append(i)
-        new_inputs = inputs.clone()
-        ignore_index = getattr(self.model.decode_head, "ignore_index", 255)
-        with frozen_model(self.model):
-            for (padding, _), idx in groups.items():
-                left, right, top, bottom = padding
-                h, w = inputs.shape[-2:]
-                region = (slice(None), slice(None), slice(top, h - bottom), slice(left, w - right))
-                logits_fn = self.logits_fn([metas[i] for i in idx], padding, (h, w))
-                targets = None
-                if attack_on:
-                    targets = torch.stack([data_samples[i].gt_sem_seg.data[0] for i in idx]).to(inputs.device).long()
+        batch = SegBatch(self, inputs, data_samples)
+        scores = self.pipeline.process(batch, self.scenario, self.record_scores)
+        results = stock_predict(batch.new_inputs, data_samples)
+        for sample, score in zip(results, scores):
+            if score is not None:
+                sample.set_metainfo({SCORE_KEY: score})
+        return results
 
-                def loss_fn(x: torch.Tensor, t: torch.Tensor, logits_fn=logits_fn) -> torch.Tensor:
-                    return pixel_cross_entropy(logits_fn(x), t, ignore_index)
 
-                pixels, score = self.pipeline.run(
-                    self.pixels.to_pixels(inputs[idx][region]), attack=attack_on, defend=defend_on,
-                    features=self.features, model=self.model, seeds=[image_seed(metas[i].get("img_path"), None, i) for i in idx],
-                    targets=targets, loss_fn=loss_fn, logits_fn=logits_fn, record_score=self.record_scores,
-                    ignore_index=ignore_index)
-                if score is not None:
-                    self.scores.extend(score.tolist())
-                if attack_on or defend_on:  # scoring alone leaves the inputs bit-identical
-                    normalised = self.pixels.to_inputs(pixels)
-                    for j, i in enumerate(idx):
-                        new_inputs[i][region[1:]] = normalised[j]
-        return stock_predict(new_inputs, data_samples)
+#: The data-sample metainfo key of an image's equivariance (or configured) score; ``EquiScoreMetric`` reads it.
+SCORE_KEY = "equi_score"
+
+
+class SegBatch(PixelBatch):
+    """An MMSeg batch in pixel space: images grouped by padding and original shape (the defense sees each
+    image without the preprocessor's padding), ground truth from ``gt_sem_seg``, the task loss the pixel
+    cross-entropy of the model's ``inference`` (whole or sliding window)."""
+
+    def __init__(self, rt: EquiRuntime, inputs: torch.Tensor, data_samples: list) -> None:
+        super().__init__(rt.model, inputs.shape[0])
+        self.rt, self.inputs, self.samples = rt, inputs, data_samples
+        self.metas = [s.metainfo for s in data_samples]
+        self.new_inputs = inputs.clone()
+        self.ignore_index = getattr(rt.model.decode_head, "ignore_index", 255)
+
+    def group_key(self, i: int) -> tuple:
+        meta = self.metas[i]
+        return tuple(meta.get("padding_size", (0, 0, 0, 0))), tuple(meta["ori_shape"])
+
+    def _region(self, idx: list[int]) -> tuple[slice, ...]:
+        left, right, top, bottom = self.group_key(idx[0])[0]
+        h, w = self.inputs.shape[-2:]
+        return slice(None), slice(None), slice(top, h - bottom), slice(left, w - right)
+
+    def pixels(self, idx: list[int]) -> torch.Tensor:
+        return self.rt.pixels.to_pixels(self.inputs[idx][self._region(idx)])
+
+    def seed(self, i: int) -> int:
+        return image_seed(self.metas[i].get("img_path"), None, i)
+
+    def targets(self, idx: list[int]) -> torch.Tensor:
+        return torch.stack([self.samples[i].gt_sem_seg.data[0] for i in idx]).to(self.inputs.device).long()
+
+    def logits_fn(self, idx: list[int]) -> Callable:
+        return self.rt.logits_fn([self.metas[i] for i in idx], self.group_key(idx[0])[0], self.inputs.shape[-2:])
+
+    def loss_fn(self, idx: list[int]) -> Callable:
+        logits_fn = self.logits_fn(idx)
+        return lambda x, t: pixel_cross_entropy(logits_fn(x), t, self.ignore_index)
+
+    def view(self, idx: list[int], pixels: torch.Tensor) -> Callable:
+        return self.rt.features
+
+    @property
+    def attack_extra(self) -> dict:
+        return dict(ignore_index=self.ignore_index)
+
+    def put(self, idx: list[int], pixels: torch.Tensor, changed: bool) -> None:
+        if changed:  # scoring alone leaves the inputs bit-identical
+            region = self._region(idx)
+            normalised = self.rt.pixels.to_inputs(pixels)
+            for j, i in enumerate(idx):
+                self.new_inputs[i][region[1:]] = normalised[j]
 
 
 def check_wrappable(model: EncoderDecoder) -> None:
@@ -213,16 +240,17 @@ def configure(model: EncoderDecoder, **test_cfg: Any) -> EquiRuntime:
 def scenario(model: EncoderDecoder, name: str | None, *, record_scores: bool = False,
              **test_cfg: Any) -> Iterator[EquiRuntime]:
     """Evaluate scenario ``name`` (one of ``SCENARIOS``; None = as configured) with the ``test_cfg`` keys given
-    (``defense``, ``attack`` …) for the block only; yields the runtime, whose ``scores`` the block's batches fill.
+    (``defense``, ``attack`` …) for the block only; yields the runtime. With ``record_scores`` each predicted
+    data sample carries its image's score as ``metainfo['equi_score']`` (``EquiScoreMetric`` averages them).
     The model's ``test_cfg``, runtime and scenario are restored after the block, also when it raises."""
     model = getattr(model, "module", model)
-    if name is not None and name not in SCENARIOS:
-        raise ValueError(f"scenario must be one of {tuple(SCENARIOS)}; got {name!r}")
+    if name is not None:
+        check_scenarios([name])
     saved_cfg = {key: model.test_cfg.get(key, _UNSET) for key in test_cfg}
     saved_runtime = getattr(model, "_equi_runtime", None)
     try:
         rt = configure(model, **test_cfg) if test_cfg else runtime(model)
-        with temporarily(rt, scenario=name, record_scores=record_scores, scores=[]):
+        with temporarily(rt, scenario=name, record_scores=record_scores):
             yield rt
     finally:
         for key, value in saved_cfg.items():
@@ -231,15 +259,6 @@ def scenario(model: EncoderDecoder, name: str | None, *, record_scores: bool = F
             else:
                 model.test_cfg[key] = value
         model._equi_runtime = saved_runtime
-
-
-def set_scenario(model: EncoderDecoder, scenario: str | None, record_scores: bool = False) -> EquiRuntime:
-    """Select what the next evaluation measures: one of ``SCENARIOS`` (None = as configured)."""
-    if scenario is not None and scenario not in SCENARIOS:
-        raise ValueError(f"scenario must be one of {tuple(SCENARIOS)}; got {scenario!r}")
-    rt = runtime(model)
-    rt.scenario, rt.record_scores, rt.scores = scenario, record_scores, []
-    return rt
 
 
 def _uses_equi(model: EncoderDecoder) -> bool:

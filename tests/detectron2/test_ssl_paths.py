@@ -1,5 +1,5 @@
-"""The SSL baselines through Detectron2: tools/train_ssl_head.py on the demo Mask R-CNN's FPN maps,
-then ``EQUI.DEFENSE rotation|contrastive`` with ``EQUI.SSL_HEAD`` in a COCO evaluation."""
+"""The SSL baselines through Detectron2: equi_ext.evaluation.ssl_heads (tools/train_ssl_head.py) on the demo
+Mask R-CNN's FPN maps, then ``EQUI.DEFENSE rotation|contrastive`` with ``EQUI.SSL_HEAD`` in a COCO evaluation."""
 
 from __future__ import annotations
 
@@ -9,19 +9,11 @@ from equi_ext.core.ssl import load_head
 from equi_ext.data.synthetic import generate_dataset
 from equi_ext.detectron2.evaluation import evaluate_scenarios
 from equi_ext.detectron2.modeling.meta_arch import equi_settings
+from equi_ext.evaluation.ssl_heads import train_ssl_head
 
-from .conftest import DEMO_WEIGHTS, DEMO_YAML, FIXTURE_SIZE, REPO, small_cfg
+from .conftest import DEMO_WEIGHTS, DEMO_YAML, FIXTURE_SIZE, small_cfg
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-
-
-def train_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("equi_tools_train_ssl_head", REPO / "tools/train_ssl_head.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("kind", ["rotation", "contrastive"])
@@ -30,11 +22,10 @@ def test_train_tool_and_eval_by_name(kind, coco_fixture, tmp_path, ssl_defense_c
     generate_dataset(root, seed=6, image_size=FIXTURE_SIZE, num_train=6, num_val=1)
     head_path = tmp_path / f"{kind}.pth"
     size = str(FIXTURE_SIZE)
-    metrics = train_tool().main([
-        str(DEMO_YAML), str(DEMO_WEIGHTS), "--kind", kind, "--out", str(head_path), "--iters", "5",
-        "--data-root", str(root), "--opts", "DATASETS.TRAIN", f"('ssl_{kind}_train',)", "DATASETS.TEST",
-        f"('ssl_{kind}_val',)", "EQUI.FPN_LEVELS", "['p2','p3','p4']", "INPUT.MIN_SIZE_TEST", size,
-        "INPUT.MAX_SIZE_TEST", size])
+    metrics = train_ssl_head(
+        config=DEMO_YAML, checkpoint=DEMO_WEIGHTS, kind=kind, out=head_path, iters=5, data_root=root,
+        opts=["DATASETS.TRAIN", f"('ssl_{kind}_train',)", "DATASETS.TEST", f"('ssl_{kind}_val',)", "EQUI.FPN_LEVELS",
+              "['p2','p3','p4']", "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size])
     assert metrics["train_images"] + metrics["held_out_images"] == 6
     head = load_head(head_path, kind=kind)
     assert head.in_channels == [64, 64, 64] and "fpn=['p2', 'p3', 'p4']" in head.feature_spec

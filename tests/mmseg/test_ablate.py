@@ -1,4 +1,5 @@
-"""tools/ablate.py: the four grids as data, their errors, and tiny end-to-end runs on the demo model."""
+"""equi_ext.evaluation.ablations (tools/ablate.py): the four grids as data, their errors, and tiny end-to-end
+runs on the demo model."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from PIL import Image
 from equi_ext.core.optimizer import PRESETS
 from equi_ext.core.transforms import TRANSFORM_SETS, HFlip, build_transforms
 from equi_ext.defenses import build_defense
+from equi_ext.evaluation import ablations
 
 from .conftest import load_tool
-
-ablate = load_tool("ablate")
 
 #: What each ablation may override; everything else must stay at the preset.
 KNOBS = {"transforms": {"transforms", "transforms_per_step"}, "eps_v": {"eps_v", "step_size"},
@@ -23,22 +23,22 @@ KNOBS = {"transforms": {"transforms", "transforms_per_step"}, "eps_v": {"eps_v",
 SMALL = {"eps_v": "2,8", "optimizer": "sgld,sgd"}
 
 
-@pytest.mark.parametrize("name", list(ablate.ABLATIONS))
+@pytest.mark.parametrize("name", list(ablations.ABLATIONS))
 @pytest.mark.parametrize("preset", ["fast", "paper"])
 def test_grid_changes_only_the_ablated_knob(name, preset):
     base = build_defense(dict(type="equi", preset=preset))
-    grid = ablate.build_grid(name, preset=preset)
-    assert [value for _, value, _ in grid] == list(ablate.ABLATIONS[name].values)
+    grid = ablations.build_grid(name, preset=preset)
+    assert [value for _, value, _ in grid] == list(ablations.ABLATIONS[name].values)
     for _, _, overrides in grid:
         assert set(overrides) <= KNOBS[name]
-        defense = build_defense(ablate.defense_cfg(overrides, preset, seed=0))
+        defense = build_defense(ablations.defense_cfg(overrides, preset, seed=0))
         for attr in ("steps", "eps_v", "step_size", "optimizer", "resample", "transforms_per_step", "transforms"):
             if attr not in overrides:
                 assert getattr(defense, attr) == getattr(base, attr), (name, attr)
 
 
 def test_transform_sets_are_the_papers_families():
-    grid = {label: overrides for label, _, overrides in ablate.build_grid("transforms")}
+    grid = {label: overrides for label, _, overrides in ablations.build_grid("transforms")}
     assert build_transforms(grid["paper"]["transforms"]) == TRANSFORM_SETS["paper"]
     assert build_transforms(grid["flip"]["transforms"]) == [HFlip()]
     assert len(grid["resize"]["transforms"]) == 4 and len(grid["rotate"]["transforms"]) == 2
@@ -50,12 +50,12 @@ def test_transform_sets_are_the_papers_families():
 def test_eps_v_keeps_the_presets_step_ratio():
     for preset in ("fast", "paper"):
         ratio = PRESETS[preset]["step_size"] / PRESETS[preset]["eps_v"]
-        for _, eps_v, overrides in ablate.build_grid("eps_v", ["1", "16"], preset=preset):
+        for _, eps_v, overrides in ablations.build_grid("eps_v", ["1", "16"], preset=preset):
             assert overrides == dict(eps_v=eps_v, step_size=pytest.approx(eps_v * ratio))
 
 
 def test_constraints_are_prefixes_of_one_pool():
-    grid = ablate.build_grid("constraints", [1, 2, 4, 8])
+    grid = ablations.build_grid("constraints", [1, 2, 4, 8])
     pool = grid[-1][2]["transforms"]
     assert sorted(map(str, build_transforms(pool))) == sorted(map(str, TRANSFORM_SETS["paper"]))
     for label, k, overrides in grid:
@@ -74,21 +74,32 @@ def test_constraints_are_prefixes_of_one_pool():
         (["constraints", "--values", "9"], r"must be an integer in \[1, 8\]"),
         (["transforms", "--values", "flip,spin"], "must be one of resize, flip, rotate"),
         (["optimizer", "--values", "adam"], "must be one of sgld, sgd"),
-        (["optimizer", "--num-images", "0"], "--num-images and --attack-steps must be >= 1"),
+        (["optimizer", "--num-images", "0"], "num_images and attack_steps must be >= 1; got 0, 20"),
     ],
 )
 def test_bad_values_fail_before_running(argv, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
-        ablate.main([*argv, "--work-dir", str(tmp_path)])
+        load_tool("ablate").main([*argv, "--work-dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_tool_passes_its_arguments_and_command_line(monkeypatch):
+    tool = load_tool("ablate")
+    calls = []
+    monkeypatch.setattr(tool, "run_ablation", lambda **kwargs: calls.append(kwargs) or {})
+    tool.main(["eps_v", "--values", "2,8", "--num-images", "2", "--seed", "3", "--work-dir", "a dir"])
+    assert calls == [dict(ablation="eps_v", values=["2", "8"], num_images=2, preset="fast", attack_steps=20, seed=3,
+                          data_root=str(ablations.DATA), work_dir="a dir",
+                          command="python tools/ablate.py eps_v --values 2,8 --num-images 2 --seed 3 --work-dir "
+                                  "'a dir'")]
 
 
 def test_bad_ablation_name(capsys):
     with pytest.raises(SystemExit):
-        ablate.main(["epsilon"])
+        load_tool("ablate").main(["epsilon"])
     assert "invalid choice: 'epsilon'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown ablation 'epsilon'; valid names: transforms, eps_v"):
-        ablate.build_grid("epsilon")
+        ablations.build_grid("epsilon")
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +110,10 @@ def run(synthetic_val_root, tmp_path_factory):
     def run_one(name):
         if name not in done:
             work = tmp_path_factory.mktemp(f"ablate_{name}")
-            done[name] = work, ablate.main([name, "--values", SMALL[name], "--num-images", "1", "--attack-steps", "1",
-                                            "--data-root", str(synthetic_val_root), "--work-dir", str(work)])
+            done[name] = work, ablations.run_ablation(
+                ablation=name, values=SMALL[name].split(","), num_images=1, attack_steps=1,
+                data_root=str(synthetic_val_root), work_dir=work,
+                command=f"python tools/ablate.py {name} --values {SMALL[name]}")
         return done[name]
 
     return run_one
@@ -122,7 +135,7 @@ def test_report_files_agree(run, name):
     with Image.open(stem.with_suffix(".png")) as image:
         image.verify()
         assert image.format == "PNG"
-    labels = [label for label, _, _ in ablate.build_grid(name, SMALL[name].split(","))]
+    labels = [label for label, _, _ in ablations.build_grid(name, SMALL[name].split(","))]
     with open(stem.with_suffix(".csv")) as f:
         csv_rows = list(csv.DictReader(f))
     assert [r["label"] for r in csv_rows] == labels
@@ -132,7 +145,7 @@ def test_report_files_agree(run, name):
     table = markdown_rows(text)
     assert list(table) == ["vanilla (no defense)", *labels]
     for point, csv_row in zip([data["vanilla"], *data["points"]], [None, *csv_rows]):
-        for header, key, fmt in ablate.COLUMNS:
+        for header, key, fmt in ablations.COLUMNS:
             if key not in point:  # no shifts without a defense
                 assert point is data["vanilla"] and table[point["label"]][header] == "—"
                 continue

@@ -1,4 +1,5 @@
-"""Attack/corruption detection scores through MMSeg (test_cfg.score), ImageCorruption, tools/detect_attacks.py."""
+"""Attack/corruption detection scores through MMSeg (test_cfg.score), ImageCorruption, and
+equi_ext.evaluation.detection (tools/detect_attacks.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from PIL import Image
 
 from equi_ext.evaluation.demo import build_demo_runner
+from equi_ext.evaluation.detection import detect_attacks
 
 from .conftest import load_tool
 
@@ -58,11 +60,10 @@ def test_bad_score_names_fail_at_build():
         EquiPipeline(score="output_variance", needs_logits=False)
 
 
-def test_detect_tool_reports_auroc_roc_png_and_slip_through(synthetic_val_root, tmp_path):
-    result = load_tool("detect_attacks").main([
-        "--num-images", "2", "--corruptions", "fog,glass_blur", "--scores", "equivariance,output_variance",
-        "--lambdas", "1", "--attack-steps", "1", "--score-transforms", "hflip", "--data-root", str(synthetic_val_root),
-        "--tune-root", str(synthetic_val_root), "--work-dir", str(tmp_path)])
+def test_detect_attacks_reports_auroc_roc_png_and_slip_through(synthetic_val_root, tmp_path):
+    result = detect_attacks(num_images=2, corruptions=["fog", "glass_blur"], scores=["equivariance", "output_variance"],
+                            lambdas=[1.0], attack_steps=1, score_transforms=["hflip"], data_root=synthetic_val_root,
+                            tune_root=synthetic_val_root, work_dir=tmp_path)
     assert set(result["auroc"]) == {"PGD-1", "fog", "glass_blur"}
     assert all(0 <= v <= 1 for d in result["auroc"].values() for v in d.values())
     assert set(result["slipped_through"]) == {"PGD-1", "adaptive λ_e=1"}
@@ -70,3 +71,16 @@ def test_detect_tool_reports_auroc_roc_png_and_slip_through(synthetic_val_root, 
         assert png.format == "PNG" and png.size[0] > 300
     assert "AUROC" in (tmp_path / "detect_results.md").read_text()
     assert (tmp_path / "detect_results.csv").read_text().count("\n") == 1 + 3 * 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scores", "equivariance,magic"], "unknown score 'magic'; valid names: equivariance"),
+    (["--corruptions", "fog,rain"], "unknown corruption 'rain'; valid names: gaussian_noise"),
+    (["--scores", "rotation", "--rotation-head", "nope.pth"], "the rotation score needs its head nope.pth"),
+    (["--num-images", "1"], "num_images must be >= 2 and attack_steps >= 1"),
+])
+def test_detect_tool_refuses_bad_arguments_before_running(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool("detect_attacks").main([*args, "--work-dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

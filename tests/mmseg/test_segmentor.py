@@ -35,24 +35,30 @@ def fingerprint(model):
     return h.hexdigest(), [p.requires_grad for p in model.parameters()], [m.training for m in model.modules()]
 
 
-def predict_batch(runner, n=2):
+def predict_samples(runner):
     model = runner.model
     model.eval()
     batch = next(iter(runner.build_dataloader(runner.cfg.test_dataloader)))
     data = model.data_preprocessor(copy.deepcopy(batch), False)
     with torch.no_grad():
-        return [s.seg_logits.data for s in model.predict(data["inputs"], data["data_samples"])]
+        return model.predict(data["inputs"], data["data_samples"])
+
+
+def predict_batch(runner, n=2):
+    return [s.seg_logits.data for s in predict_samples(runner)]
 
 
 def test_no_equi_settings_and_scoring_alone_are_bit_identical_to_stock(synthetic_val_root, tmp_path):
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path))
     stock = predict_batch(runner)
     assert getattr(runner.model, "_equi_runtime", None) is None  # wrapper stayed out of the way
-    equi_mmseg.set_scenario(runner.model, "clean", record_scores=True)
-    scored = predict_batch(runner)
+    assert all("equi_score" not in s.metainfo for s in predict_samples(runner))
+    with equi_mmseg.scenario(runner.model, "clean", record_scores=True):
+        scored = predict_samples(runner)
     for a, b in zip(stock, scored):
-        assert torch.equal(a, b)
-    assert len(equi_mmseg.runtime(runner.model).scores) == len(stock) == 1  # one image per test batch
+        assert torch.equal(a, b.seg_logits.data)
+    assert len(scored) == len(stock) == 1  # one image per test batch
+    assert 0 < scored[0].metainfo["equi_score"] <= 1  # the score travels on the output (a cosine of real maps)
 
 
 def test_defense_none_reproduces_vanilla_exactly(synthetic_val_root, tmp_path):
@@ -158,11 +164,12 @@ def test_sliding_window_mode_is_defended(synthetic_val_root, tmp_path, monkeypat
 
     cfg = demo_cfg(synthetic_val_root, tmp_path, mode="slide", crop_size=(64, 64), stride=(48, 48),
                    defense=dict(type="equi", steps=1, transforms=["hflip"]), attack=dict(type="pgd", eps=4, steps=1))
+    cfg.test_evaluator = [cfg.test_evaluator, dict(type="EquiScoreMetric")]
     runner = Runner.from_cfg(cfg)
     defenses = record_calls(monkeypatch, EquivarianceDefense)
-    equi_mmseg.set_scenario(runner.model, "defended", record_scores=True)
-    metrics = runner.test()
-    assert "mIoU" in metrics and len(equi_mmseg.runtime(runner.model).scores) == 2
+    with equi_mmseg.scenario(runner.model, "defended", record_scores=True):
+        metrics = runner.test()
+    assert "mIoU" in metrics and metrics["equi/images"] == 2
     assert [tuple(images.shape) for images, _ in defenses] == [(1, 3, 128, 128)] * 2
     assert all((out - images).abs().max() > 0 for images, out in defenses)
 
@@ -181,8 +188,9 @@ def test_a_scenario_block_restores_test_cfg_and_runtime_also_on_errors(synthetic
 
 def test_scenario_names_are_checked(synthetic_val_root, tmp_path):
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, defense="equi"))
-    with pytest.raises(ValueError, match="scenario must be one of"):
-        equi_mmseg.set_scenario(runner.model, "sneaky")
+    with pytest.raises(ValueError, match="unknown scenario\\(s\\) 'sneaky'; valid: clean, clean_defended"):
+        with equi_mmseg.scenario(runner.model, "sneaky"):
+            pass
 
 
 @pytest.mark.parametrize("defense, cls", [
@@ -195,9 +203,9 @@ def test_baseline_defenses_are_selectable_by_name(synthetic_val_root, tmp_path, 
 
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, n=1, defense=defense))
     calls = record_calls(monkeypatch, getattr(defenses, cls))
-    equi_mmseg.set_scenario(runner.model, "clean_defended", record_scores=True)
-    assert "mIoU" in runner.test()
-    assert type(equi_mmseg.runtime(runner.model).defense).__name__ == cls
+    with equi_mmseg.scenario(runner.model, "clean_defended", record_scores=True) as rt:
+        assert "mIoU" in runner.test()
+    assert type(rt.defense).__name__ == cls
     assert len(calls) == 1 and (calls[0][1] - calls[0][0]).abs().max() > 0  # it ran and moved the image
 
 
@@ -232,8 +240,8 @@ def test_a_red_file_reaches_the_defense_as_red_rgb_pixels(synthetic_val_root, tm
         return stock(self, images, features, **kwargs)
 
     monkeypatch.setattr(EquivarianceDefense, "__call__", spy)
-    equi_mmseg.set_scenario(runner.model, "clean_defended")
-    predict_batch(runner, n=1)
+    with equi_mmseg.scenario(runner.model, "clean_defended"):
+        predict_batch(runner, n=1)
     (pixels,) = seen
     expected = torch.from_numpy(picture).permute(2, 0, 1)[None].float()
     torch.testing.assert_close(pixels, expected, atol=1e-3, rtol=0)

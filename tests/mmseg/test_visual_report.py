@@ -1,4 +1,5 @@
-"""tools/visual_report.py on the demo model: grid geometry, a self-contained HTML page, consistent numbers."""
+"""equi_ext.evaluation.visual_report (tools/visual_report.py) on the demo model: grid geometry, a self-contained
+HTML page, consistent numbers, and the tool's argument errors."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import pytest
 from PIL import Image
 
 from equi_ext.data.synthetic import PALETTE
+from equi_ext.evaluation import visual_report as vr
+from equi_ext.evaluation.demo import build_demo_runner
 
 from .conftest import load_tool
 
 TRANSFORMS = ["hflip", "resize:0.5"]  # two of the fast preset's five: the same code path, a third of the cost
 SEED, STEPS, EPS = 3, 2, 4.0
-ARGS = ["--num-images", "2", "--steps", str(STEPS), "--eps", str(EPS), "--preset", "fast", "--seed", str(SEED),
-        "--transforms", *TRANSFORMS]
-#: Every panel's caption, written out independently of the tool: rows are images, these the columns.
+SETTINGS = dict(num_images=2, steps=STEPS, eps=EPS, preset="fast", seed=SEED, transforms=TRANSFORMS)
+#: Every panel's caption, written out independently of the library: rows are images, these the columns.
 PANELS = ["input image", "ground truth", "clean prediction",
           *(f"reversed prediction g⁻¹∘C∘F∘g(x), g = {t}" for t in TRANSFORMS),
           "attacked prediction (PGD-2, ε = 4)", "restored prediction (equivariance defense, preset 'fast')",
@@ -27,14 +29,9 @@ PANELS = ["input image", "ground truth", "clean prediction",
 
 
 @pytest.fixture(scope="module")
-def tool():
-    return load_tool("visual_report")
-
-
-@pytest.fixture(scope="module")
-def report(tool, synthetic_val_root, tmp_path_factory):
+def report(synthetic_val_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("visual_report")
-    result = tool.main([*ARGS, "--data-root", str(synthetic_val_root), "--work-dir", str(work)])
+    result = vr.visual_report(**SETTINGS, data_root=synthetic_val_root, work_dir=work)
     return work, result
 
 
@@ -65,11 +62,11 @@ class Page(HTMLParser):
             self._into[-1] += data
 
 
-def test_png_is_one_row_per_image_and_one_column_per_panel(tool, report, synthetic_val_root):
+def test_png_is_one_row_per_image_and_one_column_per_panel(report, synthetic_val_root):
     work, result = report
     with Image.open(work / "visual_report.png") as png:
         assert png.format == "PNG"
-        assert png.size == tool.grid_pixels(2, len(PANELS))
+        assert png.size == vr.grid_pixels(2, len(PANELS))
         pixels = np.asarray(png.convert("RGB"))
     assert result["columns"] == PANELS and result["grid"]["rows"] == 2
     # The ground-truth panels use the dataset palette: every class of image 0's label map is drawn in its colour.
@@ -79,7 +76,7 @@ def test_png_is_one_row_per_image_and_one_column_per_panel(tool, report, synthet
         assert tuple(PALETTE[cls]) in colours, cls
 
 
-def test_html_is_self_contained_and_names_every_panel_of_every_image(tool, report):
+def test_html_is_self_contained_and_names_every_panel_of_every_image(report):
     work, _ = report
     page = Page()
     page.feed((work / "index.html").read_text())
@@ -88,7 +85,7 @@ def test_html_is_self_contained_and_names_every_panel_of_every_image(tool, repor
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as row:
-            assert row.size == tool.grid_pixels(1, len(PANELS))
+            assert row.size == vr.grid_pixels(1, len(PANELS))
     assert len(page.captions) == 2
     for caption in page.captions:
         positions = [caption.index(name) for name in PANELS]
@@ -116,24 +113,23 @@ def test_json_numbers_are_in_range_and_consistent(report):
         assert image["linf_restore"] <= 4.0 + 1e-4  # the fast preset's eps_v
 
 
-def test_clean_map_mean_is_the_defense_score_and_a_rerun_gives_the_same_numbers(tool, report, synthetic_val_root,
-                                                                                tmp_path):
+def test_clean_map_mean_is_the_defense_score_and_a_rerun_gives_the_same_numbers(report, synthetic_val_root, tmp_path):
     from equi_ext.defenses import EquivarianceDefense
     from equi_ext.mmseg import runtime
 
     _, result = report
-    runner = tool.build_demo_runner(synthetic_val_root, 1, tmp_path)
+    runner = build_demo_runner(synthetic_val_root, 1, tmp_path)
     model = runner.model.eval()
-    pixels, _, _ = tool.image_tensors(runner, 0)
+    pixels, _, _ = vr.image_tensors(runner, 0)
     score = EquivarianceDefense(preset="fast", transforms=TRANSFORMS, seed=SEED).score(pixels, runtime(model).features)
     assert result["images"][0]["map"]["clean"]["mean"] == pytest.approx(float(score), abs=1e-5)
-    pipeline = tool.build_pipeline("fast", EPS, STEPS, SEED, TRANSFORMS)
-    _, numbers = tool.analyse_image(runner, pipeline, 0, tool.panel_names(pipeline, "fast"))
+    pipeline = vr.build_pipeline("fast", EPS, STEPS, SEED, TRANSFORMS)
+    _, numbers = vr.analyse_image(runner, pipeline, 0, vr.panel_names(pipeline, "fast"))
     assert json.loads(json.dumps(numbers)) == json.loads(json.dumps(result["images"][0]))
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--num-images", "0"], "--num-images must be >= 1; got 0"),
+    (["--num-images", "0"], "num_images must be >= 1; got 0"),
     (["--checkpoint", "nope.pth"], "checkpoint 'nope.pth' does not exist"),
     (["--steps", "0"], "steps must be >= 1"),
     (["--eps", "0.0157"], r"eps=0.0157 is in \(0, 1\)"),
@@ -141,6 +137,6 @@ def test_clean_map_mean_is_the_defense_score_and_a_rerun_gives_the_same_numbers(
     (["--transforms", "hflip", "hflip"], "must be distinct"),
     (["--data-root", "no/such/dir"], "has no img_dir/val"),
 ])
-def test_bad_arguments_fail_before_any_model_is_built(tool, args, message):
+def test_bad_arguments_fail_before_any_model_is_built(args, message):
     with pytest.raises(SystemExit, match=message):
-        tool.main(args)
+        load_tool("visual_report").main(args)

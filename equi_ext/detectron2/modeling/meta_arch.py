@@ -13,8 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import zlib
-from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -24,10 +23,9 @@ from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import EventStorage
 
 from ...attacks import ATTACKS
-from ...core.optimizer import frozen_model
 from ...core.seeding import image_seed
 from ...defenses import DEFENSES
-from ...pipeline import SCENARIOS, EquiPipeline
+from ...pipeline import EquiPipeline, PixelBatch
 from .objective import MaskRCNNObjective
 
 #: Detectron2 after 0.6 pads by the backbone's ``padding_constraints`` too; detected, not read off a version.
@@ -110,11 +108,11 @@ def heads_in_training(model: GeneralizedRCNN) -> Iterator[None]:
 class EquiGeneralizedRCNN(GeneralizedRCNN):
     """``GeneralizedRCNN`` with test-time attack and equivariance defense from ``cfg.EQUI``.
 
-    ``scenario`` (set by the tools) selects what ``inference`` measures: one of
-    ``equi_ext.pipeline.SCENARIOS``, or None for "as configured". With ``record_scores``
-    the equivariance score of every predicted image is appended to ``scores``; with
-    ``record_losses`` each output also carries ``task_loss``, the training losses of the input
-    it was predicted from (the per-image worst case breaks ties with it; needs ``instances``).
+    ``scenario`` (set for a block by the evaluation, ``equi_ext.pipeline.temporarily``) selects what
+    ``inference`` measures: one of ``equi_ext.pipeline.SCENARIOS``, or None for "as configured". With
+    ``record_scores`` each output also carries ``equi_score``, its image's equivariance score; with
+    ``record_losses`` ``task_loss``, the training losses of the input it was predicted from (the
+    per-image worst case breaks ties with it; needs ``instances``).
     """
 
     @configurable
@@ -127,7 +125,6 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         self.scenario: str | None = None
         self.record_scores = False
         self.record_losses = False
-        self.scores: list[float] = []
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
@@ -189,9 +186,7 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
     # ----- inference ------------------------------------------------------------------------
     def inference(self, batched_inputs: list[dict], detected_instances: list[Instances] | None = None,
                   do_postprocess: bool = True):
-        attack_on, defend_on = SCENARIOS[self.scenario] if self.scenario else (True, True)
-        attack_on = attack_on and self.pipeline.attack_cfg is not None
-        defend_on = defend_on and self.pipeline.defends
+        attack_on, defend_on = self.pipeline.active(self.scenario)
         if not (attack_on or defend_on or self.record_scores or self.record_losses) or detected_instances is not None:
             return super().inference(batched_inputs, detected_instances, do_postprocess)
         if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
@@ -199,7 +194,6 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         if (attack_on or self.record_losses) and any("instances" not in x for x in batched_inputs):
             raise ValueError("an attack (and record_losses) needs ground truth: inputs must carry 'instances' "
                              "(build the test loader with equi_ext.detectron2.evaluation.build_annotated_test_loader)")
-        groups: dict[tuple, list[int]] = defaultdict(list)
         for i, x in enumerate(batched_inputs):
             image = x.get("image") if isinstance(x, dict) else None
             if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
@@ -208,39 +202,56 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
             if image.dtype != torch.uint8 and not image.is_floating_point():  # e.g. bool would become 0/1 pixels
                 raise TypeError(f"input {i}: 'image' must be uint8 or floating point with values in 0-255; "
                                 f"got dtype {image.dtype}")
-            groups[tuple(image.shape)].append(i)
-        new_inputs = [dict(x) for x in batched_inputs]
-        losses: dict[int, float] = {}
-        with frozen_model(self):
-            for idx in groups.values():
-                pixels = torch.stack([self.to_pixels(batched_inputs[i]["image"]) for i in idx])
-                seeds = [image_seed(batched_inputs[i].get("file_name"), batched_inputs[i].get("image_id"), i) for i in idx]
-                targets = [batched_inputs[i]["instances"].to(self.device) for i in idx] if attack_on else None
-                loss_seed = zlib.crc32(repr(seeds).encode())
-
-                def loss_fn(x: torch.Tensor, t: list[Instances], seed=loss_seed) -> torch.Tensor:
-                    return self.task_loss(x, t, seed)
-
-                score = None
-                if attack_on:  # BPDA/EOT/adaptive see the defense's view of the clean image
-                    pixels, _ = self.pipeline.run(
-                        pixels, attack=True, defend=False, features=self.objective(pixels), model=self,
-                        seeds=seeds, targets=targets, loss_fn=loss_fn)
-                if defend_on or self.record_scores:  # the defense's view of what it is given
-                    pixels, score = self.pipeline.run(
-                        pixels, attack=False, defend=defend_on, features=self.objective(pixels), model=self,
-                        seeds=seeds, record_score=self.record_scores)
-                if score is not None:
-                    self.scores.extend(score.tolist())
-                for j, i in enumerate(idx):
-                    new_inputs[i]["image"] = self.to_image(pixels[j])
-                    if self.record_losses:
-                        with torch.no_grad():
-                            target = [batched_inputs[i]["instances"].to(self.device)]
-                            losses[i] = float(self.task_loss(pixels[j:j + 1].detach(), target, seeds[j]))
-        results = super().inference(new_inputs, None, do_postprocess)
+        batch = RCNNBatch(self, batched_inputs)
+        scores = self.pipeline.process(batch, self.scenario, self.record_scores)
+        results = super().inference(batch.new_inputs, None, do_postprocess)
         if do_postprocess:  # dicts; without postprocessing the results are bare Instances
-            for i, loss in losses.items():
-                results[i]["task_loss"] = loss
+            for i, result in enumerate(results):
+                if scores[i] is not None:
+                    result[SCORE_KEY] = scores[i]
+                if i in batch.losses:
+                    result["task_loss"] = batch.losses[i]
         return results
 
+
+#: The output key of an image's equivariance (or configured) score; ``EquiScoreEvaluator`` reads it.
+SCORE_KEY = "equi_score"
+
+
+class RCNNBatch(PixelBatch):
+    """A Detectron2 batch in pixel space: images grouped by size, ground truth from ``instances``, the task
+    loss the model's own training losses (proposal sampling seeded by the group's image seeds), the
+    defense's view an ``Objective`` over the FPN maps (and mask logits) of the pixels it is given."""
+
+    def __init__(self, model: EquiGeneralizedRCNN, batched_inputs: list[dict]) -> None:
+        super().__init__(model, len(batched_inputs))
+        self.inputs = batched_inputs
+        self.new_inputs = [dict(x) for x in batched_inputs]
+        self.losses: dict[int, float] = {}
+
+    def group_key(self, i: int) -> tuple:
+        return tuple(self.inputs[i]["image"].shape)
+
+    def pixels(self, idx: list[int]) -> torch.Tensor:
+        return torch.stack([self.model.to_pixels(self.inputs[i]["image"]) for i in idx])
+
+    def seed(self, i: int) -> int:
+        return image_seed(self.inputs[i].get("file_name"), self.inputs[i].get("image_id"), i)
+
+    def targets(self, idx: list[int]) -> list[Instances]:
+        return [self.inputs[i]["instances"].to(self.model.device) for i in idx]
+
+    def loss_fn(self, idx: list[int]) -> Callable:
+        seed = zlib.crc32(repr([self.seed(i) for i in idx]).encode())
+        return lambda x, t: self.model.task_loss(x, t, seed)
+
+    def view(self, idx: list[int], pixels: torch.Tensor) -> MaskRCNNObjective:
+        return self.model.objective(pixels)
+
+    def put(self, idx: list[int], pixels: torch.Tensor, changed: bool) -> None:
+        for j, i in enumerate(idx):
+            self.new_inputs[i]["image"] = self.model.to_image(pixels[j])
+            if self.model.record_losses:
+                with torch.no_grad():
+                    target = [self.inputs[i]["instances"].to(self.model.device)]
+                    self.losses[i] = float(self.model.task_loss(pixels[j:j + 1].detach(), target, self.seed(i)))

@@ -1,0 +1,175 @@
+"""Attack and corruption detection by equivariance, and detect-then-defend, on the demo model.
+
+A defense that is only switched on when an input looks attacked keeps the clean accuracy and cost of
+the undefended model; whether that is safe depends on how well the score separates clean from
+attacked (and corrupted) images and on whether an attacker who knows the detector slips past it.
+``detect_attacks`` measures the three:
+
+1. Scores per image (``model.test_cfg.score``): the equivariance cosine (the detector's
+   transforms; low = suspicious), paper Eq. 16's output variance (high = suspicious), and the
+   baselines' invariance cosine and rotation-prediction loss (a trained rotation head). On the
+   first N images of the reported split: AUROC (scikit-learn) of clean vs PGD and clean vs each
+   common corruption (``imagecorruptions``), ROC curves as PNG.
+2. Threshold = a percentile of the clean equivariance scores of the tuning split (seed 1). On the
+   reported split: mIoU and seconds, clean and under PGD, for vanilla / equivariance / the detector
+   alone (flags nothing: its cost) / detect-then-defend, and the share flagged.
+3. Detect-then-defend attacked: the adaptive attack (a λ_e sweep) that also maximises the
+   detector's score, with the share of attacked images that slip through (not flagged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..core.validation import SettingsError
+from ..data.corruptions import CORRUPTIONS
+from .demo import DATA, EPS, SSL_HEADS, build_demo_runner, ensure_data, ensure_tune_data
+
+PGD = dict(type="pgd", eps=EPS)
+#: per-image scores compared as detectors (see score_cfg and sign in detect_attacks)
+SCORE_KINDS = ("equivariance", "output_variance", "invariance", "rotation")
+
+
+def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | None = None,
+                   clean_percentile: float = 5.0, corruptions: Sequence[str] = CORRUPTIONS, severity: int = 3,
+                   scores: Sequence[str] = SCORE_KINDS,
+                   rotation_head: str | Path = SSL_HEADS["mmseg"]["rotation"],
+                   lambdas: Sequence[float] = (0.1, 1.0, 10.0, 100.0), attack_steps: int = 20,
+                   data_root: str | Path = DATA, tune_root: str | Path | None = None,
+                   work_dir: str | Path) -> dict:
+    """Run parts 1–3 on the first ``num_images`` images of ``data_root`` (threshold from ``tune_root``,
+    default the seed-1 demo split): detector score over ``score_transforms`` (default: the equivariance
+    defense's own), the ``scores`` compared, ``corruptions`` at ``severity``, PGD and the adaptive attack
+    (one per λ_e of ``lambdas``) with ``attack_steps`` steps. Writes ``work_dir/roc_curves.png`` and
+    ``work_dir/detect_results.{md,json,csv}`` and returns the JSON's content (AUROC, threshold, flagged,
+    slipped through, per-image scores, grid rows).
+
+    Raises:
+        ValueError: an unknown corruption or score, a missing rotation head (when ``rotation`` is
+            compared), ``num_images`` < 2 or ``attack_steps`` < 1 — before anything runs.
+    """
+    corruptions, score_kinds, lambdas = list(corruptions), list(scores), list(lambdas)
+    score_transforms = list(score_transforms) if score_transforms else None
+    rotation_head = str(rotation_head)
+    for name in corruptions:
+        if name not in CORRUPTIONS:
+            raise SettingsError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
+    for name in score_kinds:
+        if name not in SCORE_KINDS:
+            raise SettingsError(f"unknown score {name!r}; valid names: {', '.join(SCORE_KINDS)}")
+    if "rotation" in score_kinds and not Path(rotation_head).is_file():
+        raise SettingsError(f"the rotation score needs its head {rotation_head}: train it with tools/train_ssl_head.py")
+    if num_images < 2 or attack_steps < 1:
+        raise SettingsError("num_images must be >= 2 and attack_steps >= 1")
+    # The detector alone: threshold −1 flags nothing, so it only scores (its cost, its scores).
+    detector = dict(type="detect_then_defend", threshold=-1.0, score_transforms=score_transforms)
+    score_cfg = {"equivariance": "equivariance", "output_variance": "output_variance", "invariance": "invariance",
+                 "rotation": dict(type="rotation", head=rotation_head)}
+    sign = {"equivariance": -1.0, "output_variance": 1.0, "invariance": -1.0, "rotation": -1.0}
+    out = Path(work_dir)
+    if Path(data_root) == DATA:
+        ensure_data()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from ..mmseg import configure
+    from ..mmseg.evaluation import evaluate_grid, grid_table
+    from ..reporting import write_report
+
+    def scores_of(runner, attack: dict | None) -> dict[str, np.ndarray]:
+        """Per-image scores of every kind, for the runner's images (attacked first if ``attack``)."""
+        result = {}
+        for kind in score_kinds:
+            configure(runner.model, score=score_cfg[kind])
+            # the equivariance kind is the detector's own score (its transforms)
+            defense = detector if kind == "equivariance" else None
+            (row,) = evaluate_grid(runner, {kind: defense}, {"x": attack})
+            result[kind] = np.array(row["image_scores"])
+        configure(runner.model, score="equivariance")
+        return result
+
+    # 1. AUROC on the reported split: clean vs PGD and vs each corruption
+    val = build_demo_runner(Path(data_root), num_images, out / "val")
+    pgd = dict(PGD, steps=attack_steps)
+    conditions = {"clean": scores_of(val, None), f"PGD-{attack_steps}": scores_of(val, pgd)}
+    for name in corruptions:
+        runner = build_demo_runner(Path(data_root), num_images, out / "corrupt",
+                                   corruption=dict(corruption=name, severity=severity))
+        conditions[name] = scores_of(runner, None)
+    auroc: dict[str, dict[str, float]] = {}
+    curves: dict[str, dict[str, tuple]] = {}
+    for condition, scores in conditions.items():
+        if condition == "clean":
+            continue
+        auroc[condition], curves[condition] = {}, {}
+        for kind in score_kinds:
+            labels = np.r_[np.zeros(num_images), np.ones(num_images)]
+            suspicion = sign[kind] * np.r_[conditions["clean"][kind], scores[kind]]
+            auroc[condition][kind] = float(roc_auc_score(labels, suspicion))
+            fpr, tpr, _ = roc_curve(labels, suspicion)
+            curves[condition][kind] = (fpr, tpr)
+    names = list(curves)
+    cols = min(4, len(names))
+    grid_rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(3.2 * cols, 3.2 * grid_rows), squeeze=False)
+    for ax, condition in zip(axes.flat, names):
+        for kind, (fpr, tpr) in curves[condition].items():
+            ax.plot(fpr, tpr, label=f"{kind} {auroc[condition][kind]:.2f}")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_title(f"clean vs {condition}", fontsize=9)
+        ax.set_xlabel("false positive rate", fontsize=8)
+        ax.set_ylabel("true positive rate", fontsize=8)
+        ax.legend(loc="lower right", fontsize=6, title="AUROC", title_fontsize=6)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "roc_curves.png", dpi=110)
+    plt.close(fig)
+
+    # 2. threshold on the tuning split; detect-then-defend on the reported split
+    tune = build_demo_runner(Path(tune_root) if tune_root else ensure_tune_data(), num_images,
+                             out / "tune")
+    (tune_row,) = evaluate_grid(tune, {"detector": detector}, {"clean": None})
+    threshold = float(np.percentile(tune_row["image_scores"], clean_percentile))
+    dtd = dict(detector, threshold=threshold)
+    attacks = {"clean": None, f"PGD-{attack_steps}": pgd}
+    for lam in lambdas:  # white-box on the detector's own score (pipeline: score_defense = its scorer)
+        attacks[f"adaptive λ_e={lam:g}"] = dict(type="adaptive", eps=EPS, steps=attack_steps, lambda_e=lam)
+    defenses = {"vanilla": None, "equivariance": dict(type="equi"), "detector alone": detector,
+                "detect-then-defend": dtd}
+    grid = evaluate_grid(val, defenses, {a: c for a, c in attacks.items() if not a.startswith("adaptive")})
+    grid += evaluate_grid(val, {"detector alone": detector, "detect-then-defend": dtd},
+                          {a: c for a, c in attacks.items() if a.startswith("adaptive")})
+    cell = {(r["attack"], r["defense"]): r for r in grid}
+    flagged = {a: float(np.mean(np.array(cell[(a, "detector alone")]["image_scores"]) < threshold)) for a in attacks}
+    slip = {a: 1.0 - flagged[a] for a in attacks if a != "clean"}
+
+    lines = [f"Demo DeepLabV3, first {num_images} images of the reported split (seed 0); corruptions at "
+             f"severity {severity}; detector transforms: {score_transforms or 'those of the defense'}", "",
+             "AUROC (scikit-learn), clean vs …", "", "| condition | " + " | ".join(score_kinds) + " |",
+             "|---" * (len(score_kinds) + 1) + "|"]
+    for condition in names:
+        lines.append(f"| {condition} | " + " | ".join(f"{auroc[condition][k]:.3f}" for k in score_kinds) + " |")
+    corr = [c for c in names if c in corruptions]
+    if corr:
+        lines.append("| mean of the corruptions | " + " | ".join(
+            f"{np.mean([auroc[c][k] for c in corr]):.3f}" for k in score_kinds) + " |")
+    lines += ["", f"Threshold ({clean_percentile:g}th percentile of the tuning split's clean equivariance "
+              f"scores): {threshold:.3f}", "", "mIoU", "", grid_table(grid), "", "seconds", "",
+              grid_table(grid, "seconds", "{:.0f}"), "", "| attack | flagged | slipped through |", "|---|---|---|"]
+    lines += [f"| {a} | {flagged[a]:.0%} | " + (f"{slip[a]:.0%}" if a in slip else "—") + " |" for a in attacks]
+    result = dict(num_images=num_images, severity=severity, score_transforms=score_transforms,
+                  auroc=auroc, threshold=threshold, flagged=flagged, slipped_through=slip,
+                  scores={c: {k: v.tolist() for k, v in s.items()} for c, s in conditions.items()},
+                  grid=[{k: v for k, v in r.items() if k != "per_image"} for r in grid])
+    csv_rows = [dict(condition=c, score=k, auroc=v) for c, d in auroc.items() for k, v in d.items()]
+    write_report(out, "detect_results", "\n".join(lines) + "\n", result, csv_rows)
+    return result
+

@@ -1,0 +1,271 @@
+"""Speed and memory of defended inference against a vanilla forward, as ratios, in one process.
+
+A defense that runs an optimisation at test time costs many forwards; this measures how many, per
+model and batch size, so the cost is stated next to the robustness it buys. For each model — the MMSeg
+demo DeepLabV3 and the Detectron2 demo Mask R-CNN (committed weights, synthetic val images) and,
+optionally, a real-size MMSeg DeepLabV3 R50-D8 at 512×512 (random weights: only the time matters) —
+``benchmark_speed`` times, after a warm-up, a vanilla forward, defended inference for each preset,
+detection-only scoring and PGD, at batch 1 and batch N, and reports median/min/max seconds per image,
+the ratio to the vanilla forward of the same batch size, and the peak RSS above the process's RSS before
+any model was built (``/proc/self/status`` VmHWM, reset per measurement; Linux only). The real-size
+model is timed for one defense step (per-step cost × T; whole runs only for presets that sample
+transforms per step), with the transformed copies batched and chunked (one copy's graph at a time);
+``cityscapes_size`` does the same for the demo model on 1024×2048 images.
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..attacks import PGD
+from ..core.optimizer import PRESETS, EquivarianceDefense
+from ..core.validation import SettingsError
+from ..defenses import DetectThenDefend
+from ..reporting import write_report
+from .demo import REPO
+
+#: The demo models ``benchmark_speed`` can time at batch 1 and batch N.
+DEMO_MODELS = ("mmseg", "detectron2")
+
+
+def _status_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def peak_rss_mib(fn: Callable[[], object], baseline_kib: int) -> float:
+    """Peak resident memory while ``fn`` runs, above ``baseline_kib``, in MiB (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    fn()
+    return (_status_kib("VmHWM") - baseline_kib) / 1024
+
+
+def timed(fn: Callable[[], object], repeats: int, per: int) -> dict:
+    """Median/min/max seconds per item over ``repeats`` calls of ``fn`` (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) / per)
+    return dict(median=statistics.median(times), min=min(times), max=max(times))
+
+
+@dataclass
+class Case:
+    """One model seen through pixels: its vanilla forward, the defense's view and the task loss."""
+
+    name: str
+    pixels: torch.Tensor
+    vanilla: Callable[[torch.Tensor], object]
+    features: Callable[[torch.Tensor], object]
+    loss_fn: Callable[[torch.Tensor, object], torch.Tensor]
+    targets: Callable[[int], object]
+    model: torch.nn.Module
+
+
+def mmseg_demo_case(batch: int, size: tuple[int, int] | None = None) -> Case:
+    from ..attacks import pixel_cross_entropy
+    from ..mmseg import configure
+    from .demo import DATA, build_demo_runner, ensure_data
+
+    ensure_data()
+    runner = build_demo_runner(DATA, batch, REPO / "work_dirs/benchmark_speed/mmseg")
+    model = runner.model.eval()
+    rt = configure(model, defense="equi")
+    samples = [next(iter([item])) for item in runner.test_dataloader.dataset][:batch]
+    data = model.data_preprocessor(dict(inputs=[s["inputs"] for s in samples],
+                                        data_samples=[s["data_samples"] for s in samples]), False)
+    metas = [s.metainfo for s in data["data_samples"]]
+    labels = torch.stack([s.gt_sem_seg.data[0] for s in data["data_samples"]]).long()
+    logits_for = {}
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n not in logits_for:
+            logits_for[n] = rt.logits_fn(metas[:n], (0, 0, 0, 0), tuple(x.shape[-2:]))
+        return logits_for[n](x)
+
+    pixels = rt.pixels.to_pixels(data["inputs"])
+    name = "MMSeg demo DeepLabV3 (R18c16-D8, 128×128)"
+    if size is not None:  # the demo images scaled up, e.g. to Cityscapes' 1024×2048 (timing and memory only)
+        pixels = torch.nn.functional.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+        name = f"MMSeg demo DeepLabV3 (R18c16-D8, {size[0]}×{size[1]})"
+    return Case(name, pixels, logits, rt.features, lambda x, t: pixel_cross_entropy(logits(x), t),
+                lambda n: labels[:n], model)
+
+
+def detectron2_demo_case(batch: int) -> Case:
+    from detectron2.modeling import build_model
+
+    from ..detectron2 import load_config, register_synthetic_shapes
+    from ..detectron2.evaluation import build_annotated_test_loader, load_weights
+
+    cfg = load_config(REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml")
+    names = register_synthetic_shapes(REPO / cfg.EQUI.SYNTHETIC_ROOT)
+    model = build_model(cfg).eval()
+    load_weights(model, str(REPO / cfg.MODEL.WEIGHTS))
+    model.scenario = "clean"  # its own inference stays stock; the benchmark applies the defenses itself
+    inputs = [b[0] for b, _ in zip(build_annotated_test_loader(cfg, names[-1], batch), range(batch))]
+    pixels = torch.stack([model.to_pixels(x["image"]) for x in inputs])
+    targets = [x["instances"] for x in inputs]
+
+    def vanilla(x: torch.Tensor):
+        return model.inference([{"image": model.to_image(p)} for p in x], do_postprocess=False)
+
+    return Case("Detectron2 demo Mask R-CNN (R18-FPN, 128×128)", pixels, vanilla, model.objective(pixels[:1]),
+                lambda x, t: model.task_loss(x, t), lambda n: targets[:n], model)
+
+
+def real_size_case() -> Case:
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+
+    from ..mmseg import configure
+
+    cfg = Config.fromfile(str(REPO / "configs/deeplabv3_voc_equi.py"))
+    model = MODELS.build(cfg.model).eval()
+    rt = configure(model, defense="equi", attack=None)
+    pixels = torch.rand(1, 3, 512, 512) * 255
+
+    def vanilla(x: torch.Tensor):
+        return model.encode_decode(rt.pixels.to_inputs(x), [dict(img_shape=x.shape[-2:])] * x.shape[0])
+
+    return Case("MMSeg DeepLabV3 R50-D8 (512×512, random weights)", pixels, vanilla, rt.features,
+                lambda x, t: x.sum(), lambda n: None, model)
+
+
+def defense_for(preset: str, **overrides) -> EquivarianceDefense:
+    return EquivarianceDefense(preset=preset, **overrides)
+
+
+def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_kib: int,
+                attack_steps: int, detector_transforms: list[str] | None = None,
+                detector_threshold: float = 0.0) -> list[dict]:
+    """Every measurement on the first ``n`` images of ``case``."""
+    x = case.pixels[:n]
+    targets = case.targets(n)
+    rows = []
+
+    def row(what: str, t: dict, peak: float | None = None) -> None:
+        rows.append(dict(model=case.name, batch=n, what=what, **t, ratio=t["median"] / vanilla["median"],
+                         peak_rss_mib=peak))
+
+    with torch.no_grad():
+        vanilla = timed(lambda: case.vanilla(x), repeats, n)
+        row("vanilla forward", vanilla, peak_rss_mib(lambda: case.vanilla(x), baseline_kib))
+        for preset in presets:
+            defense = defense_for(preset)
+
+            def defended(defense=defense):
+                return case.vanilla(defense(x, case.features, model=case.model, compute_score=False).images)
+
+            row(f"defended ({preset}: T={defense.steps}, K={len(defense.transforms)})",
+                timed(defended, repeats, n), peak_rss_mib(defended, baseline_kib))
+        scorer = defense_for(presets[0])
+        row(f"detection score only ({presets[0]} transforms)", timed(lambda: scorer.score(x, case.features), repeats, n))
+        if detector_transforms:
+            detector = DetectThenDefend(threshold=detector_threshold, score_transforms=detector_transforms,
+                                        defense=dict(type="equi", preset=presets[-1]))
+
+            def detect_then_predict():
+                return case.vanilla(detector(x, case.features, model=case.model, compute_score=False).images)
+
+            t = timed(detect_then_predict, repeats, n)
+            flagged = int(detector.last_flagged.sum())
+            row(f"detect-then-defend, clean images ({', '.join(detector_transforms)} score < {detector_threshold:g}, "
+                f"{flagged}/{n} flagged, else {presets[-1]})", t)
+        attack = PGD(loss_fn=case.loss_fn, eps=4, steps=attack_steps)
+        row(f"PGD-{attack_steps} attack", timed(lambda: attack(x, targets), max(1, repeats // 2), n))
+    return rows
+
+
+def bench_per_step(case: Case, presets: list[str], baseline_kib: int) -> list[dict]:
+    """One image: one timed defense step per preset, batched and chunked (after one warm-up
+    step), reported as per-step cost × T + a vanilla forward; peak RSS of one step."""
+    rows = []
+    x = case.pixels[:1]
+    with torch.no_grad():
+        vanilla = timed(lambda: case.vanilla(x), 2, 1)
+        rows.append(dict(model=case.name, batch=1, what="vanilla forward", **vanilla, ratio=1.0,
+                         peak_rss_mib=peak_rss_mib(lambda: case.vanilla(x), baseline_kib)))
+        for preset, chunked in itertools.product(presets, (False, True)):
+            steps = PRESETS[preset]["steps"]
+            # A preset that samples transforms per step is timed over its whole schedule (all T
+            # steps, reported per step), since one step's cost depends on the transform it drew.
+            timed_steps = steps if PRESETS[preset].get("transforms_per_step") else 1
+            per_step_defense = defense_for(preset, steps=timed_steps, chunked=chunked)
+
+            def step(defense=per_step_defense):
+                defense(x, case.features, model=case.model, compute_score=False)
+
+            # Memory first: the timing's warm-up then also covers allocator growth.
+            peak = peak_rss_mib(step, baseline_kib)
+            t = {k: v / timed_steps for k, v in timed(step, 1, 1).items()}
+            per_step = t["median"]
+            total = per_step * steps + vanilla["median"]
+            label = f"defended ({preset}{', chunked' if chunked else ''}: {per_step:.1f} s/step × T={steps})"
+            rows.append(dict(model=case.name, batch=1, what=label, median=total, min=t["min"] * steps + vanilla["min"],
+                             max=t["max"] * steps + vanilla["max"], ratio=total / vanilla["median"], peak_rss_mib=peak))
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| model | batch | measurement | s/image (median) | min | max | × vanilla | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rss = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") is not None else "—"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['what']} | {r['median']:.3f} | {r['min']:.3f} "
+                     f"| {r['max']:.3f} | {r['ratio']:.1f} | {rss} |")
+    return "\n".join(lines)
+
+
+def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | None = None, attack_steps: int = 10,
+                    skip_real: bool = False, detector_transforms: list[str] | None = None,
+                    detector_threshold: float = 0.554, cityscapes_size: bool = False,
+                    models: list[str] = DEMO_MODELS,
+                    work_dir: str | Path = REPO / "work_dirs/benchmark_speed") -> list[dict]:
+    """Time the demo ``models`` at batch 1 and ``batch`` (``repeats`` timed calls after a warm-up; PGD with
+    ``attack_steps`` steps) for each defense preset of ``presets`` (default: ``default`` and ``fast``), then
+    the per-step rows (``cityscapes_size``; the real-size model unless ``skip_real``). ``detector_transforms``
+    adds, for the MMSeg demo model only, a detect-then-defend row at ``detector_threshold``. Writes
+    ``work_dir/benchmark_speed.{md,json}`` (with the machine) and returns the rows.
+
+    Raises:
+        ValueError: unknown presets or models, or ``batch`` / ``repeats`` / ``attack_steps`` < 1, before
+            any model is built.
+    """
+    presets = list(presets) if presets is not None else [p for p in ("default", "fast") if p in PRESETS]
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown or not presets:
+        raise SettingsError(f"unknown presets {unknown or presets}; valid: {sorted(PRESETS)}")
+    unknown = [m for m in models if m not in DEMO_MODELS]
+    if unknown:
+        raise SettingsError(f"unknown models {unknown}; valid: {list(DEMO_MODELS)}")
+    if batch < 1 or repeats < 1 or attack_steps < 1:
+        raise SettingsError(f"batch, repeats and attack_steps must be >= 1; got {batch}, {repeats}, {attack_steps}")
+    baseline = _status_kib("VmRSS")
+    torch.manual_seed(0)
+    builders = {"mmseg": mmseg_demo_case, "detectron2": detectron2_demo_case}
+    rows: list[dict] = []
+    for name in models:
+        case = builders[name](batch)
+        detector = detector_transforms if name == "mmseg" and detector_transforms else None
+        for n in (1, batch):
+            rows += bench_batch(case, n, presets, repeats, baseline, attack_steps, detector, detector_threshold)
+    if cityscapes_size:
+        rows += bench_per_step(mmseg_demo_case(1, size=(1024, 2048)), presets, baseline)
+    if not skip_real:
+        rows += bench_per_step(real_size_case(), presets, baseline)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    text = f"Machine: {machine}\n\n" + to_markdown(rows) + "\n"
+    write_report(work_dir, "benchmark_speed", text, dict(machine=machine, rows=rows))
+    return rows

@@ -18,7 +18,10 @@ Mask R-CNN. Checks, each printed as pass/fail with its numbers (mIoU or mask AP 
 (e) transfer from the vanilla model (PGD on the undefended model, then defended) is reported;
 (f) white-box through the unrolled defense (``unrolled``: gradients through all T steps, sign()
     passed straight through) is no stronger than BPDA, i.e. BPDA's identity backward does not
-    overstate robustness (the worst case includes it either way).
+    overstate robustness (the worst case includes it either way);
+(g) APGD through the defense (exact forward, gradient at the purified image, a step size that adapts
+    per image) converges: its iterations are doubled from --bpda-steps until mIoU moves by < 0.5;
+    SEA (three losses, radii 2ε → 1.5ε → ε) runs with the last count where the model has dense logits.
 
 The headline robust number is the per-image worst case over every ε-bounded run: for each image
 the attacked input with the lowest per-image IoU (ties: highest loss), then dataset mIoU. COCO

@@ -1,5 +1,6 @@
 """Attacks for dense tasks, one class each, called as ``adv = attack(images, targets)``."""
 
+from .apgd import APGD, SEA
 from .base import Attack, pixel_cross_entropy
 from .defense_aware import BPDA, EOT, Adaptive, Unrolled, defense_preprocessor, sweep_lambda
 from .pixelwise import CW, IFGSM, MIM, PGD, CosPGD, Houdini, SegPGD, Targeted
@@ -12,7 +13,7 @@ def build_attack(cfg, **defaults):
 
 
 __all__ = [
-    "ATTACKS", "Adaptive", "Attack", "BPDA", "CW", "CosPGD", "EOT", "Houdini", "IFGSM", "MIM", "PGD",
-    "SegPGD", "Targeted", "Unrolled", "build_attack", "defense_preprocessor", "pixel_cross_entropy",
+    "APGD", "ATTACKS", "Adaptive", "Attack", "BPDA", "CW", "CosPGD", "EOT", "Houdini", "IFGSM", "MIM", "PGD",
+    "SEA", "SegPGD", "Targeted", "Unrolled", "build_attack", "defense_preprocessor", "pixel_cross_entropy",
     "sweep_lambda",
 ]

@@ -2,8 +2,8 @@
 
 Convention: images are float (N, 3, H, W) in ``pixel_range`` (RGB 0–255 by default) and
 ``eps``/``step_size`` are in pixel levels (``eps=4`` is the paper's 4/255). Attacks
-maximise an objective; subclasses change only the objective (``objective``) or how
-the gradient is taken (``gradient``), never the loop.
+maximise an objective; the fixed-step attacks change only the objective (``objective``) or how
+the gradient is taken (``gradient``), never the loop; APGD replaces the loop (``optimise``).
 """
 
 from __future__ import annotations
@@ -146,17 +146,23 @@ class Attack:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("attacks need input gradients; they cannot run inside torch.inference_mode()")
         x = images.detach()
-        adv = x.clone()
         if self.eps == 0:
-            return adv
-        if self.random_start:
-            radius = min(self.eps, self.pixel_range[1] - self.pixel_range[0])
-            gens = image_generators(self.seed, image_seeds, x.shape[0])
-            adv = self.project(x + uniform_like(x, gens, -radius, radius), x)
-        state: dict = {}
-        steps = tqdm(range(self.steps), desc=type(self).__name__, leave=False, disable=not self.progress)
+            return x.clone()
         with torch.enable_grad():
-            for step in steps:
-                grad = self.gradient(adv, targets, step)
-                adv = self.project(adv.detach() + self.step_size * self.direction(grad, state), x)
-        return adv.detach()
+            return self.optimise(x, self.start_point(x, image_seeds), targets).detach()
+
+    def start_point(self, x: torch.Tensor, image_seeds: Sequence[int] | None) -> torch.Tensor:
+        """x, or with ``random_start`` a uniform point of the ε ball drawn from each image's own stream."""
+        if not self.random_start:
+            return x.clone()
+        radius = min(self.eps, self.pixel_range[1] - self.pixel_range[0])
+        gens = image_generators(self.seed, image_seeds, x.shape[0])
+        return self.project(x + uniform_like(x, gens, -radius, radius), x)
+
+    def optimise(self, x: torch.Tensor, adv: torch.Tensor, targets: Any) -> torch.Tensor:
+        """The fixed-step loop: ``steps`` ascent steps of ``step_size`` from ``adv``, projected each time."""
+        state: dict = {}
+        for step in tqdm(range(self.steps), desc=type(self).__name__, leave=False, disable=not self.progress):
+            grad = self.gradient(adv, targets, step)
+            adv = self.project(adv.detach() + self.step_size * self.direction(grad, state), x)
+        return adv

@@ -19,7 +19,8 @@ from ..core.validation import check_positive_int
 from .pixelwise import PGD
 from .registry import ATTACKS
 
-Preprocessor = Callable[[torch.Tensor, int], torch.Tensor]
+#: ``h(images, seed)``: the defense as a preprocessor; ``seed=None`` is its own (deployed) randomness.
+Preprocessor = Callable[[torch.Tensor, int | None], torch.Tensor]
 
 
 def defense_preprocessor(defense: Any, feature_fn: FeatureFn, *, model: nn.Module | None = None,

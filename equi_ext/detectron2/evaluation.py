@@ -32,7 +32,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..core.checkpoints import load_weights as load_checkpoint
-from ..core.metrics import worst_case_per_image
+from ..core.metrics import greedy_worst_case
 from ..core.validation import SettingsError
 from ..pipeline import EquiPipeline, check_scenarios, default_scenarios, scenario_table, temporarily
 from ..reporting import atomic_write_json, record_path
@@ -368,39 +368,17 @@ def worst_case(cfg, rows: list[dict], max_passes: int = 5) -> dict:
     row each image took.
 
     COCO AP ranks detections across images, so per-image AP alone does not say which choice
-    hurts the dataset most. The pool starts from the lower of (a) each image's lowest mask AP
-    (box AP without masks; ties: highest task loss) and (b) the strongest single row; then,
-    image by image, it switches to any row's prediction that lowers the pooled AP, until a
-    pass changes nothing (at most ``max_passes``). The result is never above the strongest
-    single row, and every image keeps an input an attack actually produced. The returned AP is
-    ``COCOEvaluator``'s on the final pool. Each pass costs images × rows pooled COCO
-    evaluations: sized for benchmark subsets (tens of images), not for a full COCO val split.
+    hurts the dataset most: ``equi_ext.core.metrics.greedy_worst_case`` searches the picks with the
+    pooled AP as its metric (each image's own lowest mask AP, box AP without masks, ties: highest task
+    loss, as the first candidate). The result is never above the strongest single row. The returned AP
+    is ``COCOEvaluator``'s on the final pool. Each pass costs images × rows pooled COCO evaluations:
+    sized for benchmark subsets (tens of images), not for a full COCO val split.
     """
     runs = {f"{r['attack']} / {r['defense']}": r["per_image"] for r in rows}
-    names = list(runs)
     task = "segm" if cfg.MODEL.MASK_ON else "bbox"
     evaluator = PerImageCOCOEvaluator(cfg.DATASETS.TEST[0], tasks=_tasks(cfg), distributed=False, use_fast_impl=False)
-
-    def pooled(picks: list[str]) -> float:
-        ap = evaluator.pooled_ap([runs[name][i] for i, name in enumerate(picks)], task)
-        return math.inf if math.isnan(ap) else ap
-
-    per_image = worst_case_per_image(runs, quality="mask_ap" if cfg.MODEL.MASK_ON else "box_ap")
-    num_images = len(per_image)
-    candidates = [per_image] + [[name] * num_images for name in names]
-    best, picks = min(((pooled(c), c) for c in candidates), key=lambda scored: scored[0])
-    for _ in range(max_passes):
-        changed = False
-        for i in range(num_images):
-            for name in names:
-                if name == picks[i]:
-                    continue
-                trial = picks[:i] + [name] + picks[i + 1:]
-                ap = pooled(trial)
-                if ap < best - 1e-9:
-                    picks, best, changed = trial, ap, True
-        if not changed:
-            break
+    picks, _ = greedy_worst_case(runs, lambda records: evaluator.pooled_ap(records, task),
+                                 quality="mask_ap" if cfg.MODEL.MASK_ON else "box_ap", max_rounds=max_passes)
     chosen = [runs[name][i] for i, name in enumerate(picks)]
     with contextlib.redirect_stdout(io.StringIO()):
         results = evaluator.evaluate_records(chosen)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from equi_ext.core.metrics import image_iou, worst_case_per_image
+from equi_ext.core.metrics import greedy_worst_case, image_iou, worst_case_per_image
 
 
 def test_image_iou_ignores_classes_absent_from_prediction_and_label():
@@ -40,3 +40,21 @@ def test_worst_case_refuses_runs_over_different_images():
         worst_case_per_image({"x": [record("a", 1.0, 0.0)], "y": [record("b", 1.0, 0.0)]})
     with pytest.raises(ValueError, match="at least one run"):
         worst_case_per_image({})
+
+
+def test_greedy_worst_case_finds_the_mix_that_lowers_the_pooled_metric_most():
+    """Pooled IoU Σ inter / Σ union: per image the lowest IoU picks (B, A) = 5/11, every image from A 6/20,
+    from B 2/4; the lowest pool mixes them, (A, B) = 3/13, which neither per-image picking nor any single
+    run finds."""
+    def record(img, inter, union):
+        return dict(img=img, inter=inter, union=union, iou=inter / union, loss=0.0)
+
+    runs = {"A": [record(0, 1, 10), record(1, 5, 10)], "B": [record(0, 0, 1), record(1, 2, 3)]}
+
+    def pooled(records):
+        return sum(r["inter"] for r in records) / sum(r["union"] for r in records)
+
+    assert worst_case_per_image(runs) == ["B", "A"]
+    picks, value = greedy_worst_case(runs, pooled)
+    assert picks == ["A", "B"] and value == pytest.approx(3 / 13)
+    assert value <= min(pooled(r) for r in runs.values()) and value < 5 / 11

@@ -87,7 +87,7 @@ def test_cell_records_resume_and_worst_case(demo, tmp_path):
 
 def test_benchmark_and_honesty_tools_on_the_mask_rcnn(shapes_root, tmp_path):
     """The tools' --detectron2 mode: mask AP rows, logit-only attacks named as not applicable,
-    a worst case never above the strongest run, and the six honesty checks."""
+    a worst case never above the strongest run, and the seven honesty checks (APGD on the task loss, no SEA)."""
     data = ["--data-root", str(shapes_root), "--num-images", "1"]
     bench = load_tool("benchmark_robustness").main([
         *data, "--detectron2", "--seeds", "0", "--defenses", "vanilla,random", "--attacks", "clean,pgd,cw",
@@ -103,7 +103,8 @@ def test_benchmark_and_honesty_tools_on_the_mask_rcnn(shapes_root, tmp_path):
         *data, "--detectron2", "--steps", "1", "--bpda-steps", "1", "--max-bpda-steps", "1", "--restarts", "1",
         "--lambdas", "1", "--eot-samples", "1", "--work-dir", str(tmp_path / "sanity")])
     assert report["framework"] == "detectron2"
-    assert [c["check"] for c in report["checks"]] == list("abcdef")
+    assert [c["check"] for c in report["checks"]] == list("abcdefg")
+    assert [s for s, _ in report["apgd_curve"]] == [1] and not any(label.startswith("SEA") for label in report["runs"])
     assert report["worst_case"] <= report["strongest_single"] + 1e-9
     assert "mask AP" in (tmp_path / "sanity/sanity_checks.md").read_text()
 

@@ -8,7 +8,7 @@ import pytest
 
 from equi_ext.evaluation.demo import build_demo_runner
 
-from .conftest import REPO, load_tool, write_voc_fixture
+from .conftest import DEMO_CONFIG, REPO, load_tool, write_voc_fixture
 
 VOC_CONFIG = str(REPO / "configs/deeplabv3_voc_equi.py")
 
@@ -172,17 +172,19 @@ def test_per_image_metric_reproduces_iou_metric_and_sanity_report_runs(synthetic
     (row,) = evaluate_grid(runner, {"vanilla": None}, {"clean": None})
     assert [r["img"] for r in row["per_image"]] == sorted({r["img"] for r in row["per_image"]})
     assert all(r["loss"] > 0 for r in row["per_image"])
-    assert worst_case(runner, [row])["mIoU"] == pytest.approx(row["mIoU"], abs=1e-6)
+    worst = worst_case(runner, [row])
+    assert worst["mIoU"] == pytest.approx(row["mIoU"], abs=1e-6) and worst["greedy_mIoU"] == pytest.approx(row["mIoU"])
 
     report = load_tool("sanity_checks").main([
         "--data-root", str(synthetic_val_root), "--num-images", "2", "--steps", "1", "--bpda-steps", "1",
         "--max-bpda-steps", "2", "--restarts", "2", "--lambdas", "1", "--eot-samples", "1",
         "--work-dir", str(tmp_path / "sanity")])
-    assert [c["check"] for c in report["checks"]] == list("abcdef")
-    assert [s for s, _ in report["bpda_curve"]] == [1, 2]
+    assert [c["check"] for c in report["checks"]] == list("abcdefg")
+    assert [s for s, _ in report["bpda_curve"]] == [1, 2] and [s for s, _ in report["apgd_curve"]] == [1, 2]
     bounded = [label for label in report["runs"]
                if label not in ("clean", "clean + defense", "PGD (vanilla)") and "ε=255" not in label]
-    assert len(report["worst_case_picks"]) == 2 and len(bounded) == 7  # 2 restarts, BPDA ×2, EOT, adaptive, unrolled
+    # 2 restarts, BPDA ×2, APGD ×2, SEA, EOT, adaptive, unrolled
+    assert len(report["worst_case_picks"]) == 2 and len(bounded) == 10 and "SEA-2" in bounded
     assert set(p.split(" / ")[0] for p in report["worst_case_picks"]) <= set(bounded)
     assert "Per-image worst case" in (tmp_path / "sanity/sanity_checks.md").read_text()
 
@@ -218,3 +220,24 @@ def test_a_none_defense_adds_no_defended_scenario(tmp_path, test_tool):
     options = [option for option in voc_options(root, tmp_path / "work") if not option.startswith("model.test_cfg.defense")]
     rows = test_tool.main([VOC_CONFIG, *options, "model.test_cfg.defense=none"])
     assert [r["scenario"] for r in rows] == ["clean", "attacked"]
+
+
+def test_class_weights_are_the_inverse_pixel_counts_of_the_training_label_maps(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from equi_ext.data.synthetic import generate_dataset
+
+    root = tmp_path / "shapes"
+    generate_dataset(root, seed=3, image_size=32, num_train=3, num_val=0)
+    result = load_tool("class_weights").main([str(DEMO_CONFIG), "--data-root", str(root), "--out",
+                                              str(tmp_path / "w.json")])
+    labels = np.concatenate([np.asarray(Image.open(p)).ravel() for p in sorted((root / "ann_dir/train").iterdir())])
+    counts = [int((labels == c).sum()) for c in range(len(result["classes"]))]
+    assert result["counts"] == counts and result["images"] == 3
+    inverse = [1 / n if n else 0.0 for n in counts]
+    assert result["weights"] == pytest.approx([w / sum(inverse) for w in inverse], rel=1e-12)
+    assert json.loads((tmp_path / "w.json").read_text()) == result
+    assert "attack=dict(type='sea', class_weights=[" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="num_images must be >= 1; got 0"):
+        load_tool("class_weights").main([str(DEMO_CONFIG), "--num-images", "0"])

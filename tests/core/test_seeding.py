@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from equi_ext.core.seeding import file_seed, image_seed
 
 
@@ -14,3 +17,21 @@ def test_an_image_seed_comes_from_its_file_name_else_its_id_else_its_index():
     assert image_seed("/data/a/img_001.png", 7, 3) == image_seed("img_001.png", None, 0) == file_seed("img_001.png")
     assert image_seed(None, 7, 3) == 7 and image_seed("", 7, 3) == 7
     assert image_seed(None, "coco-7", 3) == 3 and image_seed(None, True, 3) == 3  # not an integer id
+
+
+def test_image_streams_follow_the_image_seeds_and_noise_follows_the_images():
+    """One stream per image *seed* (the same image gets the same noise in any batch), shaped, typed and
+    ranged like the images it perturbs."""
+    from equi_ext.core.seeding import image_generators, normal_like, uniform_like
+
+    images = torch.zeros(2, 3, 4, 5, dtype=torch.float64)
+    same = normal_like(images, image_generators(0, [7, 7], 2))
+    assert torch.equal(same[0], same[1]) and same.shape == images.shape and same.dtype == torch.float64
+    assert torch.equal(normal_like(images, image_generators(0, None, 2)),
+                       normal_like(images, image_generators(0, [0, 1], 2)))  # default seeds: 0..n-1
+    assert not torch.equal(normal_like(images, image_generators(0, [7, 8], 2))[1], same[1])
+    big = torch.zeros(1, 3, 64, 64, dtype=torch.float64)
+    noise = uniform_like(big, image_generators(3, [1], 1), -4.0, 4.0)
+    assert noise.dtype == torch.float64 and -4.0 <= noise.min() < -3.9 and 3.9 < noise.max() < 4.0
+    with pytest.raises(ValueError, match=r"image_seeds must have one entry per image \(2\); got 1"):
+        image_generators(0, [1], 2)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange, check_positive_int
 from .base import Attack, LogitsFn, LossFn, resize_logits
 from .defense_aware import Preprocessor
+from .pixelwise import _valid_pixels
 from .registry import ATTACKS
 
 #: Per-pixel losses of dense APGD; ``task`` is the adapter's own task loss (the only one without logits).
@@ -35,15 +36,10 @@ DENSE_LOSSES = ("ce", "masked_ce", "balanced_ce", "js")
 LOSSES = ("task", *DENSE_LOSSES)
 
 
-def _valid_labels(targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    valid = targets != ignore_index
-    return valid, torch.where(valid, targets, torch.zeros_like(targets)).long()
-
-
 def inverse_frequency_weights(targets: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
     """(N, C) weights 1/N_y of each image's own labelled pixels, normalised to sum 1 per image (absent
     classes 0): the fallback of ``balanced_ce`` when no training-split ``class_weights`` are given."""
-    valid, labels = _valid_labels(targets, ignore_index)
+    valid, labels = _valid_pixels(targets, ignore_index)
     counts = torch.stack([torch.bincount(lab[v], minlength=num_classes)[:num_classes]
                           for lab, v in zip(labels, valid)]).to(torch.float32)
     weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
@@ -61,7 +57,7 @@ def dense_loss(name: str, logits: torch.Tensor, targets: torch.Tensor, ignore_in
     label (bounded, so no mask is needed).
     """
     logits = resize_logits(logits, targets)
-    valid, labels = _valid_labels(targets, ignore_index)
+    valid, labels = _valid_pixels(targets, ignore_index)
     if name == "js":
         p = logits.float().softmax(dim=1)
         one_hot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2).to(p.dtype)
@@ -90,7 +86,7 @@ def dense_loss(name: str, logits: torch.Tensor, targets: torch.Tensor, ignore_in
 def pixel_accuracy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """(N,) fraction of each image's pixels predicted right, ignored pixels counted correct."""
     logits = resize_logits(logits, targets)
-    valid, labels = _valid_labels(targets, ignore_index)
+    valid, labels = _valid_pixels(targets, ignore_index)
     return ((logits.argmax(dim=1) == labels) | ~valid).flatten(1).float().mean(dim=1)
 
 

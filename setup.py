@@ -15,6 +15,13 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "equi_ext/__init__.py").read_text(), re.M).group(1)
 
+# What the wheel carries beside the code, the OpenMMLab way (``equi_ext/.mim``; in a checkout these are links
+# to the top-level folders): the configs, the tools (not the checkout's installers) and the small demo
+# checkpoints. The demo Mask R-CNN (24 MB) stays out: a wheel user trains it with ``equi-ext train_net``.
+PACKAGE_DATA = [".mim/model-index.yml", ".mim/configs/**/*.py", ".mim/configs/**/*.yaml", ".mim/tools/*.py",
+                ".mim/checkpoints/deeplabv3_*.pth", ".mim/checkpoints/ssl/deeplabv3_*.pth"]
+EXCLUDED_TOOLS = [".mim/tools/patch_detectron2_sdist.py"]
+
 # What the synthetic data generator (equi_ext.data) needs beside the core: both adapters' demos use it.
 DATA = ["pillow>=9", "pycocotools>=2.0.6"]
 
@@ -25,7 +32,13 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
     packages=find_packages(include=["equi_ext", "equi_ext.*"]),
+    package_data={"equi_ext": PACKAGE_DATA},
+    exclude_package_data={"equi_ext": EXCLUDED_TOOLS},
+    entry_points={"console_scripts": ["equi-ext = equi_ext.cli:main"]},
     install_requires=["torch>=2.0", "numpy>=1.24", "tqdm>=4.60"],
     extras_require={
         # mmcv with ops: the wheel from EQUI_WHEELHOUSE or the one tools/install.sh builds (mmseg 1.2 needs < 2.2).
@@ -38,6 +51,6 @@ setup(
                        "yacs>=0.1.8", "omegaconf>=2.1", "termcolor>=1.1", "tabulate", "cloudpickle", "pyyaml",
                        "matplotlib", *DATA],
         "bench": ["scikit-learn>=1.3", "matplotlib>=3.7", "imagecorruptions>=1.1.2", "scikit-image>=0.21"],
-        "dev": ["pytest>=8", "ruff"],
+        "dev": ["pytest>=8", "ruff", "build>=1", "twine>=5"],
     },
 )

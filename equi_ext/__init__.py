@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch is imported lazily so that e.g. the data generator st
     from .core.losses import FeatureFn
     from .core.optimizer import DefenseOutput
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 
 def defend(feature_fn: FeatureFn, images: torch.Tensor, method: str | dict = "equi", *,

@@ -30,11 +30,19 @@ SCENARIOS = {
     "defended": (True, True),
 }
 
-def check_scenarios(names: Sequence[str]) -> list[str]:
-    """``names`` as a list, or a ``SettingsError`` (a ``ValueError``) naming the unknown ones and the valid ones."""
+def check_scenarios(names: Sequence[str], unset: dict[str, str] | None = None) -> list[str]:
+    """``names`` as a list, or a ``SettingsError`` (a ``ValueError``) naming the unknown ones and the valid ones.
+
+    ``unset`` maps ``'attack'`` / ``'defense'`` to the settings key the config leaves unset (e.g.
+    ``{'attack': 'model.test_cfg.attack'}``): a scenario that needs it is refused, since it would run as
+    clean under its own label."""
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         raise SettingsError(f"unknown scenario(s) {', '.join(map(repr, unknown))}; valid: {', '.join(SCENARIOS)}")
+    for name in names:
+        for part, needed in zip(("attack", "defense"), SCENARIOS[name]):
+            if needed and part in (unset or {}):
+                raise SettingsError(f"scenario {name!r} needs {unset[part]}, which the config does not set")
     return list(names)
 
 
@@ -230,6 +238,14 @@ class EquiPipeline:
         """(attack?, defend?) of ``scenario`` (None: as configured) given what is configured."""
         attack, defend = SCENARIOS[scenario] if scenario else (True, True)
         return attack and self.attack_cfg is not None, defend and self.defends
+
+    def scenarios(self, names: Sequence[str] | None, keys: dict[str, str]) -> list[str]:
+        """``names`` checked against what is configured (``check_scenarios``), or with None every scenario the
+        configured defense/attack make meaningful; ``keys`` names the 'defense' and 'attack' settings keys."""
+        configured = {"defense": self.defends, "attack": self.attack_cfg is not None}
+        if names is None:
+            return default_scenarios(configured["defense"], configured["attack"])
+        return check_scenarios(names, {part: keys[part] for part, is_set in configured.items() if not is_set})
 
     def process(self, batch: PixelBatch, scenario: str | None, record_scores: bool = False) -> list[float | None]:
         """The per-batch flow of both adapters: group, attack, defend, hand back, with the model frozen.

@@ -384,6 +384,16 @@ CASES = [
          SystemExit, "test dataset data_root '/nonexistent/x' does not exist", ("tmp_path",)),
     Case("mmseg-empty_dataset", lambda tmp, root: [mmseg_tool(tmp, f"test_dataloader.dataset.data_root={root}")],
          SystemExit, r"test dataset folder '.*img_dir/val' holds no image", ("tmp_path", "empty_split")),
+    Case("mmseg-scenario_without_attack",
+         lambda tmp: [lambda s=s: load_tool("test").main([str(DEMO_CONFIG), "--work-dir", str(tmp), "--scenarios", s])
+                      for s in ("clean,attacked", "defended")],
+         SystemExit, "scenario '(attacked|defended)' needs model.test_cfg.attack, which the config does not set",
+         ("tmp_path",)),
+    Case("mmseg-scenario_without_defense",
+         lambda tmp: [lambda: load_tool("test").main([str(DEMO_CONFIG), "--work-dir", str(tmp), "--scenarios",
+                                                      "clean_defended"])],
+         SystemExit, "scenario 'clean_defended' needs model.test_cfg.defense, which the config does not set",
+         ("tmp_path",)),
     # --- Detectron2 path -----------------------------------------------------------------------------------------
     Case("d2-wrong_channels", d2_image_calls(torch.zeros(1, SIZE, SIZE)), ValueError,
          r"input 0: 'image' must be a \(3, H, W\) tensor; got \(1, 64, 64\)", ("detector",)),
@@ -415,6 +425,9 @@ CASES = [
          r"\(RandomNoiseDefense\); it takes EQUI.EPS_V, EQUI.SEED", ("d2_dataset",)),
     Case("d2-key_the_tool_ignores", lambda tmp: [d2_tool(tmp, None, "EQUI.THRESHOLD", "0.9")], SystemExit,
          "EQUI.THRESHOLD = 0.9 does not apply to EQUI.DEFENSE 'equi'", ("tmp_path",)),
+    Case("d2-scenario_without_attack", lambda tmp: [
+        lambda: load_tool("test").main([str(DEMO_EQUI_YAML), "--scenarios", "attacked", "--opts", "EQUI.ATTACK", ""])],
+        SystemExit, "scenario 'attacked' needs EQUI.ATTACK, which the config does not set", ("tmp_path",)),
     Case("d2-negative_eps_v", lambda name: [lambda: build_model(small_cfg(name, "EQUI.EPS_V", "-1.0"))],
          ValueError, "eps_v must be > 0 pixel levels; got -1.0", ("d2_dataset",)),
     Case("d2-mismatched_checkpoint", lambda tmp, name: [d2_tool(tmp, name, checkpoint=str(DEMO_CHECKPOINT))],

@@ -30,7 +30,7 @@ import sys
 from equi_ext.core.optimizer import PRESETS
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.ablations import ABLATIONS, run_ablation
-from equi_ext.evaluation.demo import DATA, REPO
+from equi_ext.evaluation.demo import DATA, WORKSPACE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--attack-steps", type=int, default=20, help="PGD steps (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="defense and attack seed (default: %(default)s)")
     parser.add_argument("--data-root", default=str(DATA), help="val images (default: the demo benchmark)")
-    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/ablate"))
+    parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/ablate"))
     return parser.parse_args(argv)
 
 

@@ -31,7 +31,7 @@ import argparse
 import sys
 
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation.demo import DATA, REPO
+from equi_ext.evaluation.demo import DATA, WORKSPACE
 from equi_ext.evaluation.robustness import ATTACK_NAMES, DEFENSE_NAMES, benchmark_robustness
 
 
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lambdas", default="0.1,1,10", help="adaptive λ_e sweep (default: %(default)s)")
     parser.add_argument("--data-root", default=str(DATA), help="val images (default: the demo benchmark)")
     parser.add_argument("--checkpoint", help="model weights (default: the demo model's)")
-    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/robustness"))
+    parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/robustness"))
     parser.add_argument("--resume", action="store_true", help="skip images already recorded in the work dir")
     args = parser.parse_args(argv)
     try:

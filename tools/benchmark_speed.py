@@ -23,7 +23,7 @@ import argparse
 
 from equi_ext.core.optimizer import PRESETS
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation.demo import REPO
+from equi_ext.evaluation.demo import WORKSPACE
 from equi_ext.evaluation.speed import benchmark_speed
 
 
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cityscapes-size", action="store_true",
                         help="also time one defense step of the MMSeg demo model on 1024×2048 images")
     parser.add_argument("--models", default="mmseg,detectron2", help="demo models to time (default: %(default)s)")
-    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/benchmark_speed"))
+    parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/benchmark_speed"))
     return parser.parse_args(argv)
 
 

@@ -26,7 +26,7 @@ import argparse
 
 from equi_ext.core.validation import SettingsError
 from equi_ext.data.corruptions import CORRUPTIONS
-from equi_ext.evaluation.demo import DATA, REPO, SSL_HEADS
+from equi_ext.evaluation.demo import DATA, SSL_HEADS, WORKSPACE
 from equi_ext.evaluation.detection import SCORE_KINDS, detect_attacks
 
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attack-steps", type=int, default=20)
     parser.add_argument("--data-root", default=str(DATA), help="reported split (default: the demo benchmark)")
     parser.add_argument("--tune-root", help="tuning split (default: the seed-1 demo split)")
-    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/detect"))
+    parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/detect"))
     return parser
 
 

@@ -13,13 +13,13 @@ import argparse
 import logging
 
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation.demo import REPO, run_demo
+from equi_ext.evaluation.demo import WORKSPACE, run_demo
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=16, help="first N val images (default: %(default)s)")
-    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/demo"))
+    parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/demo"))
     parser.add_argument("--retrain", action="store_true", help="train the demo model instead of using the checkpoint")
     return parser.parse_args(argv)
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import argparse
 
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation.demo import DATA, REPO
+from equi_ext.evaluation.demo import DATA, WORKSPACE
 from equi_ext.evaluation.honesty import honesty_checks
 
 
@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lambdas", default="0.1,1,10", help="adaptive λ_e sweep (default: %(default)s)")
     parser.add_argument("--eot-samples", type=int, default=2)
     parser.add_argument("--data-root", default=str(DATA), help="val images (default: the demo benchmark)")
-    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/sanity"))
+    parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/sanity"))
     parser.add_argument("--resume", action="store_true", help="reuse the per-image records of finished images")
     args = parser.parse_args(argv)
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from equi_ext.evaluation.demo import REPO, build_demo_runner, ensure_tune_data
+from equi_ext.evaluation.demo import WORKSPACE, build_demo_runner, ensure_tune_data
 
 
 def main(argv=None) -> list[dict]:
@@ -22,7 +22,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--num-images", type=int, default=16)
     parser.add_argument("--lambdas", default="0,0.1,1,10,100,1000")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/sweep_lambda"))
+    parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/sweep_lambda"))
     args = parser.parse_args(argv)
 
     from equi_ext.mmseg.evaluation import evaluate_grid, grid_table

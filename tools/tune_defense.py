@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation.demo import REPO
+from equi_ext.evaluation.demo import WORKSPACE
 from equi_ext.evaluation.tuning import CANDIDATES, D2_CANDIDATES, DEFAULT_CANDIDATES, SPLITS, tune_defense
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=16)
-    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/tune"))
+    parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/tune"))
     parser.add_argument("--feature-layer", help="MMSeg only (default: backbone)")
     parser.add_argument("--candidates", help="comma-separated names from: " + ", ".join(CANDIDATES)
                         + f" (default: {','.join(DEFAULT_CANDIDATES)}); with --detectron2 from: "

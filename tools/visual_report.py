@@ -24,14 +24,14 @@ import logging
 
 from equi_ext.core.optimizer import PRESETS
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation.demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, REPO
+from equi_ext.evaluation.demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, WORKSPACE
 from equi_ext.evaluation.visual_report import visual_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=4, help="first N val images (default: %(default)s)")
-    parser.add_argument("--work-dir", default=str(REPO / "work_dirs/visual_report"))
+    parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/visual_report"))
     parser.add_argument("--data-root", default=str(DATA),
                         help="synthetic benchmark root (default: %(default)s, generated if missing)")
     parser.add_argument("--checkpoint", default=str(CHECKPOINT))

@@ -15,6 +15,8 @@ import yaml
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
+from ..assets import config_path
+
 #: ``_BASE_: model_zoo://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml`` inherits a config
 #: shipped inside the detectron2 package (as ``mmseg::`` does for MMSeg configs).
 MODEL_ZOO_PREFIX = "model_zoo://"
@@ -86,7 +88,7 @@ def _load_yaml(path: Path) -> dict:
 
 
 def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -> CfgNode:
-    """Detectron2's defaults + ``EQUI`` + ``config_file`` + ``opts`` (``KEY VALUE`` pairs), checked.
+    """Detectron2's defaults + ``EQUI`` + ``config_file`` (a path or ``equi_ext::NAME``) + ``opts`` (``KEY VALUE`` pairs), checked.
 
     Raises:
         FileNotFoundError: the config (or its model-zoo base) does not exist.
@@ -95,7 +97,7 @@ def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -
     """
     from .modeling.meta_arch import equi_settings
 
-    path = Path(config_file)
+    path = Path(config_path(config_file))
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     cfg = add_equi_config(get_cfg())

@@ -34,10 +34,13 @@ from pycocotools.cocoeval import COCOeval
 from ..core.checkpoints import load_weights as load_checkpoint
 from ..core.metrics import greedy_worst_case
 from ..core.validation import SettingsError
-from ..pipeline import EquiPipeline, check_scenarios, default_scenarios, scenario_table, temporarily
+from ..pipeline import EquiPipeline, scenario_table, temporarily
 from ..reporting import atomic_write_json, record_path
 from .modeling import EquiGeneralizedRCNN
-from .modeling.meta_arch import SCORE_KEY
+from .modeling.meta_arch import SCORE_KEY, equi_settings
+
+#: The settings keys a scenario's error names when it needs a defense or attack the config does not set.
+SCENARIO_KEYS = {"defense": "EQUI.DEFENSE", "attack": "EQUI.ATTACK"}
 
 
 class _PredictedImagesCOCOEvaluator(COCOEvaluator):
@@ -244,9 +247,7 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
                                 f"got {cfg.MODEL.META_ARCHITECTURE!r}")
         load_weights(model, weights)
     model.eval()
-    if scenarios is None:
-        scenarios = default_scenarios(model.pipeline.defends, model.pipeline.attack_cfg is not None)
-    check_scenarios(scenarios)
+    scenarios = model.pipeline.scenarios(scenarios, SCENARIO_KEYS)
     out_dir = Path(output_dir or cfg.OUTPUT_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -282,13 +283,16 @@ def evaluate_config(config: str, weights: str | None = None, *, opts: Sequence[s
     ``MODEL.WEIGHTS``. Returns the rows (an empty list from a multi-process launch).
 
     Raises:
-        SettingsError: a missing config, unknown keys or bad ``EQUI`` settings, before any process starts.
+        SettingsError: a missing config, unknown keys, bad ``EQUI`` settings or scenarios that need a defense or
+            attack the config does not set, before any process starts.
     """
     from .config import load_config
     from .launch import launch
 
     try:
-        load_config(config, list(opts))  # bad settings fail here, before any process starts
+        cfg = load_config(config, list(opts))  # bad settings and scenarios fail here, before any process starts
+        settings = equi_settings(cfg)
+        EquiPipeline(settings["defense"], settings["attack"], needs_logits=False).scenarios(scenarios, SCENARIO_KEYS)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
         raise SettingsError.of(err) from err
     args = (config, weights, list(opts), scenarios, num_images, output_dir)

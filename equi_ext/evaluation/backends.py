@@ -14,8 +14,9 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+from ..assets import ASSETS
 from ..core.validation import SettingsError
-from .demo import CHECKPOINT, D2_CHECKPOINT, D2_CONFIG, DATA, REPO, SSL_HEADS, build_demo_runner
+from .demo import CHECKPOINT, D2_CHECKPOINT, D2_CONFIG, DATA, SSL_HEADS, build_demo_runner
 
 
 class MMSegBackend:
@@ -92,7 +93,7 @@ class Detectron2Backend:
     @property
     def settings(self) -> str:
         e = self.cfg.EQUI
-        return (f"defense settings of `{D2_CONFIG.relative_to(REPO)}` (transforms {', '.join(e.TRANSFORMS)}; "
+        return (f"defense settings of `equi_ext::{D2_CONFIG.relative_to(ASSETS / 'configs')}` (transforms {', '.join(e.TRANSFORMS)}; "
                 f"T {e.DEFENSE_STEPS}, ε_v {e.EPS_V:g}, η {e.STEP_SIZE:g}; FPN {', '.join(e.FPN_LEVELS)})")
 
     def defense(self, name: str) -> dict | None:

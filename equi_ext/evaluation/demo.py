@@ -13,21 +13,22 @@ import sys
 import time
 from pathlib import Path
 
+from ..assets import ASSETS, WORKSPACE
 from ..core.validation import SettingsError
 
-#: The checkout the demo assets live in (configs, checkpoints, generated data, tools).
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs/demo/deeplabv3_r18c16-d8_1xb8-3k_synthetic-128x128.py"
-CHECKPOINT = REPO / "checkpoints/deeplabv3_r18c16-d8_synthetic-128x128.pth"
-DATA = REPO / "data/synthetic_shapes"
+# Shipped files come from ASSETS (the checkout's folders, or the wheel's copies); what is generated or too
+# large for the wheel (data, work dirs, the Mask R-CNN checkpoint and its SSL heads) lives in WORKSPACE.
+CONFIG = ASSETS / "configs/demo/deeplabv3_r18c16-d8_1xb8-3k_synthetic-128x128.py"
+CHECKPOINT = ASSETS / "checkpoints/deeplabv3_r18c16-d8_synthetic-128x128.pth"
+DATA = WORKSPACE / "data/synthetic_shapes"
 #: The tuning split: another seed (1) than the reported one (0), so settings are never chosen on reported images.
-TUNE_DATA = REPO / "data/synthetic_shapes_tune"
-D2_CONFIG = REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml"
-D2_CHECKPOINT = REPO / "checkpoints/mask_rcnn_R18_FPN_synthetic-128x128.pth"
+TUNE_DATA = WORKSPACE / "data/synthetic_shapes_tune"
+D2_CONFIG = ASSETS / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml"
+D2_CHECKPOINT = WORKSPACE / "checkpoints/mask_rcnn_R18_FPN_synthetic-128x128.pth"
 SSL_HEADS = {
-    "mmseg": {kind: REPO / f"checkpoints/ssl/deeplabv3_r18c16-d8_synthetic-128x128_{kind}.pth"
+    "mmseg": {kind: ASSETS / f"checkpoints/ssl/deeplabv3_r18c16-d8_synthetic-128x128_{kind}.pth"
               for kind in ("rotation", "contrastive")},
-    "detectron2": {kind: REPO / f"checkpoints/ssl/mask_rcnn_R18_FPN_synthetic-128x128_{kind}.pth"
+    "detectron2": {kind: WORKSPACE / f"checkpoints/ssl/mask_rcnn_R18_FPN_synthetic-128x128_{kind}.pth"
                    for kind in ("rotation", "contrastive")},
 }
 EPS = 4.0
@@ -57,15 +58,17 @@ def ensure_tune_data() -> Path:
 
 
 def ensure_checkpoint(retrain: bool, work_dir: Path) -> Path:
-    """The committed demo checkpoint, or (``retrain``) one trained and exported by the repository's tools."""
+    """The shipped demo checkpoint, or (``retrain``) one trained and exported by the shipped tools into
+    ``WORKSPACE/checkpoints`` (in a checkout, the shipped one's place)."""
     if CHECKPOINT.is_file() and not retrain:
         return CHECKPOINT
     train_dir = work_dir / "train"
-    subprocess.run([sys.executable, str(REPO / "tools/train.py"), str(CONFIG), "--work-dir", str(train_dir)],
-                   check=True)
-    subprocess.run([sys.executable, str(REPO / "tools/export_weights.py"), str(train_dir / "iter_3000.pth"),
-                    str(CHECKPOINT)], check=True)
-    return CHECKPOINT
+    retrained = WORKSPACE / "checkpoints" / CHECKPOINT.name
+    subprocess.run([sys.executable, str(ASSETS / "tools/train.py"), str(CONFIG), "--work-dir", str(train_dir)],
+                   check=True, cwd=WORKSPACE)
+    subprocess.run([sys.executable, str(ASSETS / "tools/export_weights.py"), str(train_dir / "iter_3000.pth"),
+                    str(retrained)], check=True, cwd=WORKSPACE)
+    return retrained
 
 
 def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoint: Path = CHECKPOINT,
@@ -93,7 +96,7 @@ def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoi
     return runner
 
 
-def run_demo(num_images: int = 16, work_dir: str | Path = REPO / "work_dirs/demo", retrain: bool = False) -> dict:
+def run_demo(num_images: int = 16, work_dir: str | Path = WORKSPACE / "work_dirs/demo", retrain: bool = False) -> dict:
     """The README's first command: the grid on the first ``num_images`` reported val images, written to
     ``work_dir/demo_results.{md,json}`` and returned (rows, scores, seconds)."""
     if num_images < 1:

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import torch
 
+from ..assets import ASSETS, WORKSPACE
 from ..attacks import PGD
 from ..core.optimizer import PRESETS, EquivarianceDefense
 from ..core.validation import SettingsError
 from ..defenses import DetectThenDefend
 from ..reporting import write_report
-from .demo import REPO
+from .demo import D2_CONFIG
 
 #: The demo models ``benchmark_speed`` can time at batch 1 and batch N.
 DEMO_MODELS = ("mmseg", "detectron2")
@@ -78,7 +79,7 @@ def mmseg_demo_case(batch: int, size: tuple[int, int] | None = None) -> Case:
     from .demo import DATA, build_demo_runner, ensure_data
 
     ensure_data()
-    runner = build_demo_runner(DATA, batch, REPO / "work_dirs/benchmark_speed/mmseg")
+    runner = build_demo_runner(DATA, batch, WORKSPACE / "work_dirs/benchmark_speed/mmseg")
     model = runner.model.eval()
     rt = configure(model, defense="equi")
     samples = [next(iter([item])) for item in runner.test_dataloader.dataset][:batch]
@@ -109,10 +110,10 @@ def detectron2_demo_case(batch: int) -> Case:
     from ..detectron2 import load_config, register_synthetic_shapes
     from ..detectron2.evaluation import build_annotated_test_loader, load_weights
 
-    cfg = load_config(REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml")
-    names = register_synthetic_shapes(REPO / cfg.EQUI.SYNTHETIC_ROOT)
+    cfg = load_config(D2_CONFIG)
+    names = register_synthetic_shapes(WORKSPACE / cfg.EQUI.SYNTHETIC_ROOT)
     model = build_model(cfg).eval()
-    load_weights(model, str(REPO / cfg.MODEL.WEIGHTS))
+    load_weights(model, str(WORKSPACE / cfg.MODEL.WEIGHTS))
     model.scenario = "clean"  # its own inference stays stock; the benchmark applies the defenses itself
     inputs = [b[0] for b, _ in zip(build_annotated_test_loader(cfg, names[-1], batch), range(batch))]
     pixels = torch.stack([model.to_pixels(x["image"]) for x in inputs])
@@ -131,7 +132,7 @@ def real_size_case() -> Case:
 
     from ..mmseg import configure
 
-    cfg = Config.fromfile(str(REPO / "configs/deeplabv3_voc_equi.py"))
+    cfg = Config.fromfile(str(ASSETS / "configs/deeplabv3_voc_equi.py"))
     model = MODELS.build(cfg.model).eval()
     rt = configure(model, defense="equi", attack=None)
     pixels = torch.rand(1, 3, 512, 512) * 255
@@ -232,7 +233,7 @@ def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | No
                     skip_real: bool = False, detector_transforms: list[str] | None = None,
                     detector_threshold: float = 0.554, cityscapes_size: bool = False,
                     models: list[str] = DEMO_MODELS,
-                    work_dir: str | Path = REPO / "work_dirs/benchmark_speed") -> list[dict]:
+                    work_dir: str | Path = WORKSPACE / "work_dirs/benchmark_speed") -> list[dict]:
     """Time the demo ``models`` at batch 1 and ``batch`` (``repeats`` timed calls after a warm-up; PGD with
     ``attack_steps`` steps) for each defense preset of ``presets`` (default: ``default`` and ``fast``), then
     the per-step rows (``cityscapes_size``; the real-size model unless ``skip_real``). ``detector_transforms``

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..assets import WORKSPACE
 from ..core.validation import SettingsError
 from ..reporting import write_report
-from .demo import DATA, REPO, build_demo_runner, ensure_data, ensure_tune_data
+from .demo import D2_CONFIG, DATA, build_demo_runner, ensure_data, ensure_tune_data
 
 CANDIDATES = {
     "paper": dict(preset="paper"),
@@ -69,7 +70,7 @@ SPLITS = ("tune", "val")
 
 
 def tune_defense(*, detectron2: bool = False, num_images: int = 16,
-                 work_dir: str | Path = REPO / "work_dirs/tune", feature_layer: str | None = None,
+                 work_dir: str | Path = WORKSPACE / "work_dirs/tune", feature_layer: str | None = None,
                  candidates: list[str] | None = None, split: str | None = None) -> list[dict]:
     """Measure the named ``candidates`` on the first ``num_images`` images and write the table into
     ``work_dir``; return its rows.
@@ -132,10 +133,10 @@ def _tune_detectron2(num_images: int, work_dir: str | Path, chosen: list[str]) -
              "| candidate | clean + defense | PGD-10 | PGD-10 + defense | seconds (defended) |", "|---|---|---|---|---|"]
     results = []
     for i, name in enumerate(chosen):
-        cfg = load_config(REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml",
+        cfg = load_config(D2_CONFIG,
                           ["EQUI.SYNTHETIC_ROOT", "", "DATASETS.TEST", f"('{dataset}',)", *D2_CANDIDATES[name]])
         model = build_model(cfg)
-        load_weights(model, str(REPO / cfg.MODEL.WEIGHTS))
+        load_weights(model, str(WORKSPACE / cfg.MODEL.WEIGHTS))
         scenarios = ["clean_defended", "defended"] if i else ["clean", "clean_defended", "attacked", "defended"]
         rows = {r["scenario"]: r for r in evaluate_scenarios(
             cfg, None, scenarios=scenarios, num_images=num_images,

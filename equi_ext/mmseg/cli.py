@@ -9,6 +9,7 @@ import os.path as osp
 import torch
 from mmengine.config import Config, DictAction
 
+from ..assets import config_path
 from ..core.validation import SettingsError
 
 
@@ -22,11 +23,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """Read ``args.config``, apply ``--cfg-options``, ``--launcher`` and the work dir (MMSeg's rules).
+    """Read ``args.config`` (a path or ``equi_ext::NAME``), apply ``--cfg-options``, ``--launcher`` and the work dir (MMSeg's rules).
 
     With ``--launcher pytorch`` on a machine without CUDA this also starts the gloo process group.
     """
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    try:
+        args.config = config_path(args.config)
+    except FileNotFoundError as err:
+        raise SettingsError(str(err)) from None
     if not osp.isfile(args.config):
         raise SettingsError(f"config file {args.config!r} does not exist")
     cfg = Config.fromfile(args.config)

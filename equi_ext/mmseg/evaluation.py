@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from ..core.checkpoints import load_weights
 from ..core.metrics import greedy_worst_case, worst_case_per_image
 from ..core.validation import SettingsError
-from ..pipeline import check_scenarios, default_scenarios, scenario_table
+from ..pipeline import scenario_table
 from ..reporting import record_path
 from .cli import check_test_data
 from .metrics import EquiScoreMetric, PerImageIoUMetric, load_record
@@ -35,7 +35,8 @@ def evaluate_scenarios(cfg: Config, checkpoint: str | None, scenarios: list[str]
     default to every one the config's ``test_cfg.defense`` / ``attack`` make meaningful.
 
     Raises:
-        SettingsError: before anything runs: bad equi-ext settings in ``model.test_cfg``, unknown scenarios,
+        SettingsError: before anything runs: bad equi-ext settings in ``model.test_cfg``, unknown scenarios or
+            ones that need a defense or attack the config does not set,
             a missing checkpoint or test data.
         CheckpointError: a checkpoint that does not fit the model.
     """
@@ -44,9 +45,7 @@ def evaluate_scenarios(cfg: Config, checkpoint: str | None, scenarios: list[str]
         pipeline, _ = build_equi_components(test_cfg)
     except (KeyError, ValueError, TypeError) as err:
         raise SettingsError.of(err, "bad equi-ext settings in model.test_cfg: ") from err
-    if scenarios is None:
-        scenarios = default_scenarios(pipeline.defends, pipeline.attack_cfg is not None)
-    check_scenarios(scenarios)
+    scenarios = pipeline.scenarios(scenarios, {"defense": "model.test_cfg.defense", "attack": "model.test_cfg.attack"})
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise SettingsError(f"checkpoint {checkpoint!r} does not exist")
     check_test_data(cfg)

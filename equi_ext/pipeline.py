@@ -102,12 +102,13 @@ def attack_kwargs(cls: type, cfg: dict, *, loss_fn: Callable, logits_fn: Callabl
                   preprocessor: Callable, transforms: list | None = None, **extra: Any) -> dict:
     """Constructor arguments of attack ``cls``: the config's settings plus the model views it declares it needs."""
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    needs = cls.needs(kwargs)
     kwargs.update(loss_fn=loss_fn, logits_fn=logits_fn, **extra)
-    if cls.needs_features:
+    if "features" in needs:
         kwargs["feature_fn"] = feature_fn
         if transforms is not None:
             kwargs.setdefault("transforms", transforms)
-    if cls.needs_defense:
+    if "defense" in needs:
         kwargs["defense"] = preprocessor
     return kwargs
 
@@ -189,8 +190,8 @@ class EquiPipeline:
         if self.attack_cfg is not None:
             name = self.attack_cfg.get("type")
             cls = ATTACKS.check_keys(name, [k for k in self.attack_cfg if k != "type"])
-            if cls.needs_logits and not needs_logits:
-                usable = [n for n in ATTACKS.names() if not ATTACKS.get(n).needs_logits]
+            if "logits" in cls.needs(self.attack_cfg) and not needs_logits:
+                usable = [n for n in ATTACKS.names() if "logits" not in ATTACKS.get(n).needs({})]
                 raise ValueError(f"attack {name!r} ({cls.__name__}) needs dense logits to weight pixels, which this "
                                  f"model does not have; use one of {', '.join(usable)}")
             # Built once with stand-in views so a bad budget fails here, not mid-evaluation.

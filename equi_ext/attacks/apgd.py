@@ -5,14 +5,14 @@ size that starts at 2·radius and halves at checkpoints when progress stalls, wi
 SEA (Croce, Singh, Hein, ECCV 2024, arXiv:2306.12941) runs APGD with three dense losses, each over a
 shrinking radius schedule 2ε → 1.5ε → ε, and keeps, per image, the worst result.
 
-Through a test-time defense both attack the *deployed* pipeline: every iterate is purified by the
-defense as deployed (``defense(images, None)``: its own randomness), the model predicts on the purified
-image, and the gradient taken there is applied to the iterate (BPDA, identity backward), averaged with
-``samples - 1`` fresh draws of the defense's randomness (EOT). Two "best" points are kept per image: ``x_best_loss`` (highest plain
-cross-entropy, which drives the restarts; the masked losses are not monotone in progress) and
-``x_best_adv`` (lowest pixel accuracy, ignored pixels counted correct, ties to the later iterate),
-which is what the attack returns. Without dense logits (Detectron2) APGD runs on the adapter's task
-loss and returns each image's highest-loss iterate.
+Through a test-time defense (``dict(type='bpda', attack=dict(type='apgd', ...), eot_samples=n)``) both
+attack the *deployed* pipeline: every iterate is purified by the defense as deployed (its own randomness),
+the model predicts on the purified image, and the gradient taken there is applied to the iterate (BPDA,
+identity backward), averaged with ``n - 1`` fresh draws of the defense's randomness (EOT). Two "best"
+points are kept per image: ``x_best_loss`` (highest plain cross-entropy, which drives the restarts; the
+masked losses are not monotone in progress) and ``x_best_adv`` (lowest pixel accuracy, ignored pixels
+counted correct, ties to the later iterate), which is what the attack returns. Without dense logits
+(Detectron2) APGD runs on the adapter's task loss and returns each image's highest-loss iterate.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange, check_positive_int
+from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange
 from .base import Attack, LogitsFn, LossFn, resize_logits
-from .defense_aware import Preprocessor
 from .pixelwise import _valid_pixels
 from .registry import ATTACKS
 
@@ -112,7 +111,7 @@ def step_to_halve(rises: torch.Tensor, interval: int, rho: float, halved_last: t
 
 @ATTACKS.register("apgd")
 class APGD(Attack):
-    """APGD (L∞) on a dense loss or the task loss, through the defense (BPDA, EOT over ``samples`` draws).
+    """APGD (L∞) on a dense loss or the task loss (through a defense: wrap it in ``bpda``).
 
     Args:
         loss: one of ``LOSSES``; default ``ce`` with dense logits, else ``task``.
@@ -121,20 +120,14 @@ class APGD(Attack):
         steps: iterations N (the paper's APGD uses 100).
         momentum: α of the momentum step (0.75).
         rho: a checkpoint halves an image's step if its tracking loss rose in at most ρ of the interval's steps.
-        samples: defense draws per iterate: the deployed one plus ``samples - 1`` fresh ones averaged into the
-            gradient (EOT); 1 for a deterministic defense.
-        defense: the deployed defense as a preprocessor ``h(images, seed)``, ``seed=None`` being its deployed
-            randomness (None: attack the bare model).
         Other arguments as :class:`Attack`; the step size is APGD's own (2·radius, halved per image).
     """
 
-    needs_defense = True
-    model_views = (*Attack.model_views, "defense")
+    selects_iterates = True
 
     def __init__(self, *, loss_fn: LossFn | None = None, logits_fn: LogitsFn | None = None, eps: float = 4.0,
                  steps: int = 100, loss: str | None = None, class_weights: Sequence[float] | None = None,
-                 momentum: float = 0.75, rho: float = 0.75, samples: int = 1, defense: Preprocessor | None = None,
-                 random_start: bool | None = None, seed: int = 0, ignore_index: int = 255,
+                 momentum: float = 0.75, rho: float = 0.75, random_start: bool | None = None, seed: int = 0, ignore_index: int = 255,
                  pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, progress: bool = False) -> None:
         super().__init__(loss_fn=loss_fn, logits_fn=logits_fn, eps=eps, steps=steps, random_start=random_start,
                          seed=seed, ignore_index=ignore_index, pixel_range=pixel_range, progress=progress)
@@ -147,21 +140,18 @@ class APGD(Attack):
         if loss == "task" and loss_fn is None:
             raise ValueError(f"{type(self).__name__} loss 'task' needs the model's loss_fn")
         self.loss = loss
-        self.class_weights = self._check_weights(class_weights)
-        if self.class_weights is not None and loss != "balanced_ce":
-            raise ValueError(f"class_weights apply to loss 'balanced_ce' only; got loss {loss!r}")
+        self.class_weights = self._check_weights(class_weights, [loss])
         if not 0 < momentum <= 1 or not 0 < rho < 1:
             raise ValueError(f"momentum must be in (0, 1] and rho in (0, 1); got {momentum}, {rho}")
         self.momentum, self.rho = float(momentum), float(rho)
-        self.samples = check_positive_int("samples", samples)
-        if defense is not None and not callable(defense):
-            raise TypeError(f"defense must be a callable preprocessor h(images, seed); got {type(defense).__name__}")
-        self.defense = defense
 
     @staticmethod
-    def _check_weights(class_weights: Sequence[float] | None) -> torch.Tensor | None:
+    def _check_weights(class_weights: Sequence[float] | None, losses: list[str]) -> torch.Tensor | None:
+        """``class_weights`` as a tensor summing to 1, checked, for ``losses`` that include ``balanced_ce``."""
         if class_weights is None:
             return None
+        if "balanced_ce" not in losses:
+            raise ValueError(f"class_weights apply to loss 'balanced_ce' only; got {', '.join(map(repr, losses))}")
         weights = torch.as_tensor(list(class_weights), dtype=torch.float32)
         if weights.dim() != 1 or not weights.numel() or not torch.isfinite(weights).all() or (weights < 0).any() \
                 or weights.sum() <= 0:
@@ -170,20 +160,16 @@ class APGD(Attack):
         return weights / weights.sum()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, loss={self.loss!r}, samples={self.samples})"
+        return f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, loss={self.loss!r})"
 
     # ----- one evaluation of the deployed pipeline -----------------------------------------
-    def evaluate(self, adv: torch.Tensor, targets: Any, loss: str,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(self, adv: torch.Tensor, targets: Any, loss: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(gradient of ``loss``, (N,) tracking loss, (N,) quality: lower = more broken) at ``adv``.
 
-        The first draw is the deployed defense itself (``seed=None``: the randomness it uses when it is
-        evaluated), so tracking and quality are exactly what the evaluation will see; the gradient, taken at
-        the purified image, is averaged with ``samples - 1`` fresh draws (seeds ``seed`` …)."""
+        Through a defense the first view is the deployed defense's output, so tracking and quality are
+        exactly what the evaluation will see; the gradient is averaged over all views (``Attack.views``)."""
         grads = []
-        for draw in range(self.samples):
-            draw_seed = None if draw == 0 else seed + draw
-            purified = adv.detach() if self.defense is None else self.defense(adv.detach(), draw_seed).detach()
+        for draw, purified in enumerate(self.views(adv)):
             purified.requires_grad_(True)
             if self.logits_fn is not None:
                 logits = self.logits_fn(purified)
@@ -203,8 +189,8 @@ class APGD(Attack):
         return torch.stack(grads).mean(dim=0), tracking, quality
 
     # ----- the APGD loop at one radius ------------------------------------------------------
-    def run(self, x: torch.Tensor, start: torch.Tensor, targets: Any, *, radius: float, steps: int, loss: str,
-            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, x: torch.Tensor, start: torch.Tensor, targets: Any, *, radius: float, steps: int,
+            loss: str) -> tuple[torch.Tensor, torch.Tensor]:
         """APGD with ``steps`` iterations in the L∞ ball of ``radius`` around ``x`` from ``start`` (projected);
         returns (``x_best_adv``, its quality), both per image, over the start and every iterate."""
         low, high = self.pixel_range
@@ -215,9 +201,8 @@ class APGD(Attack):
         n = x.shape[0]
         view = (n,) + (1,) * (x.dim() - 1)
         eta = torch.full(view, 2.0 * min(radius, high - low), dtype=x.dtype, device=x.device)
-        draw = seed * (steps + 1) * self.samples
         cur = project(start)
-        grad, track, quality = self.evaluate(cur, targets, loss, draw)
+        grad, track, quality = self.evaluate(cur, targets, loss)
         x_best_loss, grad_best, best_loss = cur.clone(), grad.clone(), track.clone()
         x_best_adv, best_quality = cur.clone(), quality.clone()
         previous, last_track = cur.clone(), track
@@ -228,7 +213,7 @@ class APGD(Attack):
             z = project(cur + eta * grad.sign())
             step = z if k == 0 else project(cur + self.momentum * (z - cur) + (1 - self.momentum) * (cur - previous))
             previous, cur = cur, step
-            grad, track, quality = self.evaluate(cur, targets, loss, draw + (k + 1) * self.samples)
+            grad, track, quality = self.evaluate(cur, targets, loss)
             rises += (track > last_track).float()
             last_track = track
             better = track > best_loss
@@ -259,20 +244,19 @@ class SEA(APGD):
     SCHEDULE = ((2.0, 0.3), (1.5, 0.3), (1.0, 0.4))
 
     def __init__(self, *, steps: int = 300, losses: Sequence[str] = ("masked_ce", "balanced_ce", "js"),
-                 **kwargs: Any) -> None:
+                 class_weights: Sequence[float] | None = None, **kwargs: Any) -> None:
         if "loss" in kwargs:
             raise ValueError("SEA runs several losses: set losses=[...], not loss")
-        super().__init__(steps=steps, loss="balanced_ce", **kwargs)  # the losses are SEA's own (``run``)
         losses = list(losses)
         unknown = [name for name in losses if name not in DENSE_LOSSES]
         if not losses or unknown:
             raise ValueError(f"losses must be a non-empty list of {', '.join(DENSE_LOSSES)}; got {losses!r}")
-        if self.class_weights is not None and "balanced_ce" not in losses:
-            raise ValueError("class_weights apply to the 'balanced_ce' loss, which losses does not include")
+        super().__init__(steps=steps, loss=losses[0], **kwargs)  # each of ``losses`` is run by ``optimise``
         self.losses = losses
+        self.class_weights = self._check_weights(class_weights, losses)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, losses={self.losses}, samples={self.samples})"
+        return f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, losses={self.losses})"
 
     def stage_steps(self) -> list[int]:
         first = [max(1, int(share * self.steps)) for _, share in self.SCHEDULE[:-1]]
@@ -280,12 +264,11 @@ class SEA(APGD):
 
     def optimise(self, x: torch.Tensor, adv: torch.Tensor, targets: Any) -> torch.Tensor:
         worst, worst_quality = None, None
-        for index, loss in enumerate(self.losses):
+        for loss in self.losses:
             current = adv
-            for stage, ((factor, _), steps) in enumerate(zip(self.SCHEDULE, self.stage_steps())):
+            for (factor, _), steps in zip(self.SCHEDULE, self.stage_steps()):
                 radius = factor * self.eps if math.isfinite(self.eps) else self.eps
-                current, quality = self.run(x, current, targets, radius=radius, steps=steps, loss=loss,
-                                            seed=index * len(self.SCHEDULE) + stage)
+                current, quality = self.run(x, current, targets, radius=radius, steps=steps, loss=loss)
             if worst is None:
                 worst, worst_quality = current, quality
             else:

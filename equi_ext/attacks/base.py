@@ -4,12 +4,18 @@ Convention: images are float (N, 3, H, W) in ``pixel_range`` (RGB 0–255 by def
 ``eps``/``step_size`` are in pixel levels (``eps=4`` is the paper's 4/255). Attacks
 maximise an objective; the fixed-step attacks change only the objective (``objective``) or how
 the gradient is taken (``gradient``), never the loop; APGD replaces the loop (``optimise``).
+
+Every attack evaluates its objective on ``views(adv)``: the iterate itself, or, when it runs through a
+defense (the ``bpda`` wrapper sets ``draws``), the purified images of one or more draws of the defense,
+detached, so the gradient taken there is applied to the iterate (BPDA's identity backward, averaged over
+the draws: EOT).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +34,32 @@ from ..core.validation import (
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+#: ``h(images, seed)``: the defense as a preprocessor; ``seed=None`` is its own (deployed) randomness.
+Preprocessor = Callable[[torch.Tensor, int | None], torch.Tensor]
 NORMS = ("linf", "l2")
+
+
+@dataclass
+class DefenseDraws:
+    """What the model sees of an iterate when an attack runs through a defense: the purified images of
+    ``samples`` draws of the defense's randomness, detached. With ``deployed_first`` the first draw is the
+    defense as deployed (``seed=None``), so an attack that keeps its best iterate judges it by exactly what
+    the evaluation will see; the other draws are fresh, seeds ``c·samples + j`` at the c-th evaluation of
+    an attack call (``restart`` resets c), so runs are reproducible and independent of earlier calls."""
+
+    defense: Preprocessor
+    samples: int = 1
+    deployed_first: bool = False
+    calls: int = 0
+
+    def restart(self) -> None:
+        self.calls = 0
+
+    def __call__(self, adv: torch.Tensor) -> list[torch.Tensor]:
+        first = self.calls * self.samples
+        self.calls += 1
+        seeds = [None if j == 0 and self.deployed_first else first + j for j in range(self.samples)]
+        return [self.defense(adv.detach(), seed).detach() for seed in seeds]
 
 
 def pixel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
@@ -70,8 +101,20 @@ class Attack:
     needs_logits = False
     needs_features = False
     needs_defense = False
+    #: Whether the attack returns the best of its iterates by its own judgement (APGD): through a defense its
+    #: first draw is then the deployed one (``DefenseDraws.deployed_first``).
+    selects_iterates = False
     #: Constructor arguments equi-ext supplies from the model; a config cannot set them.
     model_views: tuple[str, ...] = ("loss_fn", "logits_fn")
+    #: Set by the ``bpda`` wrapper: evaluate the objective on the defense's draws instead of the iterate.
+    draws: DefenseDraws | None = None
+
+    @classmethod
+    def needs(cls, settings: dict) -> set[str]:
+        """What the attack configured with ``settings`` (its config, ``type`` optional) needs from the model
+        besides the task loss: ``'logits'``, ``'features'``, ``'defense'``."""
+        flags = (("logits", cls.needs_logits), ("features", cls.needs_features), ("defense", cls.needs_defense))
+        return {name for name, needed in flags if needed}
 
     def __init__(self, *, loss_fn: LossFn | None = None, logits_fn: LogitsFn | None = None, eps: float = 4.0,
                  step_size: float | None = None, steps: int = 10, norm: str = "linf",
@@ -106,10 +149,18 @@ class Attack:
         """Scalar to maximise at step ``step``."""
         return self.task_loss(adv, targets)
 
+    def views(self, adv: torch.Tensor) -> list[torch.Tensor]:
+        """What the objective is evaluated on: ``adv``, or the defense's draws of it (``draws``)."""
+        return [adv.detach()] if self.draws is None else self.draws(adv)
+
     def gradient(self, adv: torch.Tensor, targets: Any, step: int) -> torch.Tensor:
-        adv = adv.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.objective(adv, targets, step), adv)
-        return grad
+        """The objective's gradient at each view, averaged over the views."""
+        grads = []
+        for view in self.views(adv):
+            view = view.requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.objective(view, targets, step), view)
+            grads.append(grad)
+        return grads[0] if len(grads) == 1 else torch.stack(grads).mean(dim=0)
 
     def direction(self, grad: torch.Tensor, state: dict) -> torch.Tensor:
         """Ascent direction from the gradient (sign for L∞, unit L2 for L2)."""
@@ -148,6 +199,8 @@ class Attack:
         x = images.detach()
         if self.eps == 0:
             return x.clone()
+        if self.draws is not None:
+            self.draws.restart()
         with torch.enable_grad():
             return self.optimise(x, self.start_point(x, image_seeds), targets).detach()
 

@@ -1,6 +1,6 @@
-"""Attacks that know about the defense: adaptive (paper Eq. 6), BPDA, EOT and unrolled.
+"""Attacks that know about the defense: adaptive (paper Eq. 6), BPDA and EOT around any attack, unrolled.
 
-A defense is seen by BPDA/EOT as a randomised preprocessor ``h(images, seed) -> images``
+A defense is seen by them as a randomised preprocessor ``h(images, seed) -> images``
 (``defense_preprocessor`` builds one from any registered defense).
 """
 
@@ -16,11 +16,9 @@ from ..core.losses import FeatureFn, equivariance_terms
 from ..core.optimizer import EquivarianceDefense
 from ..core.transforms import sample_transforms
 from ..core.validation import check_positive_int
+from .base import DefenseDraws, Preprocessor
 from .pixelwise import PGD
 from .registry import ATTACKS
-
-#: ``h(images, seed)``: the defense as a preprocessor; ``seed=None`` is its own (deployed) randomness.
-Preprocessor = Callable[[torch.Tensor, int | None], torch.Tensor]
 
 
 def defense_preprocessor(defense: Any, feature_fn: FeatureFn, *, model: nn.Module | None = None,
@@ -70,15 +68,94 @@ class Adaptive(PGD):
 
 
 @ATTACKS.register("bpda")
-class BPDA(PGD):
-    """Backward-pass differentiable approximation (Athalye et al. 2018, arXiv:1802.00420).
+class BPDA:
+    """Any registered attack against the deployed defense: BPDA (Athalye et al. 2018, arXiv:1802.00420),
+    with EOT over ``eot_samples`` draws of the defense's randomness.
 
-    Forward through the defense h(x) = x + r, backward as identity through h: the task
-    gradient is taken at h(x_adv) and applied to x_adv. Each outer step draws fresh
-    defense randomness (seed = step), as a deployed defense would.
+    The inner attack (``attack``: a name or config; default ``pgd`` with this config's other settings, so
+    ``dict(type='bpda', eps=4, steps=10)`` is PGD-10 through the defense) evaluates its objective on the
+    purified image h(x) instead of x, and applies the gradient taken there to x (identity backward),
+    averaged over the draws. Attacks that keep their best iterate (APGD, SEA) see the deployed defense as
+    the first draw, so what they keep is judged by what the evaluation sees; the others use fresh draws
+    each step (seeds step·n + j), as the BPDA and EOT of earlier versions did.
     """
 
-    differentiable_defense = False  # the preprocessor's output is used detached
+    needs_defense = True
+    #: Without ``attack``, the settings are PGD's.
+    forwards_settings_to = PGD
+    model_views = ("loss_fn", "logits_fn", "feature_fn", "transforms", "defense")
+
+    def __init__(self, *, defense: Preprocessor, attack: str | dict | None = None, eot_samples: int = 1,
+                 loss_fn: Any = None, logits_fn: Any = None, feature_fn: FeatureFn | None = None,
+                 transforms: Any = None, ignore_index: int | None = None, **settings: Any) -> None:
+        if not callable(defense):
+            raise TypeError(f"defense must be a callable preprocessor h(images, seed); got {type(defense).__name__}")
+        inner = self.inner_config(attack, settings)
+        cls = ATTACKS.check_keys(inner["type"], [k for k in inner if k != "type"])
+        if issubclass(cls, BPDA) or cls.needs_defense:
+            raise ValueError(f"bpda wraps an attack on the model; {inner['type']!r} already runs through the defense")
+        kwargs = {k: v for k, v in inner.items() if k != "type"}
+        kwargs.update(loss_fn=loss_fn, logits_fn=logits_fn)
+        if ignore_index is not None:  # the framework's label to ignore, unless the inner config sets one
+            kwargs.setdefault("ignore_index", ignore_index)
+        if cls.needs_features:
+            kwargs["feature_fn"] = feature_fn
+            if transforms is not None:
+                kwargs.setdefault("transforms", transforms)
+        self.attack = cls(**kwargs)
+        self.attack.draws = DefenseDraws(defense, check_positive_int("eot_samples", eot_samples),
+                                         deployed_first=cls.selects_iterates)
+
+    @staticmethod
+    def inner_config(attack: str | dict | None, settings: dict) -> dict:
+        """The inner attack's config: ``attack`` (a name or dict), or PGD with ``settings``."""
+        if attack is None:
+            return {"type": "pgd", **settings}
+        if settings:
+            raise TypeError(f"with attack= set, put the inner attack's settings inside it; got {sorted(settings)} "
+                            f"beside it")
+        inner = {"type": attack} if isinstance(attack, str) else dict(attack)
+        if not isinstance(inner.get("type"), str):
+            raise TypeError(f"attack must be an attack name or a dict with a 'type' key; got {attack!r}")
+        return inner
+
+    @classmethod
+    def needs(cls, settings: dict) -> set[str]:
+        """The inner attack's needs, plus the defense."""
+        inner = cls.inner_config(settings.get("attack"), {k: v for k, v in settings.items()
+                                                           if k not in ("type", "attack", "eot_samples", "samples")})
+        return ATTACKS.get(inner["type"]).needs(inner) | {"defense"}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.attack!r}, eot_samples={self.attack.draws.samples})"
+
+    def __call__(self, images: torch.Tensor, targets: Any, *, image_seeds: Sequence[int] | None = None) -> torch.Tensor:
+        return self.attack(images, targets, image_seeds=image_seeds)
+
+
+@ATTACKS.register("eot")
+class EOT(BPDA):
+    """``bpda`` with ``samples`` draws per evaluation (default 4): expectation over transformation
+    (Athalye et al. 2018) of the BPDA gradient, over the defense's randomness (transforms, SGLD noise)."""
+
+    def __init__(self, *, samples: int = 4, **kwargs: Any) -> None:
+        if "eot_samples" in kwargs:
+            raise TypeError("eot takes samples=; eot_samples is bpda's name for it")
+        super().__init__(eot_samples=samples, **kwargs)
+
+
+@ATTACKS.register("unrolled")
+class Unrolled(PGD):
+    """White-box through the whole defense: the task gradient flows back through all T
+    optimiser steps (second-order gradients of the equivariance loss), with sign() passed
+    straight through. Costly (memory and time grow with T): meant for small T, as a check
+    that BPDA's identity approximation is not what makes the defense look robust.
+
+    ``defense`` must be a preprocessor built with ``defense_preprocessor(..., differentiable=True)``;
+    each step draws the defense's randomness with seed = step.
+    """
+
+    differentiable_defense = True
     needs_defense = True
     model_views = (*PGD.model_views, "defense")
 
@@ -88,45 +165,10 @@ class BPDA(PGD):
             raise TypeError(f"defense must be a callable preprocessor h(images, seed); got {type(defense).__name__}")
         self.defense = defense
 
-    def defended_gradient(self, adv: torch.Tensor, targets: Any, seed: int) -> torch.Tensor:
-        purified = self.defense(adv.detach(), seed).detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.task_loss(purified, targets), purified)
-        return grad
-
     def gradient(self, adv, targets, step):
-        return self.defended_gradient(adv, targets, seed=step)
-
-
-@ATTACKS.register("unrolled")
-class Unrolled(BPDA):
-    """White-box through the whole defense: the task gradient flows back through all T
-    optimiser steps (second-order gradients of the equivariance loss), with sign() passed
-    straight through. Costly (memory and time grow with T): meant for small T, as a check
-    that BPDA's identity approximation is not what makes the defense look robust.
-
-    ``defense`` must be a preprocessor built with ``defense_preprocessor(..., differentiable=True)``.
-    """
-
-    differentiable_defense = True
-
-    def defended_gradient(self, adv: torch.Tensor, targets: Any, seed: int) -> torch.Tensor:
         leaf = adv.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.task_loss(self.defense(leaf, seed), targets), leaf)
+        (grad,) = torch.autograd.grad(self.task_loss(self.defense(leaf, step), targets), leaf)
         return grad
-
-
-@ATTACKS.register("eot")
-class EOT(BPDA):
-    """Expectation over transformation (Athalye et al. 2018) of the BPDA gradient: average it over
-    ``samples`` independent draws of the defense's randomness (transforms, SGLD noise)."""
-
-    def __init__(self, *, samples: int = 4, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.samples = check_positive_int("samples", samples)
-
-    def gradient(self, adv, targets, step):
-        grads = [self.defended_gradient(adv, targets, seed=step * self.samples + j) for j in range(self.samples)]
-        return torch.stack(grads).mean(dim=0)
 
 
 def sweep_lambda(lambdas: Iterable[float], make_attack: Callable[[float], Adaptive],

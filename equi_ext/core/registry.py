@@ -16,7 +16,8 @@ T = TypeVar("T")
 
 
 def init_arguments(cls: type) -> set[str]:
-    """Named constructor arguments of ``cls``, following ``**kwargs`` up the class hierarchy."""
+    """Named constructor arguments of ``cls``, following ``**kwargs`` up the class hierarchy, or to the class
+    named by ``forwards_settings_to`` when ``cls`` hands its ``**kwargs`` to an object of another class."""
     names: set[str] = set()
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is object:
@@ -25,6 +26,8 @@ def init_arguments(cls: type) -> set[str]:
         names |= {n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             break
+        if vars(klass).get("forwards_settings_to") is not None:
+            return names | init_arguments(vars(klass)["forwards_settings_to"])
     return names
 
 

@@ -51,6 +51,9 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     cfg.EQUI.ATTACK_STEP_SIZE = None  # None = 2.5·EPS/STEPS
     cfg.EQUI.LAMBDA_E = None  # adaptive attack only (None = 1.0)
     cfg.EQUI.EOT_SAMPLES = None  # eot attack only (None = 4)
+    # bpda / eot: the attack they run through the defense (None = pgd); the keys above then configure it,
+    # e.g. EQUI.ATTACK bpda EQUI.BPDA_ATTACK apgd EQUI.STEPS 100: APGD-100 through the defense.
+    cfg.EQUI.BPDA_ATTACK = None
     # A synthetic-shapes root registered as <prefix>_train / <prefix>_val before building loaders.
     cfg.EQUI.SYNTHETIC_ROOT = ""
     return cfg

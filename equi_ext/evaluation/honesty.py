@@ -69,7 +69,8 @@ def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str
         points, now = [], bpda_steps
         while True:
             label = f"{name.upper()}-{now}"
-            rows[label] = run(label, dict(type=name, eps=EPS, steps=now))
+            attack = dict(type=name, eps=EPS, steps=now)
+            rows[label] = run(label, attack if name == "bpda" else dict(type="bpda", attack=attack))
             bounded.append(rows[label])
             points.append((now, rows[label][key]))
             if (len(points) > 1 and abs(points[-1][1] - points[-2][1]) < TOLERANCE) or now * 2 > max_bpda_steps:
@@ -80,7 +81,7 @@ def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str
     apgd_curve = doubling_curve("apgd")  # its step size adapts: unlike BPDA's fixed 2.5ε/steps it should settle
     if backend.supports(dict(type="sea")):
         sea_label = f"SEA-{apgd_curve[-1][0]}"
-        rows[sea_label] = run(sea_label, dict(type="sea", eps=EPS, steps=apgd_curve[-1][0]))
+        rows[sea_label] = run(sea_label, dict(type="bpda", attack=dict(type="sea", eps=EPS, steps=apgd_curve[-1][0])))
         bounded.append(rows[sea_label])
     eot_label = f"EOT-BPDA-{bpda_steps} ({eot_samples} samples)"
     rows[eot_label] = run(eot_label, dict(type="eot", eps=EPS, steps=bpda_steps, samples=eot_samples))

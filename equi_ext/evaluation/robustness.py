@@ -43,13 +43,20 @@ def attack_rows(names: list[str], steps: int, bpda_steps: int, lambdas: list[flo
         elif name == "eot":
             rows[f"EOT-BPDA-{bpda_steps}×{eot_samples}"] = dict(type="eot", eps=EPS, steps=bpda_steps,
                                                                 samples=eot_samples)
+        elif name in ("apgd", "sea"):  # through the defense as deployed (on vanilla: the bare model)
+            rows[f"{name.upper()}-{steps}"] = dict(type="bpda", attack=dict(type=name, eps=EPS, steps=steps))
         else:
             rows[f"{name.upper() if name != 'houdini' else 'Houdini'}-{steps}"] = dict(type=name, eps=EPS, steps=steps)
     return rows
 
 
 def with_seed(cfg: dict | None, seed: int) -> dict | None:
-    return None if cfg is None else dict(cfg, seed=seed)
+    """``cfg`` with ``seed`` (for the ``bpda`` wrapper, on the attack it wraps)."""
+    if cfg is None:
+        return None
+    if isinstance(cfg.get("attack"), dict):
+        return dict(cfg, attack=dict(cfg["attack"], seed=seed))
+    return dict(cfg, seed=seed)
 
 
 def mean_std(values: list[float]) -> str:

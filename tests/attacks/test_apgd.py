@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from equi_ext.attacks import APGD, ATTACKS, PGD, SEA, defense_preprocessor
+from equi_ext.attacks import APGD, ATTACKS, BPDA, PGD, SEA, defense_preprocessor
 from equi_ext.attacks.apgd import (
     checkpoints,
     dense_loss,
@@ -97,6 +97,12 @@ def apgd(task, **kwargs):
     return APGD(logits_fn=task.logits, **{"eps": 4.0, "steps": 6, **kwargs})
 
 
+def apgd_through(task, defense, eot_samples=1, logits_fn=None, **kwargs):
+    """APGD through ``defense`` with the ``bpda`` wrapper."""
+    return BPDA(attack=dict(type="apgd", **{"eps": 4.0, "steps": 6, **kwargs}), eot_samples=eot_samples,
+                defense=defense, logits_fn=logits_fn or task.logits)
+
+
 @pytest.mark.parametrize("eps", [0.0, 4.0])
 def test_apgd_and_sea_stay_in_budget_and_range(toy_task, eps):
     images, labels = toy_task.images[:3], toy_task.labels[:3]
@@ -137,7 +143,7 @@ def test_through_a_random_defense_apgd_returns_the_point_the_deployed_defense_ha
         seen.append(pixel_accuracy(out.detach(), labels))
         return out
 
-    adv = APGD(logits_fn=logits_fn, eps=4, steps=6, defense=defense)(images, labels)
+    adv = apgd_through(toy_task, defense, logits_fn=logits_fn)(images, labels)
     deployed = pixel_accuracy(toy_task.logits(defense(adv, None)).detach(), labels)
     torch.testing.assert_close(deployed, torch.stack(seen).min(dim=0).values, atol=1e-6, rtol=0)
     assert not torch.equal(defense(adv, None), defense(adv, 1))  # the defense is random: other draws differ
@@ -164,11 +170,11 @@ def test_without_logits_apgd_returns_each_images_highest_task_loss_point(toy_tas
 def test_through_an_identity_defense_apgd_is_apgd_and_eot_of_a_deterministic_defense_is_one_draw(toy_task):
     images, labels = toy_task.images[:3], toy_task.labels[:3]
     bare = apgd(toy_task, seed=2)(images, labels)
-    through = apgd(toy_task, seed=2, defense=identity_defense)(images, labels)
+    through = apgd_through(toy_task, identity_defense, seed=2)(images, labels)
     assert torch.equal(bare, through)
     defense = defense_preprocessor(EquivarianceDefense(steps=1, transforms=["hflip"], eps_v=2), toy_task.model.features)
-    one = apgd(toy_task, steps=3, defense=lambda x, seed: defense(x, 0))(images, labels)
-    two = apgd(toy_task, steps=3, samples=2, defense=lambda x, seed: defense(x, 0))(images, labels)
+    one = apgd_through(toy_task, lambda x, seed: defense(x, 0), steps=3)(images, labels)
+    two = apgd_through(toy_task, lambda x, seed: defense(x, 0), eot_samples=2, steps=3)(images, labels)
     torch.testing.assert_close(one, two, atol=0, rtol=0)
 
 
@@ -180,7 +186,7 @@ def test_the_forward_is_the_deployed_defense_and_further_draws_are_fresh(toy_tas
         seeds.append(seed)
         return images.clone()
 
-    adv = apgd(toy_task, steps=4, samples=2, defense=frozen_clean)(images, labels)
+    adv = apgd_through(toy_task, frozen_clean, eot_samples=2, steps=4)(images, labels)
     # per evaluation: the deployed defense (seed None), then one fresh draw; every fresh draw differs
     assert seeds[::2] == [None] * 5 and len(set(seeds[1::2])) == 5 and None not in seeds[1::2]
     # every evaluation saw the clean prediction, so the start point is never beaten (ties go to later iterates,

@@ -116,6 +116,56 @@ def test_bpda_through_identity_equals_pgd_and_eot_with_one_sample_equals_bpda(to
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_bpda_is_the_attack_on_the_purified_image_with_fresh_draws_around_any_attack(toy_task):
+    """Today's ``bpda`` (PGD through the defense: the gradient at h(x_adv) with seed = step, applied to x_adv)
+    and ``eot`` (the mean over draws step·n + j) are the wrapper around ``pgd``; around another attack the
+    wrapper changes only where the objective is evaluated."""
+    from equi_ext.attacks.base import pixel_cross_entropy
+
+    images, labels = toy_task.images[:3], toy_task.labels[:3]
+    defense = defense_preprocessor(RandomNoiseDefense(eps_v=8, seed=5), toy_task.model.features)
+    common = dict(eps=4, steps=3, seed=3)
+    pgd = PGD(logits_fn=toy_task.logits, **common)
+
+    def reference(samples):
+        adv = pgd.start_point(images, None)
+        for step in range(3):
+            grads = []
+            for j in range(samples):
+                purified = defense(adv, step * samples + j).detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(pixel_cross_entropy(toy_task.logits(purified), labels), purified)
+                grads.append(grad)
+            adv = pgd.project(adv + pgd.step_size * torch.stack(grads).mean(dim=0).sign(), images)
+        return adv
+
+    shorthand = BPDA(defense=defense, logits_fn=toy_task.logits, **common)(images, labels)
+    torch.testing.assert_close(shorthand, reference(1), atol=0, rtol=0)
+    wrapped = BPDA(defense=defense, logits_fn=toy_task.logits, attack=dict(type="pgd", **common))(images, labels)
+    assert torch.equal(wrapped, shorthand)
+    eot = EOT(defense=defense, logits_fn=toy_task.logits, samples=2, **common)(images, labels)
+    torch.testing.assert_close(eot, reference(2), atol=1e-4, rtol=0)  # a mean of two: summation order only
+    assert torch.equal(eot, BPDA(defense=defense, logits_fn=toy_task.logits, eot_samples=2,
+                                 attack=dict(type="pgd", **common))(images, labels))
+    segpgd = SegPGD(logits_fn=toy_task.logits, **common)(images, labels)
+    through_identity = BPDA(defense=identity_defense, logits_fn=toy_task.logits,
+                            attack=dict(type="segpgd", **common))(images, labels)
+    assert torch.equal(through_identity, segpgd)
+
+
+def test_bpda_refuses_what_it_cannot_wrap(toy_task):
+    kwargs = dict(defense=identity_defense, logits_fn=toy_task.logits)
+    with pytest.raises(ValueError, match="bpda wraps an attack on the model; 'eot' already runs through the defense"):
+        BPDA(attack=dict(type="eot"), **kwargs)
+    with pytest.raises(TypeError, match=r"with attack= set, put the inner attack's settings inside it; got \['steps'\]"):
+        BPDA(attack="apgd", steps=3, **kwargs)
+    with pytest.raises(TypeError, match=r"attack 'apgd' \(APGD\) does not accept 'step_size'"):
+        BPDA(attack=dict(type="apgd", step_size=1), **kwargs)
+    with pytest.raises(TypeError, match="attack must be an attack name or a dict with a 'type' key"):
+        BPDA(attack=dict(steps=3), **kwargs)
+    with pytest.raises(ValueError, match="eot_samples must be"):
+        BPDA(attack="pgd", eot_samples=0, **kwargs)
+
+
 def test_seeded_attacks_are_reproducible(toy_task):
     images, labels = toy_task.images[:4], toy_task.labels[:4]
     a = PGD(logits_fn=toy_task.logits, seed=1)(images, labels)
@@ -236,24 +286,32 @@ def test_unrolled_attack_hurts_the_defended_model_and_needs_a_differentiable_def
 
 
 def test_declared_needs_are_what_each_attack_cannot_be_built_without():
-    """``needs_logits`` / ``needs_features`` / ``needs_defense`` are what a framework checks before building an
-    attack: each attack builds with exactly its declared views, and fails without any one of them."""
+    """``needs(settings)`` is what a framework checks before building an attack: each attack builds with exactly
+    its declared views, and fails without any one of them; the ``bpda`` wrapper needs its inner attack's."""
     def loss(x, t):
         return x.sum()
 
-    views = dict(needs_logits=("logits_fn", lambda x: x), needs_features=("feature_fn", lambda x: x),
-                 needs_defense=("defense", identity_defense))
-    assert {n for n in ATTACKS.names() if ATTACKS.get(n).needs_logits} == {"cw", "cospgd", "houdini", "segpgd", "sea"}
-    assert {n for n in ATTACKS.names() if ATTACKS.get(n).needs_features} == {"adaptive"}
-    assert {n for n in ATTACKS.names() if ATTACKS.get(n).needs_defense} == {"bpda", "eot", "unrolled", "apgd", "sea"}
-    optional = {"apgd": {"defense"}, "sea": {"defense"}}  # without a defense they attack the bare model
-    for name in ATTACKS.names():
+    views = dict(logits=("logits_fn", lambda x: x), features=("feature_fn", lambda x: x),
+                 defense=("defense", identity_defense))
+
+    def needing(need):
+        return {n for n in ATTACKS.names() if need in ATTACKS.get(n).needs({})}
+
+    assert needing("logits") == {"cw", "cospgd", "houdini", "segpgd", "sea"}
+    assert needing("features") == {"adaptive"}
+    assert needing("defense") == {"bpda", "eot", "unrolled"}
+    configs = [(name, {}) for name in ATTACKS.names()] + [
+        ("bpda", dict(attack=dict(type="sea", steps=3))), ("bpda", dict(attack="adaptive")),
+        ("eot", dict(attack="apgd", samples=2))]
+    assert ATTACKS.get("bpda").needs(configs[-3][1]) == {"defense", "logits"}
+    assert ATTACKS.get("bpda").needs(configs[-2][1]) == {"defense", "features"}
+    for name, settings in configs:
         cls = ATTACKS.get(name)
-        needed = {arg: view for flag, (arg, view) in views.items() if getattr(cls, flag)}
-        cls(loss_fn=loss, **needed)
-        for arg in set(needed) - optional.get(name, set()):
+        needed = {arg: view for need, (arg, view) in views.items() if need in cls.needs(settings)}
+        cls(loss_fn=loss, **settings, **needed)
+        for arg in needed:
             with pytest.raises((TypeError, ValueError), match=arg):
-                cls(loss_fn=loss, **{a: v for a, v in needed.items() if a != arg})
+                cls(loss_fn=loss, **settings, **{a: v for a, v in needed.items() if a != arg})
 
 
 def test_registries_refuse_a_key_the_class_would_ignore():

@@ -278,6 +278,22 @@ def test_detect_then_defend_takes_the_threshold_and_configures_the_defense_it_wr
         load_config(DEMO_EQUI_YAML, ["EQUI.THRESHOLD", "0.6"])
 
 
+def test_bpda_attack_names_the_attack_it_runs_through_the_defense_and_the_other_keys_configure_it():
+    cfg = load_config(DEMO_EQUI_YAML, ["EQUI.ATTACK", "bpda", "EQUI.BPDA_ATTACK", "apgd", "EQUI.STEPS", "20"])
+    assert equi_settings(cfg)["attack"] == {"type": "bpda", "attack": {"type": "apgd", "eps": 4.0, "steps": 20,
+                                                                       "seed": 0}}
+    cfg = load_config(DEMO_EQUI_YAML, ["EQUI.ATTACK", "eot", "EQUI.BPDA_ATTACK", "apgd", "EQUI.EOT_SAMPLES", "3"])
+    assert equi_settings(cfg)["attack"] == {"type": "eot", "samples": 3,
+                                            "attack": {"type": "apgd", "eps": 4.0, "steps": 10, "seed": 0}}
+    with pytest.raises(ValueError, match="EQUI.BPDA_ATTACK = 'apgd' names the attack that EQUI.ATTACK bpda or eot "
+                                         "runs through the defense; EQUI.ATTACK is 'pgd'"):
+        load_config(DEMO_EQUI_YAML, ["EQUI.BPDA_ATTACK", "apgd"])
+    with pytest.raises(ValueError, match="EQUI.LAMBDA_E = 2.0 does not apply to EQUI.BPDA_ATTACK 'apgd'"):
+        load_config(DEMO_EQUI_YAML, ["EQUI.ATTACK", "bpda", "EQUI.BPDA_ATTACK", "apgd", "EQUI.LAMBDA_E", "2.0"])
+    with pytest.raises(ValueError, match="attack 'bpda' \\(BPDA\\) needs dense logits"):
+        build_model(load_config(DEMO_EQUI_YAML, ["EQUI.ATTACK", "bpda", "EQUI.BPDA_ATTACK", "sea"]))
+
+
 def test_train_net_then_test_round_trip(tmp_path, test_tool):
     """tools/train_net.py trains (2 iterations) and its checkpoint loads strictly in tools/test.py."""
     root = tmp_path / "shapes"

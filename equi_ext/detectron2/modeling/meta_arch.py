@@ -81,7 +81,18 @@ def equi_settings(cfg) -> dict[str, Any]:
             _refuse(rejected, equi, "DEFENSE", "equi", DEFENSES, DEFENSE_KEYS)
         _refuse(rejected, equi, "DEFENSE", equi.DEFENSE, DEFENSES, DEFENSE_KEYS)
     attack = None
-    if equi.ATTACK:
+    inner = equi.get("BPDA_ATTACK")
+    if inner and equi.ATTACK not in ("bpda", "eot"):
+        raise ValueError(f"EQUI.BPDA_ATTACK = {inner!r} names the attack that EQUI.ATTACK bpda or eot runs through "
+                         f"the defense; EQUI.ATTACK is {equi.ATTACK!r}")
+    if inner:  # the other attack keys configure the wrapped attack
+        inner_keys = {k: arg for k, arg in ATTACK_KEYS.items() if k != "EOT_SAMPLES"}
+        inner_settings, rejected = _settings(ATTACKS, inner, equi, inner_keys)
+        _refuse(rejected, equi, "BPDA_ATTACK", inner, ATTACKS, inner_keys)
+        attack = {"type": equi.ATTACK, "attack": {"type": inner, **inner_settings}}
+        if equi.ATTACK == "eot" and equi.EOT_SAMPLES is not None:
+            attack["samples"] = equi.EOT_SAMPLES
+    elif equi.ATTACK:
         attack_settings, rejected = _settings(ATTACKS, equi.ATTACK, equi, ATTACK_KEYS)
         _refuse(rejected, equi, "ATTACK", equi.ATTACK, ATTACKS, ATTACK_KEYS)
         attack = {"type": equi.ATTACK, **attack_settings}

@@ -1,0 +1,91 @@
+"""Is SEA the strongest attack on the undefended demo DeepLabV3? SEA against PGD, SegPGD and CosPGD at equal cost.
+
+SEA with ``steps`` APGD iterations per loss spends 3·``steps`` forward/backward passes; each fixed-step
+baseline gets the same 3·``steps`` iterations and its best fixed step size, chosen on the *tuning* split
+(seed 1) from ``STEP_CANDIDATES`` (the 2.5ε/steps default shrinks as iterations grow, which would handicap
+it), then all are measured on the reported split with the steps the tuning run chose (its JSON).
+Measured: ``docs/benchmarks/attack_strength.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..core.validation import SettingsError
+from ..reporting import write_report
+from .backends import MMSegBackend
+from .demo import EPS, ensure_data, ensure_tune_data
+
+BASELINES = ("pgd", "segpgd", "cospgd")
+#: Fixed step sizes tried on the tuning split, as fractions of ε (at ε = 4: 0.25, 0.5, 1 and 2 pixel levels).
+STEP_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
+
+
+def sea(steps: int, eps: float = EPS) -> dict:
+    return dict(type="sea", eps=eps, steps=steps)
+
+
+def baseline(name: str, steps: int, step_size: float, eps: float = EPS) -> dict:
+    """``name`` with 3·``steps`` iterations (SEA's cost at ``steps`` per loss) and a fixed ``step_size``."""
+    return dict(type=name, eps=eps, steps=3 * steps, step_size=step_size)
+
+
+def tuned_steps(tuning_report: str | Path, eps: float, steps: int) -> dict[str, float]:
+    """The step sizes a tuning run (its ``attack_strength.json``) chose, checked to be for ``eps`` and ``steps``."""
+    path = Path(tuning_report)
+    if not path.is_file():
+        raise SettingsError(f"tuning report {str(path)!r} does not exist: run the tuning split first")
+    report = json.loads(path.read_text())
+    if report.get("split") != "tune" or report.get("eps") != eps or report.get("steps") != steps:
+        raise SettingsError(f"{path} is a {report.get('split')!r} run at eps {report.get('eps')} and steps "
+                            f"{report.get('steps')}; this run needs a 'tune' run at eps {eps:g} and steps {steps}")
+    return report["chosen_steps"]
+
+
+def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, eps: float = EPS,
+                    step_sizes: dict[str, float] | None = None) -> dict:
+    """mIoU of the undefended demo model under SEA-``steps`` and each baseline at 3·``steps`` iterations.
+
+    ``split='tune'`` tries every step of ``STEP_FRACTIONS``·``eps`` per baseline and reports the best;
+    ``split='val'`` runs each baseline at ``step_sizes`` (``tuned_steps`` of the tuning run). Writes
+    ``work_dir/attack_strength.{md,json}`` and returns the JSON's content.
+    """
+    if split not in ("tune", "val"):
+        raise SettingsError(f"split must be 'tune' or 'val'; got {split!r}")
+    if num_images < 1 or steps < 1:
+        raise SettingsError(f"num_images and steps must be >= 1; got {num_images}, {steps}")
+    step_sizes = dict(step_sizes or {})
+    if split == "val" and any(step_sizes.get(name) is None for name in BASELINES):
+        raise SettingsError(f"no tuned step size for {[n for n in BASELINES if step_sizes.get(n) is None]}: run "
+                            f"split='tune' first")
+    backend = MMSegBackend(ensure_tune_data() if split == "tune" else ensure_data(), num_images, work_dir)
+    start = time.perf_counter()
+    results: dict[str, float] = {}
+
+    def run(label: str, cfg: dict | None) -> float:
+        began = time.perf_counter()
+        results[label] = backend.cell((label, cfg), ("vanilla", None), work_dir / "records" / label)["mIoU"]
+        print(f"{label}: mIoU {results[label]:.2f} ({time.perf_counter() - began:.0f} s)", flush=True)
+        return results[label]
+
+    run("clean", None)
+    sea_miou = run(f"SEA-{steps}", sea(steps, eps))
+    chosen = {}
+    for name in BASELINES:
+        candidates = [f * eps for f in STEP_FRACTIONS] if split == "tune" else (step_sizes[name],)
+        scores = {alpha: run(f"{name}-{3 * steps} step {alpha:g}", baseline(name, steps, alpha, eps))
+                  for alpha in candidates}
+        chosen[name] = min(scores, key=scores.get)
+    strongest = min(results[f"{n}-{3 * steps} step {chosen[n]:g}"] for n in BASELINES)
+    lines = [f"Undefended demo DeepLabV3, {'tuning' if split == 'tune' else 'reported'} split, first {num_images} "
+             f"images, ε = {eps:g}; SEA: {steps} APGD iterations per loss (3 losses), baselines: {3 * steps} "
+             f"iterations at a fixed step", "", "| attack | mIoU |", "|---|---|"]
+    lines += [f"| {label} | {value:.2f} |" for label, value in results.items()]
+    lines += ["", f"Step chosen per baseline: {', '.join(f'{n} {a:g}' for n, a in chosen.items())}; SEA is "
+              f"{strongest - sea_miou:.2f} mIoU points below the strongest baseline."]
+    data = dict(split=split, num_images=num_images, steps=steps, eps=eps, mIoU=results, chosen_steps=chosen,
+                sea_margin=strongest - sea_miou, seconds=time.perf_counter() - start)
+    write_report(work_dir, "attack_strength", "\n".join(lines), data)
+    return data

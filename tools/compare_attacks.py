@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""SEA against PGD, SegPGD and CosPGD at equal cost on the undefended demo DeepLabV3.
+
+``--split tune`` chooses each baseline's fixed step on the tuning split (seed 1); ``--split val`` measures
+all on the reported split with the steps the tuning run chose (``--tuned``, default: its work dir's JSON;
+``equi_ext.evaluation.attack_strength``).
+
+Examples::
+
+    python tools/compare_attacks.py --split tune --num-images 8 --steps 30 --eps 2
+    python tools/compare_attacks.py --split val --num-images 8 --steps 30 --eps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from equi_ext.core.validation import SettingsError
+from equi_ext.evaluation.attack_strength import compare_attacks, tuned_steps
+from equi_ext.evaluation.demo import WORKSPACE
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=("tune", "val"), default="tune")
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="SEA's APGD iterations per loss (default: 10)")
+    parser.add_argument("--eps", type=float, default=4.0, help="L∞ budget in pixel levels (default: 4)")
+    parser.add_argument("--work-dir", default=None, help="default: work_dirs/compare_attacks/SPLIT-epsE-stepsN")
+    parser.add_argument("--tuned", help="--split val: the tuning run's attack_strength.json")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    runs = WORKSPACE / "work_dirs/compare_attacks"
+    work_dir = Path(args.work_dir or runs / f"{args.split}-eps{args.eps:g}-steps{args.steps}")
+    try:
+        steps = None
+        if args.split == "val":
+            tuned = args.tuned or runs / f"tune-eps{args.eps:g}-steps{args.steps}/attack_strength.json"
+            steps = tuned_steps(tuned, args.eps, args.steps)
+        return compare_attacks(split=args.split, num_images=args.num_images, steps=args.steps, work_dir=work_dir,
+                               eps=args.eps, step_sizes=steps)
+    except SettingsError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

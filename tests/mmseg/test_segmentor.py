@@ -167,11 +167,24 @@ def test_sliding_window_mode_is_defended(synthetic_val_root, tmp_path, monkeypat
     cfg.test_evaluator = [cfg.test_evaluator, dict(type="EquiScoreMetric")]
     runner = Runner.from_cfg(cfg)
     defenses = record_calls(monkeypatch, EquivarianceDefense)
+    seen = []  # what the windows were cut from (the attack's forwards run with gradients on)
+    stock_slide = runner.model.slide_inference
+
+    def slide_inference(inputs, metas):
+        if not torch.is_grad_enabled():
+            seen.append(inputs.detach().clone())
+        return stock_slide(inputs, metas)
+
+    monkeypatch.setattr(runner.model, "slide_inference", slide_inference)
     with equi_mmseg.scenario(runner.model, "defended", record_scores=True):
         metrics = runner.test()
     assert "mIoU" in metrics and metrics["equi/images"] == 2
     assert [tuple(images.shape) for images, _ in defenses] == [(1, 3, 128, 128)] * 2
     assert all((out - images).abs().max() > 0 for images, out in defenses)
+    assert len(seen) == 2  # the windows were cut from the defended image
+    for (_, defended), inputs in zip(defenses, seen):
+        pixels = equi_mmseg.runtime(runner.model).pixels.to_pixels(inputs)
+        torch.testing.assert_close(pixels, defended, atol=1e-3, rtol=0)
 
 
 def test_a_scenario_block_restores_test_cfg_and_runtime_also_on_errors(synthetic_val_root, tmp_path):

@@ -82,6 +82,21 @@ def record_calls(monkeypatch, cls):
     return calls
 
 
+def record_prediction_inputs(monkeypatch, model, method="inference"):
+    """Patch ``model.<method>`` to record the inputs of every prediction (the attack's forwards, which run with
+    gradients on, are left out): what the model predicted on."""
+    seen = []
+    stock = getattr(model, method)
+
+    def spy(inputs, metas):
+        if not torch.is_grad_enabled():
+            seen.append(inputs.detach().clone())
+        return stock(inputs, metas)
+
+    monkeypatch.setattr(model, method, spy)
+    return seen
+
+
 def test_config_with_custom_imports_defends_under_plain_runner(synthetic_val_root, tmp_path, monkeypatch):
     """The stock-tool path: no tools/test.py, only custom_imports in the config."""
     from equi_ext.attacks import Attack
@@ -94,15 +109,7 @@ def test_config_with_custom_imports_defends_under_plain_runner(synthetic_val_roo
     runner.model.eval()  # MMEngine's test loop switches to eval itself and leaves it so
     before = fingerprint(runner.model)
     attacks, defenses = record_calls(monkeypatch, Attack), record_calls(monkeypatch, EquivarianceDefense)
-    seen = []  # what the final prediction ran on (the attack's forwards run with gradients on)
-    stock_inference = runner.model.inference
-
-    def inference(inputs, metas):
-        if not torch.is_grad_enabled():
-            seen.append(inputs.detach().clone())
-        return stock_inference(inputs, metas)
-
-    monkeypatch.setattr(runner.model, "inference", inference)
+    seen = record_prediction_inputs(monkeypatch, runner.model)
     metrics = runner.test()
     assert "mIoU" in metrics
     assert len(attacks) == len(defenses) == len(seen) == 2  # one image per batch, the default scenario
@@ -167,15 +174,7 @@ def test_sliding_window_mode_is_defended(synthetic_val_root, tmp_path, monkeypat
     cfg.test_evaluator = [cfg.test_evaluator, dict(type="EquiScoreMetric")]
     runner = Runner.from_cfg(cfg)
     defenses = record_calls(monkeypatch, EquivarianceDefense)
-    seen = []  # what the windows were cut from (the attack's forwards run with gradients on)
-    stock_slide = runner.model.slide_inference
-
-    def slide_inference(inputs, metas):
-        if not torch.is_grad_enabled():
-            seen.append(inputs.detach().clone())
-        return stock_slide(inputs, metas)
-
-    monkeypatch.setattr(runner.model, "slide_inference", slide_inference)
+    seen = record_prediction_inputs(monkeypatch, runner.model, "slide_inference")  # what the windows were cut from
     with equi_mmseg.scenario(runner.model, "defended", record_scores=True):
         metrics = runner.test()
     assert "mIoU" in metrics and metrics["equi/images"] == 2

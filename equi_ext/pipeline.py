@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, defense_preprocessor
+from .attacks.base import attack_kwargs
 from .core.optimizer import EquivarianceDefense, frozen_model
 from .core.scores import output_variance_score
 from .core.validation import SettingsError
@@ -96,21 +97,6 @@ def default_scenarios(has_defense: bool, has_attack: bool) -> list[str]:
         if has_defense:
             scenarios.append("defended")
     return scenarios
-
-
-def attack_kwargs(cls: type, cfg: dict, *, loss_fn: Callable, logits_fn: Callable | None, feature_fn: Any,
-                  preprocessor: Callable, transforms: list | None = None, **extra: Any) -> dict:
-    """Constructor arguments of attack ``cls``: the config's settings plus the model views it declares it needs."""
-    kwargs = {k: v for k, v in cfg.items() if k != "type"}
-    needs = cls.needs(kwargs)
-    kwargs.update(loss_fn=loss_fn, logits_fn=logits_fn, **extra)
-    if "features" in needs:
-        kwargs["feature_fn"] = feature_fn
-        if transforms is not None:
-            kwargs.setdefault("transforms", transforms)
-    if "defense" in needs:
-        kwargs["defense"] = preprocessor
-    return kwargs
 
 
 class PixelBatch(abc.ABC):

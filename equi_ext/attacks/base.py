@@ -76,6 +76,28 @@ def resize_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def check_preprocessor(defense: Any) -> Preprocessor:
+    """``defense`` if it is callable as ``h(images, seed)``, else a ``TypeError`` naming what it got."""
+    if not callable(defense):
+        raise TypeError(f"defense must be a callable preprocessor h(images, seed); got {type(defense).__name__}")
+    return defense
+
+
+def attack_kwargs(cls: type, cfg: dict, *, loss_fn: Callable | None, logits_fn: Callable | None, feature_fn: Any,
+                  preprocessor: Callable | None, transforms: list | None = None, **extra: Any) -> dict:
+    """Constructor arguments of attack ``cls``: the config's settings plus the model views it declares it needs."""
+    kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    needs = cls.needs(kwargs)
+    kwargs.update(loss_fn=loss_fn, logits_fn=logits_fn, **extra)
+    if "features" in needs:
+        kwargs["feature_fn"] = feature_fn
+        if transforms is not None:
+            kwargs.setdefault("transforms", transforms)
+    if "defense" in needs:
+        kwargs["defense"] = preprocessor
+    return kwargs
+
+
 class Attack:
     """Base L∞/L2 attack. Call as ``adv = attack(images, targets)``.
 

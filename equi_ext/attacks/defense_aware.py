@@ -16,7 +16,7 @@ from ..core.losses import FeatureFn, equivariance_terms
 from ..core.optimizer import EquivarianceDefense
 from ..core.transforms import sample_transforms
 from ..core.validation import check_positive_int
-from .base import DefenseDraws, Preprocessor
+from .base import DefenseDraws, Preprocessor, attack_kwargs, check_preprocessor
 from .pixelwise import PGD
 from .registry import ATTACKS
 
@@ -88,21 +88,15 @@ class BPDA:
     def __init__(self, *, defense: Preprocessor, attack: str | dict | None = None, eot_samples: int = 1,
                  loss_fn: Any = None, logits_fn: Any = None, feature_fn: FeatureFn | None = None,
                  transforms: Any = None, ignore_index: int | None = None, **settings: Any) -> None:
-        if not callable(defense):
-            raise TypeError(f"defense must be a callable preprocessor h(images, seed); got {type(defense).__name__}")
+        check_preprocessor(defense)
         inner = self.inner_config(attack, settings)
         cls = ATTACKS.check_keys(inner["type"], [k for k in inner if k != "type"])
-        if issubclass(cls, BPDA) or cls.needs_defense:
+        if "defense" in cls.needs(inner):
             raise ValueError(f"bpda wraps an attack on the model; {inner['type']!r} already runs through the defense")
-        kwargs = {k: v for k, v in inner.items() if k != "type"}
-        kwargs.update(loss_fn=loss_fn, logits_fn=logits_fn)
-        if ignore_index is not None:  # the framework's label to ignore, unless the inner config sets one
-            kwargs.setdefault("ignore_index", ignore_index)
-        if cls.needs_features:
-            kwargs["feature_fn"] = feature_fn
-            if transforms is not None:
-                kwargs.setdefault("transforms", transforms)
-        self.attack = cls(**kwargs)
+        # the framework's label to ignore, unless the inner config sets one
+        extra = {} if ignore_index is None or "ignore_index" in inner else {"ignore_index": ignore_index}
+        self.attack = cls(**attack_kwargs(cls, inner, loss_fn=loss_fn, logits_fn=logits_fn, feature_fn=feature_fn,
+                                          preprocessor=None, transforms=transforms, **extra))
         self.attack.draws = DefenseDraws(defense, check_positive_int("eot_samples", eot_samples),
                                          deployed_first=cls.selects_iterates)
 
@@ -121,9 +115,8 @@ class BPDA:
 
     @classmethod
     def needs(cls, settings: dict) -> set[str]:
-        """The inner attack's needs, plus the defense."""
-        inner = cls.inner_config(settings.get("attack"), {k: v for k, v in settings.items()
-                                                           if k not in ("type", "attack", "eot_samples", "samples")})
+        """The inner attack's needs (PGD's without ``attack``), plus the defense."""
+        inner = cls.inner_config(settings.get("attack") or "pgd", {})
         return ATTACKS.get(inner["type"]).needs(inner) | {"defense"}
 
     def __repr__(self) -> str:
@@ -161,9 +154,7 @@ class Unrolled(PGD):
 
     def __init__(self, *, defense: Preprocessor, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not callable(defense):
-            raise TypeError(f"defense must be a callable preprocessor h(images, seed); got {type(defense).__name__}")
-        self.defense = defense
+        self.defense = check_preprocessor(defense)
 
     def gradient(self, adv, targets, step):
         leaf = adv.detach().requires_grad_(True)

@@ -118,8 +118,7 @@ class Detectron2Backend:
         """False for attacks that need dense logits (the pipeline refuses them for this model)."""
         from ..attacks import ATTACKS
 
-        return attack is None or "logits" not in ATTACKS.get(attack["type"]).needs(
-            {k: v for k, v in attack.items() if k != "type"})
+        return attack is None or "logits" not in ATTACKS.get(attack["type"]).needs(attack)
 
     def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
              resume: bool = False) -> dict:

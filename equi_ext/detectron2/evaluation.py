@@ -35,6 +35,7 @@ from ..core.checkpoints import load_weights as load_checkpoint
 from ..core.metrics import greedy_worst_case
 from ..core.validation import SettingsError
 from ..pipeline import EquiPipeline, scenario_table, temporarily
+from ..progress import image_bar
 from ..reporting import atomic_write_json, record_path
 from .modeling import EquiGeneralizedRCNN
 from .modeling.meta_arch import SCORE_KEY, equi_settings
@@ -92,6 +93,23 @@ class EquiScoreEvaluator(DatasetEvaluator):
         if scores:
             summary["score"] = sum(scores) / len(scores)
         return {"equi": summary}
+
+
+class ProgressEvaluator(DatasetEvaluator):
+    """Ticks a progress bar (``equi_ext.progress``) per image Detectron2's inference loop hands the evaluators."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self._bar = total, label, None
+
+    def reset(self) -> None:
+        self._bar = image_bar(self.total, self.label, main_process=comm.is_main_process())
+
+    def process(self, inputs, outputs) -> None:
+        self._bar.update(len(inputs) * comm.get_world_size())
+
+    def evaluate(self):
+        self._bar.close()
+        return None
 
 
 def coco_ap(coco_gt: COCO, metadata, predictions: Sequence[dict], img_ids: Sequence[int], task: str) -> float:
@@ -252,13 +270,14 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for scenario in scenarios:
+        loader = build_annotated_test_loader(cfg, dataset, num_images)
         evaluator = DatasetEvaluators([
             _PredictedImagesCOCOEvaluator(dataset, tasks=_tasks(cfg), distributed=True,
                                           output_dir=str(out_dir / scenario), use_fast_impl=False),
-            EquiScoreEvaluator()])
+            EquiScoreEvaluator(), ProgressEvaluator(len(loader.dataset), scenario)])
         start = time.perf_counter()
         with temporarily(model, scenario=scenario, record_scores=True):
-            results = inference_on_dataset(model, build_annotated_test_loader(cfg, dataset, num_images), evaluator)
+            results = inference_on_dataset(model, loader, evaluator)
         rows.append(dict(
             scenario=scenario, **ap_summary(results), equivariance_score=results.get("equi", {}).get("score"),
             images=results.get("equi", {}).get("images", 0), seconds=time.perf_counter() - start,
@@ -357,7 +376,8 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
         start = time.perf_counter()
         with temporarily(model, pipeline=pipeline, scenario=scenario, record_losses=True), \
                 contextlib.redirect_stdout(io.StringIO()):  # pycocotools' summaries of the partial run
-            inference_on_dataset(model, build_annotated_test_loader(cfg, todo), evaluator)
+            inference_on_dataset(model, build_annotated_test_loader(cfg, todo),
+                                 DatasetEvaluators([evaluator, ProgressEvaluator(len(todo), f"{attack[0]} / {defense[0]}")]))
         row["seconds"] = time.perf_counter() - start
     per_image = [json.loads(path.read_text()) for path in paths]
     with contextlib.redirect_stdout(io.StringIO()):

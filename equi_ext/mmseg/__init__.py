@@ -15,7 +15,7 @@ require("mmseg", ["mmengine", "mmcv.ops", "mmseg"],
 import mmengine.config.utils as _mmengine_config_utils  # noqa: E402
 
 from ..pipeline import SCENARIOS  # noqa: E402
-from . import datasets, metrics, transforms  # noqa: E402, F401  (registers SyntheticShapesDataset, PerImageIoUMetric, ImageCorruption)
+from . import datasets, hooks, metrics, transforms  # noqa: E402, F401  (registers SyntheticShapesDataset, ImageProgressHook, PerImageIoUMetric, ImageCorruption)
 from .segmentor import (  # noqa: E402
     EquiEncoderDecoder,
     build_equi_components,

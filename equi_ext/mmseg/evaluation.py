@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mmengine.config import Config
@@ -22,6 +23,7 @@ from ..core.validation import SettingsError
 from ..pipeline import scenario_table
 from ..reporting import record_path
 from .cli import check_test_data
+from .hooks import label_progress
 from .metrics import EquiScoreMetric, PerImageIoUMetric, load_record
 from .segmentor import build_equi_components, scenario
 
@@ -55,6 +57,7 @@ def evaluate_scenarios(cfg: Config, checkpoint: str | None, scenarios: list[str]
     rows = []
     for name in scenarios:
         runner.logger.info(f"equi-ext: evaluating scenario '{name}'")
+        label_progress(runner, name)
         start = time.perf_counter()
         with scenario(runner.model, name, record_scores=True):
             metrics = runner.test()
@@ -94,11 +97,12 @@ def score_metric(runner: Runner) -> EquiScoreMetric:
     return metric
 
 
-def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, Any]) -> list[dict]:
+def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, Any],
+                  on_row: Callable[[dict], Any] | None = None) -> list[dict]:
     """Return one row per (attack, defense) cell: mIoU, mean and per-image equivariance score, seconds.
 
     ``defenses``/``attacks`` map a column/row label to a config (``None`` = no defense / clean); the model's
-    own ``test_cfg`` is restored afterwards.
+    own ``test_cfg`` is restored afterwards. ``on_row`` is called with each row as its cell finishes.
     With a ``PerImageIoUMetric`` evaluator, each row also carries its ``per_image`` records.
     """
     scores = score_metric(runner)
@@ -108,6 +112,7 @@ def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, A
             name = ("attacked" if attack_cfg is not None else "clean") if defense_cfg is None else (
                 "defended" if attack_cfg is not None else "clean_defended")
             runner.logger.info(f"equi-ext grid: attack={attack_name} defense={defense_name}")
+            label_progress(runner, f"{attack_name} / {defense_name}")
             start = time.perf_counter()
             with scenario(runner.model, name, record_scores=True, defense=defense_cfg, attack=attack_cfg):
                 metrics = runner.test()
@@ -117,6 +122,8 @@ def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, A
             metric = per_image_metric(runner)
             if metric is not None:
                 rows[-1]["per_image"] = list(metric.per_image)
+            if on_row is not None:
+                on_row(rows[-1])
     return rows
 
 

@@ -109,6 +109,22 @@ def test_benchmark_and_honesty_tools_on_the_mask_rcnn(shapes_root, tmp_path):
     assert "mask AP" in (tmp_path / "sanity/sanity_checks.md").read_text()
 
 
+def test_standard_evaluation_on_the_mask_rcnn(shapes_root, tmp_path, capsys):
+    """``tools/standard_evaluation.py --detectron2``: APGD on the training losses replaces SEA (no dense
+    logits), every part runs through Detectron2's COCOEvaluator, the worst case is never above a run."""
+    result = load_tool("standard_evaluation").main([
+        "--detectron2", "--data-root", str(shapes_root), "--num-images", "1", "--steps", "1", "--eot-samples", "1",
+        "--max-doublings", "0", "--epsilons", "0,4", "--work-dir", str(tmp_path)])
+    assert result["metric"] == "segm_AP"
+    assert set(result["attacks"]) == {"clean", "APGD-1 (undefended model)", "APGD-1 transfer", "APGD-1-BPDA",
+                                      "EOT-APGD-1-BPDA ×1", "PGD-1", "BPDA-PGD-1", "adaptive-1 λ_e=1"}
+    defended = [row["defended"] for label, row in result["attacks"].items() if label != "clean" and "defended" in row]
+    assert result["worst_case"]["defended"]["quoted"] <= min(defended) + 1e-9
+    assert result["security_curve"][0]["defended"] == result["attacks"]["clean"]["defended"]
+    assert "mask AP" in (tmp_path / "standard_evaluation.md").read_text()
+    assert "APGD-1-BPDA / defended: 100%" in capsys.readouterr().err  # Detectron2's loop shows progress too
+
+
 def test_a_failing_cell_or_scenario_leaves_the_model_as_it_was(demo, tmp_path, monkeypatch):
     """An error mid-evaluation (here: the evaluation loop itself) restores the model's pipeline, scenario and
     recording flags, so the next evaluation with the same model is not silently run in a stale scenario."""

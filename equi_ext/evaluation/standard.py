@@ -1,0 +1,272 @@
+"""The standard robustness evaluation of a defended demo model, in one call (AutoAttack's
+``run_standard_evaluation`` for a test-time defense; SPEC §9).
+
+Parts, each timed:
+
+1. **attacks** at ε: clean; the strongest attack (SEA where the model has dense logits, else APGD on the
+   training losses) on the undefended model, transferred to the defended one, through the defense
+   (BPDA: exact forward, gradient at the purified image) and through it with EOT over the defense's
+   randomness; PGD (transfer), BPDA-PGD and the adaptive attack; the per-image worst case over every
+   attacked run of a column and, for mIoU, the greedy search for the lowest dataset metric (quote the lower).
+2. **convergence**: every attack the defended worst case takes an image from (and the strongest attack
+   through the defense) again with its iterations doubled (at most ``max_doublings`` times) until the
+   worst case moves by less than ``TOLERANCE``; every run joins the worst case, and one that never settles
+   is reported as not converged.
+3. **security curve**: the metric against ε for the undefended model (the attack on it) and the defended
+   one (per-image worst case of transfer and through-defense), clean at ε = 0, as a table and a PNG.
+
+Every cell keeps per-image records under ``work_dir/cells``; ``resume`` reuses them.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+from ..core.optimizer import PRESETS
+from ..core.validation import SettingsError
+from ..reporting import atomic_write_bytes, slug, write_report
+from .backends import build_backend
+from .demo import DATA, EPS, ensure_data
+from .honesty import TOLERANCE
+
+EPSILONS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+COLUMNS = ("vanilla", "defended")
+
+
+def strongest_attack(backend, eps: float, steps: int, seed: int) -> dict:
+    """SEA where the backend's model has dense logits, else APGD (its training losses)."""
+    sea = dict(type="sea", eps=eps, steps=steps, seed=seed)
+    return sea if backend.supports(sea) else dict(type="apgd", eps=eps, steps=steps, seed=seed)
+
+
+def through_defense(attack: dict, eot_samples: int = 1) -> dict:
+    return dict(type="bpda", attack=attack, eot_samples=eot_samples)
+
+
+def attack_rows(backend, *, eps: float, steps: int, eot_samples: int, seed: int, lambda_e: float) -> dict:
+    """Part 1 at ``steps`` iterations: family → (row label, column → attack config; ``None`` = clean), for
+    the attacks the backend's model supports. Families name a row at any iteration count (the convergence
+    check re-runs them doubled)."""
+    strong = strongest_attack(backend, eps, steps, seed)
+    name = f"{strong['type'].upper()}-{steps}"
+    pgd = dict(type="pgd", eps=eps, steps=steps, seed=seed)
+    rows = {
+        "clean": ("clean", {"vanilla": None, "defended": None}),
+        "strong": (f"{name} (undefended model)", {"vanilla": strong}),
+        "strong transfer": (f"{name} transfer", {"defended": strong}),
+        "strong bpda": (f"{name}-BPDA", {"defended": through_defense(strong)}),
+        "strong eot": (f"EOT-{name}-BPDA ×{eot_samples}", {"defended": through_defense(strong, eot_samples)}),
+        "pgd": (f"PGD-{steps}", {"vanilla": pgd, "defended": pgd}),
+        "bpda pgd": (f"BPDA-PGD-{steps}", {"defended": dict(type="bpda", eps=eps, steps=steps, seed=seed)}),
+        "adaptive": (f"adaptive-{steps} λ_e={lambda_e:g}",
+                     {"defended": dict(type="adaptive", eps=eps, steps=steps, lambda_e=lambda_e, seed=seed)}),
+    }
+    return {family: row for family, row in rows.items() if all(backend.supports(c) for c in row[1].values())}
+
+
+def doubling_converged(points: list[dict]) -> bool:
+    """True when the last doubling moved the worst case by less than ``TOLERANCE``."""
+    return len(points) > 1 and abs(points[-1]["worst_case"] - points[-2]["worst_case"]) < TOLERANCE
+
+
+def plot_security_curve(data: dict) -> bytes:
+    """PNG of the metric against ε, one line per column (matplotlib's object API: no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    curve = data["security_curve"]
+    fig = Figure(figsize=(5.5, 4.0))
+    ax = fig.add_subplot()
+    x = list(range(len(curve)))
+    for column, marker in zip(COLUMNS, "os"):
+        ax.plot(x, [p[column] for p in curve], f"{marker}-", label=column)
+    ax.set_xticks(x, [f"{p['eps']:g}" for p in curve])
+    ax.set_xlabel("ε (pixel levels of 255)")
+    ax.set_ylabel(f"{data['metric_name']} (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{data['model']}, {data['attack'].upper()}-{data['steps']}, {data['num_images']} images", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def render(data: dict) -> str:
+    """The Markdown report of a ``standard_evaluation`` result (its JSON), so a committed result re-renders
+    without re-running the evaluation."""
+    metric, worst_cases, convergence = data["metric_name"], data["worst_case"], data["convergence"]
+    sea = data["attack"] == "sea"
+    strong = f"{data['attack'].upper()}-{data['steps']}"
+    clean = data["attacks"]["clean"]
+    lines = [f"# Standard robustness evaluation: {data['model']}", "",
+             f"{metric} (%) on the first {data['num_images']} val images, ε = {data['eps']:g}/255, seed "
+             f"{data['seed']}; defense: equivariance, {data['settings']}. Strongest attack: {strong} ("
+             + ("SEA: APGD with masked CE, balanced CE and JS, radii 2ε → 1.5ε → ε" if sea else
+                "APGD on the training losses") + f"; {data['steps']} iterations{' per loss' if sea else ''}). BPDA = "
+             "exact forward through the defense, gradient at the purified image; EOT averages that gradient over "
+             f"{data['eot_samples']} draws of the defense.", ""]
+    if data["command"]:
+        lines += [f"Command: `{data['command']}`", ""]
+    lines += ["## Attacks", "", "| attack | vanilla | defended |", "|---|---|---|"]
+    for label, values in data["attacks"].items():
+        lines.append(f"| {label} | " + " | ".join(f"{values[c]:.2f}" if c in values else "—" for c in COLUMNS) + " |")
+    for name, field in (("worst case (per image)", "per_image"), ("worst case (greedy, dataset metric)", "greedy")):
+        if worst_cases["defended"][field] is not None:
+            lines.append(f"| **{name}** | " + " | ".join(f"{worst_cases[c][field]:.2f}" for c in COLUMNS) + " |")
+    lines += ["", "The defended worst case pools every attacked run of the defended column, the convergence runs "
+              f"included. **Quoted robust {metric}: {worst_cases['defended']['quoted']:.2f} defended, "
+              f"{worst_cases['vanilla']['quoted']:.2f} undefended** (clean {clean['defended']:.2f} / "
+              f"{clean['vanilla']:.2f}).", "", "## Convergence", "",
+              f"Iterations doubled (at most {convergence['max_doublings']} times) for every attack the defended worst "
+              f"case takes an image from, and for {strong}-BPDA, until the worst case moves by less than "
+              f"{convergence['tolerance']} points: "
+              + "; ".join(f"{p['steps']} iterations" + (f" (ran {', '.join(p['ran'])})" if p["ran"] else "")
+                          + f": {p['worst_case']:.2f}" for p in convergence["curve"])
+              + {True: ". **Converged.**", None: ". Not checked (no doublings asked for).",
+                 False: ". **Not converged**: the quoted number may still be too high."}[convergence["converged"]],
+              "", "## Security curve", "",
+              f"{strong} at each ε: undefended model; defended = per-image worst case of transfer and through-defense "
+              "(BPDA). ε = 0 is clean.", "",
+              "| ε | " + " | ".join(f"{p['eps']:g}" for p in data["security_curve"]) + " |",
+              "|---" * (len(data["security_curve"]) + 1) + "|"]
+    for column in COLUMNS:
+        lines.append(f"| {column} | " + " | ".join(f"{p[column]:.2f}" for p in data["security_curve"]) + " |")
+    seconds = data["seconds"]
+    lines += ["", "![security curve](security_curve.png)", "", "## Time", "",
+              ", ".join(f"{part} {s:.0f} s" for part, s in seconds.items()) + f"; total {sum(seconds.values()):.0f} s "
+              "(this invocation: cells reused with `--resume` count 0 s; each cell's own time is in the JSON)."]
+    return "\n".join(lines) + "\n"
+
+
+def render_files(result_json: Path) -> dict:
+    """Rewrite ``standard_evaluation.md`` and ``security_curve.png`` beside a committed result JSON; return
+    the result."""
+    import json
+
+    result_json = Path(result_json)
+    try:
+        data = json.loads(result_json.read_text())
+    except (OSError, ValueError) as err:
+        raise SettingsError(f"cannot read the result {result_json}: {err}") from None
+    try:
+        text, png = render(data), plot_security_curve(data)
+    except (KeyError, TypeError) as err:
+        raise SettingsError(f"{result_json} is not a standard_evaluation result (no {err})") from None
+    atomic_write_bytes(result_json.with_name("standard_evaluation.md"), text.encode())
+    atomic_write_bytes(result_json.with_name("security_curve.png"), png)
+    return data
+
+
+def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: float = EPS, steps: int = 10,
+                        eot_samples: int = 2, max_doublings: int = 3, epsilons: tuple[float, ...] = EPSILONS,
+                        lambda_e: float = 1.0, seed: int = 0, preset: str = "fast", data_root: Path = DATA,
+                        checkpoint: Path | None = None, work_dir: Path, resume: bool = False,
+                        command: str = "") -> dict:
+    """Run the three parts on the demo DeepLabV3 (mIoU) or, with ``detectron2``, the demo Mask R-CNN (mask
+    AP); write ``work_dir/standard_evaluation.{md,json,csv}`` and ``security_curve.png``; return the JSON's
+    content.
+
+    Raises:
+        SettingsError: budgets out of range (``num_images``, ``steps``, ``eot_samples`` < 1; ``eps`` or an
+            ε of the curve outside [0, 255]; ``max_doublings`` < 0), a missing checkpoint — before anything runs.
+    """
+    if num_images < 1 or steps < 1 or eot_samples < 1 or max_doublings < 0:
+        raise SettingsError("num_images, steps and eot_samples must be >= 1 and max_doublings >= 0; got "
+                            f"{num_images}, {steps}, {eot_samples}, {max_doublings}")
+    if not 0 < eps <= 255 or not epsilons or any(not 0 <= e <= 255 for e in epsilons):
+        raise SettingsError(f"eps must be in (0, 255] and the curve's ε in [0, 255]; got {eps}, {list(epsilons)}")
+    if checkpoint and not Path(checkpoint).is_file():
+        raise SettingsError(f"checkpoint {checkpoint} does not exist")
+    if not detectron2 and preset not in PRESETS:
+        raise SettingsError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    out = Path(work_dir)
+    if Path(data_root) == DATA:
+        ensure_data()
+    backend = build_backend(detectron2, Path(data_root), num_images, out, Path(checkpoint) if checkpoint else None,
+                            preset)
+    defense = backend.defense("equivariance")
+    metric, key = backend.metric, backend.key
+    runs: dict[tuple[str, str], dict] = {}
+
+    def run(label: str, column: str, attack: dict | None) -> dict:
+        if (label, column) not in runs:
+            cell = backend.cell((label, attack), (column, defense if column == "defended" else None),
+                                out / "cells" / column / slug(label), resume=resume)
+            print(f"  {column:<9} {label:<34} {metric} {cell[key]:6.2f}  ({cell['run_images']} images run, "
+                  f"{cell['seconds']:.0f} s)", flush=True)
+            runs[(label, column)] = cell
+        return runs[(label, column)]
+
+    def worst(column: str, labels: list[str]) -> dict:
+        attacked = [runs[(label, column)] for label in labels if runs[(label, column)]["attack"] != "clean"]
+        found = backend.worst_case(attacked)
+        picks = found["picks"] + found.get("greedy_picks", [])
+        return dict(per_image=found[key], greedy=found.get(f"greedy_{key}"), picks=found["picks"],
+                    quoted=min(v for v in (found[key], found.get(f"greedy_{key}")) if v is not None),
+                    taken_from=sorted({pick.split(" / ")[0] for pick in picks}))
+
+    settings = dict(eps=eps, eot_samples=eot_samples, seed=seed, lambda_e=lambda_e)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    rows = attack_rows(backend, steps=steps, **settings)
+    for label, columns in rows.values():
+        for column, attack in columns.items():
+            run(label, column, attack)
+    worst_cases = {column: worst(column, [label for label, cols in rows.values() if column in cols])
+                   for column in COLUMNS}
+    seconds["attacks"] = time.perf_counter() - start
+
+    # Convergence: double the iterations of every attack the defended worst case takes an image from (and of
+    # the strongest attack through the defense), pool the new runs, until the worst case settles.
+    start = time.perf_counter()
+    family_of = {label: family for family, (label, _) in rows.items()}
+    pooled = [label for label, cols in rows.values() if "defended" in cols]
+    convergence = [dict(steps=steps, worst_case=worst_cases["defended"]["quoted"], ran=[])]
+    while len(convergence) <= max_doublings and not doubling_converged(convergence):
+        more = convergence[-1]["steps"] * 2
+        doubled = attack_rows(backend, steps=more, **settings)
+        taken = {family_of[label] for label in worst("defended", pooled)["taken_from"]} | {"strong bpda"}
+        ran = []
+        for family in (f for f in doubled if f in taken):
+            label, columns = doubled[family]
+            run(label, "defended", columns["defended"])
+            family_of[label] = family
+            pooled.append(label)
+            ran.append(label)
+        convergence.append(dict(steps=more, worst_case=worst("defended", pooled)["quoted"], ran=ran))
+    worst_cases["defended"] = worst("defended", pooled)
+    converged = doubling_converged(convergence) if max_doublings else None  # None: not checked
+    seconds["convergence"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    curve = []
+    for level in sorted(set(epsilons)):
+        if level == 0:
+            point = {column: runs[("clean", column)][key] for column in COLUMNS}
+        else:
+            attack = strongest_attack(backend, level, steps, seed)  # at ε = eps: part 1's runs
+            name, at = f"{attack['type'].upper()}-{steps}", ("" if level == eps else f" at ε={level:g}")
+            vanilla = run(f"{name} (undefended model){at}", "vanilla", attack)[key]
+            labels = [f"{name} transfer{at}", f"{name}-BPDA{at}"]
+            run(labels[0], "defended", attack)
+            run(labels[1], "defended", through_defense(attack))
+            point = dict(vanilla=vanilla, defended=worst("defended", labels)["quoted"])
+        curve.append(dict(eps=level, **point))
+    seconds["security curve"] = time.perf_counter() - start
+
+    strong = strongest_attack(backend, eps, steps, seed)
+    data = dict(framework=backend.framework, model=backend.model_name, metric=key, metric_name=metric,
+                num_images=num_images, eps=eps, steps=steps, attack=strong["type"], eot_samples=eot_samples,
+                seed=seed, settings=backend.settings, defense=defense, command=command,
+                attacks={label: {c: runs[(label, c)][key] for c in columns} for label, columns in rows.values()},
+                worst_case=worst_cases, convergence=dict(curve=convergence, converged=converged, tolerance=TOLERANCE,
+                                                         max_doublings=max_doublings),
+                security_curve=curve, seconds=seconds,
+                cells=[{k: v for k, v in cell.items() if k != "per_image"} for cell in runs.values()])
+    csv_rows = [dict(attack=label, column=column, value=cell[key], seconds=cell["seconds"])
+                for (label, column), cell in runs.items()]
+    write_report(out, "standard_evaluation", render(data), data, csv_rows)
+    atomic_write_bytes(out / "security_curve.png", plot_security_curve(data))
+    return data

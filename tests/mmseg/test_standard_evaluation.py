@@ -1,0 +1,168 @@
+"""The one-command standard evaluation: which runs it makes, its convergence loop, its security curve, its files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from equi_ext.evaluation import standard
+from equi_ext.evaluation.honesty import TOLERANCE
+
+from .conftest import load_tool
+
+
+class ScriptedBackend:
+    """A model whose per-image quality under each run is given by ``quality(label, column, attack)``;
+    worst case = mean of each image's lowest quality (the per-image definition on a mean metric)."""
+
+    framework, metric, key, model_name, settings = "fake", "mIoU", "mIoU", "scripted model", "scripted"
+
+    def __init__(self, quality, dense: bool = True) -> None:
+        self.quality, self.dense, self.calls = quality, dense, []
+
+    def defense(self, name):
+        return dict(type="equi")
+
+    def supports(self, attack):
+        inner = attack and (attack.get("attack") or attack)
+        return self.dense or inner is None or inner["type"] not in ("sea", "cw")
+
+    def cell(self, attack, defense, record_dir, resume=False):
+        self.calls.append((attack[0], defense[0], attack[1]))
+        per_image = self.quality(attack[0], defense[0], attack[1])
+        return dict(attack=attack[0], defense=defense[0], mIoU=sum(per_image) / len(per_image), per_image=per_image,
+                    run_images=len(per_image), seconds=0.0)
+
+    def worst_case(self, rows):
+        picks = [min(rows, key=lambda r: r["per_image"][i]) for i in range(len(rows[0]["per_image"]))]
+        lowest = [row["per_image"][i] for i, row in enumerate(picks)]
+        return dict(mIoU=sum(lowest) / len(lowest), picks=[f"{r['attack']} / {r['defense']}" for r in picks])
+
+
+def run_scripted(monkeypatch, tmp_path, quality, dense=True, **kwargs):
+    backend = ScriptedBackend(quality, dense)
+    monkeypatch.setattr(standard, "build_backend", lambda *args: backend)
+    result = standard.standard_evaluation(data_root=tmp_path / "data", work_dir=tmp_path / "out", **kwargs)
+    return backend, result
+
+
+def steps_of(attack):
+    return (attack.get("attack") or attack)["steps"]
+
+
+def test_iterations_double_for_the_attacks_the_worst_case_takes_until_it_settles(monkeypatch, tmp_path):
+    """SEA-BPDA falls 50 → 46 → 44 → 43 → 42.75 as its iterations double; transfer holds image 0 at 45 until
+    BPDA passes it. Each doubling re-runs the attacks the worst case took an image from (transfer only while
+    it does) plus SEA-BPDA, pools them, and stops when the worst case moves by less than 0.5."""
+    through = {10: 50.0, 20: 46.0, 40: 44.0, 80: 43.0, 160: 42.75}
+
+    def quality(label, column, attack):
+        if attack is None:
+            return [70.0, 70.0]
+        if attack["type"] == "bpda" and "attack" in attack and attack["eot_samples"] == 1:
+            return [through[steps_of(attack)]] * 2
+        if attack["type"] == "sea" and column == "defended":  # transfer
+            return [45.0, 60.0]
+        return [60.0, 60.0]
+
+    backend, result = run_scripted(monkeypatch, tmp_path, quality, epsilons=(0, 4), max_doublings=5)
+    points = result["convergence"]["curve"]
+    assert [p["steps"] for p in points] == [10, 20, 40, 80, 160]
+    assert [p["worst_case"] for p in points] == [47.5, 45.5, 44.0, 43.0, 42.75]
+    assert [p["ran"] for p in points] == [[], ["SEA-20 transfer", "SEA-20-BPDA"], ["SEA-40 transfer", "SEA-40-BPDA"],
+                                          ["SEA-80-BPDA"], ["SEA-160-BPDA"]]
+    assert result["convergence"]["converged"] is True
+    assert result["worst_case"]["defended"]["per_image"] == 42.75
+    assert not any(label.startswith(("PGD-20", "BPDA-PGD-20")) for label, _, _ in backend.calls)
+    # No more doublings than asked: not converged is said so.
+    _, capped = run_scripted(monkeypatch, tmp_path / "capped", quality, epsilons=(0, 4), max_doublings=2)
+    assert [p["steps"] for p in capped["convergence"]["curve"]] == [10, 20, 40]
+    assert capped["convergence"]["converged"] is False
+    assert "**Not converged**" in (tmp_path / "capped/out/standard_evaluation.md").read_text()
+    assert abs(42.75 - 43.0) < TOLERANCE < abs(43.0 - 44.0)  # the script straddles the tolerance as meant
+
+
+def test_the_worst_case_is_per_image_over_every_attacked_run_and_the_curve_is_per_eps(monkeypatch, tmp_path):
+    """Image 0 is hurt most by transfer, image 1 by BPDA: the defended worst case takes each image's own worst;
+    the security curve's defended point pools transfer and BPDA at that ε, its ε = 0 point is clean."""
+
+    def quality(label, column, attack):
+        if attack is None:
+            return [80.0, 90.0] if column == "vanilla" else [75.0, 85.0]
+        inner = attack.get("attack") or attack
+        level = inner["eps"]
+        if column == "vanilla":
+            return [40.0 - level, 30.0 - level]
+        if attack["type"] == "sea":  # transfer
+            return [20.0 - level, 70.0]
+        if attack["type"] == "bpda" and "attack" in attack:
+            return [65.0, 25.0 - level]
+        return [66.0, 66.0]
+
+    backend, result = run_scripted(monkeypatch, tmp_path, quality, epsilons=(0, 2, 4), max_doublings=1)
+    assert result["worst_case"]["defended"]["per_image"] == pytest.approx(((20 - 4) + (25 - 4)) / 2)
+    assert result["worst_case"]["vanilla"]["per_image"] == pytest.approx(((40 - 4) + (30 - 4)) / 2)
+    curve = {p["eps"]: p for p in result["security_curve"]}
+    assert curve[0] == dict(eps=0, vanilla=85.0, defended=80.0)
+    assert curve[2] == dict(eps=2, vanilla=pytest.approx(((40 - 2) + (30 - 2)) / 2),
+                            defended=pytest.approx(((20 - 2) + (25 - 2)) / 2))
+    # The curve's ε = 4 point is part 1's runs, not a second evaluation of them.
+    transfer = [a for label, column, a in backend.calls
+                if column == "defended" and a and a["type"] == "sea" and a["steps"] == 10]
+    assert sorted(a["eps"] for a in transfer) == [2.0, 4.0]
+
+
+def test_without_dense_logits_apgd_replaces_sea(monkeypatch, tmp_path):
+    backend, result = run_scripted(monkeypatch, tmp_path, lambda *a: [50.0], dense=False, epsilons=(0, 4),
+                                   max_doublings=0, steps=3)
+    kinds = {(a.get("attack") or a)["type"] for _, _, a in backend.calls if a}
+    assert "sea" not in kinds and "apgd" in kinds
+    assert "APGD-3-BPDA" in result["attacks"] and result["convergence"]["converged"] is None
+
+
+def test_bad_settings_are_refused_before_anything_runs(tmp_path):
+    tool = load_tool("standard_evaluation")
+    for args, message in ((["--steps", "0"], "steps"), (["--eps", "300"], "eps must be in"),
+                          (["--epsilons", "0,x"], "--epsilons takes numbers"), (["--preset", "magic"], "unknown preset"),
+                          (["--max-doublings", "-1"], "max_doublings"),
+                          (["--checkpoint", str(tmp_path / "missing.pth")], "does not exist")):
+        with pytest.raises(SystemExit, match=message):
+            tool.main([*args, "--work-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="cannot read the result"):
+        tool.main(["--render", str(tmp_path / "missing.json")])
+
+
+def test_standard_evaluation_on_the_demo_deeplabv3(synthetic_val_root, tmp_path):
+    """The real run, at the smallest budget: every part through MMSeg's test loop, the files it promises."""
+    result = load_tool("standard_evaluation").main([
+        "--data-root", str(synthetic_val_root), "--num-images", "2", "--steps", "1", "--eot-samples", "2",
+        "--max-doublings", "1", "--epsilons", "0,4,16", "--work-dir", str(tmp_path)])
+    attacks = result["attacks"]
+    assert set(attacks) == {"clean", "SEA-1 (undefended model)", "SEA-1 transfer", "SEA-1-BPDA", "EOT-SEA-1-BPDA ×2",
+                            "PGD-1", "BPDA-PGD-1", "adaptive-1 λ_e=1"}
+    defended = [row["defended"] for label, row in attacks.items() if label != "clean" and "defended" in row]
+    worst = result["worst_case"]["defended"]
+    assert worst["quoted"] == min(worst["per_image"], worst["greedy"])
+    assert worst["greedy"] <= min(defended) + 1e-9  # mIoU pools pixels: only the greedy pick is never above a run
+    curve = {p["eps"]: p for p in result["security_curve"]}
+    assert curve[0] == dict(eps=0, vanilla=attacks["clean"]["vanilla"], defended=attacks["clean"]["defended"])
+    assert curve[4]["vanilla"] == attacks["SEA-1 (undefended model)"]["vanilla"]
+    assert curve[16]["vanilla"] < curve[0]["vanilla"]
+    assert [p["steps"] for p in result["convergence"]["curve"]][:1] == [1]
+    assert set(result["seconds"]) == {"attacks", "convergence", "security curve"}
+    saved = json.loads((tmp_path / "standard_evaluation.json").read_text())
+    assert saved["worst_case"] == result["worst_case"]
+    with Image.open(tmp_path / "security_curve.png") as png:
+        assert png.size[0] > 300 and png.size[1] > 200
+    text = (tmp_path / "standard_evaluation.md").read_text()
+    assert f"Quoted robust mIoU: {worst['quoted']:.2f} defended" in text
+    # A committed result re-renders to the same page without evaluating anything.
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    (committed / "standard_evaluation.json").write_text((tmp_path / "standard_evaluation.json").read_text())
+    load_tool("standard_evaluation").main(["--render", str(committed / "standard_evaluation.json")])
+    assert (committed / "standard_evaluation.md").read_text() == text
+    assert (committed / "security_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,7 +1,7 @@
 """Packaging for equi-ext: a framework-free core plus one extra per framework.
 
 ``pip install equi-ext`` gives the torch core (defenses, attacks, scores). The extras add each framework's
-pure-Python side; neither framework's compiled part comes from a plain ``pip install`` (see README):
+pure-Python side; neither framework's compiled part comes from a plain ``pip install`` (see docs/get_started.md):
 mmcv 2.1.0's ops are a wheel that ``tools/install.sh`` takes from ``EQUI_WHEELHOUSE`` or builds from mmcv's
 PyPI sdist, and detectron2 is built by ``tools/install.sh`` from PyPI's ``pb1-detectron2==0.6`` sdist.
 The exact tested set is ``constraints.txt``.

@@ -3,7 +3,7 @@
 Every case either raises early, with its exception type and a message naming the problem, or
 follows a documented fallback whose result is checked (a batch of one or of mixed sizes is
 processed exactly as image by image; a model that detects nothing scores AP 0, not NaN).
-Cases already tested elsewhere are listed in the README table ("Bad input") with their node
+Cases already tested elsewhere are listed in the table of docs/user_guides/bad_input.md with their node
 ids instead of being repeated here.
 """
 

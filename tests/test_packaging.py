@@ -187,6 +187,28 @@ def test_tools_import_the_package_not_each_other_and_never_edit_sys_path():
             assert not imported, f"tools/{name}.py imports the tool(s) {sorted(imported)} (line {node.lineno})"
 
 
+def test_tools_hide_only_the_frameworks_known_warnings_and_only_when_run():
+    """Run as programs, the tools hide the frameworks' unactionable warnings; a warning about anything else
+    still shows."""
+    import warnings
+
+    from equi_ext.tooling import KNOWN_WARNINGS, quiet_known_warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_known_warnings()
+        for message, category in KNOWN_WARNINGS:
+            warnings.warn(message + " (as the framework words it)", category, stacklevel=1)
+        warnings.warn("pkg_resources is fine but this is a user's own warning", UserWarning, stacklevel=1)
+        warnings.warn("Default ``avg_non_ignore`` is False", DeprecationWarning, stacklevel=1)  # right text, other category
+    assert [str(w.message) for w in seen] == ["pkg_resources is fine but this is a user's own warning",
+                                              "Default ``avg_non_ignore`` is False"]
+    for path in (REPO / "tools").glob("*.py"):
+        if path.name != "patch_detectron2_sdist.py":
+            main_block = path.read_text().split('if __name__ == "__main__":\n', 1)[1]
+            assert main_block.startswith("    quiet_known_warnings()\n"), f"tools/{path.name} does not hide them first"
+
+
 def test_tools_are_argument_parsing_plus_one_call():
     """A tool over 100 lines holds logic a user cannot import. ``patch_detectron2_sdist.py`` is exempt: it runs
     before equi-ext is installed (it patches the sdist the install builds), so it cannot import the package."""

@@ -31,6 +31,7 @@ from equi_ext.core.optimizer import PRESETS
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.ablations import ABLATIONS, run_ablation
 from equi_ext.evaluation.demo import DATA, WORKSPACE
+from equi_ext.tooling import quiet_known_warnings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,4 +61,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     main()

@@ -33,6 +33,7 @@ import sys
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import DATA, WORKSPACE
 from equi_ext.evaluation.robustness import ATTACK_NAMES, DEFENSE_NAMES, benchmark_robustness
+from equi_ext.tooling import quiet_known_warnings
 
 
 def names(text: str) -> list[str]:
@@ -75,4 +76,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     main()

@@ -19,6 +19,7 @@ from pathlib import Path
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.attack_strength import compare_attacks, tuned_steps
 from equi_ext.evaluation.demo import WORKSPACE
+from equi_ext.tooling import quiet_known_warnings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,4 +49,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     main()

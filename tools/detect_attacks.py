@@ -28,6 +28,7 @@ from equi_ext.core.validation import SettingsError
 from equi_ext.data.corruptions import CORRUPTIONS
 from equi_ext.evaluation.demo import DATA, SSL_HEADS, WORKSPACE
 from equi_ext.evaluation.detection import SCORE_KINDS, detect_attacks
+from equi_ext.tooling import quiet_known_warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,4 +72,5 @@ def main(argv=None) -> dict:
         parser.error(str(err))
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     main()

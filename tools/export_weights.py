@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from equi_ext.tooling import quiet_known_warnings
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,4 +44,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     main()

@@ -43,6 +43,7 @@ import argparse
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import DATA, WORKSPACE
 from equi_ext.evaluation.honesty import honesty_checks
+from equi_ext.tooling import quiet_known_warnings
 
 
 def main(argv=None) -> dict:
@@ -73,4 +74,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     main()

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from equi_ext.evaluation.demo import WORKSPACE, build_demo_runner, ensure_tune_data
+from equi_ext.tooling import quiet_known_warnings
 
 
 def main(argv=None) -> list[dict]:
@@ -41,4 +42,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     main()

@@ -29,6 +29,7 @@ import logging
 
 from equi_ext.core.ssl import KINDS
 from equi_ext.evaluation.ssl_heads import train_ssl_head
+from equi_ext.tooling import quiet_known_warnings
 
 
 def parse_args(argv=None):
@@ -58,5 +59,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     main()

@@ -19,6 +19,7 @@ import argparse
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import WORKSPACE
 from equi_ext.evaluation.tuning import CANDIDATES, D2_CANDIDATES, DEFAULT_CANDIDATES, SPLITS, tune_defense
+from equi_ext.tooling import quiet_known_warnings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,4 +48,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     main()

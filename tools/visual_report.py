@@ -26,6 +26,7 @@ from equi_ext.core.optimizer import PRESETS
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, WORKSPACE
 from equi_ext.evaluation.visual_report import visual_report
+from equi_ext.tooling import quiet_known_warnings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,5 +58,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     logging.basicConfig(level=logging.WARNING)
     main()

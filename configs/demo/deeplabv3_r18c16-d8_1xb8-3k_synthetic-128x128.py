@@ -1,5 +1,5 @@
 # A small DeepLabV3 (ResNetV1c-18 at 1/4 width, output stride 8, ASPP) for the synthetic
-# benchmark, trained on CPU by `tools/train.py` (README: "Demo model").
+# benchmark, trained on CPU by `tools/train.py` (docs/get_started.md, "Demo model").
 _base_ = [
     'mmseg::_base_/default_runtime.py',
     '../_base_/synthetic_shapes.py',

@@ -34,10 +34,10 @@ from .validation import (
 
 #: Named settings. ``paper`` is Sec. 4.4 for standard models at ε = 4 (ε_v = 1.5ε, η = 2ε_v,
 #: T = 20, K = 8). ``default`` was chosen by measurement on the demo model's tuning split
-#: (seed-1 images, never the reported ones; README "Choosing the defaults"): flip + 4 resizes,
+#: (seed-1 images, never the reported ones; docs/benchmarks/tuning.md): flip + 4 resizes,
 #: ε_v = 4, η = ε_v/4, T = 8. ``fast`` uses one of the 5 transforms per step and T = 4, η = 2:
 #: the cheapest tuning-split candidate within 1.5 mIoU points of a T = 20 run both clean and
-#: under PGD-20 (T = 4 with all transforms per step was not; README "Speed").
+#: under PGD-20 (T = 4 with all transforms per step was not; docs/benchmarks/speed.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(transforms="paper", steps=20, eps_v=6.0, step_size=12.0, resample="fixed"),
     "default": dict(transforms="flip_resize", steps=8, eps_v=4.0, step_size=1.0, resample="fixed"),
@@ -132,7 +132,7 @@ class EquivarianceDefense:
             ⌈K / m⌉ steps: per-step cost falls while all constraints stay covered (the
             authors' code also samples transforms per step). The score uses all K.
         chunked: forward and back-propagate one transformed copy at a time (same gradient):
-            peak memory is F(x) plus the largest copy instead of all K (README "Speed":
+            peak memory is F(x) plus the largest copy instead of all K (docs/benchmarks/speed.md:
             −25% at 1024×2048, −34% for R50-D8 at 512×512, and no slower there).
         seed: base seed of the transform parameters and the SGLD noise.
         pixel_range: value range of the images; budgets are in these units.

@@ -313,7 +313,7 @@ TRANSFORM_SETS: dict[str, list[Any]] = {
     # The fixed set of the early pilot runs (7 transforms, no jitter).
     "pilot": [HFlip(), Resize(0.5), Resize(0.75), Resize(1.5), Resize(2.0), Rotate(-10.0), Rotate(10.0)],
     # The pilot set without rotations: the demo model was not trained with rotations, and
-    # dropping them raised both clean and robust mIoU on the tuning split (README).
+    # dropping them raised both clean and robust mIoU on the tuning split (docs/benchmarks/tuning.md).
     "flip_resize": [HFlip(), Resize(0.5), Resize(0.75), Resize(1.5), Resize(2.0)],
 }
 

@@ -31,7 +31,7 @@ CANDIDATES = {
     "fr-T8-epsv4": dict(transforms="flip_resize", steps=8, eps_v=4, step_size=1),
     "fr-T4-epsv4": dict(transforms="flip_resize", steps=4, eps_v=4, step_size=2),
     "pilot-T8-epsv4": dict(transforms="pilot", steps=8, eps_v=4, step_size=1),
-    # Cheaper settings for the `fast` preset (README "Speed"): fewer steps, fewer or smaller copies per step.
+    # Cheaper settings for the `fast` preset (docs/benchmarks/speed.md): fewer steps, fewer or smaller copies per step.
     "fr-T20-epsv4-eta0.5": dict(transforms="flip_resize", steps=20, eps_v=4, step_size=0.5),  # reference
     "fr-T8-epsv4-m2": dict(transforms="flip_resize", steps=8, eps_v=4, step_size=1, transforms_per_step=2),
     "fr-T4-epsv4-eta2-m1": dict(transforms="flip_resize", steps=4, eps_v=4, step_size=2, transforms_per_step=1),

@@ -295,7 +295,7 @@ def test_chunked_refuses_an_objective_with_its_own_terms(toy_task):
 
 @pytest.mark.numerics
 def test_fast_preset_stays_inside_eps_v_and_raises_the_attacked_score_like_the_reference(toy_task):
-    """``fast`` (T 4, one transform per step) against the T = 20 reference of README "Speed"."""
+    """``fast`` (T 4, one transform per step) against the T = 20 reference of docs/benchmarks/speed.md."""
     images, labels = toy_task.images[:8], toy_task.labels[:8]
     features = toy_task.model.features
     adv = PGD(logits_fn=toy_task.logits, eps=8, steps=10)(images, labels)

@@ -241,3 +241,26 @@ def test_class_weights_are_the_inverse_pixel_counts_of_the_training_label_maps(t
     assert "attack=dict(type='sea', class_weights=[" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="num_images must be >= 1; got 0"):
         load_tool("class_weights").main([str(DEMO_CONFIG), "--num-images", "0"])
+
+
+def test_the_first_command_prints_each_cell_as_it_finishes(synthetic_val_root, tmp_path, monkeypatch, capsys):
+    """tools/run_demo.py: vanilla vs equivariance under clean, PGD and BPDA (the same defense), each cell's
+    progress bar and its mIoU printed before the table, and the pointer to the worst-case evaluation."""
+    from equi_ext.evaluation import demo
+
+    monkeypatch.setattr(demo, "DATA", synthetic_val_root)
+    monkeypatch.setattr(demo, "ATTACK_STEPS", 1)
+    monkeypatch.setattr(demo, "BPDA_STEPS", 1)
+    result = load_tool("run_demo").main(["--num-images", "2", "--batch-size", "2", "--work-dir", str(tmp_path)])
+    cells = {(r["attack"], r["defense"]) for r in result["rows"]}
+    assert cells == {(a, d) for a in ("clean", "PGD-1", "BPDA-1") for d in ("vanilla", "equivariance")}
+    captured = capsys.readouterr()
+    out = captured.out
+    table = out.index("| attack |")
+    for row in result["rows"]:
+        assert out.index(f"{row['attack']:<18} {row['defense']:<13} mIoU {row['mIoU']:6.2f}") < table
+    assert "BPDA-1 is not the worst case" in (tmp_path / "demo_results.md").read_text()
+    for row in result["rows"]:  # one progress bar per cell, named by it, over its images
+        assert f"{row['attack']} / {row['defense']}: 100%" in captured.err and "2/2" in captured.err
+    with pytest.raises(SystemExit, match="batch_size must be >= 1"):
+        load_tool("run_demo").main(["--batch-size", "0", "--work-dir", str(tmp_path)])

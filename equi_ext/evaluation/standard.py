@@ -227,7 +227,7 @@ def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: f
     while len(convergence) <= max_doublings and not doubling_converged(convergence):
         more = convergence[-1]["steps"] * 2
         doubled = attack_rows(backend, steps=more, **settings)
-        taken = {family_of[label] for label in worst("defended", pooled)["taken_from"]} | {"strong bpda"}
+        taken = {family_of[label] for label in worst_cases["defended"]["taken_from"]} | {"strong bpda"}
         ran = []
         for family in (f for f in doubled if f in taken):
             label, columns = doubled[family]
@@ -235,8 +235,8 @@ def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: f
             family_of[label] = family
             pooled.append(label)
             ran.append(label)
-        convergence.append(dict(steps=more, worst_case=worst("defended", pooled)["quoted"], ran=ran))
-    worst_cases["defended"] = worst("defended", pooled)
+        worst_cases["defended"] = worst("defended", pooled)
+        convergence.append(dict(steps=more, worst_case=worst_cases["defended"]["quoted"], ran=ran))
     converged = doubling_converged(convergence) if max_doublings else None  # None: not checked
     seconds["convergence"] = time.perf_counter() - start
 
@@ -256,9 +256,9 @@ def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: f
         curve.append(dict(eps=level, **point))
     seconds["security curve"] = time.perf_counter() - start
 
-    strong = strongest_attack(backend, eps, steps, seed)
+    strong_type = rows["strong"][1]["vanilla"]["type"]  # sea, or apgd without dense logits
     data = dict(framework=backend.framework, model=backend.model_name, metric=key, metric_name=metric,
-                num_images=num_images, eps=eps, steps=steps, attack=strong["type"], eot_samples=eot_samples,
+                num_images=num_images, eps=eps, steps=steps, attack=strong_type, eot_samples=eot_samples,
                 seed=seed, settings=backend.settings, defense=defense, command=command,
                 attacks={label: {c: runs[(label, c)][key] for c in columns} for label, columns in rows.values()},
                 worst_case=worst_cases, convergence=dict(curve=convergence, converged=converged, tolerance=TOLERANCE,

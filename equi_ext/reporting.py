@@ -1,4 +1,4 @@
-"""Writing the tools' results: Markdown + JSON (+ CSV) reports and crash-safe per-item records.
+"""Writing the tools' results: JSON (+ CSV) with the page and plots rendered from it, and crash-safe records.
 
 Long runs write each finished item with :func:`atomic_write_json` (temp file + rename), so a
 run killed at any moment leaves only whole records behind and ``--resume`` can trust them.
@@ -7,15 +7,23 @@ run killed at any moment leaves only whole records behind and ``--resume`` can t
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
+import logging
 import math
 import os
 import re
+import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .core.validation import SettingsError
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -65,19 +73,106 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_report(out_dir: str | Path, stem: str, text: str, data: Any,
-                 csv_rows: Sequence[dict[str, Any]] | None = None) -> dict[str, Path]:
-    """Write ``stem.md`` (``text``), ``stem.json`` (``data``) and, with ``csv_rows``, ``stem.csv``
-    into ``out_dir``; print ``text``; return the paths written."""
-    out = Path(out_dir)
-    paths = {"md": out / f"{stem}.md", "json": out / f"{stem}.json"}
-    atomic_write_bytes(paths["md"], text.encode())
-    atomic_write_json(paths["json"], data)
-    if csv_rows is not None:
-        paths["csv"] = out / f"{stem}.csv"
-        atomic_write_bytes(paths["csv"], csv_text(csv_rows).encode())
-    print(text)
-    return paths
+def provenance(command: str | None = None) -> dict[str, Any]:
+    """Where and how a result was measured: the command, the date, the machine, the versions and commit.
+    Numbers move across CPU types and thread counts (SPEC §8), so a page that shows them says which."""
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return dict(command=command, date=datetime.date.today().isoformat(), cpu=cpu, cores=os.cpu_count(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(), torch_threads=torch.get_num_threads(),
+                python=platform.python_version(), torch=torch.__version__, equi_ext=__version__,
+                commit=_source_commit())
+
+
+def _source_commit() -> str | None:
+    """The git commit of the package's source (``-dirty`` with uncommitted changes); None when installed."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def provenance_line(meta: dict[str, Any]) -> str:
+    """One Markdown paragraph naming the command, date, machine and versions of a result."""
+    parts = [f"Measured {meta['date']}"]
+    if meta.get("command"):
+        parts.append(f"with `{meta['command']}`")
+    parts.append(f"on {meta['cpu']} ({meta['cores']} cores, {meta['cpu_capability']}, "
+                 f"{meta['torch_threads']} torch thread{'s' if meta['torch_threads'] != 1 else ''}), "
+                 f"Python {meta['python']}, torch {meta['torch']}, equi-ext {meta['equi_ext']}"
+                 + (f" at {meta['commit']}" if meta.get("commit") else ""))
+    return " ".join(parts) + "."
+
+
+@dataclass(frozen=True)
+class Report:
+    """How a tool's result becomes its files: ``markdown`` (the page) and ``plots`` (file name → PNG bytes;
+    ``{stem}`` in a name is the result's stem), each a pure function of the result JSON. The tool writes the JSON beside them, so a committed result
+    re-renders (:meth:`rerender`) without measuring again, and a page cannot drift from what was measured."""
+
+    markdown: Callable[[dict], str]
+    plots: Mapping[str, Callable[[dict], bytes]] = field(default_factory=dict)
+
+    def page(self, data: dict) -> str:
+        text = self.markdown(data).rstrip("\n") + "\n"
+        if data.get("provenance"):
+            text += "\n" + provenance_line(data["provenance"]) + "\n"
+        return text
+
+    def write(self, out_dir: str | Path, stem: str, data: dict, csv_rows: Sequence[dict[str, Any]] | None = None,
+              command: str | None = None) -> dict[str, Path]:
+        """Write ``stem.json`` (``data`` and its provenance), the page ``stem.md`` rendered from that JSON,
+        the plots and, with ``csv_rows``, ``stem.csv`` into ``out_dir``; print the page; return the paths."""
+        data = json.loads(json.dumps(dict(data, provenance=provenance(command)), default=_jsonable))
+        out = Path(out_dir)
+        paths = {"json": out / f"{stem}.json"}
+        atomic_write_json(paths["json"], data)
+        if csv_rows is not None:
+            paths["csv"] = out / f"{stem}.csv"
+            atomic_write_bytes(paths["csv"], csv_text(csv_rows).encode())
+        paths.update(self._render(paths["json"], data))
+        logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+        print(paths["md"].read_text(), end="")
+        return paths
+
+    def rerender(self, result_json: str | Path) -> dict:
+        """Rewrite the page and plots beside a result JSON the tool wrote earlier; return the result."""
+        result_json = Path(result_json)
+        try:
+            data = json.loads(result_json.read_text())
+        except (OSError, ValueError) as err:
+            raise SettingsError(f"cannot read the result {result_json}: {err}") from None
+        try:
+            self._render(result_json, data)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise SettingsError(f"{result_json} is not a result of this tool (it has no {err})") from None
+        logger.info("rendered the page and plots of %s from it; nothing measured", result_json)
+        return data
+
+    def _render(self, result_json: Path, data: dict) -> dict[str, Path]:
+        files = {"md": (result_json.with_suffix(".md"), self.page(data).encode())}
+        files.update({name: (result_json.with_name(name.format(stem=result_json.stem)), plot(data))
+                      for name, plot in self.plots.items()})
+        for path, content in files.values():
+            atomic_write_bytes(path, content)
+        return {key: path for key, (path, _) in files.items()}
 
 
 def slug(label: str) -> str:

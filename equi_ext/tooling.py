@@ -1,13 +1,16 @@
-"""What every tool does first when run as a program: hide the frameworks' warnings a user cannot act on.
+"""What every tool does first when run as a program (:func:`start_tool`): hide the frameworks' warnings a user
+cannot act on and show equi-ext's INFO log, which says what the tool is doing.
 
-Each filter names one message the frameworks or torch print on every run (deprecations inside mmseg,
+Each warning filter names one message the frameworks or torch print on every run (deprecations inside mmseg,
 Detectron2 and torch, notes about their own defaults); anything else still shows. Only the tools call this:
-the library never changes a user's warning filters.
+the library never changes a user's warning filters or logging.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 import warnings
 
 #: (message start, category): every one printed by code outside equi-ext, none about the user's settings.
@@ -25,3 +28,43 @@ KNOWN_WARNINGS = (
 def quiet_known_warnings() -> None:
     for message, category in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=r"\s*" + re.escape(message), category=category)
+
+
+class _AboveProgressBars(logging.Handler):
+    """Writes each record to stderr above any live progress bar (tqdm's write), not through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 — logging must never raise
+            self.handleError(record)
+
+
+def start_tool() -> None:
+    """Hide the known warnings and log the ``equi_ext`` loggers at INFO to stderr (timestamped, above the
+    progress bars); the frameworks' own loggers keep their levels."""
+    quiet_known_warnings()
+    logger = logging.getLogger("equi_ext")
+    if not any(isinstance(h, _AboveProgressBars) for h in logger.handlers):
+        handler = _AboveProgressBars()
+        handler.setFormatter(logging.Formatter("%(asctime)s equi-ext: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def add_render_option(parser) -> None:
+    """``--render RESULT_JSON``: rewrite a result's page and plots from its JSON without measuring."""
+    parser.add_argument("--render", metavar="RESULT_JSON",
+                        help="only rewrite the page and plots beside a result JSON this tool wrote (e.g. a "
+                             "committed one under docs/benchmarks): nothing is measured")
+
+
+def command_line(tool: str, argv) -> str:
+    """The command that ran ``tool`` (its file name under tools/), for a result's provenance."""
+    import shlex
+    import sys
+
+    return shlex.join(["python", f"tools/{tool}", *(sys.argv[1:] if argv is None else argv)])

@@ -142,3 +142,24 @@ def ssl_defense_calls(monkeypatch) -> list[tuple[str, float, float, float]]:
 
     monkeypatch.setattr(SSLDefense, "__call__", spy)
     return calls
+
+
+@pytest.fixture
+def assert_rerenders(tmp_path):
+    """Check a tool's ``--render``: from a copy of a result JSON alone, the tool writes the same page and
+    plots byte for byte, and the JSON names the command that measured it."""
+    import json
+    import shutil
+
+    def check(tool, result_json, plots=()):
+        copy_dir = tmp_path / "rerendered"
+        copy_dir.mkdir(exist_ok=True)
+        shutil.copy(result_json, copy_dir)
+        tool.main(["--render", str(copy_dir / result_json.name)])
+        for name in (result_json.with_suffix(".md").name, *plots):
+            assert (copy_dir / name).read_bytes() == (result_json.parent / name).read_bytes(), name
+        meta = json.loads(result_json.read_text())["provenance"]
+        assert meta["command"].startswith("python tools/") and meta["torch_threads"] >= 1
+        assert f"with `{meta['command']}`" in (result_json.with_suffix(".md")).read_text()
+
+    return check

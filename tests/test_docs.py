@@ -42,3 +42,39 @@ def test_every_relative_link_resolves():
 def test_the_anchor_rule_matches_githubs():
     assert github_anchor("Python API (plain torch)") == "python-api-plain-torch"
     assert github_anchor("Demo Mask R-CNN") == "demo-mask-r-cnn"
+
+
+#: docs/benchmarks/<folder>/ → the tool whose ``--render`` writes the pages of the results committed there
+RESULT_TOOLS = {"standard_evaluation": "standard_evaluation", "attack_strength": "compare_attacks",
+                "robustness": "benchmark_robustness", "detection": "detect_attacks", "ablations": "ablate",
+                "speed": "benchmark_speed", "honesty": "sanity_checks", "demo": "run_demo", "tuning": "tune_defense",
+                "lambda_sweep": "sweep_lambda"}
+
+
+def committed_results() -> list[Path]:
+    return sorted(p for p in (REPO / "docs/benchmarks").rglob("*.json") if p.with_suffix(".md").is_file())
+
+
+def test_every_committed_result_has_a_tool_that_renders_it():
+    folders = {p.relative_to(REPO / "docs/benchmarks").parts[0] for p in committed_results()}
+    assert folders and folders <= set(RESULT_TOOLS), folders - set(RESULT_TOOLS)
+
+
+def test_committed_benchmark_pages_are_what_their_tools_render_from_the_committed_results(tmp_path):
+    """A page under docs/benchmarks/<folder>/ is its tool's rendering of the JSON beside it: re-rendering a copy
+    gives the committed page byte for byte, so no number on it can drift from what was measured."""
+    import importlib.util
+    import shutil
+
+    tools = {}
+    for result in committed_results():
+        name = RESULT_TOOLS[result.relative_to(REPO / "docs/benchmarks").parts[0]]
+        if name not in tools:
+            spec = importlib.util.spec_from_file_location(f"equi_tools_{name}", REPO / "tools" / f"{name}.py")
+            tools[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(tools[name])
+        copy = tmp_path / result.relative_to(REPO)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(result, copy)
+        tools[name].main(["--render", str(copy)])
+        assert copy.with_suffix(".md").read_text() == result.with_suffix(".md").read_text(), result

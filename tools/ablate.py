@@ -24,19 +24,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 from equi_ext.core.optimizer import PRESETS
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation.ablations import ABLATIONS, run_ablation
+from equi_ext.evaluation.ablations import ABLATIONS, REPORT, run_ablation
 from equi_ext.evaluation.demo import DATA, WORKSPACE
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import add_render_option, command_line, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ablation", choices=list(ABLATIONS))
+    parser.add_argument("ablation", nargs="?", choices=list(ABLATIONS))
     parser.add_argument("--values", help="comma-separated grid values (defaults: "
                         + "; ".join(f"{k} {','.join(map(str, a.values))}" for k, a in ABLATIONS.items()) + ")")
     parser.add_argument("--num-images", type=int, default=8, help="first N val images (default: %(default)s)")
@@ -46,20 +44,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="defense and attack seed (default: %(default)s)")
     parser.add_argument("--data-root", default=str(DATA), help="val images (default: the demo benchmark)")
     parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/ablate"))
-    return parser.parse_args(argv)
+    add_render_option(parser)
+    args = parser.parse_args(argv)
+    if not args.ablation and not args.render:
+        parser.error(f"name an ablation ({', '.join(ABLATIONS)}) or --render a result")
+    return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = "python tools/ablate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
+        if args.render:
+            return REPORT.rerender(args.render)
         return run_ablation(ablation=args.ablation, values=args.values.split(",") if args.values is not None else None,
                             num_images=args.num_images, preset=args.preset, attack_steps=args.attack_steps,
-                            seed=args.seed, data_root=args.data_root, work_dir=args.work_dir, command=command)
+                            seed=args.seed, data_root=args.data_root, work_dir=args.work_dir,
+                            command=command_line("ablate.py", argv))
     except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

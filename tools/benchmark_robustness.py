@@ -28,12 +28,11 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
 
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import DATA, WORKSPACE
-from equi_ext.evaluation.robustness import ATTACK_NAMES, DEFENSE_NAMES, benchmark_robustness
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.evaluation.robustness import ATTACK_NAMES, DEFENSE_NAMES, REPORT, benchmark_robustness
+from equi_ext.tooling import add_render_option, command_line, start_tool
 
 
 def names(text: str) -> list[str]:
@@ -58,23 +57,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", help="model weights (default: the demo model's)")
     parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/robustness"))
     parser.add_argument("--resume", action="store_true", help="skip images already recorded in the work dir")
+    add_render_option(parser)
     args = parser.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
         lambdas = [float(v) for v in args.lambdas.split(",")]
     except ValueError as err:
         raise SystemExit(f"error: --seeds takes integers and --lambdas numbers, comma-separated ({err})") from None
-    command = "python tools/benchmark_robustness.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
+        if args.render:
+            return REPORT.rerender(args.render)
         return benchmark_robustness(
             detectron2=args.detectron2, defense_names=names(args.defenses), attack_names=names(args.attacks),
             seeds=seeds, num_images=args.num_images, steps=args.steps, bpda_steps=args.bpda_steps,
             eot_samples=args.eot_samples, lambdas=lambdas, data_root=args.data_root, checkpoint=args.checkpoint,
-            preset=args.preset, work_dir=args.work_dir, resume=args.resume, command=command)
+            preset=args.preset, work_dir=args.work_dir, resume=args.resume,
+            command=command_line("benchmark_robustness.py", argv))
     except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

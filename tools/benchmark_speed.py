@@ -24,8 +24,8 @@ import argparse
 from equi_ext.core.optimizer import PRESETS
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import WORKSPACE
-from equi_ext.evaluation.speed import benchmark_speed
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.evaluation.speed import REPORT, benchmark_speed
+from equi_ext.tooling import add_render_option, command_line, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,22 +44,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also time one defense step of the MMSeg demo model on 1024×2048 images")
     parser.add_argument("--models", default="mmseg,detectron2", help="demo models to time (default: %(default)s)")
     parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/benchmark_speed"))
+    add_render_option(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     try:
+        if args.render:
+            return REPORT.rerender(args.render)
         return benchmark_speed(
             batch=args.batch, repeats=args.repeats, presets=args.presets.split(","), attack_steps=args.attack_steps,
             skip_real=args.skip_real,
             detector_transforms=args.detector_transforms.split(",") if args.detector_transforms else None,
             detector_threshold=args.detector_threshold, cityscapes_size=args.cityscapes_size,
-            models=args.models.split(","), work_dir=args.work_dir)
+            models=args.models.split(","), work_dir=args.work_dir, command=command_line("benchmark_speed.py", argv))
     except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

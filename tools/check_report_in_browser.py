@@ -19,7 +19,7 @@ from pathlib import Path
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.browser_check import check_page
 from equi_ext.evaluation.demo import WORKSPACE
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import start_tool
 
 
 def main(argv=None) -> dict:
@@ -38,5 +38,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

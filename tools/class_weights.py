@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from equi_ext.core.validation import SettingsError
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,5 +52,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

@@ -17,9 +17,9 @@ import argparse
 from pathlib import Path
 
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation.attack_strength import compare_attacks, tuned_steps
+from equi_ext.evaluation.attack_strength import REPORT, compare_attacks, tuned_steps
 from equi_ext.evaluation.demo import WORKSPACE
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import add_render_option, command_line, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eps", type=float, default=4.0, help="L∞ budget in pixel levels (default: 4)")
     parser.add_argument("--work-dir", default=None, help="default: work_dirs/compare_attacks/SPLIT-epsE-stepsN")
     parser.add_argument("--tuned", help="--split val: the tuning run's attack_strength.json")
+    add_render_option(parser)
     return parser.parse_args(argv)
 
 
@@ -38,16 +39,18 @@ def main(argv=None) -> dict:
     runs = WORKSPACE / "work_dirs/compare_attacks"
     work_dir = Path(args.work_dir or runs / f"{args.split}-eps{args.eps:g}-steps{args.steps}")
     try:
+        if args.render:
+            return REPORT.rerender(args.render)
         steps = None
         if args.split == "val":
             tuned = args.tuned or runs / f"tune-eps{args.eps:g}-steps{args.steps}/attack_strength.json"
             steps = tuned_steps(tuned, args.eps, args.steps)
         return compare_attacks(split=args.split, num_images=args.num_images, steps=args.steps, work_dir=work_dir,
-                               eps=args.eps, step_sizes=steps)
+                               eps=args.eps, step_sizes=steps, command=command_line("compare_attacks.py", argv))
     except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

@@ -27,8 +27,8 @@ import argparse
 from equi_ext.core.validation import SettingsError
 from equi_ext.data.corruptions import CORRUPTIONS
 from equi_ext.evaluation.demo import DATA, SSL_HEADS, WORKSPACE
-from equi_ext.evaluation.detection import SCORE_KINDS, detect_attacks
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.evaluation.detection import REPORT, SCORE_KINDS, detect_attacks
+from equi_ext.tooling import add_render_option, command_line, start_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=str(DATA), help="reported split (default: the demo benchmark)")
     parser.add_argument("--tune-root", help="tuning split (default: the seed-1 demo split)")
     parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/detect"))
+    add_render_option(parser)
     return parser
 
 
@@ -62,15 +63,19 @@ def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.render:
+            return REPORT.rerender(args.render)
         return detect_attacks(
             num_images=args.num_images, clean_percentile=args.clean_percentile, severity=args.severity,
             score_transforms=args.score_transforms.split(",") if args.score_transforms else None,
             corruptions=names(args.corruptions), scores=names(args.scores), rotation_head=args.rotation_head,
             lambdas=[float(v) for v in names(args.lambdas)], attack_steps=args.attack_steps,
-            data_root=args.data_root, tune_root=args.tune_root, work_dir=args.work_dir)
+            data_root=args.data_root, tune_root=args.tune_root, work_dir=args.work_dir,
+            command=command_line("detect_attacks.py", argv))
     except SettingsError as err:  # a bad value: usage and the message, exit status 2, as for any bad argument
         parser.error(str(err))
 
+
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import start_tool
 
 
 def main(argv=None) -> None:
@@ -44,5 +44,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

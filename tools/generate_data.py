@@ -18,7 +18,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from equi_ext.data.synthetic import generate_dataset
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import start_tool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,5 +68,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     sys.exit(main())

@@ -11,11 +11,10 @@ the first N val images with MMSeg's IoUMetric, and writes WORK_DIR/demo_results.
 from __future__ import annotations
 
 import argparse
-import logging
 
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation.demo import WORKSPACE, run_demo
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.evaluation.demo import REPORT, WORKSPACE, run_demo
+from equi_ext.tooling import add_render_option, command_line, start_tool
 
 
 def parse_args(argv=None):
@@ -26,18 +25,21 @@ def parse_args(argv=None):
     parser.add_argument("--full", action="store_true", help="also the invariance column and the adaptive attack")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s); seeds "
                         "are per image, only last bits change, which moves defended cells as a change of CPU does")
+    add_render_option(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
-        return run_demo(args.num_images, args.work_dir, args.retrain, full=args.full, batch_size=args.batch_size)
+        if args.render:
+            return REPORT.rerender(args.render)
+        return run_demo(args.num_images, args.work_dir, args.retrain, full=args.full, batch_size=args.batch_size,
+                        command=command_line("run_demo.py", argv))
     except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
-    logging.basicConfig(level=logging.WARNING)
+    start_tool()
     main()

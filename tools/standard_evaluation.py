@@ -18,13 +18,11 @@ Example::
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import DATA, EPS, WORKSPACE
-from equi_ext.evaluation.standard import EPSILONS, render_files, standard_evaluation
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.evaluation.standard import EPSILONS, REPORT, standard_evaluation
+from equi_ext.tooling import add_render_option, command_line, start_tool
 
 
 def main(argv=None) -> dict:
@@ -46,12 +44,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", default=None, help="weights (default: the demo model's)")
     parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/standard_evaluation"))
     parser.add_argument("--resume", action="store_true", help="reuse the per-image records of finished images")
-    parser.add_argument("--render", metavar="RESULT_JSON", help="only rewrite the report and plot beside a "
-                        "standard_evaluation.json (committed results: nothing is evaluated)")
+    add_render_option(parser)
     args = parser.parse_args(argv)
     try:
         if args.render:
-            return render_files(args.render)
+            return REPORT.rerender(args.render)
         try:
             epsilons = tuple(float(e) for e in args.epsilons.split(","))
         except ValueError:
@@ -61,11 +58,11 @@ def main(argv=None) -> dict:
             eot_samples=args.eot_samples, max_doublings=args.max_doublings, epsilons=epsilons,
             lambda_e=args.lambda_e, seed=args.seed, preset=args.preset, data_root=args.data_root,
             checkpoint=args.checkpoint, work_dir=args.work_dir, resume=args.resume,
-            command=shlex.join(["python", "tools/standard_evaluation.py", *(sys.argv[1:] if argv is None else argv)]))
+            command=command_line("standard_evaluation.py", argv))
     except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

@@ -25,7 +25,7 @@ from equi_ext.core.checkpoints import CheckpointError
 from equi_ext.core.distributed import close_process_group
 from equi_ext.core.validation import SettingsError
 from equi_ext.pipeline import SCENARIOS
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import start_tool
 
 SCENARIOS_HELP = "comma-separated subset of " + ",".join(SCENARIOS) + " (default: every one the settings allow)"
 
@@ -81,6 +81,6 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()
     close_process_group()

@@ -16,7 +16,7 @@ import equi_ext.mmseg  # noqa: F401  (registers datasets and the defense wrapper
 from equi_ext.core.distributed import close_process_group
 from equi_ext.core.validation import SettingsError
 from equi_ext.mmseg.cli import add_common_arguments, load_config
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import start_tool
 
 
 def parse_args(argv=None):
@@ -39,6 +39,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()
     close_process_group()

@@ -21,7 +21,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from equi_ext.core.distributed import close_process_group
 from equi_ext.detectron2 import evaluate_scenarios, load_config, register_from_cfg
 from equi_ext.detectron2.launch import launch
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import start_tool
 
 
 class Trainer(DefaultTrainer):
@@ -64,7 +64,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     args = default_argument_parser().parse_args()
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -29,7 +29,7 @@ import logging
 
 from equi_ext.core.ssl import KINDS
 from equi_ext.evaluation.ssl_heads import train_ssl_head
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import start_tool
 
 
 def parse_args(argv=None):
@@ -59,6 +59,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     main()

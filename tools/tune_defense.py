@@ -18,8 +18,8 @@ import argparse
 
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import WORKSPACE
-from equi_ext.evaluation.tuning import CANDIDATES, D2_CANDIDATES, DEFAULT_CANDIDATES, SPLITS, tune_defense
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.evaluation.tuning import CANDIDATES, D2_CANDIDATES, DEFAULT_CANDIDATES, REPORT, SPLITS, tune_defense
+from equi_ext.tooling import add_render_option, command_line, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,19 +34,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", choices=SPLITS,
                         help="MMSeg only: 'val' re-runs chosen candidates on the reported split, to confirm a "
                              "choice made on 'tune' (default: tune)")
+    add_render_option(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     try:
+        if args.render:
+            return REPORT.rerender(args.render)
         return tune_defense(detectron2=args.detectron2, num_images=args.num_images, work_dir=args.work_dir,
                             feature_layer=args.feature_layer,
-                            candidates=args.candidates.split(",") if args.candidates else None, split=args.split)
+                            candidates=args.candidates.split(",") if args.candidates else None, split=args.split,
+                            command=command_line("tune_defense.py", argv))
     except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
+    start_tool()
     main()

@@ -20,13 +20,12 @@ Example::
 from __future__ import annotations
 
 import argparse
-import logging
 
 from equi_ext.core.optimizer import PRESETS
 from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, WORKSPACE
 from equi_ext.evaluation.visual_report import visual_report
-from equi_ext.tooling import quiet_known_warnings
+from equi_ext.tooling import command_line, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,12 +51,11 @@ def main(argv=None) -> dict:
     try:
         return visual_report(num_images=args.num_images, work_dir=args.work_dir, data_root=args.data_root,
                              checkpoint=args.checkpoint, eps=args.eps, steps=args.steps, preset=args.preset,
-                             transforms=args.transforms, seed=args.seed)
+                             transforms=args.transforms, seed=args.seed, command=command_line("visual_report.py", argv))
     except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":
-    quiet_known_warnings()
-    logging.basicConfig(level=logging.WARNING)
+    start_tool()
     main()

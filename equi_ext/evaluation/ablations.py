@@ -18,6 +18,7 @@ the defense moved the images (max and mean |x' − x|, pixel levels; x is the de
 from __future__ import annotations
 
 import io
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict
@@ -40,8 +41,10 @@ from ..core.validation import SettingsError
 from ..defenses import build_defense
 from ..mmseg.evaluation import evaluate_grid
 from ..mmseg.segmentor import runtime
-from ..reporting import atomic_write_bytes, write_report
+from ..reporting import Report
 from .demo import DATA, EPS, build_demo_runner, ensure_data
+
+logger = logging.getLogger(__name__)
 
 
 def transform_spec(t: Transform) -> dict:
@@ -218,10 +221,25 @@ def table(results: list[dict], knob: str) -> str:
     return "\n".join(lines)
 
 
-def plot(spec: Ablation, name: str, points: list[dict], vanilla: dict, attack: str) -> bytes:
+def render(data: dict) -> str:
+    """The page of an ablation result: its settings and one row per grid point, vanilla first."""
+    spec = ABLATIONS[data["ablation"]]
+    return (f"# {data['ablation']} ablation ({spec.reference} of the paper)\n\n"
+            f"Demo DeepLabV3, first {data['num_images']} val images of {data['data_root']}, mIoU (%) by "
+            f"MMSeg's IoUMetric; attack {data['attack']} at ε = {data['eps']:g} on the vanilla model's loss (seed "
+            f"{data['seed']}). Defense: preset `{data['preset']}` {data['base']}, seed {data['seed']}; only "
+            f"{spec.knob} changes. {spec.note} Shifts are |x' − x| in pixel levels, x being the defense's input (max "
+            "over pixels and images; mean over pixels and images).\n\n"
+            + table([data["vanilla"], *data["points"]], spec.knob) + f"\n\n![{data['ablation']}]"
+            f"(ablation_{data['ablation']}.png)\n")
+
+
+def plot(data: dict) -> bytes:
     """PNG of defended clean and attacked mIoU per grid point, vanilla as horizontal lines."""
     from matplotlib.figure import Figure  # object API, Agg canvas: no pyplot state, no display
 
+    spec, name, points, vanilla, attack = (ABLATIONS[data["ablation"]], data["ablation"], data["points"],
+                                           data["vanilla"], data["attack"])
     fig = Figure(figsize=(5.5, 4.2))
     ax = fig.add_subplot()
     clean, attacked = [p["clean_mIoU"] for p in points], [p["attacked_mIoU"] for p in points]
@@ -248,13 +266,16 @@ def plot(spec: Ablation, name: str, points: list[dict], vanilla: dict, attack: s
     return buffer.getvalue()
 
 
+REPORT = Report(render, {"{stem}.png": plot})
+
+
 def run_ablation(*, ablation: str, values: list[Any] | None = None, num_images: int = 8, preset: str = "fast",
                  attack_steps: int = 20, seed: int = 0, data_root: str | Path = DATA, work_dir: str | Path,
-                 command: str = "") -> dict:
+                 command: str | None = None) -> dict:
     """Evaluate the vanilla model and every point of ablation ``ablation`` (at ``values``, strings parsed;
     default: the ablation's own grid) clean and under PGD-``attack_steps``, with ``seed`` for both the
     defense and the attack; write ``work_dir/ablation_<name>.{md,json,csv,png}`` and return the JSON's
-    content. ``command`` (the command line that asked for it) is quoted at the top of the Markdown.
+    content. ``command`` (the command line that asked for it) is quoted on the page.
 
     Raises:
         ValueError: ``num_images`` or ``attack_steps`` < 1, an unknown ablation or preset, a bad grid
@@ -272,6 +293,8 @@ def run_ablation(*, ablation: str, values: list[Any] | None = None, num_images: 
     out = Path(work_dir)
     if Path(data_root) == DATA:
         ensure_data()
+    logger.info("%s ablation: vanilla and %d grid points, clean and under PGD-%d, on %d images", ablation, len(grid),
+                attack_steps, num_images)
     runner = build_demo_runner(Path(data_root), num_images, out / "runs")
     hook = ShiftHook()
     runner.register_hook(hook)
@@ -282,16 +305,9 @@ def run_ablation(*, ablation: str, values: list[Any] | None = None, num_images: 
     results = collect(rows, hook.runs, attack)
     vanilla = dict(results.pop("vanilla"), label="vanilla (no defense)")
     points = [dict(results[label], value=value, overrides=o) for label, value, o in grid]
-    text = (f"# {ablation} ablation ({spec.reference} of the paper)\n\n" + (f"`{command}`\n\n" if command else "")
-            + f"Demo DeepLabV3, first {num_images} val images of {data_root}, mIoU (%) by "
-            f"MMSeg's IoUMetric; attack {attack} at ε = {EPS:g} on the vanilla model's loss (seed {seed}). "
-            f"Defense: preset `{preset}` {PRESETS[preset]}, seed {seed}; only {spec.knob} changes. "
-            f"{spec.note} Shifts are |x' − x| in pixel levels, x being the defense's input (max over pixels and "
-            "images; mean over pixels and images).\n\n" + table([vanilla, *points], spec.knob) + "\n")
-    data = dict(ablation=ablation, reference=spec.reference, command=command, num_images=num_images,
+    data = dict(ablation=ablation, reference=spec.reference, num_images=num_images, data_root=str(data_root),
                 preset=preset, base=PRESETS[preset], eps=EPS, attack=attack, seed=seed,
                 vanilla=vanilla, points=points)
     csv_rows = [{"label": p["label"], "value": p["value"], **{k: p.get(k) for _, k, _ in COLUMNS}} for p in points]
-    write_report(out, f"ablation_{ablation}", text, data, csv_rows)
-    atomic_write_bytes(out / f"ablation_{ablation}.png", plot(spec, ablation, points, vanilla, attack))
+    REPORT.write(out, f"ablation_{ablation}", data, csv_rows, command)
     return data

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..core.validation import SettingsError
-from ..reporting import write_report
+from ..reporting import Report
 from .backends import MMSegBackend
 from .demo import EPS, ensure_data, ensure_tune_data
 
@@ -44,8 +44,22 @@ def tuned_steps(tuning_report: str | Path, eps: float, steps: int) -> dict[str, 
     return report["chosen_steps"]
 
 
+def render(data: dict) -> str:
+    """The page of one comparison: mIoU per attack, the steps chosen and SEA's margin."""
+    lines = [f"Undefended demo DeepLabV3, {'tuning' if data['split'] == 'tune' else 'reported'} split, first "
+             f"{data['num_images']} images, ε = {data['eps']:g}; SEA: {data['steps']} APGD iterations per loss (3 "
+             f"losses), baselines: {3 * data['steps']} iterations at a fixed step", "", "| attack | mIoU |", "|---|---|"]
+    lines += [f"| {label} | {value:.2f} |" for label, value in data["mIoU"].items()]
+    lines += ["", f"Step chosen per baseline: {', '.join(f'{n} {a:g}' for n, a in data['chosen_steps'].items())}; "
+              f"SEA is {data['sea_margin']:.2f} mIoU points below the strongest baseline."]
+    return "\n".join(lines) + "\n"
+
+
+REPORT = Report(render)
+
+
 def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, eps: float = EPS,
-                    step_sizes: dict[str, float] | None = None) -> dict:
+                    step_sizes: dict[str, float] | None = None, command: str | None = None) -> dict:
     """mIoU of the undefended demo model under SEA-``steps`` and each baseline at 3·``steps`` iterations.
 
     ``split='tune'`` tries every step of ``STEP_FRACTIONS``·``eps`` per baseline and reports the best;
@@ -79,13 +93,7 @@ def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, 
                   for alpha in candidates}
         chosen[name] = min(scores, key=scores.get)
     strongest = min(results[f"{n}-{3 * steps} step {chosen[n]:g}"] for n in BASELINES)
-    lines = [f"Undefended demo DeepLabV3, {'tuning' if split == 'tune' else 'reported'} split, first {num_images} "
-             f"images, ε = {eps:g}; SEA: {steps} APGD iterations per loss (3 losses), baselines: {3 * steps} "
-             f"iterations at a fixed step", "", "| attack | mIoU |", "|---|---|"]
-    lines += [f"| {label} | {value:.2f} |" for label, value in results.items()]
-    lines += ["", f"Step chosen per baseline: {', '.join(f'{n} {a:g}' for n, a in chosen.items())}; SEA is "
-              f"{strongest - sea_miou:.2f} mIoU points below the strongest baseline."]
     data = dict(split=split, num_images=num_images, steps=steps, eps=eps, mIoU=results, chosen_steps=chosen,
                 sea_margin=strongest - sea_miou, seconds=time.perf_counter() - start)
-    write_report(work_dir, "attack_strength", "\n".join(lines), data)
+    REPORT.write(work_dir, "attack_strength", data, command=command)
     return data

@@ -11,12 +11,15 @@ registry configs and ask a backend to evaluate one (attack, defense) cell or a p
 
 from __future__ import annotations
 
+import logging
 import zlib
 from pathlib import Path
 
 from ..assets import ASSETS
 from ..core.validation import SettingsError
 from .demo import CHECKPOINT, D2_CHECKPOINT, D2_CONFIG, DATA, SSL_HEADS, build_demo_runner
+
+logger = logging.getLogger(__name__)
 
 
 class MMSegBackend:
@@ -137,6 +140,8 @@ def build_backend(detectron2: bool, data_root: Path, num_images: int, work_dir: 
                   checkpoint: Path | None = None, preset: str = "fast"):
     """The backend of ``--detectron2`` (else MMSeg); ``preset`` only applies to MMSeg (the Mask
     R-CNN keeps its config's tuned settings)."""
+    logger.info("building the demo %s on the first %d images of %s", "Mask R-CNN" if detectron2 else "DeepLabV3",
+                num_images, data_root)
     if detectron2:
         return Detectron2Backend(data_root, num_images, work_dir, checkpoint)
     return MMSegBackend(data_root, num_images, work_dir, checkpoint, preset)

@@ -8,6 +8,7 @@ equivariance score clean / attacked / restored (Table 5).
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -15,6 +16,9 @@ from pathlib import Path
 
 from ..assets import ASSETS, WORKSPACE
 from ..core.validation import SettingsError
+from ..reporting import Report
+
+logger = logging.getLogger(__name__)
 
 # Shipped files come from ASSETS (the checkout's folders, or the wheel's copies); what is generated or too
 # large for the wheel (data, work dirs, the Mask R-CNN checkpoint and its SSL heads) lives in WORKSPACE.
@@ -44,6 +48,7 @@ def ensure_data() -> Path:
     if not (DATA / "meta.json").is_file():
         from ..data.synthetic import generate_dataset
 
+        logger.info("generating the synthetic benchmark (seed 0) into %s", DATA)
         generate_dataset(DATA, seed=0, image_size=128, num_train=300, num_val=100)
     return DATA
 
@@ -53,6 +58,7 @@ def ensure_tune_data() -> Path:
     if not (TUNE_DATA / "meta.json").is_file():
         from ..data.synthetic import generate_dataset
 
+        logger.info("generating the tuning split (seed 1) into %s", TUNE_DATA)
         generate_dataset(TUNE_DATA, seed=1, image_size=128, num_train=0, num_val=100)
     return TUNE_DATA
 
@@ -64,6 +70,7 @@ def ensure_checkpoint(retrain: bool, work_dir: Path) -> Path:
         return CHECKPOINT
     train_dir = work_dir / "train"
     retrained = WORKSPACE / "checkpoints" / CHECKPOINT.name
+    logger.info("training the demo model with tools/train.py into %s (about 30 min on 2 cores)", train_dir)
     subprocess.run([sys.executable, str(ASSETS / "tools/train.py"), str(CONFIG), "--work-dir", str(train_dir)],
                    check=True, cwd=WORKSPACE)
     subprocess.run([sys.executable, str(ASSETS / "tools/export_weights.py"), str(train_dir / "iter_3000.pth"),
@@ -97,8 +104,26 @@ def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoi
     return runner
 
 
+def render(data: dict) -> str:
+    """The first command's table: mIoU per attack and defense, the BPDA caveat, the equivariance scores."""
+    from ..mmseg.evaluation import grid_table
+
+    bpda = next(r["attack"] for r in data["rows"] if r["attack"].startswith("BPDA"))
+    return (f"mIoU (%) on the first {data['num_images']} synthetic val images, ε = {data['eps']:g}/255, "
+            f"defense preset '{data['defense']['preset']}'\n\n" + grid_table(data["rows"]) +
+            f"\n\n{bpda} is not the worst case: the per-image worst case over every attack, through the defense "
+            "and with convergence checks, is what `tools/standard_evaluation.py` reports "
+            "(docs/benchmarks/standard_evaluation.md).\n"
+            "\nEquivariance score (mean cosine, Table 5)\n\n| clean | attacked | restored |\n|---|---|---|\n"
+            + "| " + " | ".join(f"{v:.3f}" for v in data["scores"].values()) + " |\n"
+            + f"\nTotal evaluation time: {data['seconds']:.0f} s (batch size {data['batch_size']})\n")
+
+
+REPORT = Report(render)
+
+
 def run_demo(num_images: int = 16, work_dir: str | Path = WORKSPACE / "work_dirs/demo", retrain: bool = False,
-             full: bool = False, batch_size: int = 8) -> dict:
+             full: bool = False, batch_size: int = 8, command: str | None = None) -> dict:
     """The README's first command: vanilla vs equivariance under clean, PGD and BPDA through exactly the
     equivariance column's defense (``full``: also invariance and the adaptive attack) on the first
     ``num_images`` reported val images, ``batch_size`` at a time (seeds are per image; another batch size
@@ -110,8 +135,7 @@ def run_demo(num_images: int = 16, work_dir: str | Path = WORKSPACE / "work_dirs
     ensure_data()
     checkpoint = ensure_checkpoint(retrain, work_dir)
 
-    from ..mmseg.evaluation import evaluate_grid, grid_table
-    from ..reporting import write_report
+    from ..mmseg.evaluation import evaluate_grid
 
     runner = build_demo_runner(DATA, num_images, work_dir, checkpoint, batch_size=batch_size)
 
@@ -125,7 +149,8 @@ def run_demo(num_images: int = 16, work_dir: str | Path = WORKSPACE / "work_dirs
            if full else {}),
         bpda: dict(type="bpda", eps=EPS, steps=BPDA_STEPS),
     }
-    print(f"{len(attacks) * len(defenses)} cells of {num_images} images; each prints its mIoU when done", flush=True)
+    logger.info("%d cells (%s × %s) on the first %d val images, batch %d; each prints its mIoU when done",
+                len(attacks) * len(defenses), ", ".join(attacks), ", ".join(defenses), num_images, batch_size)
     start = time.perf_counter()
     rows = evaluate_grid(runner, defenses, attacks, on_row=lambda r: print(
         f"  {r['attack']:<18} {r['defense']:<13} mIoU {r['mIoU']:6.2f}  ({r['seconds']:.0f} s)", flush=True))
@@ -134,15 +159,7 @@ def run_demo(num_images: int = 16, work_dir: str | Path = WORKSPACE / "work_dirs
     cell = {(r["attack"], r["defense"]): r for r in rows}
     scores = {"clean": cell[("clean", "vanilla")]["score"], "attacked (PGD)": cell[(pgd, "vanilla")]["score"],
               "restored (PGD + equivariance)": cell[(pgd, "equivariance")]["score"]}
-    text = (f"mIoU (%) on the first {num_images} synthetic val images, ε = {EPS:g}/255, "
-            f"defense preset '{DEFENSE['preset']}'\n\n" + grid_table(rows) +
-            f"\n\n{bpda} is not the worst case: the per-image worst case over every attack, through the defense "
-            "and with convergence checks, is what `tools/standard_evaluation.py` reports "
-            "(docs/benchmarks/standard_evaluation.md).\n"
-            "\nEquivariance score (mean cosine, Table 5)\n\n| clean | attacked | restored |\n|---|---|---|\n"
-            + "| " + " | ".join(f"{v:.3f}" for v in scores.values()) + " |\n"
-            + f"\nTotal evaluation time: {elapsed:.0f} s\n")
     result = dict(num_images=num_images, eps=EPS, defense=DEFENSE, batch_size=batch_size, rows=rows, scores=scores,
                   seconds=elapsed)
-    write_report(work_dir, "demo_results", text, result)
+    REPORT.write(work_dir, "demo_results", result, command=command)
     return result

@@ -19,16 +19,86 @@ attacked (and corrupted) images and on whether an attacker who knows the detecto
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.validation import SettingsError
 from ..data.corruptions import CORRUPTIONS
+from ..reporting import Report
 from .demo import DATA, EPS, SSL_HEADS, build_demo_runner, ensure_data, ensure_tune_data
+
+logger = logging.getLogger(__name__)
 
 PGD = dict(type="pgd", eps=EPS)
 #: per-image scores compared as detectors (see score_cfg and sign in detect_attacks)
 SCORE_KINDS = ("equivariance", "output_variance", "invariance", "rotation")
+#: +1 where a high score is suspicious, −1 where a low one is
+SIGN = {"equivariance": -1.0, "output_variance": 1.0, "invariance": -1.0, "rotation": -1.0}
+
+
+def render(data: dict) -> str:
+    """The detection page of a result: AUROC per condition and score, the threshold, detect-then-defend."""
+    import numpy as np
+
+    from ..mmseg.evaluation import grid_table
+
+    kinds, auroc, grid = data["score_kinds"], data["auroc"], data["grid"]
+    lines = [f"Demo DeepLabV3, first {data['num_images']} images of the reported split (seed 0); corruptions at "
+             f"severity {data['severity']}; detector transforms: {data['score_transforms'] or 'those of the defense'}",
+             "", "AUROC (scikit-learn), clean vs …", "", "| condition | " + " | ".join(kinds) + " |",
+             "|---" * (len(kinds) + 1) + "|"]
+    for condition, values in auroc.items():
+        lines.append(f"| {condition} | " + " | ".join(f"{values[k]:.3f}" for k in kinds) + " |")
+    corrupted = [c for c in auroc if c in data["corruptions"]]
+    if corrupted:
+        lines.append("| mean of the corruptions | " + " | ".join(
+            f"{np.mean([auroc[c][k] for c in corrupted]):.3f}" for k in kinds) + " |")
+    lines += ["", f"Threshold ({data['clean_percentile']:g}th percentile of the tuning split's clean equivariance "
+              f"scores): {data['threshold']:.3f}", "", "mIoU", "", grid_table(grid), "", "seconds", "",
+              grid_table(grid, "seconds", "{:.0f}"), "", "| attack | flagged | slipped through |", "|---|---|---|"]
+    slipped = data["slipped_through"]
+    lines += [f"| {a} | {share:.0%} | " + (f"{slipped[a]:.0%}" if a in slipped else "—") + " |"
+              for a, share in data["flagged"].items()]
+    lines += ["", "![ROC curves](roc_curves.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc_curves(data: dict) -> bytes:
+    """ROC curves of clean vs each condition, one panel per condition, from the result's per-image scores."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    clean, conditions = data["scores"]["clean"], [c for c in data["scores"] if c != "clean"]
+    cols = min(4, len(conditions))
+    grid_rows = -(-len(conditions) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(3.2 * cols, 3.2 * grid_rows), squeeze=False)
+    for ax, condition in zip(axes.flat, conditions):
+        for kind in data["score_kinds"]:
+            labels = np.r_[np.zeros(len(clean[kind])), np.ones(len(data["scores"][condition][kind]))]
+            fpr, tpr, _ = roc_curve(labels, SIGN[kind] * np.r_[clean[kind], data["scores"][condition][kind]])
+            ax.plot(fpr, tpr, label=f"{kind} {data['auroc'][condition][kind]:.2f}")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_title(f"clean vs {condition}", fontsize=9)
+        ax.set_xlabel("false positive rate", fontsize=8)
+        ax.set_ylabel("true positive rate", fontsize=8)
+        ax.legend(loc="lower right", fontsize=6, title="AUROC", title_fontsize=6)
+    for ax in list(axes.flat)[len(conditions):]:
+        ax.axis("off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+REPORT = Report(render, {"roc_curves.png": plot_roc_curves})
 
 
 def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | None = None,
@@ -37,7 +107,7 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
                    rotation_head: str | Path = SSL_HEADS["mmseg"]["rotation"],
                    lambdas: Sequence[float] = (0.1, 1.0, 10.0, 100.0), attack_steps: int = 20,
                    data_root: str | Path = DATA, tune_root: str | Path | None = None,
-                   work_dir: str | Path) -> dict:
+                   work_dir: str | Path, command: str | None = None) -> dict:
     """Run parts 1–3 on the first ``num_images`` images of ``data_root`` (threshold from ``tune_root``,
     default the seed-1 demo split): detector score over ``score_transforms`` (default: the equivariance
     defense's own), the ``scores`` compared, ``corruptions`` at ``severity``, PGD and the adaptive attack
@@ -66,21 +136,15 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
     detector = dict(type="detect_then_defend", threshold=-1.0, score_transforms=score_transforms)
     score_cfg = {"equivariance": "equivariance", "output_variance": "output_variance", "invariance": "invariance",
                  "rotation": dict(type="rotation", head=rotation_head)}
-    sign = {"equivariance": -1.0, "output_variance": 1.0, "invariance": -1.0, "rotation": -1.0}
     out = Path(work_dir)
     if Path(data_root) == DATA:
         ensure_data()
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_auc_score
 
     from ..mmseg import configure
-    from ..mmseg.evaluation import evaluate_grid, grid_table
-    from ..reporting import write_report
+    from ..mmseg.evaluation import evaluate_grid
 
     def scores_of(runner, attack: dict | None) -> dict[str, np.ndarray]:
         """Per-image scores of every kind, for the runner's images (attacked first if ``attack``)."""
@@ -95,6 +159,8 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
         return result
 
     # 1. AUROC on the reported split: clean vs PGD and vs each corruption
+    logger.info("part 1/2: %s scores of %d clean, PGD and corrupted images (%d corruptions)", ", ".join(score_kinds),
+                num_images, len(corruptions))
     val = build_demo_runner(Path(data_root), num_images, out / "val")
     pgd = dict(PGD, steps=attack_steps)
     conditions = {"clean": scores_of(val, None), f"PGD-{attack_steps}": scores_of(val, pgd)}
@@ -103,37 +169,15 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
                                    corruption=dict(corruption=name, severity=severity))
         conditions[name] = scores_of(runner, None)
     auroc: dict[str, dict[str, float]] = {}
-    curves: dict[str, dict[str, tuple]] = {}
     for condition, scores in conditions.items():
-        if condition == "clean":
-            continue
-        auroc[condition], curves[condition] = {}, {}
-        for kind in score_kinds:
+        if condition != "clean":
             labels = np.r_[np.zeros(num_images), np.ones(num_images)]
-            suspicion = sign[kind] * np.r_[conditions["clean"][kind], scores[kind]]
-            auroc[condition][kind] = float(roc_auc_score(labels, suspicion))
-            fpr, tpr, _ = roc_curve(labels, suspicion)
-            curves[condition][kind] = (fpr, tpr)
-    names = list(curves)
-    cols = min(4, len(names))
-    grid_rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(grid_rows, cols, figsize=(3.2 * cols, 3.2 * grid_rows), squeeze=False)
-    for ax, condition in zip(axes.flat, names):
-        for kind, (fpr, tpr) in curves[condition].items():
-            ax.plot(fpr, tpr, label=f"{kind} {auroc[condition][kind]:.2f}")
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set_title(f"clean vs {condition}", fontsize=9)
-        ax.set_xlabel("false positive rate", fontsize=8)
-        ax.set_ylabel("true positive rate", fontsize=8)
-        ax.legend(loc="lower right", fontsize=6, title="AUROC", title_fontsize=6)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "roc_curves.png", dpi=110)
-    plt.close(fig)
+            auroc[condition] = {kind: float(roc_auc_score(labels, SIGN[kind] * np.r_[conditions["clean"][kind],
+                                                                                     scores[kind]]))
+                                for kind in score_kinds}
 
     # 2. threshold on the tuning split; detect-then-defend on the reported split
+    logger.info("part 2/2: threshold on the tuning split, then detect-then-defend under PGD and the adaptive attack")
     tune = build_demo_runner(Path(tune_root) if tune_root else ensure_tune_data(), num_images,
                              out / "tune")
     (tune_row,) = evaluate_grid(tune, {"detector": detector}, {"clean": None})
@@ -151,25 +195,12 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
     flagged = {a: float(np.mean(np.array(cell[(a, "detector alone")]["image_scores"]) < threshold)) for a in attacks}
     slip = {a: 1.0 - flagged[a] for a in attacks if a != "clean"}
 
-    lines = [f"Demo DeepLabV3, first {num_images} images of the reported split (seed 0); corruptions at "
-             f"severity {severity}; detector transforms: {score_transforms or 'those of the defense'}", "",
-             "AUROC (scikit-learn), clean vs …", "", "| condition | " + " | ".join(score_kinds) + " |",
-             "|---" * (len(score_kinds) + 1) + "|"]
-    for condition in names:
-        lines.append(f"| {condition} | " + " | ".join(f"{auroc[condition][k]:.3f}" for k in score_kinds) + " |")
-    corr = [c for c in names if c in corruptions]
-    if corr:
-        lines.append("| mean of the corruptions | " + " | ".join(
-            f"{np.mean([auroc[c][k] for c in corr]):.3f}" for k in score_kinds) + " |")
-    lines += ["", f"Threshold ({clean_percentile:g}th percentile of the tuning split's clean equivariance "
-              f"scores): {threshold:.3f}", "", "mIoU", "", grid_table(grid), "", "seconds", "",
-              grid_table(grid, "seconds", "{:.0f}"), "", "| attack | flagged | slipped through |", "|---|---|---|"]
-    lines += [f"| {a} | {flagged[a]:.0%} | " + (f"{slip[a]:.0%}" if a in slip else "—") + " |" for a in attacks]
     result = dict(num_images=num_images, severity=severity, score_transforms=score_transforms,
-                  auroc=auroc, threshold=threshold, flagged=flagged, slipped_through=slip,
+                  score_kinds=score_kinds, corruptions=corruptions, clean_percentile=clean_percentile, auroc=auroc,
+                  threshold=threshold, flagged=flagged, slipped_through=slip,
                   scores={c: {k: v.tolist() for k, v in s.items()} for c, s in conditions.items()},
                   grid=[{k: v for k, v in r.items() if k != "per_image"} for r in grid])
     csv_rows = [dict(condition=c, score=k, auroc=v) for c, d in auroc.items() for k, v in d.items()]
-    write_report(out, "detect_results", "\n".join(lines) + "\n", result, csv_rows)
+    REPORT.write(out, "detect_results", result, csv_rows, command)
     return result
 

@@ -8,12 +8,15 @@ the per-image worst case over every ε-bounded run are described in ``tools/sani
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..core.validation import SettingsError
-from ..reporting import slug, write_report
+from ..reporting import Report, slug
 from .backends import build_backend
 from .demo import DATA, EPS, ensure_data
+
+logger = logging.getLogger(__name__)
 
 TOLERANCE = 0.5  # mIoU / AP points: "moved" / "stronger" below this is noise on a few images
 
@@ -27,10 +30,34 @@ def settles(curve: list[tuple[int, float]]) -> tuple[bool, str]:
             + f" (pass: non-increasing within {TOLERANCE}, last change < {TOLERANCE})")
 
 
+def render(data: dict) -> str:
+    """The checklist page: each check with pass/FAIL and its numbers, then the per-image worst case."""
+    metric, key, runs = data["metric_name"], data["metric"], data["runs"]
+    lines = [f"{data['model']}, first {data['num_images']} val images (seed 0), {data['settings']}, ε = "
+             f"{data['eps']:g}", "", f"clean {runs['clean'][key]:.2f}, clean + defense "
+             f"{runs['clean + defense'][key]:.2f}, PGD-{data['steps']} on vanilla {runs['PGD (vanilla)'][key]:.2f} "
+             f"({metric})", "", "| check | what | result | numbers |", "|---|---|---|---|"]
+    for check in data["checks"]:
+        lines.append(f"| ({check['check']}) | {check['what']} | {'pass' if check['passed'] else 'FAIL'} | "
+                     f"{check['numbers']} |")
+    picks = data["worst_case_picks"]
+    taken = {name: picks.count(name) for name in dict.fromkeys(picks)}
+    lines += ["", f"**Per-image worst case over the {data['bounded_runs']} ε = {data['eps']:g} runs: {metric} "
+              f"{data['worst_case']:.2f}** (strongest single run {data['strongest_single']:.2f}); images taken from: "
+              + ", ".join(f"{k.split(' / ')[0]} ×{v}" for k, v in taken.items())]
+    if data["greedy_worst_case"] is not None:
+        lines += ["", f"Greedy search for the lowest dataset {metric} over the same runs: "
+                  f"{data['greedy_worst_case']:.2f} (quote the lower of the two)."]
+    return "\n".join(lines) + "\n"
+
+
+REPORT = Report(render)
+
+
 def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str = "fast", steps: int = 10,
                    bpda_steps: int = 5, max_bpda_steps: int = 160, restarts: int = 2,
                    lambdas: tuple[float, ...] = (0.1, 1.0, 10.0), eot_samples: int = 2, data_root: Path = DATA,
-                   work_dir: Path, resume: bool = False) -> dict:
+                   work_dir: Path, resume: bool = False, command: str | None = None) -> dict:
     """Run checks (a)–(g) and the worst case on the demo model's equivariance defense; write
     ``work_dir/sanity_checks.{md,json}`` and return the JSON's content.
 
@@ -44,6 +71,8 @@ def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str
     if Path(data_root) == DATA:
         ensure_data()
 
+    logger.info("checks (a)–(g): BPDA doubled from %d to %d steps, APGD doubled, transfer, adaptive, unrolled, "
+                "unbounded", bpda_steps, max_bpda_steps)
     backend = build_backend(detectron2, Path(data_root), num_images, out, preset=preset)
     defense, metric, key = backend.defense("equivariance"), backend.metric, backend.key
 
@@ -124,26 +153,14 @@ def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str
     ]
     worst = backend.worst_case(bounded)
     strongest_single = min(r[key] for r in bounded)
-    lines = [f"{backend.model_name}, first {num_images} val images (seed 0), {backend.settings}, ε = {EPS:g}",
-             "", f"clean {rows['clean'][key]:.2f}, clean + defense {rows['clean + defense'][key]:.2f}, "
-             f"PGD-{steps} on vanilla {rows['PGD (vanilla)'][key]:.2f} ({metric})", "",
-             "| check | what | result | numbers |", "|---|---|---|---|"]
-    for check, what, passed, numbers in checks:
-        lines.append(f"| ({check}) | {what} | {'pass' if passed else 'FAIL'} | {numbers} |")
-    taken = {name: worst["picks"].count(name) for name in dict.fromkeys(worst["picks"])}
-    lines += ["", f"**Per-image worst case over the {len(bounded)} ε = {EPS:g} runs: {metric} {worst[key]:.2f}** "
-              f"(strongest single run {strongest_single:.2f}); images taken from: "
-              + ", ".join(f"{k.split(' / ')[0]} ×{v}" for k, v in taken.items())]
-    if f"greedy_{key}" in worst:
-        lines += ["", f"Greedy search for the lowest dataset {metric} over the same runs: {worst[f'greedy_{key}']:.2f} "
-                  "(quote the lower of the two)."]
-    text = "\n".join(lines) + "\n"
-    result = dict(framework=backend.framework, metric=key, settings=backend.settings, num_images=num_images,
-                  worst_case=worst[key], greedy_worst_case=worst.get(f"greedy_{key}"), strongest_single=strongest_single, bpda_curve=curve, apgd_curve=apgd_curve,
+    result = dict(framework=backend.framework, model=backend.model_name, metric=key, metric_name=metric,
+                  settings=backend.settings, num_images=num_images, eps=EPS, steps=steps, bounded_runs=len(bounded),
+                  worst_case=worst[key], greedy_worst_case=worst.get(f"greedy_{key}"),
+                  strongest_single=strongest_single, bpda_curve=curve, apgd_curve=apgd_curve,
                   checks=[dict(check=k, what=w, passed=p, numbers=n) for k, w, p, n in checks],
                   runs={label: {k: v for k, v in r.items() if k != "per_image"} for label, r in rows.items()},
                   worst_case_picks=worst["picks"])
-    write_report(out, "sanity_checks", text, result)
+    REPORT.write(out, "sanity_checks", result, command=command)
     return result
 
 

@@ -13,14 +13,17 @@ continues a killed run and ends with the same numbers.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from pathlib import Path
 
 from ..core.validation import SettingsError
-from ..reporting import slug, write_report
+from ..reporting import Report, slug
 from .backends import build_backend
 from .demo import DATA, EPS, SSL_HEADS, ensure_data
+
+logger = logging.getLogger(__name__)
 
 DEFENSE_NAMES = ("vanilla", "random", "rotation", "contrastive", "invariance", "equivariance")
 ATTACK_NAMES = ("clean", "pgd", "mim", "ifgsm", "cw", "houdini", "adaptive", "bpda", "eot", "apgd", "sea")
@@ -65,6 +68,23 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def render(data: dict) -> str:
+    """The robustness page of a result: attacks × defenses, mean ± std over seeds, and the worst cases."""
+    columns = list(data["columns"])
+    lines = [f"{data['metric_name']} (%) of the {data['model']} on the first {data['num_images']} val images, "
+             f"ε = {data['eps']:g}, {data['settings']}, seeds {','.join(map(str, data['seeds']))} (mean ± std)", "",
+             "| attack | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for label, values in data["table"].items():
+        lines.append(f"| {label} | " + " | ".join(mean_std(values[d]) for d in columns) + " |")
+    if data["not_applicable"]:
+        lines += ["", f"Not applicable to this model (they need dense logits): {', '.join(data['not_applicable'])}."]
+    lines += ["", f"Evaluation time: {data['seconds']:.0f} s (this invocation)"]
+    return "\n".join(lines) + "\n"
+
+
+REPORT = Report(render)
+
+
 def benchmark_robustness(*, detectron2: bool, defense_names: list[str], attack_names: list[str], seeds: list[int],
                          num_images: int, steps: int, bpda_steps: int, eot_samples: int, lambdas: list[float],
                          data_root: Path = DATA, checkpoint: Path | None = None, preset: str = "fast",
@@ -98,6 +118,8 @@ def benchmark_robustness(*, detectron2: bool, defense_names: list[str], attack_n
     rows = {label: cfg for label, cfg in all_rows.items() if backend.supports(cfg)}
     skipped = [label for label in all_rows if label not in rows]
     start = time.perf_counter()
+    logger.info("%d cells: %d attacks × %d defenses × %d seeds%s", len(rows) * len(columns) * len(seeds), len(rows),
+                len(columns), len(seeds), f"; not applicable here: {', '.join(skipped)}" if skipped else "")
     cells: list[dict] = []
     for seed in seeds:
         for defense, defense_cfg in columns.items():
@@ -123,23 +145,14 @@ def benchmark_robustness(*, detectron2: bool, defense_names: list[str], attack_n
 
     labels = list(rows) + [label for label in (WORST, GREEDY) if any(c["attack"] == label for c in cells)]
     value = {(c["attack"], c["defense"], c["seed"]): c[backend.key] for c in cells}
-    lines = [f"{backend.metric} (%) of the {backend.model_name} on the first {num_images} val images, "
-             f"ε = {EPS:g}, {backend.settings}, seeds {','.join(map(str, seeds))} (mean ± std)", "",
-             "| attack | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for label in labels:
-        lines.append(f"| {label} | " + " | ".join(mean_std([value[(label, d, s)] for s in seeds])
-                                                  for d in columns) + " |")
-    if skipped:
-        lines += ["", f"Not applicable to this model (they need dense logits): {', '.join(skipped)}."]
-    lines += ["", f"Command: `{command}`" if command else "", f"Evaluation time: {elapsed:.0f} s (this invocation)"]
     csv_rows = [{"attack": c["attack"], "defense": c["defense"], "seed": c["seed"], backend.key: c[backend.key],
                  "seconds": c.get("seconds", float("nan"))} for c in cells]
-    data = dict(framework=backend.framework, metric=backend.key, num_images=num_images, eps=EPS,
-                settings=backend.settings, seeds=seeds, not_applicable=skipped,
-                columns={k: v for k, v in columns.items()}, rows={k: v for k, v in rows.items()},
+    data = dict(framework=backend.framework, model=backend.model_name, metric=backend.key,
+                metric_name=backend.metric, num_images=num_images, eps=EPS, settings=backend.settings, seeds=seeds,
+                not_applicable=skipped, columns={k: v for k, v in columns.items()}, rows={k: v for k, v in rows.items()},
                 table={label: {d: [value[(label, d, s)] for s in seeds] for d in columns} for label in labels},
                 cells=[{k: v for k, v in c.items() if k != "per_image"} for c in cells], seconds=elapsed)
-    write_report(out, "robustness", "\n".join(lines) + "\n", data, csv_rows)
+    REPORT.write(out, "robustness", data, csv_rows, command)
     return data
 
 

@@ -16,7 +16,7 @@ transforms per step), with the transformed copies batched and chunked (one copy'
 from __future__ import annotations
 
 import itertools
-import platform
+import logging
 import re
 import statistics
 import time
@@ -31,8 +31,10 @@ from ..attacks import PGD
 from ..core.optimizer import PRESETS, EquivarianceDefense
 from ..core.validation import SettingsError
 from ..defenses import DetectThenDefend
-from ..reporting import write_report
+from ..reporting import Report
 from .demo import D2_CONFIG
+
+logger = logging.getLogger(__name__)
 
 #: The demo models ``benchmark_speed`` can time at batch 1 and batch N.
 DEMO_MODELS = ("mmseg", "detectron2")
@@ -219,26 +221,31 @@ def bench_per_step(case: Case, presets: list[str], baseline_kib: int) -> list[di
     return rows
 
 
-def to_markdown(rows: list[dict]) -> str:
+def render(data: dict) -> str:
+    """The speed page: seconds per image (median, min, max over the timed calls), ratio, peak memory."""
     lines = ["| model | batch | measurement | s/image (median) | min | max | × vanilla | peak RSS (MiB) |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in data["rows"]:
         rss = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") is not None else "—"
         lines.append(f"| {r['model']} | {r['batch']} | {r['what']} | {r['median']:.3f} | {r['min']:.3f} "
                      f"| {r['max']:.3f} | {r['ratio']:.1f} | {rss} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+REPORT = Report(render)
 
 
 def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | None = None, attack_steps: int = 10,
                     skip_real: bool = False, detector_transforms: list[str] | None = None,
                     detector_threshold: float = 0.554, cityscapes_size: bool = False,
                     models: list[str] = DEMO_MODELS,
-                    work_dir: str | Path = WORKSPACE / "work_dirs/benchmark_speed") -> list[dict]:
+                    work_dir: str | Path = WORKSPACE / "work_dirs/benchmark_speed",
+                    command: str | None = None) -> list[dict]:
     """Time the demo ``models`` at batch 1 and ``batch`` (``repeats`` timed calls after a warm-up; PGD with
     ``attack_steps`` steps) for each defense preset of ``presets`` (default: ``default`` and ``fast``), then
     the per-step rows (``cityscapes_size``; the real-size model unless ``skip_real``). ``detector_transforms``
     adds, for the MMSeg demo model only, a detect-then-defend row at ``detector_threshold``. Writes
-    ``work_dir/benchmark_speed.{md,json}`` (with the machine) and returns the rows.
+    ``work_dir/benchmark_speed.{md,json}`` (with the machine: the result's provenance) and returns the rows.
 
     Raises:
         ValueError: unknown presets or models, or ``batch`` / ``repeats`` / ``attack_steps`` < 1, before
@@ -261,12 +268,12 @@ def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | No
         case = builders[name](batch)
         detector = detector_transforms if name == "mmseg" and detector_transforms else None
         for n in (1, batch):
+            logger.info("timing the %s demo model at batch %d", name, n)
             rows += bench_batch(case, n, presets, repeats, baseline, attack_steps, detector, detector_threshold)
     if cityscapes_size:
+        logger.info("timing one defense step at 1024×2048")
         rows += bench_per_step(mmseg_demo_case(1, size=(1024, 2048)), presets, baseline)
     if not skip_real:
         rows += bench_per_step(real_size_case(), presets, baseline)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    text = f"Machine: {machine}\n\n" + to_markdown(rows) + "\n"
-    write_report(work_dir, "benchmark_speed", text, dict(machine=machine, rows=rows))
+    REPORT.write(work_dir, "benchmark_speed", dict(rows=rows), command=command)
     return rows

@@ -21,15 +21,18 @@ Every cell keeps per-image records under ``work_dir/cells``; ``resume`` reuses t
 from __future__ import annotations
 
 import io
+import logging
 import time
 from pathlib import Path
 
 from ..core.optimizer import PRESETS
 from ..core.validation import SettingsError
-from ..reporting import atomic_write_bytes, slug, write_report
+from ..reporting import Report, slug
 from .backends import build_backend
 from .demo import DATA, EPS, ensure_data
 from .honesty import TOLERANCE
+
+logger = logging.getLogger(__name__)
 
 EPSILONS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 COLUMNS = ("vanilla", "defended")
@@ -107,7 +110,7 @@ def render(data: dict) -> str:
                 "APGD on the training losses") + f"; {data['steps']} iterations{' per loss' if sea else ''}). BPDA = "
              "exact forward through the defense, gradient at the purified image; EOT averages that gradient over "
              f"{data['eot_samples']} draws of the defense.", ""]
-    if data["command"]:
+    if data.get("command"):  # results written before the provenance footer named it
         lines += [f"Command: `{data['command']}`", ""]
     lines += ["## Attacks", "", "| attack | vanilla | defended |", "|---|---|---|"]
     for label, values in data["attacks"].items():
@@ -140,30 +143,14 @@ def render(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_files(result_json: Path) -> dict:
-    """Rewrite ``standard_evaluation.md`` and ``security_curve.png`` beside a committed result JSON; return
-    the result."""
-    import json
-
-    result_json = Path(result_json)
-    try:
-        data = json.loads(result_json.read_text())
-    except (OSError, ValueError) as err:
-        raise SettingsError(f"cannot read the result {result_json}: {err}") from None
-    try:
-        text, png = render(data), plot_security_curve(data)
-    except (KeyError, TypeError) as err:
-        raise SettingsError(f"{result_json} is not a standard_evaluation result (no {err})") from None
-    atomic_write_bytes(result_json.with_name("standard_evaluation.md"), text.encode())
-    atomic_write_bytes(result_json.with_name("security_curve.png"), png)
-    return data
+REPORT = Report(render, {"security_curve.png": plot_security_curve})
 
 
 def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: float = EPS, steps: int = 10,
                         eot_samples: int = 2, max_doublings: int = 3, epsilons: tuple[float, ...] = EPSILONS,
                         lambda_e: float = 1.0, seed: int = 0, preset: str = "fast", data_root: Path = DATA,
                         checkpoint: Path | None = None, work_dir: Path, resume: bool = False,
-                        command: str = "") -> dict:
+                        command: str | None = None) -> dict:
     """Run the three parts on the demo DeepLabV3 (mIoU) or, with ``detectron2``, the demo Mask R-CNN (mask
     AP); write ``work_dir/standard_evaluation.{md,json,csv}`` and ``security_curve.png``; return the JSON's
     content.
@@ -211,6 +198,7 @@ def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: f
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     rows = attack_rows(backend, steps=steps, **settings)
+    logger.info("part 1/3: %d attacked and clean runs at ε = %g", sum(len(c) for _, c in rows.values()), eps)
     for label, columns in rows.values():
         for column, attack in columns.items():
             run(label, column, attack)
@@ -224,8 +212,12 @@ def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: f
     family_of = {label: family for family, (label, _) in rows.items()}
     pooled = [label for label, cols in rows.values() if "defended" in cols]
     convergence = [dict(steps=steps, worst_case=worst_cases["defended"]["quoted"], ran=[])]
+    logger.info("part 2/3: convergence, doubling the iterations of the attacks the worst case draws on "
+                "(at most %d times, until it moves < %g)", max_doublings, TOLERANCE)
     while len(convergence) <= max_doublings and not doubling_converged(convergence):
         more = convergence[-1]["steps"] * 2
+        logger.info("worst case %.2f at %d iterations; doubling to %d", convergence[-1]["worst_case"],
+                    convergence[-1]["steps"], more)
         doubled = attack_rows(backend, steps=more, **settings)
         taken = {family_of[label] for label in worst_cases["defended"]["taken_from"]} | {"strong bpda"}
         ran = []
@@ -241,6 +233,7 @@ def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: f
     seconds["convergence"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    logger.info("part 3/3: security curve at ε ∈ {%s}", ", ".join(f"{e:g}" for e in sorted(set(epsilons))))
     curve = []
     for level in sorted(set(epsilons)):
         if level == 0:
@@ -259,7 +252,7 @@ def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: f
     strong_type = rows["strong"][1]["vanilla"]["type"]  # sea, or apgd without dense logits
     data = dict(framework=backend.framework, model=backend.model_name, metric=key, metric_name=metric,
                 num_images=num_images, eps=eps, steps=steps, attack=strong_type, eot_samples=eot_samples,
-                seed=seed, settings=backend.settings, defense=defense, command=command,
+                seed=seed, settings=backend.settings, defense=defense,
                 attacks={label: {c: runs[(label, c)][key] for c in columns} for label, columns in rows.values()},
                 worst_case=worst_cases, convergence=dict(curve=convergence, converged=converged, tolerance=TOLERANCE,
                                                          max_doublings=max_doublings),
@@ -267,6 +260,5 @@ def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: f
                 cells=[{k: v for k, v in cell.items() if k != "per_image"} for cell in runs.values()])
     csv_rows = [dict(attack=label, column=column, value=cell[key], seconds=cell["seconds"])
                 for (label, column), cell in runs.items()]
-    write_report(out, "standard_evaluation", render(data), data, csv_rows)
-    atomic_write_bytes(out / "security_curve.png", plot_security_curve(data))
+    REPORT.write(out, "standard_evaluation", data, csv_rows, command)
     return data

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..assets import WORKSPACE
 from ..core.validation import SettingsError
-from ..reporting import write_report
+from ..reporting import Report
 from .demo import D2_CONFIG, DATA, build_demo_runner, ensure_data, ensure_tune_data
 
 CANDIDATES = {
@@ -69,9 +69,34 @@ DEFAULT_CANDIDATES = ("paper", "T20-eta12", "T20-eta1.5", "T8-eta1.5", "T4-eta3"
 SPLITS = ("tune", "val")
 
 
+def render(data: dict) -> str:
+    """The tuning page: MMSeg — mIoU and seconds per candidate, clean and under PGD-20; Detectron2 — mask AP
+    per candidate, clean and under PGD-10, defended."""
+    if data["framework"] == "mmseg":
+        from ..mmseg.evaluation import grid_table
+
+        split_name = "Tuning split (seed 1)" if data["split"] == "tune" else "Reported val split (seed 0)"
+        return (f"{split_name}, first {data['num_images']} images, feature layer {data['feature_layer']}\n\n"
+                + grid_table(data["rows"]) + "\n\nseconds per cell\n\n" + grid_table(data["rows"], "seconds", "{:.0f}")
+                + "\n")
+    lines = [f"Tuning split (seed 1), first {data['num_images']} images, mask AP, PGD-10 at eps 4", "",
+             "| candidate | clean + defense | PGD-10 | PGD-10 + defense | seconds (defended) |", "|---|---|---|---|---|"]
+    base = {r["scenario"]: r for r in data["candidates"][0]["rows"]}
+    lines.append(f"| vanilla | {base['clean']['segm_AP']:.2f} | {base['attacked']['segm_AP']:.2f} | — | — |")
+    for candidate in data["candidates"]:
+        rows = {r["scenario"]: r for r in candidate["rows"]}
+        lines.append(f"| {candidate['candidate']} | {rows['clean_defended']['segm_AP']:.2f} | "
+                     f"{base['attacked']['segm_AP']:.2f} | {rows['defended']['segm_AP']:.2f} | "
+                     f"{rows['defended']['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+REPORT = Report(render)
+
+
 def tune_defense(*, detectron2: bool = False, num_images: int = 16,
                  work_dir: str | Path = WORKSPACE / "work_dirs/tune", feature_layer: str | None = None,
-                 candidates: list[str] | None = None, split: str | None = None) -> list[dict]:
+                 candidates: list[str] | None = None, split: str | None = None, command: str | None = None) -> list[dict]:
     """Measure the named ``candidates`` on the first ``num_images`` images and write the table into
     ``work_dir``; return its rows.
 
@@ -101,10 +126,10 @@ def tune_defense(*, detectron2: bool = False, num_images: int = 16,
     if unknown:
         raise SettingsError(f"unknown candidates {unknown}; valid: {list(valid)}")
     if detectron2:
-        return _tune_detectron2(num_images, work_dir, chosen)
+        return _tune_detectron2(num_images, work_dir, chosen, command)
 
     from ..mmseg import configure
-    from ..mmseg.evaluation import evaluate_grid, grid_table
+    from ..mmseg.evaluation import evaluate_grid
 
     if split == "val":
         ensure_data()
@@ -114,14 +139,13 @@ def tune_defense(*, detectron2: bool = False, num_images: int = 16,
     defenses = {"vanilla": None, **{name: dict(type="equi", **CANDIDATES[name]) for name in chosen}}
     attacks = {"clean": None, "PGD-20": dict(type="pgd", eps=4, steps=20)}
     rows = evaluate_grid(runner, defenses, attacks)
-    split_name = "Tuning split (seed 1)" if split == "tune" else "Reported val split (seed 0)"
-    text = (f"{split_name}, first {num_images} images, feature layer {feature_layer}\n\n"
-            + grid_table(rows) + "\n\nseconds per cell\n\n" + grid_table(rows, "seconds", "{:.0f}") + "\n")
-    write_report(work_dir, f"{split}_{feature_layer}_{len(chosen)}cands_{num_images}img", text, rows)
+    REPORT.write(work_dir, f"{split}_{feature_layer}_{len(chosen)}cands_{num_images}img",
+                 dict(framework="mmseg", split=split, num_images=num_images, feature_layer=feature_layer,
+                      candidates={name: CANDIDATES[name] for name in chosen}, rows=rows), command=command)
     return rows
 
 
-def _tune_detectron2(num_images: int, work_dir: str | Path, chosen: list[str]) -> list[dict]:
+def _tune_detectron2(num_images: int, work_dir: str | Path, chosen: list[str], command: str | None) -> list[dict]:
     """Mask AP of each candidate on the tuning split: clean + defense, PGD-10, PGD-10 + defense."""
     from detectron2.modeling import build_model
 
@@ -129,8 +153,6 @@ def _tune_detectron2(num_images: int, work_dir: str | Path, chosen: list[str]) -
     from ..detectron2.evaluation import evaluate_scenarios, load_weights
 
     (dataset,) = register_synthetic_shapes(ensure_tune_data(), prefix="synthetic_shapes_tune")
-    lines = [f"Tuning split (seed 1), first {num_images} images, mask AP, PGD-10 at eps 4", "",
-             "| candidate | clean + defense | PGD-10 | PGD-10 + defense | seconds (defended) |", "|---|---|---|---|---|"]
     results = []
     for i, name in enumerate(chosen):
         cfg = load_config(D2_CONFIG,
@@ -141,11 +163,42 @@ def _tune_detectron2(num_images: int, work_dir: str | Path, chosen: list[str]) -
         rows = {r["scenario"]: r for r in evaluate_scenarios(
             cfg, None, scenarios=scenarios, num_images=num_images,
             output_dir=str(Path(work_dir) / "d2" / name), model=model)}
-        if not i:
-            base = rows
-            lines.insert(4, f"| vanilla | {rows['clean']['segm_AP']:.2f} | {rows['attacked']['segm_AP']:.2f} | — | — |")
-        lines.append(f"| {name} | {rows['clean_defended']['segm_AP']:.2f} | {base['attacked']['segm_AP']:.2f} "
-                     f"| {rows['defended']['segm_AP']:.2f} | {rows['defended']['seconds']:.0f} |")
         results.append(dict(candidate=name, opts=D2_CANDIDATES[name], rows=list(rows.values())))
-    write_report(work_dir, f"tune_detectron2_{num_images}img", "\n".join(lines) + "\n", results)
+    REPORT.write(work_dir, f"tune_detectron2_{num_images}img",
+                 dict(framework="detectron2", num_images=num_images, candidates=results), command=command)
     return results
+
+
+def render_sweep(data: dict) -> str:
+    """The λ_e sweep page: mIoU and mean equivariance score per λ_e, vanilla and defended."""
+    from ..mmseg.evaluation import grid_table
+
+    return (f"Tuning split (seed 1), first {data['num_images']} images, adaptive attack with {data['steps']} steps\n\n"
+            + grid_table(data["rows"]) + "\n\nmean equivariance score of the attacked (vanilla) / defended images\n\n"
+            + grid_table(data["rows"], "score", "{:.3f}") + "\n")
+
+
+SWEEP_REPORT = Report(render_sweep)
+
+
+def sweep_adaptive_lambda(*, num_images: int = 16, lambdas: list[float], steps: int = 20,
+                          work_dir: str | Path = WORKSPACE / "work_dirs/sweep_lambda",
+                          command: str | None = None) -> list[dict]:
+    """The adaptive attack (paper Eq. 6) at each λ_e of ``lambdas`` against the vanilla and the defended demo
+    model, on the tuning split (so the λ_e that reported numbers use is not picked on them); writes
+    ``work_dir/sweep_lambda.{md,json}`` and returns the rows (lower mIoU = stronger attack).
+
+    Raises:
+        SettingsError: ``num_images`` or ``steps`` < 1, or no λ_e, before anything runs.
+    """
+    if num_images < 1 or steps < 1 or not lambdas:
+        raise SettingsError(f"need num_images >= 1, steps >= 1 and at least one λ_e; got {num_images}, {steps}, "
+                            f"{lambdas}")
+    from ..mmseg.evaluation import evaluate_grid
+
+    runner = build_demo_runner(ensure_tune_data(), num_images, Path(work_dir))
+    attacks = {f"adaptive λ_e={lam:g}": dict(type="adaptive", eps=4, steps=steps, lambda_e=lam) for lam in lambdas}
+    rows = evaluate_grid(runner, {"vanilla": None, "equivariance": dict(type="equi")}, attacks)
+    SWEEP_REPORT.write(work_dir, "sweep_lambda", dict(num_images=num_images, steps=steps, lambdas=list(lambdas),
+                                                      rows=rows), command=command)
+    return rows

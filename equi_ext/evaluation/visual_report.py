@@ -34,7 +34,7 @@ from ..core.seeding import file_seed
 from ..core.transforms import TRANSFORM_SETS, TRANSFORMS, Transform
 from ..core.validation import SettingsError
 from ..pipeline import EquiPipeline
-from ..reporting import atomic_write_bytes, write_report
+from ..reporting import Report, atomic_write_bytes
 from .demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, build_demo_runner, ensure_data
 
 #: One panel's size in inches and the PNG resolution: a grid of R images × C panels is exactly
@@ -230,14 +230,18 @@ def html_page(rows: list[list[Panel]], records: list[dict], row_pngs: list[bytes
     return "\n".join(parts)
 
 
-def summary(records: list[dict]) -> str:
-    """Markdown: per image, mIoU and equivariance score clean / attacked / restored."""
+def summary(data: dict) -> str:
+    """Markdown: per image, mIoU and equivariance score clean / attacked / restored; the page beside it."""
+    records = data["images"]
     lines = ["| image | mIoU clean | mIoU attacked | mIoU restored | score clean | score attacked | score restored |",
              "|---|---|---|---|---|---|---|"]
     for r in records:
         cells = [r["img_path"], *(f"{r['miou'][k]:.1f}" for k in MAPS), *(f"{r['score'][k]:.3f}" for k in MAPS)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\nThe page: [index.html](index.html), the grid: visual_report.png.\n"
+
+
+REPORT = Report(summary)
 
 
 def class_colours(metainfo: dict, num_classes: int) -> np.ndarray:
@@ -258,7 +262,8 @@ def map_limits(rows: list[list[Panel]]) -> tuple[float, float]:
 
 def visual_report(*, num_images: int = 4, work_dir: str | Path, data_root: str | Path = DATA,
                   checkpoint: str | Path = CHECKPOINT, eps: float = EPS, steps: int = ATTACK_STEPS,
-                  preset: str = "fast", transforms: list[str] | None = None, seed: int = 0) -> dict:
+                  preset: str = "fast", transforms: list[str] | None = None, seed: int = 0,
+                  command: str | None = None) -> dict:
     """The report of the first ``num_images`` val images of ``data_root`` (the demo benchmark, generated if
     missing, by default) under PGD-``steps`` at ``eps`` and the equivariance defense ``preset`` (its
     ``transforms`` instead of the preset's: a set name or specs, one panel each), ``seed`` seeding the
@@ -309,5 +314,6 @@ def visual_report(*, num_images: int = 4, work_dir: str | Path, data_root: str |
     report = dict(settings=settings, columns=list(names.values()), map_limits=limits,
                   grid=dict(rows=len(rows), columns=len(names), pixels=list(grid_pixels(len(rows), len(names)))),
                   images=records, mean=mean, seconds=time.perf_counter() - start)
-    write_report(work_dir, "visual_report", summary(records) + f"\n\nWrote {work_dir / 'index.html'}\n", report)
+    REPORT.write(work_dir, "visual_report", report, command=command)
+    print(f"Wrote {work_dir / 'index.html'}")
     return report

@@ -85,7 +85,7 @@ def test_cell_records_resume_and_worst_case(demo, tmp_path):
     assert set(worst["picks"]) <= {"clean / vanilla", "PGD-2 / vanilla"} and len(worst["picks"]) == NUM_IMAGES
 
 
-def test_benchmark_and_honesty_tools_on_the_mask_rcnn(shapes_root, tmp_path):
+def test_benchmark_and_honesty_tools_on_the_mask_rcnn(shapes_root, tmp_path, assert_rerenders):
     """The tools' --detectron2 mode: mask AP rows, logit-only attacks named as not applicable,
     a worst case never above the strongest run, and the seven honesty checks (APGD on the task loss, no SEA)."""
     data = ["--data-root", str(shapes_root), "--num-images", "1"]
@@ -107,6 +107,7 @@ def test_benchmark_and_honesty_tools_on_the_mask_rcnn(shapes_root, tmp_path):
     assert [s for s, _ in report["apgd_curve"]] == [1] and not any(label.startswith("SEA") for label in report["runs"])
     assert report["worst_case"] <= report["strongest_single"] + 1e-9
     assert "mask AP" in (tmp_path / "sanity/sanity_checks.md").read_text()
+    assert_rerenders(load_tool("sanity_checks"), tmp_path / "sanity/sanity_checks.json")
 
 
 def test_standard_evaluation_on_the_mask_rcnn(shapes_root, tmp_path, capsys):

@@ -98,6 +98,9 @@ def test_bad_ablation_name(capsys):
     with pytest.raises(SystemExit):
         load_tool("ablate").main(["epsilon"])
     assert "invalid choice: 'epsilon'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_tool("ablate").main([])
+    assert "name an ablation (transforms, eps_v" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown ablation 'epsilon'; valid names: transforms, eps_v"):
         ablations.build_grid("epsilon")
 
@@ -127,7 +130,7 @@ def markdown_rows(text):
 
 
 @pytest.mark.parametrize("name", list(SMALL))
-def test_report_files_agree(run, name):
+def test_report_files_agree(run, name, assert_rerenders):
     work, data = run(name)
     stem = work / f"ablation_{name}"
     for ext in ("md", "json", "csv", "png"):
@@ -139,7 +142,10 @@ def test_report_files_agree(run, name):
     with open(stem.with_suffix(".csv")) as f:
         csv_rows = list(csv.DictReader(f))
     assert [r["label"] for r in csv_rows] == labels
-    assert json.loads(stem.with_suffix(".json").read_text()) == json.loads(json.dumps(data))
+    written = json.loads(stem.with_suffix(".json").read_text())
+    assert written.pop("provenance")["command"] == f"python tools/ablate.py {name} --values {SMALL[name]}"
+    assert written == json.loads(json.dumps(data))
+    assert_rerenders(load_tool("ablate"), stem.with_suffix(".json"), plots=[f"ablation_{name}.png"])
     text = stem.with_suffix(".md").read_text()
     assert f"python tools/ablate.py {name} --values {SMALL[name]}" in text
     table = markdown_rows(text)

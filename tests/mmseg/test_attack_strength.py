@@ -10,9 +10,11 @@ from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation import attack_strength
 from equi_ext.evaluation.attack_strength import BASELINES, STEP_FRACTIONS, compare_attacks, tuned_steps
 
+from .conftest import load_tool
+
 
 def test_the_tuning_run_picks_each_baselines_lowest_step_and_the_reported_run_reuses_it(
-        synthetic_val_root, tmp_path, monkeypatch):
+        synthetic_val_root, tmp_path, monkeypatch, assert_rerenders):
     monkeypatch.setattr(attack_strength, "ensure_tune_data", lambda: synthetic_val_root)
     monkeypatch.setattr(attack_strength, "ensure_data", lambda: synthetic_val_root)
     tune = compare_attacks(split="tune", num_images=1, steps=1, eps=2.0, work_dir=tmp_path / "tune")
@@ -23,13 +25,15 @@ def test_the_tuning_run_picks_each_baselines_lowest_step_and_the_reported_run_re
         min(tune["mIoU"][f"{n}-3 step {tune['chosen_steps'][n]:g}"] for n in BASELINES) - tune["mIoU"]["SEA-1"])
     steps = tuned_steps(tmp_path / "tune/attack_strength.json", 2.0, 1)
     assert steps == tune["chosen_steps"]
-    val = compare_attacks(split="val", num_images=1, steps=1, eps=2.0, work_dir=tmp_path / "val", step_sizes=steps)
+    val = compare_attacks(split="val", num_images=1, steps=1, eps=2.0, work_dir=tmp_path / "val", step_sizes=steps,
+                          command="python tools/compare_attacks.py --split val --num-images 1 --steps 1 --eps 2")
     assert set(val["mIoU"]) == {"clean", "SEA-1", *(f"{n}-3 step {steps[n]:g}" for n in BASELINES)}
     assert val["mIoU"]["SEA-1"] == tune["mIoU"]["SEA-1"]  # same images here, same seeds: same attack
     with pytest.raises(SettingsError, match=r"is a 'tune' run at eps 2.0 and steps 1; this run needs a 'tune' run at "
                                             r"eps 4 and steps 1"):
         tuned_steps(tmp_path / "tune/attack_strength.json", 4.0, 1)
     assert json.loads((tmp_path / "val/attack_strength.json").read_text())["split"] == "val"
+    assert_rerenders(load_tool("compare_attacks"), tmp_path / "val/attack_strength.json")
 
 
 def test_bad_settings_are_refused_before_anything_runs(tmp_path):

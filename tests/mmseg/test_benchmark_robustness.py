@@ -21,7 +21,7 @@ def _cell_dir(work, seed=0):
     return work / "cells" / f"seed{seed}" / "equivariance" / "PGD-3"
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(synthetic_val_root, tmp_path):
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(synthetic_val_root, tmp_path, assert_rerenders):
     """A run killed (SIGKILL) after a few images keeps only whole records; ``--resume`` runs just
     the missing images and ends with the uninterrupted run's numbers, image by image."""
     tool = load_tool("benchmark_robustness")
@@ -65,6 +65,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(synthetic_val_root,
     md = (tmp_path / "full/robustness.md").read_text()
     mean = sum(full["table"]["PGD-3"]["equivariance"]) / 2
     assert f"| PGD-3 | {mean:.2f} ± " in md
+    assert_rerenders(tool, tmp_path / "full/robustness.json")
 
 
 def test_bad_arguments_are_named(tmp_path):
@@ -75,3 +76,6 @@ def test_bad_arguments_are_named(tmp_path):
         tool.main(["--checkpoint", str(tmp_path / "missing.pth"), "--work-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="--seeds takes integers"):
         tool.main(["--seeds", "0,x", "--work-dir", str(tmp_path)])
+    (tmp_path / "other.json").write_text('{"rows": {}}')
+    with pytest.raises(SystemExit, match="is not a result of this tool"):
+        tool.main(["--render", str(tmp_path / "other.json")])

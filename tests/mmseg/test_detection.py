@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from equi_ext.evaluation.demo import build_demo_runner
-from equi_ext.evaluation.detection import detect_attacks
 
 from .conftest import load_tool
 
@@ -60,10 +59,12 @@ def test_bad_score_names_fail_at_build():
         EquiPipeline(score="output_variance", needs_logits=False)
 
 
-def test_detect_attacks_reports_auroc_roc_png_and_slip_through(synthetic_val_root, tmp_path):
-    result = detect_attacks(num_images=2, corruptions=["fog", "glass_blur"], scores=["equivariance", "output_variance"],
-                            lambdas=[1.0], attack_steps=1, score_transforms=["hflip"], data_root=synthetic_val_root,
-                            tune_root=synthetic_val_root, work_dir=tmp_path)
+def test_detect_attacks_reports_auroc_roc_png_and_slip_through(synthetic_val_root, tmp_path, assert_rerenders):
+    tool = load_tool("detect_attacks")
+    result = tool.main(["--num-images", "2", "--corruptions", "fog,glass_blur", "--scores",
+                        "equivariance,output_variance", "--lambdas", "1", "--attack-steps", "1", "--score-transforms",
+                        "hflip", "--data-root", str(synthetic_val_root), "--tune-root", str(synthetic_val_root),
+                        "--work-dir", str(tmp_path)])
     assert set(result["auroc"]) == {"PGD-1", "fog", "glass_blur"}
     assert all(0 <= v <= 1 for d in result["auroc"].values() for v in d.values())
     assert set(result["slipped_through"]) == {"PGD-1", "adaptive λ_e=1"}
@@ -71,6 +72,7 @@ def test_detect_attacks_reports_auroc_roc_png_and_slip_through(synthetic_val_roo
         assert png.format == "PNG" and png.size[0] > 300
     assert "AUROC" in (tmp_path / "detect_results.md").read_text()
     assert (tmp_path / "detect_results.csv").read_text().count("\n") == 1 + 3 * 2
+    assert_rerenders(tool, tmp_path / "detect_results.json", plots=["roc_curves.png"])
 
 
 @pytest.mark.parametrize("args, message", [

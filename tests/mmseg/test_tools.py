@@ -162,7 +162,8 @@ def test_two_processes_with_the_pytorch_launcher_match_one_process(tmp_path, syn
         assert two["equivariance_score"] == pytest.approx(one["equivariance_score"], abs=1e-5)
 
 
-def test_per_image_metric_reproduces_iou_metric_and_sanity_report_runs(synthetic_val_root, tmp_path):
+def test_per_image_metric_reproduces_iou_metric_and_sanity_report_runs(synthetic_val_root, tmp_path,
+                                                                          assert_rerenders):
     """PerImageIoUMetric's worst case over one run is that run's IoUMetric mIoU; the honesty
     report runs end to end (tiny budgets) and pools every ε-bounded run per image."""
     from equi_ext.mmseg.evaluation import evaluate_grid, worst_case
@@ -187,6 +188,7 @@ def test_per_image_metric_reproduces_iou_metric_and_sanity_report_runs(synthetic
     assert len(report["worst_case_picks"]) == 2 and len(bounded) == 10 and "SEA-2" in bounded
     assert set(p.split(" / ")[0] for p in report["worst_case_picks"]) <= set(bounded)
     assert "Per-image worst case" in (tmp_path / "sanity/sanity_checks.md").read_text()
+    assert_rerenders(load_tool("sanity_checks"), tmp_path / "sanity/sanity_checks.json")
 
 
 def test_results_do_not_depend_on_the_data_folder(synthetic_val_root, tmp_path):
@@ -243,7 +245,8 @@ def test_class_weights_are_the_inverse_pixel_counts_of_the_training_label_maps(t
         load_tool("class_weights").main([str(DEMO_CONFIG), "--num-images", "0"])
 
 
-def test_the_first_command_prints_each_cell_as_it_finishes(synthetic_val_root, tmp_path, monkeypatch, capsys):
+def test_the_first_command_prints_each_cell_as_it_finishes(synthetic_val_root, tmp_path, monkeypatch, capsys,
+                                                          assert_rerenders):
     """tools/run_demo.py: vanilla vs equivariance under clean, PGD and BPDA (the same defense), each cell's
     progress bar and its mIoU printed before the table, and the pointer to the worst-case evaluation."""
     from equi_ext.evaluation import demo
@@ -262,5 +265,6 @@ def test_the_first_command_prints_each_cell_as_it_finishes(synthetic_val_root, t
     assert "BPDA-1 is not the worst case" in (tmp_path / "demo_results.md").read_text()
     for row in result["rows"]:  # one progress bar per cell, named by it, over its images
         assert f"{row['attack']} / {row['defense']}: 100%" in captured.err and "2/2" in captured.err
+    assert_rerenders(load_tool("run_demo"), tmp_path / "demo_results.json")
     with pytest.raises(SystemExit, match="batch_size must be >= 1"):
         load_tool("run_demo").main(["--batch-size", "0", "--work-dir", str(tmp_path)])

@@ -54,3 +54,49 @@ def test_tools_turn_bad_settings_into_exit_messages(tool, args, message, tmp_pat
     with pytest.raises(SystemExit, match=message):
         load_tool(tool).main([*args, "--work-dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_tuning_page_rerenders_from_its_result(tmp_path, monkeypatch, synthetic_val_root, assert_rerenders):
+    monkeypatch.setattr(tuning, "ensure_tune_data", lambda: synthetic_val_root)
+    tool = load_tool("tune_defense")
+    rows = tool.main(["--num-images", "1", "--candidates", "fast", "--work-dir", str(tmp_path)])
+    miou = {(r["attack"], r["defense"]): r["mIoU"] for r in rows}
+    assert set(miou) == {(a, d) for d in ("vanilla", "fast") for a in ("clean", "PGD-20")}
+    page = (tmp_path / "tune_backbone_1cands_1img.md").read_text()
+    assert f"| PGD-20 | {miou['PGD-20', 'vanilla']:.2f} | {miou['PGD-20', 'fast']:.2f} |" in page
+    assert_rerenders(tool, tmp_path / "tune_backbone_1cands_1img.json")
+
+
+def test_detectron2_tuning_page_lists_each_candidate_against_the_shared_attack():
+    def row(scenario, ap, seconds=1.0):
+        return dict(scenario=scenario, segm_AP=ap, seconds=seconds)
+
+    page = tuning.render(dict(framework="detectron2", num_images=2, candidates=[
+        dict(candidate="default", opts=[], rows=[row("clean", 40.0), row("clean_defended", 38.5),
+                                                row("attacked", 9.25), row("defended", 20.125, 12.0)]),
+        dict(candidate="fr-T4-epsv4", opts=[], rows=[row("clean_defended", 37.0), row("defended", 18.0, 7.0)])]))
+    assert page.splitlines()[4:] == ["| vanilla | 40.00 | 9.25 | — | — |", "| default | 38.50 | 9.25 | 20.12 | 12 |",
+                                     "| fr-T4-epsv4 | 37.00 | 9.25 | 18.00 | 7 |"]
+
+
+def test_speed_page_rerenders_from_its_result(tmp_path, assert_rerenders):
+    tool = load_tool("benchmark_speed")
+    rows = tool.main(["--models", "mmseg", "--batch", "2", "--repeats", "1", "--presets", "fast", "--skip-real",
+                      "--attack-steps", "1", "--detector-transforms", "", "--work-dir", str(tmp_path)])
+    vanilla = next(r for r in rows if r["batch"] == 1 and r["what"] == "vanilla forward")
+    assert vanilla["ratio"] == 1.0 and all(r["ratio"] > 0 for r in rows)
+    assert f"| vanilla forward | {vanilla['median']:.3f} |" in (tmp_path / "benchmark_speed.md").read_text()
+    assert_rerenders(tool, tmp_path / "benchmark_speed.json")
+
+
+def test_lambda_sweep_page_rerenders_from_its_result(tmp_path, monkeypatch, synthetic_val_root, assert_rerenders):
+    monkeypatch.setattr(tuning, "ensure_tune_data", lambda: synthetic_val_root)
+    tool = load_tool("sweep_lambda")
+    rows = tool.main(["--num-images", "1", "--lambdas", "0,10", "--steps", "1", "--work-dir", str(tmp_path)])
+    assert {(r["attack"], r["defense"]) for r in rows} == {
+        (f"adaptive λ_e={lam}", d) for lam in ("0", "10") for d in ("vanilla", "equivariance")}
+    assert_rerenders(tool, tmp_path / "sweep_lambda.json")
+    with pytest.raises(SystemExit, match="--lambdas takes numbers"):
+        tool.main(["--lambdas", "0,x", "--work-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="need num_images >= 1, steps >= 1"):
+        tool.main(["--steps", "0", "--work-dir", str(tmp_path)])

@@ -91,7 +91,7 @@ def provenance(command: str | None = None) -> dict[str, Any]:
     return dict(command=command, date=datetime.date.today().isoformat(), cpu=cpu, cores=os.cpu_count(),
                 cpu_capability=torch.backends.cpu.get_cpu_capability(), torch_threads=torch.get_num_threads(),
                 python=platform.python_version(), torch=torch.__version__, equi_ext=__version__,
-                commit=_source_commit())
+                commit=SOURCE_COMMIT)
 
 
 def _source_commit() -> str | None:
@@ -107,6 +107,10 @@ def _source_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
+
+
+#: read when the package is imported, i.e. when the measuring process started: the code that measured
+SOURCE_COMMIT = _source_commit()
 
 
 def provenance_line(meta: dict[str, Any]) -> str:

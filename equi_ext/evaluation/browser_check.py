@@ -9,6 +9,7 @@ Not part of CI: Chromium is a system package (Debian: ``apt install chromium``).
 
 from __future__ import annotations
 
+import html as html_module
 import json
 import re
 import shutil
@@ -69,8 +70,7 @@ def check_page(page: Path, screenshot: Path, *, window: tuple[int, int] = (1600,
     found = re.search(r'<pre id="equi-image-check">(.*?)</pre>', dom, re.S)
     if not found:
         raise SettingsError(f"{browser} did not report the page's images (is JavaScript disabled?)")
-    images = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
-                        .replace("&gt;", ">"))
+    images = json.loads(html_module.unescape(found.group(1)))
     passed = bool(images) and all(img["complete"] and img["width"] > 0 for img in images)
     return dict(page=str(page), screenshot=str(screenshot), browser=browser, version=version, images=images,
                 screenshot_written=screenshot.is_file(), passed=passed and screenshot.is_file())

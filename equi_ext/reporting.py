@@ -128,8 +128,9 @@ def provenance_line(meta: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class Report:
     """How a tool's result becomes its files: ``markdown`` (the page) and ``plots`` (file name → PNG bytes;
-    ``{stem}`` in a name is the result's stem), each a pure function of the result JSON. The tool writes the JSON beside them, so a committed result
-    re-renders (:meth:`rerender`) without measuring again, and a page cannot drift from what was measured."""
+    ``{stem}`` in a name is the result's stem), each a pure function of the result JSON. The tool writes the
+    JSON beside them, so a committed result re-renders (:meth:`rerender`) without measuring again, and a page
+    cannot drift from what was measured."""
 
     markdown: Callable[[dict], str]
     plots: Mapping[str, Callable[[dict], bytes]] = field(default_factory=dict)

@@ -95,15 +95,16 @@ def provenance(command: str | None = None) -> dict[str, Any]:
 
 
 def _source_commit() -> str | None:
-    """The git commit of the package's source (``-dirty`` with uncommitted changes); None when installed."""
+    """The git commit of the package's source (``-dirty`` with uncommitted changes to the code: the package,
+    the tools, the configs; not the docs); None when installed."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "equi_ext", "tools", "configs"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")

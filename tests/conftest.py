@@ -144,6 +144,20 @@ def ssl_defense_calls(monkeypatch) -> list[tuple[str, float, float, float]]:
     return calls
 
 
+@pytest.fixture(autouse=True)
+def _restore_equi_ext_logging():
+    """A tool run in-process as ``__main__`` (``equi-ext TOOL`` uses runpy) sets the ``equi_ext`` logger up for a
+    terminal (``start_tool``); undo that after each test, so later tests' ``caplog`` still sees its records."""
+    import logging
+
+    logger = logging.getLogger("equi_ext")
+    saved = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
 @pytest.fixture
 def assert_rerenders(tmp_path):
     """Check a tool's ``--render``: from a copy of a result JSON alone, the tool writes the same page and

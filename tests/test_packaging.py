@@ -214,22 +214,17 @@ def test_a_tool_logs_what_it_does_at_info_on_stderr_without_touching_other_logge
 
     from equi_ext.tooling import start_tool
 
-    logger, root = logging.getLogger("equi_ext"), logging.getLogger()
-    saved = (list(logger.handlers), logger.level, logger.propagate, list(root.handlers), root.level)
-    try:
-        start_tool()
-        start_tool()  # idempotent: one handler, each line once
-        logging.getLogger("equi_ext.evaluation.robustness").info("robustness benchmark: 3 cells")
-        logging.getLogger("equi_ext.core").debug("not at INFO")
-        logging.getLogger("mmengine").info("a framework's own INFO line")
-        err = capsys.readouterr().err
-        assert err.count("equi-ext: robustness benchmark: 3 cells\n") == 1
-        assert "not at INFO" not in err and "framework's own" not in err
-        assert (root.handlers, root.level) == (saved[3], saved[4])
-    finally:
-        logger.handlers[:] = saved[0]
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
+    root = logging.getLogger()
+    root_before = list(root.handlers), root.level
+    start_tool()
+    start_tool()  # idempotent: one handler, each line once
+    logging.getLogger("equi_ext.evaluation.robustness").info("robustness benchmark: 3 cells")
+    logging.getLogger("equi_ext.core").debug("not at INFO")
+    logging.getLogger("mmengine").info("a framework's own INFO line")
+    err = capsys.readouterr().err
+    assert err.count("equi-ext: robustness benchmark: 3 cells\n") == 1
+    assert "not at INFO" not in err and "framework's own" not in err
+    assert (root.handlers, root.level) == root_before  # conftest restores the equi_ext logger afterwards
 
 
 def test_tools_are_argument_parsing_plus_one_call():

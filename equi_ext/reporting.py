@@ -89,9 +89,15 @@ def provenance(command: str | None = None) -> dict[str, Any]:
     except OSError:
         pass
     return dict(command=command, date=datetime.date.today().isoformat(), cpu=cpu, cores=os.cpu_count(),
-                cpu_capability=torch.backends.cpu.get_cpu_capability(), torch_threads=torch.get_num_threads(),
+                cpu_capability=_cpu_capability(torch), torch_threads=torch.get_num_threads(),
                 python=platform.python_version(), torch=torch.__version__, equi_ext=__version__,
                 commit=SOURCE_COMMIT)
+
+
+def _cpu_capability(torch) -> str:
+    """The kernel set torch dispatches to (AVX512, AVX2, DEFAULT …); 'unknown' on a torch without the query."""
+    query = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return query() if query else "unknown"
 
 
 def _source_commit() -> str | None:
@@ -167,8 +173,8 @@ class Report:
             raise SettingsError(f"cannot read the result {result_json}: {err}") from None
         try:
             self._render(result_json, data)
-        except (KeyError, TypeError, AttributeError) as err:
-            raise SettingsError(f"{result_json} is not a result of this tool (it has no {err})") from None
+        except (LookupError, TypeError, AttributeError, ValueError, StopIteration) as err:
+            raise SettingsError(f"{result_json} is not a result of this tool ({type(err).__name__}: {err})") from None
         logger.info("rendered the page and plots of %s from it; nothing measured", result_json)
         return data
 

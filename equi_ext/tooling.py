@@ -65,6 +65,5 @@ def add_render_option(parser) -> None:
 def command_line(tool: str, argv) -> str:
     """The command that ran ``tool`` (its file name under tools/), for a result's provenance."""
     import shlex
-    import sys
 
     return shlex.join(["python", f"tools/{tool}", *(sys.argv[1:] if argv is None else argv)])

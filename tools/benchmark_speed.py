@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> list[dict]:
+def main(argv=None) -> list[dict] | dict:
     args = parse_args(argv)
     try:
         if args.render:

@@ -10,12 +10,10 @@ Example::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from equi_ext.data.synthetic import generate_dataset
 from equi_ext.tooling import start_tool
@@ -41,10 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     total = max(args.num_train, 0) + max(args.num_val, 0)
-    with tqdm(total=total, unit="img", disable=args.no_progress) as bar, logging_redirect_tqdm():
+    with tqdm(total=total, unit="img", disable=args.no_progress) as bar:
         try:
             summary = generate_dataset(
                 args.out,

@@ -25,7 +25,6 @@ a mismatch is refused at the first defended image, naming both.
 from __future__ import annotations
 
 import argparse
-import logging
 
 from equi_ext.core.ssl import KINDS
 from equi_ext.evaluation.ssl_heads import train_ssl_head
@@ -60,5 +59,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     start_tool()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     main()

@@ -223,27 +223,25 @@ def table(results: list[dict], knob: str) -> str:
 
 def render(data: dict) -> str:
     """The page of an ablation result: its settings and one row per grid point, vanilla first."""
-    spec = ABLATIONS[data["ablation"]]
-    return (f"# {data['ablation']} ablation ({spec.reference} of the paper)\n\n"
+    return (f"# {data['ablation']} ablation ({data['reference']} of the paper)\n\n"
             f"Demo DeepLabV3, first {data['num_images']} val images of {data['data_root']}, mIoU (%) by "
             f"MMSeg's IoUMetric; attack {data['attack']} at ε = {data['eps']:g} on the vanilla model's loss (seed "
             f"{data['seed']}). Defense: preset `{data['preset']}` {data['base']}, seed {data['seed']}; only "
-            f"{spec.knob} changes. {spec.note} Shifts are |x' − x| in pixel levels, x being the defense's input (max "
+            f"{data['knob']} changes. {data['note']} Shifts are |x' − x| in pixel levels, x being the defense's input (max "
             "over pixels and images; mean over pixels and images).\n\n"
-            + table([data["vanilla"], *data["points"]], spec.knob) + f"\n\n![{data['ablation']}]"
-            f"(ablation_{data['ablation']}.png)\n")
+            + table([data["vanilla"], *data["points"]], data["knob"]) + f"\n\n![{data['ablation']}]"
+            f"({data['plot_file']})\n")
 
 
 def plot(data: dict) -> bytes:
     """PNG of defended clean and attacked mIoU per grid point, vanilla as horizontal lines."""
     from matplotlib.figure import Figure  # object API, Agg canvas: no pyplot state, no display
 
-    spec, name, points, vanilla, attack = (ABLATIONS[data["ablation"]], data["ablation"], data["points"],
-                                           data["vanilla"], data["attack"])
+    name, points, vanilla, attack = data["ablation"], data["points"], data["vanilla"], data["attack"]
     fig = Figure(figsize=(5.5, 4.2))
     ax = fig.add_subplot()
     clean, attacked = [p["clean_mIoU"] for p in points], [p["attacked_mIoU"] for p in points]
-    if spec.plot == "bar":
+    if data["plot"] == "bar":
         x = range(len(points))
         ax.bar([i - 0.2 for i in x], clean, 0.4, label="clean + defense")
         ax.bar([i + 0.2 for i in x], attacked, 0.4, label=f"{attack} + defense")
@@ -256,9 +254,9 @@ def plot(data: dict) -> bytes:
         ax.set_xticks(x, [f"{v:g}" for v in x])
     ax.axhline(vanilla["clean_mIoU"], color="gray", ls="--", lw=1, label="vanilla clean")
     ax.axhline(vanilla["attacked_mIoU"], color="gray", ls=":", lw=1, label=f"vanilla {attack}")
-    ax.set_xlabel(spec.knob)
+    ax.set_xlabel(data["knob"])
     ax.set_ylabel("mIoU (%)")
-    ax.set_title(f"{name} ablation ({spec.reference} of the paper)")
+    ax.set_title(f"{name} ablation ({data['reference']} of the paper)")
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: clear of the data
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -305,7 +303,9 @@ def run_ablation(*, ablation: str, values: list[Any] | None = None, num_images: 
     results = collect(rows, hook.runs, attack)
     vanilla = dict(results.pop("vanilla"), label="vanilla (no defense)")
     points = [dict(results[label], value=value, overrides=o) for label, value, o in grid]
-    data = dict(ablation=ablation, reference=spec.reference, num_images=num_images, data_root=str(data_root),
+    data = dict(ablation=ablation, reference=spec.reference, knob=spec.knob, note=spec.note, plot=spec.plot,
+                plot_file=f"ablation_{ablation}.png", num_images=num_images,
+                data_root="the demo benchmark" if Path(data_root) == DATA else str(data_root),
                 preset=preset, base=PRESETS[preset], eps=EPS, attack=attack, seed=seed,
                 vanilla=vanilla, points=points)
     csv_rows = [{"label": p["label"], "value": p["value"], **{k: p.get(k) for _, k, _ in COLUMNS}} for p in points]

@@ -108,7 +108,7 @@ def render(data: dict) -> str:
     """The first command's table: mIoU per attack and defense, the BPDA caveat, the equivariance scores."""
     from ..mmseg.evaluation import grid_table
 
-    bpda = next(r["attack"] for r in data["rows"] if r["attack"].startswith("BPDA"))
+    bpda = next(r["attack"] for r in data["rows"] if r["attack"].startswith("BPDA"))  # StopIteration: not a demo
     return (f"mIoU (%) on the first {data['num_images']} synthetic val images, ε = {data['eps']:g}/255, "
             f"defense preset '{data['defense']['preset']}'\n\n" + grid_table(data["rows"]) +
             f"\n\n{bpda} is not the worst case: the per-image worst case over every attack, through the defense "

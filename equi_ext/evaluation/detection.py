@@ -68,17 +68,15 @@ def plot_roc_curves(data: dict) -> bytes:
     """ROC curves of clean vs each condition, one panel per condition, from the result's per-image scores."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # object API: no pyplot state, no backend switch
     from sklearn.metrics import roc_curve
 
     clean, conditions = data["scores"]["clean"], [c for c in data["scores"] if c != "clean"]
     cols = min(4, len(conditions))
     grid_rows = -(-len(conditions) // cols)
-    fig, axes = plt.subplots(grid_rows, cols, figsize=(3.2 * cols, 3.2 * grid_rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.2 * grid_rows))
+    axes = fig.subplots(grid_rows, cols, squeeze=False)
     for ax, condition in zip(axes.flat, conditions):
         for kind in data["score_kinds"]:
             labels = np.r_[np.zeros(len(clean[kind])), np.ones(len(data["scores"][condition][kind]))]
@@ -94,7 +92,6 @@ def plot_roc_curves(data: dict) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
     return buffer.getvalue()
 
 

@@ -9,12 +9,15 @@ re-measured by name (and, for MMSeg, confirmed on the reported split with ``spli
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..assets import WORKSPACE
 from ..core.validation import SettingsError
 from ..reporting import Report
 from .demo import D2_CONFIG, DATA, build_demo_runner, ensure_data, ensure_tune_data
+
+logger = logging.getLogger(__name__)
 
 CANDIDATES = {
     "paper": dict(preset="paper"),
@@ -173,7 +176,8 @@ def render_sweep(data: dict) -> str:
     """The λ_e sweep page: mIoU and mean equivariance score per λ_e, vanilla and defended."""
     from ..mmseg.evaluation import grid_table
 
-    return (f"Tuning split (seed 1), first {data['num_images']} images, adaptive attack with {data['steps']} steps\n\n"
+    return (f"Tuning split (seed 1), first {data['num_images']} images, adaptive attack with {data['steps']} steps at "
+            f"ε = {data['eps']:g}; defense {data['defense']}\n\n"
             + grid_table(data["rows"]) + "\n\nmean equivariance score of the attacked (vanilla) / defended images\n\n"
             + grid_table(data["rows"], "score", "{:.3f}") + "\n")
 
@@ -197,8 +201,11 @@ def sweep_adaptive_lambda(*, num_images: int = 16, lambdas: list[float], steps: 
     from ..mmseg.evaluation import evaluate_grid
 
     runner = build_demo_runner(ensure_tune_data(), num_images, Path(work_dir))
-    attacks = {f"adaptive λ_e={lam:g}": dict(type="adaptive", eps=4, steps=steps, lambda_e=lam) for lam in lambdas}
-    rows = evaluate_grid(runner, {"vanilla": None, "equivariance": dict(type="equi")}, attacks)
-    SWEEP_REPORT.write(work_dir, "sweep_lambda", dict(num_images=num_images, steps=steps, lambdas=list(lambdas),
-                                                      rows=rows), command=command)
+    eps, defense = 4.0, dict(type="equi", preset="default")
+    attacks = {f"adaptive λ_e={lam:g}": dict(type="adaptive", eps=eps, steps=steps, lambda_e=lam) for lam in lambdas}
+    logger.info("adaptive attack at λ_e ∈ {%s}, %d steps, on %d tuning images", ", ".join(f"{v:g}" for v in lambdas),
+                steps, num_images)
+    rows = evaluate_grid(runner, {"vanilla": None, "equivariance": defense}, attacks)
+    SWEEP_REPORT.write(work_dir, "sweep_lambda", dict(num_images=num_images, steps=steps, eps=eps, defense=defense,
+                                                      lambdas=list(lambdas), rows=rows), command=command)
     return rows

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import math
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ from ..core.validation import SettingsError
 from ..pipeline import EquiPipeline
 from ..reporting import Report, atomic_write_bytes
 from .demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, build_demo_runner, ensure_data
+
+logger = logging.getLogger(__name__)
 
 #: One panel's size in inches and the PNG resolution: a grid of R images × C panels is exactly
 #: (C·PANEL_W·DPI) × (R·PANEL_H·DPI) pixels, which the tests check.
@@ -315,5 +318,5 @@ def visual_report(*, num_images: int = 4, work_dir: str | Path, data_root: str |
                   grid=dict(rows=len(rows), columns=len(names), pixels=list(grid_pixels(len(rows), len(names)))),
                   images=records, mean=mean, seconds=time.perf_counter() - start)
     REPORT.write(work_dir, "visual_report", report, command=command)
-    print(f"Wrote {work_dir / 'index.html'}")
+    logger.info("wrote the page %s and the grid %s", work_dir / "index.html", work_dir / "visual_report.png")
     return report

@@ -22,6 +22,9 @@ KNOWN_WARNINGS = (
     ("The given NumPy array is not writable", UserWarning),  # detectron2's mask loading
     ("torch.meshgrid: in an upcoming release", UserWarning),  # detectron2's anchors
     ("__array__ implementation doesn't accept a copy keyword", DeprecationWarning),  # pycocotools / numpy 2
+    # mmengine, when a second runner in one process builds mmseg's visualizer again (every benchmark cell)
+    ("<class 'mmseg.visualization.local_visualizer.SegLocalVisualizer'> instance named of visualizer has been "
+     "created", UserWarning),
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import io
 import json
 import logging
@@ -91,7 +92,7 @@ def provenance(command: str | None = None) -> dict[str, Any]:
     return dict(command=command, date=datetime.date.today().isoformat(), cpu=cpu, cores=os.cpu_count(),
                 cpu_capability=_cpu_capability(torch), torch_threads=torch.get_num_threads(),
                 python=platform.python_version(), torch=torch.__version__, equi_ext=__version__,
-                commit=SOURCE_COMMIT)
+                commit=source_commit())
 
 
 def _cpu_capability(torch) -> str:
@@ -100,9 +101,11 @@ def _cpu_capability(torch) -> str:
     return query() if query else "unknown"
 
 
-def _source_commit() -> str | None:
+@functools.cache
+def source_commit() -> str | None:
     """The git commit of the package's source (``-dirty`` with uncommitted changes to the code: the package,
-    the tools, the configs; not the docs); None when installed."""
+    the tools, the configs; not the docs); None when installed. Read once per process: a tool reads it at its
+    start (:func:`equi_ext.tooling.start_tool`), so a result names the code that measured it."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
@@ -114,10 +117,6 @@ def _source_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
-
-
-#: read when the package is imported, i.e. when the measuring process started: the code that measured
-SOURCE_COMMIT = _source_commit()
 
 
 def provenance_line(meta: dict[str, Any]) -> str:
@@ -134,10 +133,10 @@ def provenance_line(meta: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Report:
-    """How a tool's result becomes its files: ``markdown`` (the page) and ``plots`` (file name → PNG bytes;
-    ``{stem}`` in a name is the result's stem), each a pure function of the result JSON. The tool writes the
-    JSON beside them, so a committed result re-renders (:meth:`rerender`) without measuring again, and a page
-    cannot drift from what was measured."""
+    """How a tool's result becomes its files: ``markdown`` (the page) and ``plots`` (file name → PNG bytes; a
+    name may hold ``{data[key]}``, a field of the result, never the JSON's file name, which the page cannot
+    know), each a pure function of the result JSON. The tool writes the JSON beside them, so a committed result
+    re-renders (:meth:`rerender`) without measuring again, and a page cannot drift from what was measured."""
 
     markdown: Callable[[dict], str]
     plots: Mapping[str, Callable[[dict], bytes]] = field(default_factory=dict)
@@ -180,7 +179,7 @@ class Report:
 
     def _render(self, result_json: Path, data: dict) -> dict[str, Path]:
         files = {"md": (result_json.with_suffix(".md"), self.page(data).encode())}
-        files.update({name: (result_json.with_name(name.format(stem=result_json.stem)), plot(data))
+        files.update({name: (result_json.with_name(name.format(data=data)), plot(data))
                       for name, plot in self.plots.items()})
         for path, content in files.values():
             atomic_write_bytes(path, content)

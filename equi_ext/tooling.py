@@ -12,6 +12,10 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
+
+from .core.validation import SettingsError
 
 #: (message start, category): every one printed by code outside equi-ext, none about the user's settings.
 KNOWN_WARNINGS = (
@@ -49,6 +53,9 @@ def start_tool() -> None:
     """Hide the known warnings and log the ``equi_ext`` loggers at INFO to stderr (timestamped, above the
     progress bars); the frameworks' own loggers keep their levels."""
     quiet_known_warnings()
+    from .reporting import source_commit
+
+    source_commit()  # read now, when the measuring process starts: the code that measured, not a later edit
     logger = logging.getLogger("equi_ext")
     if not any(isinstance(h, _AboveProgressBars) for h in logger.handlers):
         handler = _AboveProgressBars()
@@ -63,6 +70,15 @@ def add_render_option(parser) -> None:
     parser.add_argument("--render", metavar="RESULT_JSON",
                         help="only rewrite the page and plots beside a result JSON this tool wrote (e.g. a "
                              "committed one under docs/benchmarks): nothing is measured")
+
+
+def measure_or_render(measure: Callable[[], Any], report=None, render: str | None = None) -> Any:
+    """A tool's body: with ``render`` (its ``--render RESULT_JSON``) rewrite that result's page and plots through
+    ``report`` and measure nothing, else call ``measure``; a bad setting ends the program with its message."""
+    try:
+        return report.rerender(render) if render else measure()
+    except SettingsError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def command_line(tool: str, argv) -> str:

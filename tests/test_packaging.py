@@ -227,6 +227,39 @@ def test_a_tool_logs_what_it_does_at_info_on_stderr_without_touching_other_logge
     assert (root.handlers, root.level) == root_before  # conftest restores the equi_ext logger afterwards
 
 
+def test_importing_the_adapters_asks_git_nothing_until_a_tool_starts():
+    """The source commit goes into a result's provenance only; reading it spawns git, so a library import must
+    not, and a tool reads it once when it starts (the code that measured, not a later edit)."""
+    out = run_without([], """
+        import equi_ext.mmseg.metrics, equi_ext.detectron2.evaluation, equi_ext.reporting as reporting
+        from equi_ext.tooling import start_tool
+        print(reporting.source_commit.cache_info().misses)
+        start_tool()
+        first = reporting.provenance("x")["commit"]
+        print(reporting.source_commit.cache_info().misses, first == reporting.provenance("y")["commit"])
+    """)
+    assert out.split() == ["0", "1", "True"]
+
+
+def test_a_bad_setting_ends_a_tool_with_its_message_and_render_measures_nothing(tmp_path):
+    from equi_ext.core.validation import SettingsError
+    from equi_ext.reporting import Report
+    from equi_ext.tooling import measure_or_render
+
+    def bad_setting():
+        raise SettingsError("num_images must be >= 1; got 0")
+
+    with pytest.raises(SystemExit, match="^error: num_images must be >= 1; got 0$"):
+        measure_or_render(bad_setting)
+    report = Report(lambda data: f"# {data['title']}\n", {"plot_{data[name]}.txt": lambda data: b"plot"})
+    (tmp_path / "result.json").write_text(json.dumps({"title": "T", "name": "n"}))
+    assert measure_or_render(bad_setting, report, str(tmp_path / "result.json")) == {"title": "T", "name": "n"}
+    assert (tmp_path / "result.md").read_text() == "# T\n" and (tmp_path / "plot_n.txt").read_bytes() == b"plot"
+    (tmp_path / "foreign.json").write_text(json.dumps({"other": 1}))
+    with pytest.raises(SystemExit, match="foreign.json is not a result of this tool"):
+        measure_or_render(bad_setting, report, str(tmp_path / "foreign.json"))
+
+
 def test_tools_are_argument_parsing_plus_one_call():
     """A tool over 100 lines holds logic a user cannot import. ``patch_detectron2_sdist.py`` is exempt: it runs
     before equi-ext is installed (it patches the sdist the install builds), so it cannot import the package."""

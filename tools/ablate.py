@@ -26,10 +26,9 @@ from __future__ import annotations
 import argparse
 
 from equi_ext.core.optimizer import PRESETS
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.ablations import ABLATIONS, REPORT, run_ablation
 from equi_ext.evaluation.demo import DATA, WORKSPACE
-from equi_ext.tooling import add_render_option, command_line, start_tool
+from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,15 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:
-        if args.render:
-            return REPORT.rerender(args.render)
-        return run_ablation(ablation=args.ablation, values=args.values.split(",") if args.values is not None else None,
-                            num_images=args.num_images, preset=args.preset, attack_steps=args.attack_steps,
-                            seed=args.seed, data_root=args.data_root, work_dir=args.work_dir,
-                            command=command_line("ablate.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+    return measure_or_render(lambda: run_ablation(
+        ablation=args.ablation, values=args.values.split(",") if args.values is not None else None,
+        num_images=args.num_images, preset=args.preset, attack_steps=args.attack_steps, seed=args.seed,
+        data_root=args.data_root, work_dir=args.work_dir, command=command_line("ablate.py", argv)),
+        REPORT, args.render)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import argparse
 
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import DATA, WORKSPACE
 from equi_ext.evaluation.robustness import ATTACK_NAMES, DEFENSE_NAMES, REPORT, benchmark_robustness
-from equi_ext.tooling import add_render_option, command_line, start_tool
+from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
 def names(text: str) -> list[str]:
@@ -64,17 +63,12 @@ def main(argv=None) -> dict:
         lambdas = [float(v) for v in args.lambdas.split(",")]
     except ValueError as err:
         raise SystemExit(f"error: --seeds takes integers and --lambdas numbers, comma-separated ({err})") from None
-    try:
-        if args.render:
-            return REPORT.rerender(args.render)
-        return benchmark_robustness(
-            detectron2=args.detectron2, defense_names=names(args.defenses), attack_names=names(args.attacks),
-            seeds=seeds, num_images=args.num_images, steps=args.steps, bpda_steps=args.bpda_steps,
-            eot_samples=args.eot_samples, lambdas=lambdas, data_root=args.data_root, checkpoint=args.checkpoint,
-            preset=args.preset, work_dir=args.work_dir, resume=args.resume,
-            command=command_line("benchmark_robustness.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+    return measure_or_render(lambda: benchmark_robustness(
+        detectron2=args.detectron2, defense_names=names(args.defenses), attack_names=names(args.attacks),
+        seeds=seeds, num_images=args.num_images, steps=args.steps, bpda_steps=args.bpda_steps,
+        eot_samples=args.eot_samples, lambdas=lambdas, data_root=args.data_root, checkpoint=args.checkpoint,
+        preset=args.preset, work_dir=args.work_dir, resume=args.resume,
+        command=command_line("benchmark_robustness.py", argv)), REPORT, args.render)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 
 from equi_ext.core.optimizer import PRESETS
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import WORKSPACE
 from equi_ext.evaluation.speed import REPORT, benchmark_speed
-from equi_ext.tooling import add_render_option, command_line, start_tool
+from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,17 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict] | dict:
     args = parse_args(argv)
-    try:
-        if args.render:
-            return REPORT.rerender(args.render)
-        return benchmark_speed(
-            batch=args.batch, repeats=args.repeats, presets=args.presets.split(","), attack_steps=args.attack_steps,
-            skip_real=args.skip_real,
-            detector_transforms=args.detector_transforms.split(",") if args.detector_transforms else None,
-            detector_threshold=args.detector_threshold, cityscapes_size=args.cityscapes_size,
-            models=args.models.split(","), work_dir=args.work_dir, command=command_line("benchmark_speed.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+    return measure_or_render(lambda: benchmark_speed(
+        batch=args.batch, repeats=args.repeats, presets=args.presets.split(","), attack_steps=args.attack_steps,
+        skip_real=args.skip_real,
+        detector_transforms=args.detector_transforms.split(",") if args.detector_transforms else None,
+        detector_threshold=args.detector_threshold, cityscapes_size=args.cityscapes_size,
+        models=args.models.split(","), work_dir=args.work_dir, command=command_line("benchmark_speed.py", argv)),
+        REPORT, args.render)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.attack_strength import REPORT, compare_attacks, tuned_steps
 from equi_ext.evaluation.demo import WORKSPACE
-from equi_ext.tooling import add_render_option, command_line, start_tool
+from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,17 +37,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     runs = WORKSPACE / "work_dirs/compare_attacks"
     work_dir = Path(args.work_dir or runs / f"{args.split}-eps{args.eps:g}-steps{args.steps}")
-    try:
-        if args.render:
-            return REPORT.rerender(args.render)
+
+    def measure() -> dict:
         steps = None
         if args.split == "val":
             tuned = args.tuned or runs / f"tune-eps{args.eps:g}-steps{args.steps}/attack_strength.json"
             steps = tuned_steps(tuned, args.eps, args.steps)
         return compare_attacks(split=args.split, num_images=args.num_images, steps=args.steps, work_dir=work_dir,
                                eps=args.eps, step_sizes=steps, command=command_line("compare_attacks.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+
+    return measure_or_render(measure, REPORT, args.render)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import REPORT, WORKSPACE, run_demo
-from equi_ext.tooling import add_render_option, command_line, start_tool
+from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
 def parse_args(argv=None):
@@ -31,13 +30,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:
-        if args.render:
-            return REPORT.rerender(args.render)
-        return run_demo(args.num_images, args.work_dir, args.retrain, full=args.full, batch_size=args.batch_size,
-                        command=command_line("run_demo.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+    return measure_or_render(lambda: run_demo(args.num_images, args.work_dir, args.retrain, full=args.full,
+                                              batch_size=args.batch_size, command=command_line("run_demo.py", argv)),
+                             REPORT, args.render)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,9 @@ from __future__ import annotations
 
 import argparse
 
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import DATA, WORKSPACE
 from equi_ext.evaluation.honesty import REPORT, honesty_checks
-from equi_ext.tooling import add_render_option, command_line, start_tool
+from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
 def main(argv=None) -> dict:
@@ -64,17 +63,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--resume", action="store_true", help="reuse the per-image records of finished images")
     add_render_option(parser)
     args = parser.parse_args(argv)
-    try:
-        if args.render:
-            return REPORT.rerender(args.render)
-        lambdas = tuple(float(v) for v in args.lambdas.split(","))
-        return honesty_checks(detectron2=args.detectron2, num_images=args.num_images, preset=args.preset,
-                              steps=args.steps, bpda_steps=args.bpda_steps, max_bpda_steps=args.max_bpda_steps,
-                              restarts=args.restarts, lambdas=lambdas, eot_samples=args.eot_samples,
-                              data_root=args.data_root, work_dir=args.work_dir, resume=args.resume,
-                              command=command_line("sanity_checks.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+    return measure_or_render(lambda: honesty_checks(
+        detectron2=args.detectron2, num_images=args.num_images, preset=args.preset, steps=args.steps,
+        bpda_steps=args.bpda_steps, max_bpda_steps=args.max_bpda_steps, restarts=args.restarts,
+        lambdas=tuple(float(v) for v in args.lambdas.split(",")), eot_samples=args.eot_samples,
+        data_root=args.data_root, work_dir=args.work_dir, resume=args.resume,
+        command=command_line("sanity_checks.py", argv)), REPORT, args.render)
 
 
 if __name__ == "__main__":

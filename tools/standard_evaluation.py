@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import DATA, EPS, WORKSPACE
 from equi_ext.evaluation.standard import EPSILONS, REPORT, standard_evaluation
-from equi_ext.tooling import add_render_option, command_line, start_tool
+from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
 def main(argv=None) -> dict:
@@ -46,21 +45,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--resume", action="store_true", help="reuse the per-image records of finished images")
     add_render_option(parser)
     args = parser.parse_args(argv)
-    try:
-        if args.render:
-            return REPORT.rerender(args.render)
+
+    def measure() -> dict:
         try:
             epsilons = tuple(float(e) for e in args.epsilons.split(","))
         except ValueError:
-            raise SettingsError(f"--epsilons takes numbers separated by commas; got {args.epsilons!r}") from None
+            raise SystemExit(f"error: --epsilons takes numbers separated by commas; got {args.epsilons!r}") from None
         return standard_evaluation(
             detectron2=args.detectron2, num_images=args.num_images, eps=args.eps, steps=args.steps,
             eot_samples=args.eot_samples, max_doublings=args.max_doublings, epsilons=epsilons,
             lambda_e=args.lambda_e, seed=args.seed, preset=args.preset, data_root=args.data_root,
             checkpoint=args.checkpoint, work_dir=args.work_dir, resume=args.resume,
             command=command_line("standard_evaluation.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+
+    return measure_or_render(measure, REPORT, args.render)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import WORKSPACE
 from equi_ext.evaluation.tuning import SWEEP_REPORT, sweep_adaptive_lambda
-from equi_ext.tooling import add_render_option, command_line, start_tool
+from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
 def main(argv=None) -> list[dict] | dict:
@@ -28,17 +27,16 @@ def main(argv=None) -> list[dict] | dict:
     parser.add_argument("--work-dir", default=str(WORKSPACE / "work_dirs/sweep_lambda"))
     add_render_option(parser)
     args = parser.parse_args(argv)
-    try:
-        if args.render:
-            return SWEEP_REPORT.rerender(args.render)
+
+    def measure() -> list[dict]:
         try:
             lambdas = [float(v) for v in args.lambdas.split(",")]
         except ValueError:
-            raise SettingsError(f"--lambdas takes numbers separated by commas; got {args.lambdas!r}") from None
+            raise SystemExit(f"error: --lambdas takes numbers separated by commas; got {args.lambdas!r}") from None
         return sweep_adaptive_lambda(num_images=args.num_images, lambdas=lambdas, steps=args.steps,
                                      work_dir=args.work_dir, command=command_line("sweep_lambda.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+
+    return measure_or_render(measure, SWEEP_REPORT, args.render)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import WORKSPACE
 from equi_ext.evaluation.tuning import CANDIDATES, D2_CANDIDATES, DEFAULT_CANDIDATES, REPORT, SPLITS, tune_defense
-from equi_ext.tooling import add_render_option, command_line, start_tool
+from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,15 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict] | dict:
     args = parse_args(argv)
-    try:
-        if args.render:
-            return REPORT.rerender(args.render)
-        return tune_defense(detectron2=args.detectron2, num_images=args.num_images, work_dir=args.work_dir,
-                            feature_layer=args.feature_layer,
-                            candidates=args.candidates.split(",") if args.candidates else None, split=args.split,
-                            command=command_line("tune_defense.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+    return measure_or_render(lambda: tune_defense(
+        detectron2=args.detectron2, num_images=args.num_images, work_dir=args.work_dir,
+        feature_layer=args.feature_layer, candidates=args.candidates.split(",") if args.candidates else None,
+        split=args.split, command=command_line("tune_defense.py", argv)), REPORT, args.render)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 
 from equi_ext.core.optimizer import PRESETS
-from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, WORKSPACE
 from equi_ext.evaluation.visual_report import visual_report
-from equi_ext.tooling import command_line, start_tool
+from equi_ext.tooling import command_line, measure_or_render, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,12 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:
-        return visual_report(num_images=args.num_images, work_dir=args.work_dir, data_root=args.data_root,
-                             checkpoint=args.checkpoint, eps=args.eps, steps=args.steps, preset=args.preset,
-                             transforms=args.transforms, seed=args.seed, command=command_line("visual_report.py", argv))
-    except SettingsError as err:
-        raise SystemExit(f"error: {err}") from None
+    return measure_or_render(lambda: visual_report(
+        num_images=args.num_images, work_dir=args.work_dir, data_root=args.data_root, checkpoint=args.checkpoint,
+        eps=args.eps, steps=args.steps, preset=args.preset, transforms=args.transforms, seed=args.seed,
+        command=command_line("visual_report.py", argv)))
 
 
 if __name__ == "__main__":

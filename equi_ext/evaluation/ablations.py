@@ -230,7 +230,7 @@ def render(data: dict) -> str:
             f"{data['knob']} changes. {data['note']} Shifts are |x' − x| in pixel levels, x being the defense's input (max "
             "over pixels and images; mean over pixels and images).\n\n"
             + table([data["vanilla"], *data["points"]], data["knob"]) + f"\n\n![{data['ablation']}]"
-            f"({data['plot_file']})\n")
+            f"(ablation_{data['ablation']}.png)\n")
 
 
 def plot(data: dict) -> bytes:
@@ -264,7 +264,7 @@ def plot(data: dict) -> bytes:
     return buffer.getvalue()
 
 
-REPORT = Report(render, {"{stem}.png": plot})
+REPORT = Report(render, {"ablation_{data[ablation]}.png": plot})  # the page links it by the ablation's name
 
 
 def run_ablation(*, ablation: str, values: list[Any] | None = None, num_images: int = 8, preset: str = "fast",
@@ -304,7 +304,7 @@ def run_ablation(*, ablation: str, values: list[Any] | None = None, num_images: 
     vanilla = dict(results.pop("vanilla"), label="vanilla (no defense)")
     points = [dict(results[label], value=value, overrides=o) for label, value, o in grid]
     data = dict(ablation=ablation, reference=spec.reference, knob=spec.knob, note=spec.note, plot=spec.plot,
-                plot_file=f"ablation_{ablation}.png", num_images=num_images,
+                num_images=num_images,
                 data_root="the demo benchmark" if Path(data_root) == DATA else str(data_root),
                 preset=preset, base=PRESETS[preset], eps=EPS, attack=attack, seed=seed,
                 vanilla=vanilla, points=points)

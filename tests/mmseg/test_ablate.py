@@ -146,6 +146,12 @@ def test_report_files_agree(run, name, assert_rerenders):
     assert written.pop("provenance")["command"] == f"python tools/ablate.py {name} --values {SMALL[name]}"
     assert written == json.loads(json.dumps(data))
     assert_rerenders(load_tool("ablate"), stem.with_suffix(".json"), plots=[f"ablation_{name}.png"])
+    renamed = work / "renamed" / "my_result.json"  # the page links its plot by a name the JSON holds
+    renamed.parent.mkdir()
+    renamed.write_bytes(stem.with_suffix(".json").read_bytes())
+    load_tool("ablate").main(["--render", str(renamed)])
+    assert f"](ablation_{name}.png)" in renamed.with_suffix(".md").read_text()
+    assert (renamed.parent / f"ablation_{name}.png").read_bytes() == stem.with_suffix(".png").read_bytes()
     text = stem.with_suffix(".md").read_text()
     assert f"python tools/ablate.py {name} --values {SMALL[name]}" in text
     table = markdown_rows(text)

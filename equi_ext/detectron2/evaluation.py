@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import math
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader
 from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -33,7 +35,9 @@ from pycocotools.cocoeval import COCOeval
 
 from ..core.checkpoints import load_weights as load_checkpoint
 from ..core.metrics import greedy_worst_case
+from ..core.seeding import file_seed
 from ..core.validation import SettingsError
+from ..data.corruptions import check_corruption, corrupt
 from ..pipeline import EquiPipeline, scenario_table, temporarily
 from ..progress import image_bar
 from ..reporting import atomic_write_json, record_path
@@ -166,7 +170,8 @@ class PerImageCOCOEvaluator(_PredictedImagesCOCOEvaluator):
                           mask_ap=coco_ap(self._coco_api, self._metadata, [prediction], ids, "segm")
                           if "segm" in (self._tasks or ()) else float("nan"),
                           box_ap=coco_ap(self._coco_api, self._metadata, [prediction], ids, "bbox"),
-                          loss=float(out.get("task_loss", float("nan"))), prediction=prediction)
+                          loss=float(out.get("task_loss", float("nan"))), score=out.get(SCORE_KEY),
+                          prediction=prediction)
             self.per_image.append(record)
             if self.record_dir is not None:
                 atomic_write_json(record_path(self.record_dir, record["img"]), record)
@@ -198,17 +203,59 @@ def check_dataset(name: str) -> None:
                                     "datasets live under $DETECTRON2_DATASETS, default ./datasets)")
 
 
-def build_annotated_test_loader(cfg, dataset: str | list[dict], num_images: int | None = None):
+class _LoadedImageCorruption(T.Augmentation):
+    """One common corruption of the image as loaded (in the loader's channel order), seeded by ``seed``, which
+    :class:`CorruptingDatasetMapper` sets from each image's file name before mapping it."""
+
+    def __init__(self, corruption: str, severity: int, image_format: str) -> None:
+        super().__init__()
+        if image_format not in ("RGB", "BGR"):
+            raise SettingsError(f"corruptions need RGB or BGR images; INPUT.FORMAT is {image_format!r}")
+        self.corruption, self.severity, self.image_format, self.seed = corruption, severity, image_format, 0
+
+    def get_transform(self, image):
+        return T.ColorTransform(functools.partial(_corrupt_loaded, corruption=self.corruption,
+                                                  severity=self.severity, seed=self.seed,
+                                                  bgr=self.image_format == "BGR"))
+
+
+def _corrupt_loaded(image, *, corruption: str, severity: int, seed: int, bgr: bool):
+    if not bgr:
+        return corrupt(image, corruption, severity, seed)
+    return corrupt(image[..., ::-1].copy(), corruption, severity, seed)[..., ::-1].copy()
+
+
+class CorruptingDatasetMapper(DatasetMapper):
+    """Detectron2's ``DatasetMapper`` with one of the 15 common corruptions applied to each image as it is
+    loaded, before the test resize and the model's normalisation (where MMDetection's corruption benchmark
+    applies them); each image's corruption is seeded by its file name, not its folder or loader position."""
+
+    def __init__(self, *, corruption: str, severity: int, **kwargs) -> None:
+        check_corruption(corruption, severity)
+        super().__init__(**kwargs)
+        self.corruption = _LoadedImageCorruption(corruption, severity, self.image_format)
+        self.augmentations = T.AugmentationList([self.corruption, *self.augmentations.augs])
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        self.corruption.seed = file_seed(dataset_dict["file_name"])
+        return super().__call__(dataset_dict)
+
+
+def build_annotated_test_loader(cfg, dataset: str | list[dict], num_images: int | None = None,
+                                corruption: dict | None = None):
     """Test-time resizing, annotations kept (transformed like the image) for the attacks' losses.
 
-    ``dataset`` is a registered name or a list of its records (e.g. the images still to run)."""
-    mapper = DatasetMapper(
+    ``dataset`` is a registered name or a list of its records (e.g. the images still to run); ``corruption``,
+    e.g. ``dict(corruption='fog', severity=3)``, corrupts each image as it is loaded
+    (:class:`CorruptingDatasetMapper`)."""
+    settings = dict(
         is_train=True,  # keeps and transforms annotations; augmentations are the test ones
         augmentations=utils.build_augmentation(cfg, is_train=False),
         image_format=cfg.INPUT.FORMAT,
         use_instance_mask=cfg.MODEL.MASK_ON,
         instance_mask_format=cfg.INPUT.MASK_FORMAT,
     )
+    mapper = CorruptingDatasetMapper(**corruption, **settings) if corruption else DatasetMapper(**settings)
     records = DatasetCatalog.get(dataset) if isinstance(dataset, str) else list(dataset)
     if num_images is not None:
         records = records[:num_images]
@@ -350,9 +397,12 @@ def _tasks(cfg) -> tuple[str, ...]:
 
 
 def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | None], defense: tuple[str, dict | None],
-                  record_dir: str | os.PathLike, *, num_images: int | None = None, resume: bool = False) -> dict:
+                  record_dir: str | os.PathLike, *, num_images: int | None = None, resume: bool = False,
+                  corruption: dict | None = None, record_scores: bool = False) -> dict:
     """One (label, attack config) × (label, defense config) cell on the first ``num_images`` of
-    ``cfg.DATASETS.TEST[0]``, one process; configs as the registries take them (None = none).
+    ``cfg.DATASETS.TEST[0]``, one process; configs as the registries take them (None = none);
+    ``corruption`` as :func:`build_annotated_test_loader` takes it; with ``record_scores`` each image's record
+    holds its equivariance ``score`` (the defense's own, else extra forwards).
 
     Image records are written to ``record_dir`` as each image finishes; with ``resume`` images
     that already have one are not run again. The cell's AP is always ``COCOEvaluator``'s over
@@ -374,9 +424,9 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
         evaluator = PerImageCOCOEvaluator(dataset, tasks=_tasks(cfg), record_dir=record_dir, distributed=False,
                                           use_fast_impl=False)
         start = time.perf_counter()
-        with temporarily(model, pipeline=pipeline, scenario=scenario, record_losses=True), \
+        with temporarily(model, pipeline=pipeline, scenario=scenario, record_losses=True, record_scores=record_scores), \
                 contextlib.redirect_stdout(io.StringIO()):  # pycocotools' summaries of the partial run
-            inference_on_dataset(model, build_annotated_test_loader(cfg, todo),
+            inference_on_dataset(model, build_annotated_test_loader(cfg, todo, corruption=corruption),
                                  DatasetEvaluators([evaluator, ProgressEvaluator(len(todo), f"{attack[0]} / {defense[0]}")]))
         row["seconds"] = time.perf_counter() - start
     per_image = [json.loads(path.read_text()) for path in paths]

@@ -55,10 +55,12 @@ class MMSegBackend:
         return True
 
     def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
-             resume: bool = False) -> dict:
+             resume: bool = False, corruption: dict | None = None) -> dict:
+        """One cell's row (metric, per-image records with their equivariance scores); ``corruption`` corrupts
+        the images as loaded."""
         from ..mmseg.evaluation import evaluate_cell
 
-        return evaluate_cell(self.runner, attack, defense, record_dir, resume=resume)
+        return evaluate_cell(self.runner, attack, defense, record_dir, resume=resume, corruption=corruption)
 
     def worst_case(self, rows: list[dict]) -> dict:
         from ..mmseg.evaluation import worst_case
@@ -124,11 +126,14 @@ class Detectron2Backend:
         return attack is None or "logits" not in ATTACKS.get(attack["type"]).needs(attack)
 
     def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
-             resume: bool = False) -> dict:
+             resume: bool = False, corruption: dict | None = None) -> dict:
+        """As :meth:`MMSegBackend.cell`, but the scores are recorded only where the defense computes them anyway
+        (detect-then-defend: the score of its input); elsewhere they would cost extra forwards."""
         from ..detectron2.evaluation import evaluate_cell
 
         return evaluate_cell(self.cfg, self.model, attack, defense, record_dir, num_images=self.num_images,
-                             resume=resume)
+                             resume=resume, corruption=corruption,
+                             record_scores=defense[1] is not None and defense[1]["type"] == "detect_then_defend")
 
     def worst_case(self, rows: list[dict]) -> dict:
         from ..detectron2.evaluation import worst_case

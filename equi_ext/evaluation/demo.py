@@ -79,10 +79,10 @@ def ensure_checkpoint(retrain: bool, work_dir: Path) -> Path:
 
 
 def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoint: Path = CHECKPOINT,
-                      test_evaluator: dict | None = None, corruption: dict | None = None, batch_size: int = 1):
+                      test_evaluator: dict | None = None, batch_size: int = 1):
     """An MMEngine runner of the demo config on the first ``num_images`` val images, ``batch_size`` per
-    batch, weights loaded (``test_evaluator`` replaces the config's, e.g. with ``PerImageIoUMetric``;
-    ``corruption``, e.g. ``dict(corruption='fog', severity=3)``, corrupts each image as it is loaded)."""
+    batch, weights loaded (``test_evaluator`` replaces the config's, e.g. with ``PerImageIoUMetric``; corrupted
+    images: ``equi_ext.mmseg.evaluation.corrupted_loading``)."""
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -97,8 +97,6 @@ def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoi
     cfg.log_level = "WARNING"
     if test_evaluator is not None:
         cfg.test_evaluator = test_evaluator
-    if corruption is not None:
-        cfg.test_dataloader.dataset.pipeline.insert(1, dict(type="ImageCorruption", **corruption))
     runner = Runner.from_cfg(cfg)
     load_weights(runner.model, checkpoint, framework="MMEngine")
     return runner

@@ -141,7 +141,7 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
     from sklearn.metrics import roc_auc_score
 
     from ..mmseg import configure
-    from ..mmseg.evaluation import evaluate_grid
+    from ..mmseg.evaluation import corrupted_loading, evaluate_grid
 
     def scores_of(runner, attack: dict | None) -> dict[str, np.ndarray]:
         """Per-image scores of every kind, for the runner's images (attacked first if ``attack``)."""
@@ -162,9 +162,8 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
     pgd = dict(PGD, steps=attack_steps)
     conditions = {"clean": scores_of(val, None), f"PGD-{attack_steps}": scores_of(val, pgd)}
     for name in corruptions:
-        runner = build_demo_runner(Path(data_root), num_images, out / "corrupt",
-                                   corruption=dict(corruption=name, severity=severity))
-        conditions[name] = scores_of(runner, None)
+        with corrupted_loading(val, dict(corruption=name, severity=severity)):
+            conditions[name] = scores_of(val, None)
     auroc: dict[str, dict[str, float]] = {}
     for condition, scores in conditions.items():
         if condition != "clean":

@@ -6,10 +6,11 @@ numbers are exactly what ``tools/test.py`` would report for that configuration.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mmengine.config import Config
@@ -127,9 +128,33 @@ def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, A
     return rows
 
 
+@contextlib.contextmanager
+def corrupted_loading(runner: Runner, corruption: dict | None) -> Iterator[None]:
+    """Within the block the runner's test images are corrupted as they are loaded: ``corruption``, e.g.
+    ``dict(corruption='fog', severity=3)``, becomes an ``ImageCorruption`` right after ``LoadImageFromFile``
+    (before any resize and the data preprocessor's normalisation); None changes nothing."""
+    if corruption is None:
+        yield
+        return
+    from mmcv.transforms import LoadImageFromFile
+
+    from .transforms import ImageCorruption
+
+    transforms = runner.test_loop.dataloader.dataset.pipeline.transforms
+    load = next((i for i, t in enumerate(transforms) if isinstance(t, LoadImageFromFile)), None)
+    if load is None:
+        raise SettingsError("corrupting the test images needs LoadImageFromFile in the test pipeline")
+    transforms.insert(load + 1, ImageCorruption(**corruption))
+    try:
+        yield
+    finally:
+        del transforms[load + 1]
+
+
 def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, Any], record_dir: str | os.PathLike,
-                  *, resume: bool = False) -> dict:
-    """One (attack, defense) cell, image records written to ``record_dir`` as each image finishes.
+                  *, resume: bool = False, corruption: dict | None = None) -> dict:
+    """One (attack, defense) cell, image records written to ``record_dir`` as each image finishes; ``corruption``
+    as :func:`corrupted_loading` takes it.
 
     With ``resume``, images that already have a record are not run again. The cell's mIoU is
     always IoUMetric's over the records of all the runner's images, so an interrupted and
@@ -150,7 +175,8 @@ def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, A
                                          collate_fn=full.collate_fn, num_workers=0)
         metric.record_dir = str(record_dir)
         try:
-            (ran,) = evaluate_grid(runner, {defense[0]: defense[1]}, {attack[0]: attack[1]})
+            with corrupted_loading(runner, corruption):
+                (ran,) = evaluate_grid(runner, {defense[0]: defense[1]}, {attack[0]: attack[1]})
         finally:
             loop.dataloader, metric.record_dir = full, None
         row["seconds"] = ran["seconds"]

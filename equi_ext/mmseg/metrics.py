@@ -30,8 +30,9 @@ from .segmentor import SCORE_KEY
 @METRICS.register_module()
 class PerImageIoUMetric(IoUMetric):
     """After ``evaluate()``, ``per_image`` lists one dict per image: ``img`` (its path),
-    ``areas`` (IoUMetric's intersect/union/pred/label tuple), ``iou`` (percent) and ``loss``
-    (pixel cross-entropy of the predicted logits, ignore_index excluded; NaN without logits).
+    ``areas`` (IoUMetric's intersect/union/pred/label tuple), ``iou`` (percent), ``loss``
+    (pixel cross-entropy of the predicted logits, ignore_index excluded; NaN without logits) and ``score``
+    (its equivariance score when the scenario records scores, else None).
 
     Args:
         record_dir: if set, write each processed image's record to ``record_dir/<file name>.json``.
@@ -46,14 +47,16 @@ class PerImageIoUMetric(IoUMetric):
         start = len(self.results)
         super().process(data_batch, data_samples)
         for index, sample in zip(range(start, len(self.results)), data_samples):
-            self.results[index] = (*self.results[index], sample["img_path"], self._loss(sample))
+            self.results[index] = (*self.results[index], sample["img_path"], self._loss(sample),
+                                   sample.get(SCORE_KEY))
             if self.record_dir is not None:
-                *areas, img, loss = self.results[index]
-                atomic_write_json(record_path(self.record_dir, img), self._record(areas, img, loss))
+                *areas, img, loss, score = self.results[index]
+                atomic_write_json(record_path(self.record_dir, img), self._record(areas, img, loss, score))
 
     @staticmethod
-    def _record(areas: Sequence[torch.Tensor], img: str, loss: float) -> dict:
-        return dict(img=img, areas=tuple(areas), iou=image_iou(areas[0], areas[1]), loss=loss)
+    def _record(areas: Sequence[torch.Tensor], img: str, loss: float, score: float | None) -> dict:
+        return dict(img=img, areas=tuple(areas), iou=image_iou(areas[0], areas[1]), loss=loss,
+                    score=None if score is None else float(score))
 
     def _loss(self, sample: dict) -> float:
         logits = sample.get("seg_logits", {}).get("data")
@@ -66,7 +69,7 @@ class PerImageIoUMetric(IoUMetric):
         return float(loss)
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        self.per_image = [self._record(areas, img, loss) for *areas, img, loss in results]
+        self.per_image = [self._record(areas, img, loss, score) for *areas, img, loss, score in results]
         return super().compute_metrics([r[:4] for r in results])
 
     def metrics_of(self, areas: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, float]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import zlib
-
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
+from ..core.seeding import file_seed
 from ..data.corruptions import check_corruption, corrupt
 
 
@@ -32,7 +30,7 @@ class ImageCorruption(BaseTransform):
         img = results["img"]
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"ImageCorruption needs a 3-channel image; got shape {img.shape}")
-        seed = zlib.crc32(os.path.basename(str(results.get("img_path", ""))).encode())
+        seed = file_seed(results.get("img_path", ""))
         rgb = corrupt(img[..., ::-1].copy(), self.corruption, self.severity, seed)  # loaded as BGR
         results["img"] = rgb[..., ::-1].copy()
         return results

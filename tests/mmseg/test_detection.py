@@ -25,9 +25,9 @@ def _scores(runner, score, attack=None):
 
 
 @pytest.mark.numerics
-def test_scores_flag_pgd_images_and_corruption_changes_the_images(synthetic_val_root, tmp_path):
+def test_scores_flag_pgd_images(synthetic_val_root, tmp_path):
     """Each score kind separates PGD-10 images from clean ones on the demo model (the equivariance
-    score as the issue requires: AUROC ≥ 0.9, scikit-learn), and ImageCorruption really corrupts."""
+    score as the issue requires: AUROC ≥ 0.9, scikit-learn); corrupted loading: tests/mmseg/test_corruption.py."""
     from sklearn.metrics import roc_auc_score
 
     runner = build_demo_runner(synthetic_val_root, 6, tmp_path / "val")
@@ -38,14 +38,6 @@ def test_scores_flag_pgd_images_and_corruption_changes_the_images(synthetic_val_
         auroc = roc_auc_score(labels, sign * np.r_[clean, attacked])
         assert auroc >= (0.9 if score == "equivariance" else 0.6), (score, auroc)
 
-    fog = build_demo_runner(synthetic_val_root, 1, tmp_path / "fog",
-                            corruption=dict(corruption="fog", severity=3))
-    sample = fog.test_dataloader.dataset[0]
-    raw = np.asarray(Image.open(sample["data_samples"].img_path).convert("RGB"))
-    loaded = sample["inputs"].numpy().transpose(1, 2, 0)[..., ::-1]  # BGR → RGB
-    assert loaded.shape == raw.shape and np.abs(loaded.astype(int) - raw).mean() > 5
-    again = fog.test_dataloader.dataset[0]["inputs"]
-    assert np.array_equal(again.numpy(), sample["inputs"].numpy())  # seeded by file name
 
 
 def test_bad_score_names_fail_at_build():

@@ -1,0 +1,102 @@
+"""The corruption benchmark (P, mPC, rPC): images corrupted as loaded, seeded by file name, the aggregation, the
+tool end to end on the demo DeepLabV3."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from equi_ext.core.seeding import file_seed
+from equi_ext.data.corruptions import corrupt
+from equi_ext.evaluation.corruption import corruption_summary
+from equi_ext.evaluation.demo import build_demo_runner
+from equi_ext.mmseg.evaluation import corrupted_loading
+
+from .conftest import load_tool
+
+
+def test_mpc_and_rpc_follow_michaelis_et_al_on_a_hand_computed_table():
+    clean = {"vanilla": 50.0, "defended": 40.0, "broken": 0.0}
+    table = {"fog": {"1": {"vanilla": 40.0, "defended": 30.0, "broken": 0.0},
+                     "3": {"vanilla": 20.0, "defended": 30.0, "broken": 0.0}},
+             "snow": {"1": {"vanilla": 30.0, "defended": 20.0, "broken": 0.0},
+                      "3": {"vanilla": 10.0, "defended": 40.0, "broken": 0.0}}}
+    summary = corruption_summary(clean, table)
+    assert summary["vanilla"] == {"P": 50.0, "mPC": 25.0, "rPC": 0.5}
+    assert summary["defended"] == {"P": 40.0, "mPC": 30.0, "rPC": 0.75}
+    assert summary["broken"]["mPC"] == 0.0 and math.isnan(summary["broken"]["rPC"])
+    # mPC averages every (corruption, severity) alike: one corruption with more severities weighs more
+    uneven = corruption_summary({"m": 10.0}, {"a": {"1": {"m": 6.0}}, "b": {"1": {"m": 2.0}, "2": {"m": 4.0}}})
+    assert uneven["m"]["mPC"] == pytest.approx((6.0 + 3.0) / 2)
+
+
+def test_images_are_corrupted_as_loaded_before_normalisation_seeded_by_file_name(synthetic_val_root, tmp_path):
+    runner = build_demo_runner(synthetic_val_root, 1, tmp_path / "run")
+    dataset = runner.test_loop.dataloader.dataset
+    clean = dataset[0]["inputs"].numpy()
+    path = dataset[0]["data_samples"].img_path
+    raw = np.asarray(Image.open(path).convert("RGB"))
+    with corrupted_loading(runner, dict(corruption="fog", severity=3)):
+        sample = dataset[0]
+        names = [type(t).__name__ for t in dataset.pipeline.transforms]
+        assert names[names.index("LoadImageFromFile") + 1] == "ImageCorruption"
+        again = dataset[0]["inputs"].numpy()
+    # the packed uint8 image (what the data preprocessor normalises) is the file's image, corrupted with the
+    # seed of its name: the test pipeline's Resize keeps these 128×128 images as they are
+    expected = corrupt(raw, "fog", 3, file_seed(path))
+    assert np.array_equal(sample["inputs"].numpy().transpose(1, 2, 0)[..., ::-1], expected)
+    assert np.array_equal(again, sample["inputs"].numpy())
+    assert not np.array_equal(clean, again)
+    assert np.array_equal(dataset[0]["inputs"].numpy(), clean), "the block left the pipeline corrupting"
+    assert "ImageCorruption" not in [type(t).__name__ for t in dataset.pipeline.transforms]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--corruptions", "fogg"], "unknown corruption\\(s\\) \\['fogg'\\]; valid names: gaussian_noise"),
+    (["--severities", "0,6"], "severities must be among 1, 2, 3, 4, 5; got \\[0, 6\\]"),
+    (["--severities", "3,x"], "--severities takes integers"),
+    (["--num-tune-images", "1"], "need num_images >= 1 and num_tune_images >= 2"),
+    (["--clean-percentile", "101"], "clean_percentile must be in \\[0, 100\\]"),
+    (["--checkpoint", "/nonexistent.pth"], "checkpoint /nonexistent.pth does not exist"),
+])
+def test_bad_settings_fail_before_anything_runs(argv, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        load_tool("corruption_benchmark").main([*argv, "--work-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def test_benchmark_end_to_end_resumes_and_rerenders(synthetic_val_root, tmp_path, assert_rerenders):
+    tool = load_tool("corruption_benchmark")
+    argv = ["--num-images", "2", "--num-tune-images", "3", "--corruptions", "fog", "--severities", "2,5",
+            "--data-root", str(synthetic_val_root), "--tune-root", str(synthetic_val_root),
+            "--work-dir", str(tmp_path / "work")]
+    data = tool.main(argv)
+    work = tmp_path / "work"
+    assert list(data["columns"]) == ["vanilla", "equivariance", "detect-then-defend"]
+    assert set(data["table"]) == {"fog"} and set(data["table"]["fog"]) == {"2", "5"}
+    for column in data["columns"]:
+        cells = [data["table"]["fog"][s][column] for s in ("2", "5")]
+        assert data["summary"][column]["mPC"] == pytest.approx(sum(cells) / 2)
+        assert data["summary"][column]["rPC"] == pytest.approx(data["summary"][column]["mPC"] / data["clean"][column])
+    # the threshold is the 5th percentile of detect-then-defend's clean scores on the tuning images
+    tune_scores = [json.loads(p.read_text())["score"] for p in sorted((work / "cells/tune").glob("*.json"))]
+    assert len(tune_scores) == 3 and data["threshold"] == pytest.approx(float(np.percentile(tune_scores, 5)))
+    # flagged = share of images scored below it; the corrupted records differ from the clean ones
+    for label, share in (("clean", data["flagged"]["clean"]), ("fog_5", data["flagged"]["fog"]["5"])):
+        records = [json.loads(p.read_text()) for p in sorted((work / "cells/detect-then-defend" / label).glob("*.json"))]
+        assert share == pytest.approx(np.mean([r["score"] < data["threshold"] for r in records]))
+    clean_iou = [json.loads(p.read_text())["iou"] for p in sorted((work / "cells/vanilla/clean").glob("*.json"))]
+    fog_iou = [json.loads(p.read_text())["iou"] for p in sorted((work / "cells/vanilla/fog_5").glob("*.json"))]
+    assert clean_iou != fog_iou
+    with open(work / "corruption_mmseg.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3 * 3  # (clean + 2 severities) × 3 columns
+    assert_rerenders(tool, work / "corruption_mmseg.json", plots=["corruption_mmseg.png"])
+    # a resumed run runs no image again and reports the same numbers
+    resumed = tool.main([*argv, "--resume"])
+    assert resumed["summary"] == data["summary"] and resumed["threshold"] == data["threshold"]
+    assert all(seconds == 0 for seconds in resumed["seconds"].values())

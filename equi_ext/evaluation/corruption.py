@@ -7,12 +7,14 @@ and detect-then-defend with its threshold at a percentile of the clean scores on
 corrupted as it is loaded (before resizing and normalisation), seeded by its file name; per-image records are
 written as each image finishes, so ``resume`` continues a killed run and ends with the same numbers.
 
-P is the clean metric, mPC the mean over the corruptions and severities run, rPC = mPC / P.
+P is the clean metric, mPC the mean over the corruptions and severities run, rPC = mPC / P. A column's time is the
+sum of its cells' evaluation times (corrupting included), over every invocation that ran their images.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import statistics
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from ..core.validation import SettingsError
 from ..data.corruptions import CORRUPTIONS, SEVERITIES
-from ..reporting import Report, slug
+from ..reporting import Report, atomic_write_json, slug
 from .backends import build_backend
 from .demo import DATA, ensure_data, ensure_tune_data
 
@@ -87,8 +89,9 @@ def render(data: dict) -> str:
         means = [statistics.mean(v[c] for v in by_severity.values()) for c in columns]
         flagged = statistics.mean(data["flagged"][corruption][s] for s in by_severity)
         lines.append(f"| {corruption} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {flagged * 100:.0f}% |")
-    lines += ["", "Every cell (corruption × severity × column) is in the CSV beside this page; the plot shows the "
-              "metric against severity per corruption family (mean over the family's corruptions run).", "",
+    lines += ["", "Every cell (corruption × severity × column) is in the result JSON beside this page (and the CSV the "
+              "tool writes); the plot shows the metric against severity per corruption family (mean over the "
+              "family's corruptions run).", "",
               f"![{key} against severity](corruption_{data['framework']}.png)"]
     return "\n".join(lines) + "\n"
 
@@ -152,8 +155,10 @@ def corruption_benchmark(*, detectron2: bool = False, corruptions: Sequence[str]
     tune = build_backend(detectron2, Path(tune_root) if tune_root else ensure_tune_data(), num_tune_images,
                          out / "tune", checkpoint, preset)
     equi = tune.defense("equivariance")
-    scored = tune.cell(("clean", None), ("detector", dict(type="detect_then_defend", threshold=-1.0, defense=equi)),
-                       out / "cells" / "tune", resume=resume)
+    # threshold −1 flags nothing: the detector alone, whose records hold the score of each input as it came
+    # (detect-then-defend's own records hold the restored score of the images it defended)
+    detector = dict(type="detect_then_defend", threshold=-1.0, defense=equi)
+    scored = tune.cell(("clean", None), ("detector", detector), out / "cells" / "tune", resume=resume)
     threshold = float(np.percentile([r["score"] for r in scored["per_image"]], clean_percentile))
     backend = build_backend(detectron2, Path(data_root), num_images, out / "val", checkpoint, preset)
     columns = {"vanilla": None, "equivariance": equi,
@@ -165,19 +170,26 @@ def corruption_benchmark(*, detectron2: bool = False, corruptions: Sequence[str]
     values: dict[tuple[str, str], float] = {}
     flagged: dict[str, float] = {}
     seconds = dict.fromkeys(columns, 0.0)
+    # each cell's evaluation time, summed over the invocations that ran its images (a resumed cell runs fewer)
+    timings_path = out / "cell_seconds.json"
+    timings = json.loads(timings_path.read_text()) if resume and timings_path.is_file() else {}
     csv_rows = []
     for label, corruption in conditions:
         for column, defense in columns.items():
             cell = backend.cell((label, None), (column, defense), out / "cells" / slug(column) / slug(label),
                                 resume=resume, corruption=corruption)
             values[label, column] = cell[backend.key]
-            seconds[column] += cell["seconds"]
-            if column == "detect-then-defend":
-                flagged[label] = float(np.mean([r["score"] < threshold for r in cell["per_image"]]))
+            key = f"{column}/{label}"
+            timings[key] = timings.get(key, 0.0) + cell["seconds"]
+            atomic_write_json(timings_path, timings)
+            seconds[column] += timings[key]
             print(f"  {label:<22} {column:<20} {backend.metric} {cell[backend.key]:6.2f}  "
                   f"({cell['run_images']} images run, {cell['seconds']:.0f} s)", flush=True)
             csv_rows.append(dict(condition=label, column=column, **{backend.key: cell[backend.key]},
-                                 seconds=cell["seconds"]))
+                                 seconds=timings[key]))
+        scored = backend.cell((label, None), ("detector", detector), out / "cells" / "detector" / slug(label),
+                              resume=resume, corruption=corruption)
+        flagged[label] = float(np.mean([r["score"] < threshold for r in scored["per_image"]]))
     table = {c: {str(s): {col: values[f"{c} {s}", col] for col in columns} for s in severities} for c in corruptions}
     clean = {col: values["clean", col] for col in columns}
     data = dict(framework=backend.framework, model=backend.model_name, metric=backend.key,

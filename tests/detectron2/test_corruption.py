@@ -4,6 +4,7 @@ end to end on the demo Mask R-CNN."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 
 import numpy as np
@@ -75,5 +76,15 @@ def test_benchmark_runs_on_the_demo_mask_rcnn(tmp_path, assert_rerenders):
         assert data["summary"][column]["mPC"] == data["table"]["fog"]["5"][column]
         assert 0 <= data["clean"][column] <= 100
     assert data["columns"]["detect-then-defend"]["defense"] == data["columns"]["equivariance"]
-    assert data["flagged"]["clean"] in (0.0, 1.0) and -1 <= data["threshold"] <= 1
+    assert -1 <= data["threshold"] <= 1
+
+    def record(column, label):
+        (path,) = (tmp_path / "work/cells" / column / label).glob("*.png.json")
+        return json.loads(path.read_text())
+
+    for label, share in (("clean", data["flagged"]["clean"]), ("fog_5", data["flagged"]["fog"]["5"])):
+        flag = record("detector", label)["score"] < data["threshold"]
+        assert share == float(flag)  # detect-then-defend predicts as the defense where it flags, else as vanilla
+        assert (record("detect-then-defend", label)["prediction"]
+                == record("equivariance" if flag else "vanilla", label)["prediction"])
     assert_rerenders(tool, tmp_path / "work/corruption_detectron2.json", plots=["corruption_detectron2.png"])

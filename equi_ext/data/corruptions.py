@@ -59,9 +59,10 @@ def check_corruption(name: str, severity: int) -> None:
         raise ValueError(f"severity must be one of {SEVERITIES}; got {severity!r}")
 
 
-def corrupt(image: np.ndarray, name: str, severity: int = 3, seed: int = 0) -> np.ndarray:
-    """Corrupt an (H, W, 3) uint8 RGB image; the package's global NumPy RNG is seeded with
-    ``seed`` for the call and restored afterwards, so results depend only on (image, seed)."""
+def corrupt(image: np.ndarray, name: str, severity: int = 3, seed: int = 0, bgr: bool = False) -> np.ndarray:
+    """Corrupt an (H, W, 3) uint8 RGB image (``bgr``: BGR in and out, as OpenCV-based loaders hold it); the
+    package's global NumPy RNG is seeded with ``seed`` for the call and restored afterwards, so results depend
+    only on (image, seed)."""
     check_corruption(name, severity)
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
@@ -69,6 +70,8 @@ def corrupt(image: np.ndarray, name: str, severity: int = 3, seed: int = 0) -> n
                          f"{getattr(image, 'dtype', '')} {shape}")
     if min(image.shape[:2]) < 32:
         raise ValueError(f"corruptions need images of at least 32x32 pixels; got {image.shape[0]}x{image.shape[1]}")
+    if bgr:
+        return np.ascontiguousarray(corrupt(np.ascontiguousarray(image[..., ::-1]), name, severity, seed)[..., ::-1])
     package = _package()
     state = np.random.get_state()
     np.random.seed(seed % 2**32)

@@ -214,15 +214,8 @@ class _LoadedImageCorruption(T.Augmentation):
         self.corruption, self.severity, self.image_format, self.seed = corruption, severity, image_format, 0
 
     def get_transform(self, image):
-        return T.ColorTransform(functools.partial(_corrupt_loaded, corruption=self.corruption,
-                                                  severity=self.severity, seed=self.seed,
-                                                  bgr=self.image_format == "BGR"))
-
-
-def _corrupt_loaded(image, *, corruption: str, severity: int, seed: int, bgr: bool):
-    if not bgr:
-        return corrupt(image, corruption, severity, seed)
-    return corrupt(image[..., ::-1].copy(), corruption, severity, seed)[..., ::-1].copy()
+        return T.ColorTransform(functools.partial(corrupt, name=self.corruption, severity=self.severity,
+                                                  seed=self.seed, bgr=self.image_format == "BGR"))
 
 
 class CorruptingDatasetMapper(DatasetMapper):
@@ -402,7 +395,8 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
     """One (label, attack config) × (label, defense config) cell on the first ``num_images`` of
     ``cfg.DATASETS.TEST[0]``, one process; configs as the registries take them (None = none);
     ``corruption`` as :func:`build_annotated_test_loader` takes it; with ``record_scores`` each image's record
-    holds its equivariance ``score`` (the defense's own, else extra forwards).
+    holds the ``score`` the pipeline records (the defense's score of its output where it defended the image,
+    else of the input: extra forwards).
 
     Image records are written to ``record_dir`` as each image finishes; with ``resume`` images
     that already have one are not run again. The cell's AP is always ``COCOEvaluator``'s over

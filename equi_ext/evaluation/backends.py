@@ -56,11 +56,13 @@ class MMSegBackend:
 
     def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
              resume: bool = False, corruption: dict | None = None) -> dict:
-        """One cell's row (metric, per-image records with their equivariance scores); ``corruption`` corrupts
-        the images as loaded."""
+        """One cell's row (metric, per-image records); ``corruption`` corrupts the images as loaded. Scores
+        are recorded for detect-then-defend only (where it leaves an image, the score of its input), so
+        no other cell pays their forwards."""
         from ..mmseg.evaluation import evaluate_cell
 
-        return evaluate_cell(self.runner, attack, defense, record_dir, resume=resume, corruption=corruption)
+        return evaluate_cell(self.runner, attack, defense, record_dir, resume=resume, corruption=corruption,
+                             record_scores=records_scores(defense[1]))
 
     def worst_case(self, rows: list[dict]) -> dict:
         from ..mmseg.evaluation import worst_case
@@ -127,18 +129,21 @@ class Detectron2Backend:
 
     def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
              resume: bool = False, corruption: dict | None = None) -> dict:
-        """As :meth:`MMSegBackend.cell`, but the scores are recorded only where the defense computes them anyway
-        (detect-then-defend: the score of its input); elsewhere they would cost extra forwards."""
+        """As :meth:`MMSegBackend.cell`."""
         from ..detectron2.evaluation import evaluate_cell
 
         return evaluate_cell(self.cfg, self.model, attack, defense, record_dir, num_images=self.num_images,
                              resume=resume, corruption=corruption,
-                             record_scores=defense[1] is not None and defense[1]["type"] == "detect_then_defend")
+                             record_scores=records_scores(defense[1]))
 
     def worst_case(self, rows: list[dict]) -> dict:
         from ..detectron2.evaluation import worst_case
 
         return worst_case(self.cfg, rows)
+
+
+def records_scores(defense: dict | None) -> bool:
+    return defense is not None and defense["type"] == "detect_then_defend"
 
 
 def build_backend(detectron2: bool, data_root: Path, num_images: int, work_dir: Path,

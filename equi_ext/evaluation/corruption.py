@@ -8,7 +8,8 @@ corrupted as it is loaded (before resizing and normalisation), seeded by its fil
 written as each image finishes, so ``resume`` continues a killed run and ends with the same numbers.
 
 P is the clean metric, mPC the mean over the corruptions and severities run, rPC = mPC / P. A column's time is the
-sum of its cells' evaluation times (corrupting included), over every invocation that ran their images.
+sum of its cells' evaluation times (corrupting included), over the invocations that finished them (a killed
+invocation's unfinished cell is not counted).
 """
 
 from __future__ import annotations
@@ -52,17 +53,34 @@ def corruption_summary(clean: dict[str, float], table: dict[str, dict[str, dict[
 
 def check_settings(corruptions: Sequence[str], severities: Sequence[int], num_images: int, num_tune_images: int,
                    clean_percentile: float) -> None:
+    if not corruptions:
+        raise SettingsError(f"name at least one corruption: {', '.join(CORRUPTIONS)}")
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
-    if unknown or not corruptions:
-        raise SettingsError(f"unknown corruption(s) {unknown or list(corruptions)!r}; valid names: "
-                            f"{', '.join(CORRUPTIONS)}")
-    bad = [s for s in severities if s not in SEVERITIES]
-    if bad or not severities:
+    if unknown:
+        raise SettingsError(f"unknown corruption(s) {unknown!r}; valid names: {', '.join(CORRUPTIONS)}")
+    if not severities or any(s not in SEVERITIES for s in severities):
         raise SettingsError(f"severities must be among {', '.join(map(str, SEVERITIES))}; got {list(severities)!r}")
+    for what, values in (("corruption", corruptions), ("severity", severities)):
+        if len(set(values)) < len(values):
+            raise SettingsError(f"each {what} once, please; got {list(values)!r}")
     if num_images < 1 or num_tune_images < 2:
         raise SettingsError(f"need num_images >= 1 and num_tune_images >= 2; got {num_images}, {num_tune_images}")
     if not 0 <= clean_percentile <= 100:
         raise SettingsError(f"clean_percentile must be in [0, 100]; got {clean_percentile}")
+
+
+def check_resumable(out: Path, resume: bool, settings: dict) -> None:
+    """Record the settings the work dir's records depend on; refuse to resume records made with others (they
+    would be mixed into one table). The images, corruptions and severities may change: each is its own record."""
+    path = out / "settings.json"
+    if resume and path.is_file():
+        before = json.loads(path.read_text())
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+            raise SettingsError(f"{out} holds records made with other settings ({what}); resume with those or use "
+                                "another --work-dir")
+    atomic_write_json(path, settings)
 
 
 def render(data: dict) -> str:
@@ -150,6 +168,9 @@ def corruption_benchmark(*, detectron2: bool = False, corruptions: Sequence[str]
     if Path(data_root) == DATA:
         ensure_data()
     checkpoint = Path(checkpoint) if checkpoint else None
+    check_resumable(out, resume, dict(detectron2=detectron2, data_root=str(data_root), tune_root=str(tune_root),
+                                      num_tune_images=num_tune_images, clean_percentile=clean_percentile,
+                                      checkpoint=str(checkpoint), preset=preset))
     start = time.perf_counter()
     logger.info("threshold: detect-then-defend's scores of %d clean tuning images", num_tune_images)
     tune = build_backend(detectron2, Path(tune_root) if tune_root else ensure_tune_data(), num_tune_images,

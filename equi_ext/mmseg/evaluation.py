@@ -99,7 +99,7 @@ def score_metric(runner: Runner) -> EquiScoreMetric:
 
 
 def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, Any],
-                  on_row: Callable[[dict], Any] | None = None) -> list[dict]:
+                  on_row: Callable[[dict], Any] | None = None, record_scores: bool = True) -> list[dict]:
     """Return one row per (attack, defense) cell: mIoU, mean and per-image equivariance score, seconds.
 
     ``defenses``/``attacks`` map a column/row label to a config (``None`` = no defense / clean); the model's
@@ -115,10 +115,10 @@ def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, A
             runner.logger.info(f"equi-ext grid: attack={attack_name} defense={defense_name}")
             label_progress(runner, f"{attack_name} / {defense_name}")
             start = time.perf_counter()
-            with scenario(runner.model, name, record_scores=True, defense=defense_cfg, attack=attack_cfg):
+            with scenario(runner.model, name, record_scores=record_scores, defense=defense_cfg, attack=attack_cfg):
                 metrics = runner.test()
             rows.append(dict(attack=attack_name, defense=defense_name, mIoU=float(metrics["mIoU"]),
-                             score=metrics.get("equi/score", 0.0), images=int(metrics["equi/images"]),
+                             score=metrics.get("equi/score"), images=int(metrics["equi/images"]),
                              image_scores=list(scores.image_scores), seconds=time.perf_counter() - start))
             metric = per_image_metric(runner)
             if metric is not None:
@@ -140,7 +140,11 @@ def corrupted_loading(runner: Runner, corruption: dict | None) -> Iterator[None]
 
     from .transforms import ImageCorruption
 
-    transforms = runner.test_loop.dataloader.dataset.pipeline.transforms
+    loader = runner.test_loop.dataloader
+    if loader.num_workers > 0 and loader.persistent_workers:
+        raise SettingsError("corrupting the test images needs a test dataloader without persistent_workers: "
+                            "workers that outlive a run keep the pipeline they started with")
+    transforms = loader.dataset.pipeline.transforms
     load = next((i for i, t in enumerate(transforms) if isinstance(t, LoadImageFromFile)), None)
     if load is None:
         raise SettingsError("corrupting the test images needs LoadImageFromFile in the test pipeline")
@@ -152,9 +156,9 @@ def corrupted_loading(runner: Runner, corruption: dict | None) -> Iterator[None]
 
 
 def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, Any], record_dir: str | os.PathLike,
-                  *, resume: bool = False, corruption: dict | None = None) -> dict:
+                  *, resume: bool = False, corruption: dict | None = None, record_scores: bool = True) -> dict:
     """One (attack, defense) cell, image records written to ``record_dir`` as each image finishes; ``corruption``
-    as :func:`corrupted_loading` takes it.
+    as :func:`corrupted_loading` takes it; ``record_scores`` as for :func:`evaluate_grid`.
 
     With ``resume``, images that already have a record are not run again. The cell's mIoU is
     always IoUMetric's over the records of all the runner's images, so an interrupted and
@@ -170,15 +174,17 @@ def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, A
     todo = [i for i, path in enumerate(paths) if not (resume and path.is_file())]
     row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
     if todo:
-        if len(todo) < len(paths):
-            loop.dataloader = DataLoader(Subset(full.dataset, todo), batch_size=full.batch_size,
-                                         collate_fn=full.collate_fn, num_workers=0)
-        metric.record_dir = str(record_dir)
-        try:
-            with corrupted_loading(runner, corruption):
-                (ran,) = evaluate_grid(runner, {defense[0]: defense[1]}, {attack[0]: attack[1]})
-        finally:
-            loop.dataloader, metric.record_dir = full, None
+        # corrupt the dataset itself, before a resumed cell's loader wraps it in a Subset
+        with corrupted_loading(runner, corruption):
+            if len(todo) < len(paths):
+                loop.dataloader = DataLoader(Subset(full.dataset, todo), batch_size=full.batch_size,
+                                             collate_fn=full.collate_fn, num_workers=0)
+            metric.record_dir = str(record_dir)
+            try:
+                (ran,) = evaluate_grid(runner, {defense[0]: defense[1]}, {attack[0]: attack[1]},
+                                       record_scores=record_scores)
+            finally:
+                loop.dataloader, metric.record_dir = full, None
         row["seconds"] = ran["seconds"]
     records = [load_record(path) for path in paths]
     row.update(mIoU=float(metric.metrics_of([r["areas"] for r in records])["mIoU"]), images=len(records),

@@ -30,9 +30,8 @@ class ImageCorruption(BaseTransform):
         img = results["img"]
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"ImageCorruption needs a 3-channel image; got shape {img.shape}")
-        seed = file_seed(results.get("img_path", ""))
-        rgb = corrupt(img[..., ::-1].copy(), self.corruption, self.severity, seed)  # loaded as BGR
-        results["img"] = rgb[..., ::-1].copy()
+        results["img"] = corrupt(img, self.corruption, self.severity, file_seed(results.get("img_path", "")),
+                                 bgr=True)  # mmcv loads BGR
         return results
 
     def __repr__(self) -> str:

@@ -76,7 +76,8 @@ def test_benchmark_runs_on_the_demo_mask_rcnn(tmp_path, assert_rerenders):
         assert data["summary"][column]["mPC"] == data["table"]["fog"]["5"][column]
         assert 0 <= data["clean"][column] <= 100
     assert data["columns"]["detect-then-defend"]["defense"] == data["columns"]["equivariance"]
-    assert -1 <= data["threshold"] <= 1
+    tune_scores = [json.loads(p.read_text())["score"] for p in (tmp_path / "work/cells/tune").glob("*.png.json")]
+    assert len(tune_scores) == 2 and data["threshold"] == pytest.approx(float(np.percentile(tune_scores, 5)))
 
     def record(column, label):
         (path,) = (tmp_path / "work/cells" / column / label).glob("*.png.json")

@@ -60,6 +60,9 @@ def test_images_are_corrupted_as_loaded_before_normalisation_seeded_by_file_name
     (["--corruptions", "fogg"], "unknown corruption\\(s\\) \\['fogg'\\]; valid names: gaussian_noise"),
     (["--severities", "0,6"], "severities must be among 1, 2, 3, 4, 5; got \\[0, 6\\]"),
     (["--severities", "3,x"], "--severities takes integers"),
+    (["--severities", "3,3"], "each severity once, please; got \\[3, 3\\]"),
+    (["--corruptions", "fog,snow,fog"], "each corruption once"),
+    (["--corruptions", ""], "name at least one corruption: gaussian_noise, shot_noise"),
     (["--num-tune-images", "1"], "need num_images >= 1 and num_tune_images >= 2"),
     (["--clean-percentile", "101"], "clean_percentile must be in \\[0, 100\\]"),
     (["--checkpoint", "/nonexistent.pth"], "checkpoint /nonexistent.pth does not exist"),
@@ -110,3 +113,10 @@ def test_benchmark_end_to_end_resumes_and_rerenders(synthetic_val_root, tmp_path
     resumed = tool.main([*argv, "--resume"])
     assert resumed["summary"] == data["summary"] and resumed["threshold"] == data["threshold"]
     assert resumed["seconds"] == data["seconds"] and all(s > 0 for s in data["seconds"].values())
+    # a killed run resumes inside a corrupted cell: the missing image runs corrupted, the numbers do not move
+    (work / "cells/equivariance/fog_5" / "00001.png.json").unlink()
+    again = tool.main([*argv, "--resume"])
+    assert again["table"] == data["table"] and again["summary"] == data["summary"]
+    with pytest.raises(SystemExit, match="holds records made with other settings \\(clean_percentile: 40.0 then, "
+                                         "50.0 now\\)"):
+        tool.main([*argv, "--resume", "--clean-percentile", "50"])

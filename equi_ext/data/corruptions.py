@@ -1,9 +1,11 @@
 """The 15 common corruptions of Hendrycks & Dietterich (``imagecorruptions``), seeded per image.
 
 ``imagecorruptions`` 1.1.2 predates NumPy 2 and scikit-image 0.19+: ``glass_blur`` calls
-``gaussian(..., multichannel=True)`` (now ``channel_axis=-1``) and ``fog`` allocates with
-``np.float_`` (removed in NumPy 2). :func:`corrupt` patches those two names in the package's
-own module namespace — nothing global — and otherwise uses the package as it is.
+``gaussian(..., multichannel=True)`` (now ``channel_axis=-1``), ``fog`` allocates with
+``np.float_`` (removed in NumPy 2), and ``impulse_noise`` calls ``random_noise``, which since
+scikit-image 0.19 draws from fresh entropy instead of NumPy's global RNG (so seeding did not
+reach it). :func:`corrupt` patches those names in the package's own module namespace —
+nothing global — and otherwise uses the package as it is.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def _gaussian_compat(image, *args, multichannel=None, **kwargs):
     return gaussian(image, *args, **kwargs)
 
 
+def _random_noise_from_global_rng(image, *args, rng=None, **kwargs):
+    """scikit-image's ``random_noise`` drawing its generator's seed from NumPy's global RNG, which
+    :func:`corrupt` seeds, as the package expected when it was written."""
+    from skimage.util import random_noise
+
+    return random_noise(image, *args, rng=np.random.randint(2**31) if rng is None else rng, **kwargs)
+
+
 def _package():
     """Import ``imagecorruptions`` (with the NumPy 2 / scikit-image shim) on first use."""
     try:
@@ -48,6 +58,8 @@ def _package():
     numpy_compat.float_ = np.float64
     _corruptions.np = numpy_compat
     _corruptions.gaussian = _gaussian_compat
+    _corruptions.sk = types.SimpleNamespace(color=_corruptions.sk.color,
+                                            util=types.SimpleNamespace(random_noise=_random_noise_from_global_rng))
     _corruptions._equi_shim = True
     return imagecorruptions
 

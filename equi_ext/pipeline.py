@@ -172,7 +172,6 @@ class EquiPipeline:
         if defense_cfg is not None:
             defense_cfg.setdefault("pixel_range", pixel_range)
         self.defense = DEFENSES.build(defense_cfg) if defense_cfg is not None else None
-        self.pixel_range = pixel_range
         if self.attack_cfg is not None:
             name = self.attack_cfg.get("type")
             cls = ATTACKS.check_keys(name, [k for k in self.attack_cfg if k != "type"])
@@ -235,7 +234,7 @@ class EquiPipeline:
         return check_scenarios(names, {part: keys[part] for part, is_set in configured.items() if not is_set})
 
     def process(self, batch: PixelBatch, scenario: str | None, record_scores: bool = False) -> list[float | None]:
-        """The per-batch flow of both adapters: group, attack, defend, hand back, with the model frozen.
+        """The per-batch flow of both adapters: group, attack, defend, hand back.
 
         The attack sees the defense's view of the clean image; the defense (and the score) the view
         of what it is given. Returns each image's score (None unless ``record_scores``).
@@ -245,44 +244,46 @@ class EquiPipeline:
         for i in range(batch.size):
             groups[batch.group_key(i)].append(i)
         scores: list[float | None] = [None] * batch.size
-        with frozen_model(batch.model):
-            for idx in groups.values():
-                pixels, seeds, logits_fn = batch.pixels(idx), [batch.seed(i) for i in idx], batch.logits_fn(idx)
-                if attack_on:
-                    pixels, _ = self.run(pixels, attack=True, defend=False, features=batch.view(idx, pixels),
-                                         model=batch.model, seeds=seeds, targets=batch.targets(idx),
-                                         loss_fn=batch.loss_fn(idx), logits_fn=logits_fn, **batch.attack_extra)
-                score = None
-                if defend_on or record_scores:
-                    pixels, score = self.run(pixels, attack=False, defend=defend_on, features=batch.view(idx, pixels),
-                                             model=batch.model, seeds=seeds, logits_fn=logits_fn,
-                                             record_score=record_scores)
-                batch.put(idx, pixels, changed=attack_on or defend_on)
-                if score is not None:
-                    for i, value in zip(idx, score.tolist()):
-                        scores[i] = value
+        for idx in groups.values():
+            pixels, seeds, logits_fn = batch.pixels(idx), [batch.seed(i) for i in idx], batch.logits_fn(idx)
+            if attack_on:
+                pixels, _ = self.run(pixels, attack=True, defend=False, features=batch.view(idx, pixels),
+                                     model=batch.model, seeds=seeds, targets=batch.targets(idx),
+                                     loss_fn=batch.loss_fn(idx), logits_fn=logits_fn, **batch.attack_extra)
+            score = None
+            if defend_on or record_scores:
+                pixels, score = self.run(pixels, attack=False, defend=defend_on, features=batch.view(idx, pixels),
+                                         model=batch.model, seeds=seeds, logits_fn=logits_fn,
+                                         record_score=record_scores)
+            batch.put(idx, pixels, changed=attack_on or defend_on)
+            if score is not None:
+                for i, value in zip(idx, score.tolist()):
+                    scores[i] = value
         return scores
 
     def run(self, pixels: torch.Tensor, *, attack: bool, defend: bool, features: Any, model: nn.Module,
             seeds: Sequence[int], targets: Any = None, loss_fn: Callable | None = None,
             logits_fn: Callable | None = None, record_score: bool = False,
             **attack_extra: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One group's step: attack (if ``attack`` and configured), then defend (if ``defend`` and configured).
+        """One group's step: attack (if ``attack`` and configured), then defend (if ``defend`` and configured),
+        with ``model`` left as found (``frozen_model``: the attack's forwards would otherwise update the
+        statistics of a model left in training mode).
 
         ``features`` is the defense's model view (a feature_fn or an ``Objective``);
         ``loss_fn(pixels, targets)`` the task loss the attack maximises. Returns the
         pixels to predict on and, with ``record_score``, their (N,) equivariance scores.
         """
-        if attack and self.attack_cfg is not None:
-            pixels = self.attack(pixels, targets, features=features, model=model, seeds=seeds,
-                                 loss_fn=loss_fn, logits_fn=logits_fn, **attack_extra)
-        score = None
-        if defend and self.defends:
-            out = self.defense(pixels, features, model=model, image_seeds=seeds,
-                               compute_score=record_score and self.defense_scores)
-            pixels, score = out.images, out.score
-        if record_score and score is None:
-            score = self.scorer(pixels, features, logits_fn)
+        with frozen_model(model):
+            if attack and self.attack_cfg is not None:
+                pixels = self.attack(pixels, targets, features=features, model=model, seeds=seeds,
+                                     loss_fn=loss_fn, logits_fn=logits_fn, **attack_extra)
+            score = None
+            if defend and self.defends:
+                out = self.defense(pixels, features, model=model, image_seeds=seeds,
+                                   compute_score=record_score and self.defense_scores)
+                pixels, score = out.images, out.score
+            if record_score and score is None:
+                score = self.scorer(pixels, features, logits_fn)
         return pixels, score
 
     def attack(self, pixels: torch.Tensor, targets: Any, *, features: Any, model: nn.Module, seeds: Sequence[int],

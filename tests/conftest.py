@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -86,7 +87,16 @@ class ToyTask:
 
 @pytest.fixture(scope="session")
 def toy_task() -> ToyTask:
-    """Train ToySegNet for 300 Adam steps with flip and scale augmentation (a few seconds on CPU)."""
+    """Train ToySegNet for 300 Adam steps with flip and scale augmentation (a few seconds on CPU).
+
+    ``EQUI_TOY_TASK_CACHE=FILE`` keeps the trained weights in FILE across pytest runs: a mutation run starts one
+    pytest per mutant and would otherwise train the same toy again each time. Not set in CI."""
+    val_images, val_labels = toy_scenes(24, seed=3)
+    cache = os.environ.get("EQUI_TOY_TASK_CACHE")
+    if cache and os.path.exists(cache):
+        model = ToySegNet()
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        return ToyTask(model=model.eval(), images=val_images, labels=val_labels)
     torch.manual_seed(0)
     images, labels = toy_scenes(192, seed=1)
     model = ToySegNet()
@@ -111,7 +121,8 @@ def toy_task() -> ToyTask:
         opt.step()
         schedule.step()
     model.eval()
-    val_images, val_labels = toy_scenes(24, seed=3)
+    if cache:
+        torch.save(model.state_dict(), cache)
     return ToyTask(model=model, images=val_images, labels=val_labels)
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import types
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
+
+from ..core.validation import SettingsError
 
 #: The 15 benchmark corruptions (noise, blur, weather, digital), in the package's order
 #: (``imagecorruptions.get_corruption_names("common")``; a test keeps the two equal). Listed here so that
@@ -66,9 +69,24 @@ def _package():
 
 def check_corruption(name: str, severity: int) -> None:
     if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
+        raise SettingsError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:
-        raise ValueError(f"severity must be one of {SEVERITIES}; got {severity!r}")
+        raise SettingsError(f"severity must be one of {SEVERITIES}; got {severity!r}")
+
+
+def check_corruptions(names: Sequence[str], severities: Sequence[int]) -> None:
+    """The corruptions and severities a benchmark is asked for, checked before it runs anything: at least one
+    of each, known names, severities in 1–5, each once (a repeat would count twice in a mean)."""
+    if not names:
+        raise SettingsError(f"name at least one corruption: {', '.join(CORRUPTIONS)}")
+    unknown = [c for c in names if c not in CORRUPTIONS]
+    if unknown:
+        raise SettingsError(f"unknown corruption(s) {unknown!r}; valid names: {', '.join(CORRUPTIONS)}")
+    if not severities or any(s not in SEVERITIES for s in severities):
+        raise SettingsError(f"severities must be among {', '.join(map(str, SEVERITIES))}; got {list(severities)!r}")
+    for what, values in (("corruption", names), ("severity", severities)):
+        if len(set(values)) < len(values):
+            raise SettingsError(f"each {what} once, please; got {list(values)!r}")
 
 
 def corrupt(image: np.ndarray, name: str, severity: int = 3, seed: int = 0, bgr: bool = False) -> np.ndarray:

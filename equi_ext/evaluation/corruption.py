@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.validation import SettingsError
-from ..data.corruptions import CORRUPTIONS, SEVERITIES
+from ..data.corruptions import CORRUPTIONS, SEVERITIES, check_corruptions
 from ..reporting import Report, atomic_write_json, slug
 from .backends import build_backend
 from .demo import DATA, ensure_data, ensure_tune_data
@@ -53,16 +53,7 @@ def corruption_summary(clean: dict[str, float], table: dict[str, dict[str, dict[
 
 def check_settings(corruptions: Sequence[str], severities: Sequence[int], num_images: int, num_tune_images: int,
                    clean_percentile: float) -> None:
-    if not corruptions:
-        raise SettingsError(f"name at least one corruption: {', '.join(CORRUPTIONS)}")
-    unknown = [c for c in corruptions if c not in CORRUPTIONS]
-    if unknown:
-        raise SettingsError(f"unknown corruption(s) {unknown!r}; valid names: {', '.join(CORRUPTIONS)}")
-    if not severities or any(s not in SEVERITIES for s in severities):
-        raise SettingsError(f"severities must be among {', '.join(map(str, SEVERITIES))}; got {list(severities)!r}")
-    for what, values in (("corruption", corruptions), ("severity", severities)):
-        if len(set(values)) < len(values):
-            raise SettingsError(f"each {what} once, please; got {list(values)!r}")
+    check_corruptions(corruptions, severities)
     if num_images < 1 or num_tune_images < 2:
         raise SettingsError(f"need num_images >= 1 and num_tune_images >= 2; got {num_images}, {num_tune_images}")
     if not 0 <= clean_percentile <= 100:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.validation import SettingsError
-from ..data.corruptions import CORRUPTIONS
+from ..data.corruptions import CORRUPTIONS, check_corruptions
 from ..reporting import Report
 from .demo import DATA, EPS, SSL_HEADS, build_demo_runner, ensure_data, ensure_tune_data
 
@@ -113,15 +113,13 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
     slipped through, per-image scores, grid rows).
 
     Raises:
-        ValueError: an unknown corruption or score, a missing rotation head (when ``rotation`` is
-            compared), ``num_images`` < 2 or ``attack_steps`` < 1 — before anything runs.
+        SettingsError: an unknown corruption or score, a severity outside 1–5, a missing rotation head (when
+            ``rotation`` is compared), ``num_images`` < 2 or ``attack_steps`` < 1 — before anything runs.
     """
     corruptions, score_kinds, lambdas = list(corruptions), list(scores), list(lambdas)
     score_transforms = list(score_transforms) if score_transforms else None
     rotation_head = str(rotation_head)
-    for name in corruptions:
-        if name not in CORRUPTIONS:
-            raise SettingsError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
+    check_corruptions(corruptions, [severity])
     for name in score_kinds:
         if name not in SCORE_KINDS:
             raise SettingsError(f"unknown score {name!r}; valid names: {', '.join(SCORE_KINDS)}")

@@ -150,7 +150,7 @@ def test_through_a_random_defense_apgd_returns_the_point_the_deployed_defense_ha
 
 
 def test_without_logits_apgd_returns_each_images_highest_task_loss_point(toy_task):
-    images, labels = toy_task.images[:3], toy_task.labels[:3]
+    images, labels = toy_task.images[:2], toy_task.labels[:2]  # fewer images than channels: each image is one call
     seen = []
 
     def loss_fn(x, t):
@@ -161,8 +161,8 @@ def test_without_logits_apgd_returns_each_images_highest_task_loss_point(toy_tas
     attack = APGD(loss_fn=loss_fn, eps=4, steps=5)
     assert attack.loss == "task"
     adv = attack(images, labels)
-    per_image = torch.tensor(seen).view(-1, 3)  # one call per image per evaluation
-    for i in range(3):
+    per_image = torch.tensor(seen).view(-1, 2)  # one call per image per evaluation
+    for i in range(2):
         torch.testing.assert_close(loss_fn(adv[i:i + 1], labels[i:i + 1]).detach(), per_image[:, i].max(),
                                    atol=1e-5, rtol=1e-5)
 
@@ -253,3 +253,220 @@ def test_settings_are_checked_and_apgd_needs_what_it_is_given(toy_task):
     with pytest.raises(ValueError, match="needs dense logits to weight pixels"):
         EquiPipeline(attack_cfg=dict(type="sea"), needs_logits=False)
     EquiPipeline(attack_cfg=dict(type="apgd", steps=2), needs_logits=False)  # on the task loss
+
+
+def reference_apgd(x, start, script, radius, steps, low=0.0, high=255.0, momentum=0.75, rho=0.75):
+    """APGD (Croce & Hein 2020, Algorithm 1, L∞) for one image at a time, from the evaluations ``script(k)`` =
+    (gradient, tracking loss, quality) of its k-th evaluated point: returns the points it evaluates and the
+    lowest-quality one (ties to the later). The step starts at 2·radius; at each checkpoint an image whose
+    tracking loss rose too rarely, or whose best loss did not improve (``step_to_halve``), halves its step
+    and restarts from its best-loss point."""
+    points, results = [], []
+    for i in range(x.shape[0]):
+        def project(a, centre=x[i]):
+            return torch.minimum(torch.maximum(a, centre - radius), centre + radius).clamp(low, high)
+
+        eta = 2.0 * min(radius, high - low)
+        cur = project(start[i])
+        grad, track, quality = (v[i] for v in script(0))
+        own = [cur]
+        best_x, best_grad, best_loss = cur, grad, track
+        adv, adv_quality = cur, quality
+        previous, last_track, rises = cur, track, 0
+        last_check, halved_last, best_at_check = 0, False, best_loss
+        for k in range(steps):
+            z = project(cur + eta * grad.sign())
+            new = z if k == 0 else project(cur + momentum * (z - cur) + (1 - momentum) * (cur - previous))
+            previous, cur = cur, new
+            grad, track, quality = (v[i] for v in script(k + 1))
+            own.append(cur)
+            rises += int(track > last_track)
+            last_track = track
+            if track > best_loss:
+                best_x, best_grad, best_loss = cur, grad, track
+            if quality <= adv_quality:
+                adv, adv_quality = cur, quality
+            if k + 1 in checkpoints(steps):
+                halve = bool(step_to_halve(torch.tensor([float(rises)]), k + 1 - last_check, rho,
+                                           torch.tensor([halved_last]), torch.tensor([best_loss]),
+                                           torch.tensor([best_at_check]))[0])
+                if halve:
+                    eta /= 2
+                    cur, grad, previous, last_track = best_x, best_grad, best_x, best_loss
+                rises, last_check, halved_last, best_at_check = 0, k + 1, halve, best_loss
+        points.append(own)
+        results.append((adv, adv_quality))
+    return points, results
+
+
+@pytest.mark.parametrize("radius, low, high", [(6.0, 0.0, 255.0), (math.inf, -0.5, 0.5)])
+def test_apgd_iterates_follow_the_algorithm_given_its_evaluations(radius, low, high):
+    """The loop alone, fed scripted evaluations: image 0's tracking loss always rises (its step never halves),
+    image 1's is constant (no rise, no new best: it halves at every checkpoint, and ties never count as
+    better), image 2's rises exactly at the threshold of the first checkpoint (it halves), the others' rise
+    with probability 0.75, near the threshold; qualities come in steps of
+    0.25 so ties happen (the later iterate wins); some gradient entries are 0 (no move there). Also
+    unbounded (the step starts at twice the pixel range) in a range that does not start at 0."""
+    steps, n = 40, 8
+    g = torch.Generator().manual_seed(0)
+    x = low + torch.rand(n, 3, 5, 4, generator=g) * (high - low)
+    x[0, 0] = low + 0.004 * (high - low)  # near the pixel range's bounds: the projection clips there
+    x[1, 1] = high - 0.004 * (high - low)
+    start = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * min(radius, high - low)).clamp(low, high)
+    grads = [torch.randn(x.shape, generator=g) * (torch.rand(x.shape, generator=g) > 0.1) for _ in range(steps + 1)]
+    rises = torch.where(torch.rand(steps + 1, n, generator=g) < 0.75, 1.0, -1.0)
+    rises[1:9, 2] = torch.tensor([1.0] * 6 + [-1.0] * 2)  # image 2: 6 rises in the first interval of 8, at ρ·8
+    walk = torch.cumsum(rises, dim=0)
+    tracks = [torch.cat([torch.tensor([float(k), 1.0]), walk[k, 2:]]) for k in range(steps + 1)]
+    qualities = [(torch.rand(n, generator=g) * 4).floor() / 4 for _ in range(steps + 1)]
+
+    def script(k):
+        return grads[k], tracks[k], qualities[k]
+
+    seen = []
+
+    def evaluate(adv, targets, loss):
+        seen.append(adv.clone())
+        return script(len(seen) - 1)
+
+    attack = APGD(logits_fn=lambda images: images, eps=radius, steps=steps, pixel_range=(low, high))
+    attack.evaluate = evaluate
+    adv, quality = attack.run(x, start, None, radius=radius, steps=steps, loss="ce")
+    points, results = reference_apgd(x, start, script, radius, steps, low, high)
+    assert len(seen) == steps + 1
+    tolerance = 1e-5 * (high - low)  # float32 rounding of the two ways to project
+    for i in range(n):
+        torch.testing.assert_close(torch.stack([p[i] for p in seen]), torch.stack(points[i]), atol=tolerance, rtol=0)
+        torch.testing.assert_close(adv[i], results[i][0], atol=tolerance, rtol=0)
+        assert float(quality[i]) == float(results[i][1])
+    moves = [(seen[k + 1] - seen[k]).abs().amax(dim=(1, 2, 3)) for k in range(steps)]
+    size = min(radius, high - low)
+    assert moves[-1][1] < size / 4  # image 1's step did halve, image 0's never did: it still crosses much of the ball
+    assert moves[-1][0] > size / 2 and (moves[0][1] > 3 * size / 2 or not math.isfinite(radius))
+
+
+def test_apgd_defaults_and_bad_settings_are_named(toy_task):
+    attack = APGD(logits_fn=toy_task.logits)
+    assert (attack.steps, attack.seed, attack.ignore_index, attack.progress, attack.momentum, attack.rho,
+            attack.loss, attack.random_start) == (100, 0, 255, False, 0.75, 0.75, "ce", True)
+    assert repr(attack) == "APGD(eps=4.0, steps=100, loss='ce')"
+    assert repr(SEA(logits_fn=toy_task.logits)) == "SEA(eps=4.0, steps=300, losses=['masked_ce', 'balanced_ce', 'js'])"
+    assert APGD(loss_fn=lambda x, t: x.sum()).loss == "task"
+    assert APGD(logits_fn=toy_task.logits, momentum=1).momentum == 1.0
+    for bad in (dict(momentum=0), dict(momentum=1.5), dict(rho=0), dict(rho=1), dict(rho=1.5)):
+        with pytest.raises(ValueError, match=r"momentum must be in \(0, 1\] and rho in \(0, 1\); got"):
+            APGD(logits_fn=toy_task.logits, **bad)
+    with pytest.raises(ValueError, match="^APGD loss 'task' needs the model's loss_fn$"):
+        APGD(logits_fn=toy_task.logits, loss="task")
+    with pytest.raises(ValueError, match=r"^APGD loss 'js' is per pixel and needs dense logits \(logits_fn\), which "
+                                         r"this model does not have; use loss='task' \(the model's own training"):
+        APGD(loss_fn=lambda x, t: x.sum(), loss="js")
+    with pytest.raises(ValueError, match="^SEA loss 'masked_ce' is per pixel and needs dense logits"):
+        SEA(loss_fn=lambda x, t: x.sum())
+    with pytest.raises(ValueError, match="^class_weights apply to loss 'balanced_ce' only; got 'ce'$"):
+        apgd(toy_task, class_weights=[1, 1, 1])
+    for bad in ([], [[1, 1, 1]], [1, float("nan"), 1], [1, -1, 1], [0, 0, 0]):
+        with pytest.raises(ValueError, match="class_weights must be a non-empty list of finite, non-negative numbers "
+                                             "with a positive sum"):
+            apgd(toy_task, loss="balanced_ce", class_weights=bad)
+    weights = apgd(toy_task, loss="balanced_ce", class_weights=[2, 0, 2]).class_weights
+    torch.testing.assert_close(weights, torch.tensor([0.5, 0.0, 0.5]))  # zeros allowed, normalised to sum 1
+    weights = apgd(toy_task, loss="balanced_ce", class_weights=[0.25, 0.25, 0.5]).class_weights  # sums to 1
+    torch.testing.assert_close(weights, torch.tensor([0.25, 0.25, 0.5]))
+    with pytest.raises(ValueError, match="^class_weights apply to loss 'balanced_ce' only; got 'masked_ce', 'js'$"):
+        SEA(logits_fn=toy_task.logits, losses=["masked_ce", "js"], class_weights=[1, 1, 1])
+    with pytest.raises(ValueError, match=r"^SEA runs several losses: set losses=\[\.\.\.\], not loss$"):
+        SEA(logits_fn=toy_task.logits, loss="ce")
+    with pytest.raises(ValueError, match=r"^losses must be a non-empty list of ce, masked_ce, balanced_ce, js; "
+                                         r"got \[\]$"):
+        SEA(logits_fn=toy_task.logits, losses=[])
+    with pytest.raises(ValueError, match="^class_weights apply to loss 'balanced_ce' only; got 'js'$"):
+        SEA(logits_fn=toy_task.logits, losses=["js"], class_weights=[1, 1, 1])
+    sea = SEA(logits_fn=toy_task.logits, losses=["balanced_ce"], class_weights=[1, 1, 2])
+    torch.testing.assert_close(sea.class_weights, torch.tensor([0.25, 0.25, 0.5]))
+    assert SEA(logits_fn=toy_task.logits, losses=["js"]).losses == ["js"]
+    with pytest.raises(ValueError, match="^unknown dense loss 'dice'; valid: ce, masked_ce, balanced_ce, js$"):
+        dense_loss("dice", *random_problem())
+
+
+def test_apgd_and_sea_pass_the_attack_settings_on(toy_task, capsys):
+    """random_start, seed, ignore_index, pixel_range and progress reach the attack's loop."""
+    images, labels = toy_task.images[:2], toy_task.labels[:2]
+    firsts = []
+
+    def logits_fn(x):
+        if not firsts:
+            firsts.append(x.detach().clone())
+        return toy_task.logits(x)
+
+    APGD(logits_fn=logits_fn, eps=4, steps=2, random_start=False)(images, labels)
+    assert torch.equal(firsts[0], images)
+    firsts.clear()
+    APGD(logits_fn=logits_fn, eps=4, steps=2)(images, labels)
+    assert not torch.equal(firsts[0], images)
+    seeded = [APGD(logits_fn=toy_task.logits, eps=4, steps=2, seed=s)(images, labels) for s in (0, 0, 1)]
+    assert torch.equal(seeded[0], seeded[1]) and not torch.equal(seeded[0], seeded[2])
+    # label 7 (no such class) is what the model must ignore: valid only as ignore_index
+    marked = labels.clone()
+    marked[:, :8] = 7
+    adv = APGD(logits_fn=toy_task.logits, eps=4, steps=2, ignore_index=7)(images, marked)
+    assert (adv - images).abs().max() <= 4 + 1e-4
+    unit = APGD(logits_fn=lambda x: toy_task.logits(x * 255), eps=4 / 255, steps=2, pixel_range=(0.0, 1.0))
+    assert unit(images[:1] / 255, labels[:1]).max() <= 1.0
+    capsys.readouterr()
+    APGD(logits_fn=toy_task.logits, eps=4, steps=2)(images, labels)
+    assert "APGD" not in capsys.readouterr().err
+    APGD(logits_fn=toy_task.logits, eps=4, steps=2, progress=True)(images, labels)
+    assert "APGD" in capsys.readouterr().err
+
+
+def test_apgd_on_the_task_loss_with_dense_logits_ascends_the_task_loss(toy_task):
+    """loss='task' with logits at hand: the gradient is the task loss's at each iterate (with its targets);
+    the logits still judge which iterate is returned."""
+    images, labels = toy_task.images[:2], toy_task.labels[:2]
+    calls = []
+
+    def loss_fn(x, t):
+        calls.append((x.detach().clone(), t))
+        return -F.cross_entropy(toy_task.logits(x), t)  # the task: make the model *more* right
+
+    attack = APGD(loss_fn=loss_fn, logits_fn=toy_task.logits, loss="task", eps=4, steps=4, random_start=False)
+    attack(images, labels)
+    assert len(calls) == 5 and all(t is labels for _, t in calls)
+    assert torch.equal(calls[0][0], images)
+    with torch.no_grad():
+        losses = [float(F.cross_entropy(toy_task.logits(x), labels)) for x, _ in calls]
+    assert losses[-1] < losses[0]  # it followed loss_fn's gradient, not the cross-entropy's
+
+
+def test_dense_losses_take_the_number_of_classes_from_the_logits():
+    """Labels need not contain every class; images may outnumber classes and classes the rows."""
+    logits, targets = random_problem(2, n=5, c=4, h=2, w=3)
+    targets = targets.clamp(max=1)  # only classes 0 and 1 (and ignored pixels)
+    ce = F.cross_entropy(logits, torch.where(targets == 255, 0, targets), reduction="none") * (targets != 255)
+    p_y = logits.softmax(1).gather(1, torch.where(targets == 255, 0, targets)[:, None])[:, 0]
+    js = 0.5 * ((1 - p_y) * math.log(2) + p_y * torch.log(2 * p_y / (1 + p_y)) - torch.log((1 + p_y) / 2))
+    torch.testing.assert_close(dense_loss("js", logits, targets), (js * (targets != 255)).flatten(1).mean(1),
+                               atol=1e-6, rtol=1e-5)
+    correct = logits.argmax(1) == torch.where(targets == 255, 0, targets)
+    weights = torch.tensor([1.0, 3.0, 0, 0]) / 4
+    torch.testing.assert_close(dense_loss("balanced_ce", logits, targets, class_weights=weights),
+                               (ce * correct * weights[targets.clamp(max=3)]).flatten(1).mean(1))
+    targets[:, 0, 0] = 3  # a class beyond the image height
+    assert dense_loss("balanced_ce", logits, targets).shape == (5,)
+
+
+def test_sea_keeps_per_image_the_loss_whose_result_is_most_broken(toy_task, monkeypatch):
+    """Scripted stage results: each image's winner is another loss; on a tie the earlier loss stays."""
+    images, labels = toy_task.images[:3], toy_task.labels[:3]
+    final = {"masked_ce": [0.1, 0.5, 0.4], "balanced_ce": [0.5, 0.2, 0.4], "js": [0.9, 0.9, 0.4]}
+    marks = {"masked_ce": 1.0, "balanced_ce": 2.0, "js": 3.0}
+
+    def run(self, x, start, targets, *, radius, steps, loss):
+        return x + marks[loss], torch.tensor(final[loss])
+
+    monkeypatch.setattr(APGD, "run", run)
+    adv = SEA(logits_fn=toy_task.logits, eps=4, steps=3)(images, labels)
+    assert [float((adv[i] - images[i]).mean()) for i in range(3)] == pytest.approx([1.0, 2.0, 1.0])
+    assert SEA(logits_fn=toy_task.logits, steps=3).stage_steps() == [1, 1, 1]
+    assert SEA(logits_fn=toy_task.logits, steps=5).stage_steps() == [1, 1, 3]

@@ -69,7 +69,9 @@ def test_detect_attacks_reports_auroc_roc_png_and_slip_through(synthetic_val_roo
 
 @pytest.mark.parametrize("args, message", [
     (["--scores", "equivariance,magic"], "unknown score 'magic'; valid names: equivariance"),
-    (["--corruptions", "fog,rain"], "unknown corruption 'rain'; valid names: gaussian_noise"),
+    (["--corruptions", "fog,rain"], "unknown corruption(s) ['rain']; valid names: gaussian_noise"),
+    (["--severity", "6"], "severities must be among 1, 2, 3, 4, 5; got [6]"),
+    (["--corruptions", "fog,fog"], "each corruption once, please"),
     (["--scores", "rotation", "--rotation-head", "nope.pth"], "the rotation score needs its head nope.pth"),
     (["--num-images", "1"], "num_images must be >= 2 and attack_steps >= 1"),
 ])

@@ -309,3 +309,235 @@ def test_fast_preset_stays_inside_eps_v_and_raises_the_attacked_score_like_the_r
         gains[name] = float((equi_ext.equivariance_score(features, out.images) - before).mean())
     assert gains["reference"] > 0.02
     assert gains["fast"] >= 0.5 * gains["reference"], gains  # at a tenth of the reference's feature calls
+
+
+def test_each_sgld_step_is_the_sign_of_the_normalised_gradient_plus_annealed_noise(toy_task64):
+    """Two steps against the update written out (SPEC §1): x ← P(x + η·sign(∇/std(∇) + σ_t·n_t)), n_t drawn
+    from each image's own stream (seed, image seed), σ_0 = 1/2, σ_1 = 0; float64, so no sign is a rounding."""
+    from equi_ext.core.losses import OBJECTIVES
+    from equi_ext.core.seeding import image_generators, normal_like
+
+    f, images = toy_task64.model.features, toy_task64.images[:2]
+    transforms = build_transforms(["hflip", "resize:0.5"])
+    defense = EquivarianceDefense(transforms=transforms, steps=2, eps_v=3, step_size=2, seed=4)
+    out = defense(images, f, image_seeds=[10, 11]).images
+    gens = image_generators(4, [10, 11], 2)
+    x = images.clone()
+    for t in range(2):
+        leaf = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(OBJECTIVES["equivariance"](f, leaf, transforms, "dense", (0.0, 255.0)).sum(), leaf)
+        direction = grad / grad.flatten(1).std(dim=1).view(-1, 1, 1, 1) + (1 - t) / 2 * normal_like(x, gens)
+        x = torch.min(torch.max(x + 2 * direction.sign(), images - 3), images + 3).clamp(0, 255)
+    torch.testing.assert_close(out, x, atol=1e-9, rtol=0)
+
+
+def test_random_transforms_are_drawn_from_the_seed_once_or_per_step(toy_task):
+    f, images = toy_task.model.features, toy_task.images[:2]
+    draws = []
+
+    def run(resample, seed=None, steps=3, score=False, defense_seed=0):
+        defense = EquivarianceDefense(transforms=["hflip", Resize((0.6, 0.9))], steps=steps, eps_v=2, seed=defense_seed,
+                                      resample=resample)
+        sample = defense.sample_transforms
+        defense.sample_transforms = lambda gen: draws.append(sample(gen)) or draws[-1]
+        draws.clear()
+        defense.score(images, f, seed=seed) if score else defense(images, f, seed=seed, compute_score=False)
+        return [[t.scale for t in d if isinstance(t, Resize)][0] for d in draws]
+
+    fixed = run("fixed")
+    assert len(fixed) == 1 and 0.6 <= fixed[0] <= 0.9
+    per_step = run("per_step")
+    assert len(per_step) == 3 and len(set(per_step)) == 3 and per_step[0] == fixed[0]  # step 0 uses the first draw
+    assert run("per_step") == per_step  # seeded: the same draws again
+    assert run("per_step", seed=5) == run("per_step", defense_seed=5) != per_step  # the call's seed overrides
+    assert run("fixed", seed=5, score=True) == run("per_step", seed=5)[:1]  # the score draws what a call draws first
+    assert run("fixed", score=True) == fixed
+
+
+def test_transform_subsets_per_step_are_seeded(toy_task):
+    f, images = toy_task.model.features, toy_task.images[:2]
+
+    def purify(seed):
+        defense = EquivarianceDefense(transforms="flip_resize", steps=4, eps_v=4, transforms_per_step=2,
+                                      optimizer="sgd", seed=seed)
+        return defense(images, f, image_seeds=[0, 1], compute_score=False).images
+
+    assert torch.equal(purify(3), purify(3))
+
+
+def test_unrolled_steps_differentiate_the_gradient_itself(toy_task64, monkeypatch):
+    """The unrolled defense's input gradient includes the second-order terms (the gradient step's own
+    derivative), not only what flows through the projection and the straight-through sign."""
+    f, images = toy_task64.model.features, toy_task64.images[:2]
+    defense = EquivarianceDefense(steps=2, transforms=["hflip", "resize:0.5"], eps_v=6, step_size=3)
+
+    def input_gradient():
+        leaf = images.clone().requires_grad_(True)
+        out = defense(leaf, f, seed=5, differentiable=True).images
+        return torch.autograd.grad(toy_task64.logits(out).square().mean(), leaf)[0]
+
+    full = input_gradient()
+    original = EquivarianceDefense._terms_and_gradient
+    monkeypatch.setattr(EquivarianceDefense, "_terms_and_gradient",
+                        lambda self, fn, x, tr, create_graph=False: original(self, fn, x, tr, False))
+    first_order = input_gradient()
+    assert (full - first_order).norm() > 1e-3 * first_order.norm()
+
+
+def test_outputs_are_detached_and_no_defense_is_the_identity(toy_task):
+    from equi_ext.defenses import NoDefense
+
+    f, images = toy_task.model.features, toy_task.images[:2]
+    leaf = images.clone().requires_grad_(True)
+    out = EquivarianceDefense(steps=1, transforms=["hflip"], eps_v=2)(leaf, f)
+    assert not out.images.requires_grad and out.images.grad_fn is None and leaf.grad is None
+    none = NoDefense()(leaf)
+    assert torch.equal(none.images, images) and not none.images.requires_grad
+    assert none.loss_trace.shape == (0, 2) and none.score is None
+    with pytest.raises(ValueError, match=r"values must lie in pixel_range \(0.0, 1.0\); got min 0, max 255"):
+        NoDefense(pixel_range=(0.0, 1.0))(images)
+    NoDefense(pixel_range=(0.0, 1.0))(images / 255)
+
+
+def test_the_defense_checks_images_in_its_own_pixel_range_and_names_what_cannot_run(toy_task):
+    f, images = toy_task.model.features, toy_task.images[:2]
+    unit = EquivarianceDefense(steps=1, transforms=["hflip"], eps_v=2 / 255, step_size=1 / 255, pixel_range=(0.0, 1.0))
+    for call in (lambda: unit(images, f), lambda: unit.score(images, f)):
+        with pytest.raises(ValueError, match=r"values must lie in pixel_range \(0.0, 1.0\); got min 0, max 255"):
+            call()
+    defense = EquivarianceDefense(steps=1, transforms=["hflip"], eps_v=2)
+    with torch.inference_mode(), pytest.raises(
+            RuntimeError, match=r"^the defense needs input gradients; it cannot run inside torch.inference_mode\(\)$"):
+        defense(images, f)
+    with pytest.raises(ValueError, match=r"^differentiable=True needs images that require grad \(the attack's leaf\)$"):
+        defense(images, f, differentiable=True)
+    with pytest.raises(ValueError, match="^differentiable=True cannot be chunked: the unrolled graph keeps every copy$"):
+        EquivarianceDefense(steps=1, transforms=["hflip"], chunked=True)(images.clone().requires_grad_(True), f,
+                                                                          differentiable=True)
+    from equi_ext.core.losses import Objective
+
+    with pytest.raises(ValueError, match=r"^chunked=True needs a dense feature_fn; Objective computes its own terms "
+                                         r"\(use chunked=False\)$"):
+        EquivarianceDefense(steps=1, transforms=["hflip"], chunked=True)(images, Objective())
+    assert repr(defense) == ("EquivarianceDefense(K=1, steps=1, eps_v=2.0, step_size=1.0, optimizer='sgld', "
+                             "resample='fixed')")
+    assert repr(EquivarianceDefense(transforms="flip_resize", steps=2, transforms_per_step=2, chunked=True)).endswith(
+        "resample='fixed', transforms_per_step=2, chunked=True)")
+
+
+def test_chunked_copies_clip_in_the_defenses_pixel_range(toy_task):
+    """Colour jitter clips to the pixel range: the chunked path must use the defense's, not the default."""
+    f = lambda x: toy_task.model.features(x * 255)  # noqa: E731
+    images = toy_task.images[:2] / 255
+    common = dict(steps=2, transforms=["color_jitter:1.8", "hflip"], eps_v=4 / 255, step_size=1 / 255,
+                  optimizer="sgd", pixel_range=(0.0, 1.0))
+    plain = EquivarianceDefense(**common)(images, f)
+    chunked = EquivarianceDefense(**common, chunked=True)(images, f)
+    torch.testing.assert_close(chunked.images, plain.images, atol=1e-6, rtol=0)
+    transforms = build_transforms(common["transforms"])
+    expected = equivariance_terms(f, plain.images, transforms, "dense", (0.0, 1.0)).mean(dim=1)
+    for out in (plain, chunked):
+        torch.testing.assert_close(out.score, expected, atol=1e-6, rtol=0)
+
+
+def test_the_equivariance_score_function_is_the_defenses_score(toy_task):
+    f, images = toy_task.model.features, toy_task.images[:2]
+    family = ["hflip", Resize((0.6, 0.9))]
+    for kwargs in (dict(), dict(seed=3), dict(reduction="flat"), dict(seed=2, reduction="flat")):
+        expected = EquivarianceDefense(transforms=family, **kwargs).score(images, f)
+        torch.testing.assert_close(equi_ext.equivariance_score(f, images, transforms=family, **kwargs), expected)
+    assert not torch.equal(equi_ext.equivariance_score(f, images, transforms=family, seed=3),
+                           equi_ext.equivariance_score(f, images, transforms=family))
+    assert not torch.equal(equi_ext.equivariance_score(f, images, transforms=family, reduction="flat"),
+                           equi_ext.equivariance_score(f, images, transforms=family))
+    g = lambda x: toy_task.model.features(x * 255)  # noqa: E731
+    jitter = ["color_jitter:1.8", "hflip"]
+    torch.testing.assert_close(
+        equi_ext.equivariance_score(g, images / 255, transforms=jitter, pixel_range=(0.0, 1.0)),
+        EquivarianceDefense(transforms=jitter, pixel_range=(0.0, 1.0)).score(images / 255, g))
+
+
+def test_settings_reach_the_defense_and_bad_ones_are_named():
+    from equi_ext.core.optimizer import PRESETS, check_transform_sizes
+
+    assert EquivarianceDefense().seed == 0
+    assert EquivarianceDefense(resample="per_step").resample == "per_step"
+    assert EquivarianceDefense(preset="fast").transforms_per_step == PRESETS["fast"]["transforms_per_step"] == 1
+    assert EquivarianceDefense(preset="fast", transforms_per_step=3).transforms_per_step == 3
+    assert EquivarianceDefense(transforms_per_step=2).transforms_per_step == 2
+    for kwargs, message in [
+        (dict(step_size=0), "^step_size must be > 0 pixel levels; got 0.0$"),
+        (dict(min_size=0), "^min_size must be >= 1; got 0$"),
+        (dict(transforms_per_step=0), "^transforms_per_step must be >= 1; got 0$"),
+        (dict(preset="nope"), "^unknown preset 'nope'; valid names: default, fast, paper$"),
+        (dict(optimizer="adam"), r"^optimizer must be one of \('sgld', 'sgd'\); got 'adam'$"),
+        (dict(reduction="x"), r"^reduction must be one of \('dense', 'flat'\); got 'x'$"),
+        (dict(resample="x"), r"^resample must be one of \('fixed', 'per_step'\); got 'x'$"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            EquivarianceDefense(**kwargs)
+    resize = build_transforms(["resize:0.5"])
+    check_transform_sizes(build_transforms(["hflip"]), (8, 10))  # a side of exactly min_size (default 8) is allowed
+    with pytest.raises(ValueError, match="^images of size 5x9 are smaller than min_size=8$"):
+        check_transform_sizes(resize, (5, 9), 8)
+    with pytest.raises(ValueError, match=r"^images of size 12x9 are too small for Resize\(scale=0.5\): it yields 6x4, "
+                                         "below min_size=8 pixels per side; use larger images or other transforms$"):
+        check_transform_sizes(resize, (12, 9), 8)
+    with pytest.raises(ValueError, match="smaller than min_size=20"):  # the defense's own min_size
+        EquivarianceDefense(transforms=["hflip"], min_size=20).score(torch.zeros(1, 3, 16, 16), lambda x: x)
+
+
+def test_every_transform_is_used_equally_often_when_each_step_uses_a_subset():
+    for k_per_step, steps in ((2, 10), (3, 5), (4, 5)):
+        defense = EquivarianceDefense(transforms="flip_resize", steps=steps, transforms_per_step=k_per_step)
+        schedule = defense._subset_schedule(5, torch.Generator().manual_seed(1))
+        assert all(len(set(window)) == k_per_step for window in schedule)
+        counts = torch.bincount(torch.tensor(sum(schedule, [])), minlength=5)
+        assert counts.max() - counts.min() <= 1, schedule  # whole permutations, cut into windows
+    assert EquivarianceDefense(transforms="flip_resize", transforms_per_step=5)._subset_schedule(5, None) is None
+
+
+def test_a_model_view_with_its_own_terms_gets_the_defenses_settings(toy_task):
+    from equi_ext.core.losses import Objective
+    from equi_ext.core.optimizer import InvarianceDefense
+
+    images = toy_task.images[:2] / 255
+    calls = []
+
+    class Recording(Objective):
+        def terms(self, kind, x, transforms, reduction, pixel_range):
+            calls.append((kind, x.shape, [str(t) for t in transforms], reduction, tuple(pixel_range)))
+            return toy_task.model.features(x * 255).mean(dim=(1, 2, 3))[:, None].expand(-1, len(transforms))
+
+    for cls in (EquivarianceDefense, InvarianceDefense):
+        calls.clear()
+        cls(transforms=["hflip", "resize:0.5"], steps=1, eps_v=2 / 255, step_size=1 / 255, reduction="flat",
+            pixel_range=(0.0, 1.0)).score(images, Recording())
+        assert calls == [(cls.objective, images.shape, ["HFlip()", "Resize(scale=0.5)"], "flat", (0.0, 1.0))]
+
+
+def test_the_unrolled_step_is_differentiated_as_written(toy_task64):
+    """One unrolled SGD step against the chain written out: x₁ = P(x + η·ST(∇/std(∇))), ST = sign forward,
+    identity backward, ∇ with its own graph; the input gradient of a loss at x₁ must match (float64)."""
+    from equi_ext.core.losses import OBJECTIVES
+
+    f, images = toy_task64.model.features, toy_task64.images[:2]
+    transforms = build_transforms(["hflip", "resize:0.5"])
+    defense = EquivarianceDefense(transforms=transforms, steps=1, eps_v=3, step_size=2, optimizer="sgd")
+
+    def loss_at(x):
+        return toy_task64.logits(x).square().mean()
+
+    leaf = images.clone().requires_grad_(True)
+    out = defense(leaf, f, differentiable=True)
+    assert out.loss_trace.shape == (1, 2) and out.score is None
+    (through,) = torch.autograd.grad(loss_at(out.images), leaf)
+    ref = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(OBJECTIVES["equivariance"](f, ref, transforms, "dense", (0.0, 255.0)).sum(), ref,
+                                  create_graph=True)
+    direction = grad / (grad.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 1e-12)
+    x1 = ref + 2 * (direction + (direction.sign() - direction).detach())
+    x1 = torch.min(torch.max(x1, ref - 3), ref + 3).clamp(0, 255)
+    torch.testing.assert_close(out.images, x1, atol=1e-9, rtol=0)
+    (expected,) = torch.autograd.grad(loss_at(x1), ref)
+    torch.testing.assert_close(through, expected, atol=1e-9, rtol=1e-6)

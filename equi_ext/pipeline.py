@@ -234,7 +234,8 @@ class EquiPipeline:
         return check_scenarios(names, {part: keys[part] for part, is_set in configured.items() if not is_set})
 
     def process(self, batch: PixelBatch, scenario: str | None, record_scores: bool = False) -> list[float | None]:
-        """The per-batch flow of both adapters: group, attack, defend, hand back.
+        """The per-batch flow of both adapters: group, attack, defend, hand back; each step leaves the model
+        as it found it (:meth:`run`).
 
         The attack sees the defense's view of the clean image; the defense (and the score) the view
         of what it is given. Returns each image's score (None unless ``record_scores``).

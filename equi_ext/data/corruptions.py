@@ -67,13 +67,6 @@ def _package():
     return imagecorruptions
 
 
-def check_corruption(name: str, severity: int) -> None:
-    if name not in CORRUPTIONS:
-        raise SettingsError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
-    if severity not in SEVERITIES:
-        raise SettingsError(f"severity must be one of {SEVERITIES}; got {severity!r}")
-
-
 def check_corruptions(names: Sequence[str], severities: Sequence[int]) -> None:
     """The corruptions and severities a benchmark is asked for, checked before it runs anything: at least one
     of each, known names, severities in 1–5, each once (a repeat would count twice in a mean)."""
@@ -93,7 +86,7 @@ def corrupt(image: np.ndarray, name: str, severity: int = 3, seed: int = 0, bgr:
     """Corrupt an (H, W, 3) uint8 RGB image (``bgr``: BGR in and out, as OpenCV-based loaders hold it); the
     package's global NumPy RNG is seeded with ``seed`` for the call and restored afterwards, so results depend
     only on (image, seed)."""
-    check_corruption(name, severity)
+    check_corruptions([name], [severity])
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
         raise ValueError(f"corrupt() takes an (H, W, 3) uint8 image; got {type(image).__name__} "

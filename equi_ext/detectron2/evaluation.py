@@ -37,7 +37,7 @@ from ..core.checkpoints import load_weights as load_checkpoint
 from ..core.metrics import greedy_worst_case
 from ..core.seeding import file_seed
 from ..core.validation import SettingsError
-from ..data.corruptions import check_corruption, corrupt
+from ..data.corruptions import check_corruptions, corrupt
 from ..pipeline import EquiPipeline, scenario_table, temporarily
 from ..progress import image_bar
 from ..reporting import atomic_write_json, record_path
@@ -224,7 +224,7 @@ class CorruptingDatasetMapper(DatasetMapper):
     applies them); each image's corruption is seeded by its file name, not its folder or loader position."""
 
     def __init__(self, *, corruption: str, severity: int, **kwargs) -> None:
-        check_corruption(corruption, severity)
+        check_corruptions([corruption], [severity])
         super().__init__(**kwargs)
         self.corruption = _LoadedImageCorruption(corruption, severity, self.image_format)
         self.augmentations = T.AugmentationList([self.corruption, *self.augmentations.augs])

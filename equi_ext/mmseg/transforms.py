@@ -6,7 +6,7 @@ from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
 from ..core.seeding import file_seed
-from ..data.corruptions import check_corruption, corrupt
+from ..data.corruptions import check_corruptions, corrupt
 
 
 @TRANSFORMS.register_module()
@@ -23,7 +23,7 @@ class ImageCorruption(BaseTransform):
     """
 
     def __init__(self, corruption: str, severity: int = 3) -> None:
-        check_corruption(corruption, severity)
+        check_corruptions([corruption], [severity])
         self.corruption, self.severity = corruption, severity
 
     def transform(self, results: dict) -> dict:

@@ -261,7 +261,7 @@ def reference_apgd(x, start, script, radius, steps, low=0.0, high=255.0, momentu
     lowest-quality one (ties to the later). The step starts at 2·radius; at each checkpoint an image whose
     tracking loss rose too rarely, or whose best loss did not improve (``step_to_halve``), halves its step
     and restarts from its best-loss point."""
-    points, results = [], []
+    points, results, check_at = [], [], checkpoints(steps)
     for i in range(x.shape[0]):
         def project(a, centre=x[i]):
             return torch.minimum(torch.maximum(a, centre - radius), centre + radius).clamp(low, high)
@@ -286,7 +286,7 @@ def reference_apgd(x, start, script, radius, steps, low=0.0, high=255.0, momentu
                 best_x, best_grad, best_loss = cur, grad, track
             if quality <= adv_quality:
                 adv, adv_quality = cur, quality
-            if k + 1 in checkpoints(steps):
+            if k + 1 in check_at:
                 halve = bool(step_to_halve(torch.tensor([float(rises)]), k + 1 - last_check, rho,
                                            torch.tensor([halved_last]), torch.tensor([best_loss]),
                                            torch.tensor([best_at_check]))[0])

@@ -5,7 +5,8 @@ For each model — the MMSeg demo DeepLabV3 and the Detectron2 demo Mask R-CNN (
 weights, synthetic val images) and, unless ``--skip-real``, a real-size MMSeg DeepLabV3
 R50-D8 at 512×512 (random weights: only the time matters) — it times, after a warm-up, a
 vanilla forward, defended inference for each preset, detection-only scoring and PGD-10,
-at batch 1 and batch N, and reports median/min/max seconds per image, the ratio to the
+at batch 1 and batch N (for the MMSeg demo also detect-then-defend's whole prediction of clean
+val images, threshold from the tuning split), and reports median/min/max seconds per image, the ratio to the
 vanilla forward of the same batch size, and the peak RSS above the process's RSS before
 any model was built (``/proc/self/status`` VmHWM, reset per measurement). The real-size
 model is timed for one defense step (per-step cost × T; whole runs only for presets that
@@ -35,10 +36,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="defense presets to time (default: %(default)s)")
     parser.add_argument("--attack-steps", type=int, default=10)
     parser.add_argument("--skip-real", action="store_true", help="skip the real-size R50-D8 model")
-    parser.add_argument("--detector-transforms", default="hflip,resize:0.5",
-                        help="score transforms of the detect-then-defend row, MMSeg demo only (default: %(default)s)")
-    parser.add_argument("--detector-threshold", type=float, default=0.554,
-                        help="its threshold, from tools/detect_attacks.py on the tuning split (default: %(default)s)")
+    parser.add_argument("--detector-transforms", default="hflip",
+                        help="score transforms of detect-then-defend on clean traffic, MMSeg demo only; empty: "
+                             "skip it (default: %(default)s)")
+    parser.add_argument("--detector-percentile", type=float, default=5.0,
+                        help="its threshold: this percentile of the tuning split's clean scores (default: %(default)s)")
+    parser.add_argument("--clean-traffic-images", type=int, default=16,
+                        help="clean val images it predicts at batch 1 and --batch (default: %(default)s)")
     parser.add_argument("--cityscapes-size", action="store_true",
                         help="also time one defense step of the MMSeg demo model on 1024×2048 images")
     parser.add_argument("--models", default="mmseg,detectron2", help="demo models to time (default: %(default)s)")
@@ -53,7 +57,8 @@ def main(argv=None) -> list[dict] | dict:
         batch=args.batch, repeats=args.repeats, presets=args.presets.split(","), attack_steps=args.attack_steps,
         skip_real=args.skip_real,
         detector_transforms=args.detector_transforms.split(",") if args.detector_transforms else None,
-        detector_threshold=args.detector_threshold, cityscapes_size=args.cityscapes_size,
+        detector_percentile=args.detector_percentile, clean_traffic_images=args.clean_traffic_images,
+        cityscapes_size=args.cityscapes_size,
         models=args.models.split(","), work_dir=args.work_dir, command=command_line("benchmark_speed.py", argv)),
         REPORT, args.render)
 

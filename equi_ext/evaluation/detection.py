@@ -98,6 +98,19 @@ def plot_roc_curves(data: dict) -> bytes:
 REPORT = Report(render, {"roc_curves.png": plot_roc_curves})
 
 
+def tuning_threshold(detector: dict, num_images: int, percentile: float, work_dir: str | Path,
+                     tune_root: str | Path | None = None) -> float:
+    """The ``percentile``-th percentile of ``detector``'s clean scores on the first ``num_images`` images of the
+    tuning split (``tune_root``, default the seed-1 demo split): the threshold detect-then-defend is given."""
+    import numpy as np
+
+    from ..mmseg.evaluation import evaluate_grid
+
+    tune = build_demo_runner(Path(tune_root) if tune_root else ensure_tune_data(), num_images, Path(work_dir))
+    (row,) = evaluate_grid(tune, {"detector": detector}, {"clean": None})
+    return float(np.percentile(row["image_scores"], percentile))
+
+
 def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | None = None,
                    clean_percentile: float = 5.0, corruptions: Sequence[str] = CORRUPTIONS, severity: int = 3,
                    scores: Sequence[str] = SCORE_KINDS,
@@ -172,10 +185,7 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
 
     # 2. threshold on the tuning split; detect-then-defend on the reported split
     logger.info("part 2/2: threshold on the tuning split, then detect-then-defend under PGD and the adaptive attack")
-    tune = build_demo_runner(Path(tune_root) if tune_root else ensure_tune_data(), num_images,
-                             out / "tune")
-    (tune_row,) = evaluate_grid(tune, {"detector": detector}, {"clean": None})
-    threshold = float(np.percentile(tune_row["image_scores"], clean_percentile))
+    threshold = tuning_threshold(detector, num_images, clean_percentile, out / "tune", tune_root)
     dtd = dict(detector, threshold=threshold)
     attacks = {"clean": None, f"PGD-{attack_steps}": pgd}
     for lam in lambdas:  # white-box on the detector's own score (pipeline: score_defense = its scorer)

@@ -30,7 +30,6 @@ from ..assets import ASSETS, WORKSPACE
 from ..attacks import PGD
 from ..core.optimizer import PRESETS, EquivarianceDefense
 from ..core.validation import SettingsError
-from ..defenses import DetectThenDefend
 from ..reporting import Report
 from .demo import D2_CONFIG
 
@@ -151,8 +150,7 @@ def defense_for(preset: str, **overrides) -> EquivarianceDefense:
 
 
 def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_kib: int,
-                attack_steps: int, detector_transforms: list[str] | None = None,
-                detector_threshold: float = 0.0) -> list[dict]:
+                attack_steps: int) -> list[dict]:
     """Every measurement on the first ``n`` images of ``case``."""
     x = case.pixels[:n]
     targets = case.targets(n)
@@ -175,19 +173,57 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
                 timed(defended, repeats, n), peak_rss_mib(defended, baseline_kib))
         scorer = defense_for(presets[0])
         row(f"detection score only ({presets[0]} transforms)", timed(lambda: scorer.score(x, case.features), repeats, n))
-        if detector_transforms:
-            detector = DetectThenDefend(threshold=detector_threshold, score_transforms=detector_transforms,
-                                        defense=dict(type="equi", preset=presets[-1]))
-
-            def detect_then_predict():
-                return case.vanilla(detector(x, case.features, model=case.model, compute_score=False).images)
-
-            t = timed(detect_then_predict, repeats, n)
-            flagged = int(detector.last_flagged.sum())
-            row(f"detect-then-defend, clean images ({', '.join(detector_transforms)} score < {detector_threshold:g}, "
-                f"{flagged}/{n} flagged, else {presets[-1]})", t)
         attack = PGD(loss_fn=case.loss_fn, eps=4, steps=attack_steps)
         row(f"PGD-{attack_steps} attack", timed(lambda: attack(x, targets), max(1, repeats // 2), n))
+    return rows
+
+
+def predict_all(model: torch.nn.Module, batches: list[dict]) -> int:
+    """Predict every preprocessed batch without gradients (as MMEngine's test loop does); returns how many
+    images a detect-then-defend runtime flagged (0 without one)."""
+    flagged = 0
+    with torch.no_grad():
+        for data in batches:
+            model.predict(data["inputs"], data["data_samples"])
+            defense = getattr(getattr(model, "_equi_runtime", None), "defense", None)
+            flagged += int(defense.last_flagged.sum()) if hasattr(defense, "last_flagged") else 0
+    return flagged
+
+
+def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transforms: list[str], percentile: float,
+                        preset: str, repeats: int, work_dir: Path) -> list[dict]:
+    """Detect-then-defend as a service sees clean traffic: the whole MMSeg prediction (``predict`` through the
+    runtime) of the first ``num_images`` val images at each batch size, against the stock prediction of the
+    same batches, with the threshold fixed on the tuning split (its ``percentile``-th clean score) and the
+    flagged images defended with ``preset``; once reusing the score's backbone outputs in the prediction,
+    once recomputing them (``EquiRuntime.reuse_backbone``)."""
+    from ..mmseg import scenario
+    from .demo import DATA, build_demo_runner, ensure_data
+    from .detection import tuning_threshold
+
+    detector = dict(type="detect_then_defend", threshold=-1.0, score_transforms=detector_transforms)
+    threshold = tuning_threshold(detector, num_images, percentile, work_dir / "tune")
+    dtd = dict(detector, threshold=threshold, defense=dict(type="equi", preset=preset))
+    ensure_data()
+    rows = []
+    for n in batch_sizes:
+        logger.info("timing detect-then-defend on %d clean val images at batch %d", num_images, n)
+        runner = build_demo_runner(DATA, num_images, work_dir / f"clean_traffic_b{n}", batch_size=n)
+        model = runner.model.eval()
+        batches = [model.data_preprocessor(b, False) for b in runner.test_dataloader]
+        vanilla = timed(lambda m=model, b=batches: predict_all(m, b), repeats, num_images)
+        name = f"MMSeg demo DeepLabV3 (R18c16-D8, 128×128), {num_images} clean val images"
+        rows.append(dict(model=name, batch=n, what="vanilla prediction", **vanilla, ratio=1.0, peak_rss_mib=None))
+        for reuse in (True, False):
+            with scenario(model, "clean_defended", defense=dtd) as rt:
+                rt.reuse_backbone = reuse
+                t = timed(lambda m=model, b=batches: predict_all(m, b), repeats, num_images)
+                flagged = predict_all(model, batches)
+            rows.append(dict(model=name, batch=n, what=(
+                f"detect-then-defend ({', '.join(detector_transforms)} score < {threshold:.3f}, the {percentile:g}th "
+                f"percentile of the tuning split; {flagged}/{num_images} flagged, defended {preset}; backbone "
+                f"{'reused from the score' if reuse else 'recomputed'})"), **t, ratio=t["median"] / vanilla["median"],
+                peak_rss_mib=None))
     return rows
 
 
@@ -237,14 +273,16 @@ REPORT = Report(render)
 
 def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | None = None, attack_steps: int = 10,
                     skip_real: bool = False, detector_transforms: list[str] | None = None,
-                    detector_threshold: float = 0.554, cityscapes_size: bool = False,
+                    detector_percentile: float = 5.0, clean_traffic_images: int = 16, cityscapes_size: bool = False,
                     models: list[str] = DEMO_MODELS,
                     work_dir: str | Path = WORKSPACE / "work_dirs/benchmark_speed",
                     command: str | None = None) -> list[dict]:
     """Time the demo ``models`` at batch 1 and ``batch`` (``repeats`` timed calls after a warm-up; PGD with
     ``attack_steps`` steps) for each defense preset of ``presets`` (default: ``default`` and ``fast``), then
     the per-step rows (``cityscapes_size``; the real-size model unless ``skip_real``). ``detector_transforms``
-    adds, for the MMSeg demo model only, a detect-then-defend row at ``detector_threshold``. Writes
+    adds, for the MMSeg demo model only, detect-then-defend on ``clean_traffic_images`` clean val images at batch
+    1 and ``batch`` (``bench_clean_traffic``; threshold: the ``detector_percentile``-th percentile of the tuning
+    split's clean scores; flagged images defended with the last preset). Writes
     ``work_dir/benchmark_speed.{md,json}`` (with the machine: the result's provenance) and returns the rows.
 
     Raises:
@@ -260,16 +298,21 @@ def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | No
         raise SettingsError(f"unknown models {unknown}; valid: {list(DEMO_MODELS)}")
     if batch < 1 or repeats < 1 or attack_steps < 1:
         raise SettingsError(f"batch, repeats and attack_steps must be >= 1; got {batch}, {repeats}, {attack_steps}")
+    if detector_transforms and not (0 <= detector_percentile <= 100 and clean_traffic_images >= 1):
+        raise SettingsError(f"detector_percentile must be in [0, 100] and clean_traffic_images >= 1; got "
+                            f"{detector_percentile}, {clean_traffic_images}")
     baseline = _status_kib("VmRSS")
     torch.manual_seed(0)
     builders = {"mmseg": mmseg_demo_case, "detectron2": detectron2_demo_case}
     rows: list[dict] = []
     for name in models:
         case = builders[name](batch)
-        detector = detector_transforms if name == "mmseg" and detector_transforms else None
         for n in (1, batch):
             logger.info("timing the %s demo model at batch %d", name, n)
-            rows += bench_batch(case, n, presets, repeats, baseline, attack_steps, detector, detector_threshold)
+            rows += bench_batch(case, n, presets, repeats, baseline, attack_steps)
+        if name == "mmseg" and detector_transforms:
+            rows += bench_clean_traffic(sorted({1, batch}), clean_traffic_images, list(detector_transforms),
+                                        detector_percentile, presets[-1], repeats, Path(work_dir))
     if cityscapes_size:
         logger.info("timing one defense step at 1024×2048")
         rows += bench_per_step(mmseg_demo_case(1, size=(1024, 2048)), presets, baseline)

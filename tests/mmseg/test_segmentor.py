@@ -257,3 +257,51 @@ def test_a_red_file_reaches_the_defense_as_red_rgb_pixels(synthetic_val_root, tm
     (pixels,) = seen
     expected = torch.from_numpy(picture).permute(2, 0, 1)[None].float()
     torch.testing.assert_close(pixels, expected, atol=1e-3, rtol=0)
+
+
+def test_detect_then_defend_predicts_unflagged_images_from_the_scores_backbone_outputs(synthetic_val_root, tmp_path,
+                                                                                       monkeypatch):
+    """Clean traffic: the detector's score already ran the backbone on every image, so the prediction computes
+    only the flagged (defended) images' rows; the outputs are those of computing them all (last bits), and the
+    backbone is the module it was."""
+    cfg = demo_cfg(synthetic_val_root, tmp_path, n=3)
+    cfg.test_dataloader.batch_size = 3
+    model = Runner.from_cfg(cfg).model.eval()
+    data = model.data_preprocessor(next(iter(Runner.build_dataloader(cfg.test_dataloader))), False)
+    dtd = dict(type="detect_then_defend", threshold=-1.0, score_transforms=["hflip"],
+               defense=dict(type="equi", preset="fast", steps=1))
+
+    def predict(threshold, reuse, record_scores=False):
+        with equi_mmseg.scenario(model, "clean_defended", record_scores=record_scores,
+                                 defense=dict(dtd, threshold=threshold)) as rt:
+            rt.reuse_backbone = reuse
+            with torch.no_grad():
+                samples = model.predict(data["inputs"].clone(), copy.deepcopy(data["data_samples"]))
+        return [s.seg_logits.data for s in samples], [s.metainfo.get("equi_score") for s in samples]
+
+    rows = []  # (rows, gradients on?) of every batch the backbone computed
+    backbone_cls = type(model.backbone)
+    stock_forward = backbone_cls.forward
+
+    def counting(self, x):
+        rows.append((x.shape[0], torch.is_grad_enabled()))
+        return stock_forward(self, x)
+
+    monkeypatch.setattr(backbone_cls, "forward", counting)
+    _, scores = predict(-1.0, reuse=False, record_scores=True)
+    lowest, second = sorted(scores)[:2]
+    for threshold, flagged in ((-1.0, 0), ((lowest + second) / 2, 1)):
+        outputs, computed = {}, {}
+        for reuse in (True, False):
+            rows.clear()
+            outputs[reuse], _ = predict(threshold, reuse)
+            computed[reuse] = list(rows)
+        assert computed[True][0] == (6, False)  # the score: the 3 images and their flips in one forward
+        if flagged:  # the prediction computes the defended image's row only, instead of all three
+            assert computed[True][-1] == (1, False) and computed[False] == computed[True][:-1] + [(3, False)]
+        else:  # ... or nothing at all
+            assert computed[False] == computed[True] + [(3, False)]
+        assert sum(grad for _, grad in computed[True]) == 2 * flagged  # the flagged image's one defense step
+        for a, b in zip(outputs[True], outputs[False]):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    assert "forward" not in vars(model.backbone)

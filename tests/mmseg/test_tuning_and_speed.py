@@ -100,3 +100,20 @@ def test_lambda_sweep_page_rerenders_from_its_result(tmp_path, monkeypatch, synt
         tool.main(["--lambdas", "0,x", "--work-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="need num_images >= 1, steps >= 1"):
         tool.main(["--steps", "0", "--work-dir", str(tmp_path)])
+
+
+def test_clean_traffic_rows_time_detect_then_defend_with_the_tuning_splits_threshold(tmp_path, monkeypatch,
+                                                                                   synthetic_val_root):
+    from equi_ext.evaluation import demo, detection
+
+    monkeypatch.setattr(demo, "DATA", synthetic_val_root)
+    monkeypatch.setattr(demo, "ensure_data", lambda: None)
+    monkeypatch.setattr(detection, "ensure_tune_data", lambda: synthetic_val_root)
+    rows = speed.bench_clean_traffic([1, 2], 2, ["hflip"], 50.0, "fast", 1, tmp_path)
+    assert [(r["batch"], r["what"].split(" (")[0]) for r in rows] == [
+        (n, what) for n in (1, 2) for what in ("vanilla prediction", "detect-then-defend", "detect-then-defend")]
+    # tuned and reported on the same two images here: the median of their scores flags the lower one
+    assert all("the 50th percentile of the tuning split; 1/2 flagged, defended fast" in r["what"] for r in rows
+               if r["what"] != "vanilla prediction")
+    assert [r["what"].endswith(("reused from the score)", "recomputed)")) for r in rows] == [False, True, True] * 2
+    assert all(r["ratio"] > 0 for r in rows)

@@ -150,8 +150,10 @@ def defense_for(preset: str, **overrides) -> EquivarianceDefense:
 
 
 def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_kib: int,
-                attack_steps: int) -> list[dict]:
-    """Every measurement on the first ``n`` images of ``case``."""
+                attack_steps: int, levers: bool = False) -> list[dict]:
+    """Every measurement on the first ``n`` images of ``case``; with ``levers`` also the speed levers the defense
+    could pull: channels_last weights (vanilla and the last preset; same values, last bits) and bf16 autocast
+    (vanilla only; lower precision, timed to see whether it would pay)."""
     x = case.pixels[:n]
     targets = case.targets(n)
     rows = []
@@ -175,6 +177,18 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
         row(f"detection score only ({presets[0]} transforms)", timed(lambda: scorer.score(x, case.features), repeats, n))
         attack = PGD(loss_fn=case.loss_fn, eps=4, steps=attack_steps)
         row(f"PGD-{attack_steps} attack", timed(lambda: attack(x, targets), max(1, repeats // 2), n))
+        if levers:
+            defense = defense_for(presets[-1])
+            try:  # the weights' layout only: the values, and so the outputs up to last bits, stay
+                case.model.to(memory_format=torch.channels_last)
+                row("vanilla forward, channels_last weights", timed(lambda: case.vanilla(x), repeats, n))
+                row(f"defended ({presets[-1]}), channels_last weights", timed(
+                    lambda: case.vanilla(defense(x, case.features, model=case.model, compute_score=False).images),
+                    repeats, n))
+            finally:
+                case.model.to(memory_format=torch.contiguous_format)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # one call: far slower without bf16 instructions
+                row("vanilla forward, bf16 autocast", timed(lambda: case.vanilla(x), 1, n))
     return rows
 
 
@@ -309,7 +323,7 @@ def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | No
         case = builders[name](batch)
         for n in (1, batch):
             logger.info("timing the %s demo model at batch %d", name, n)
-            rows += bench_batch(case, n, presets, repeats, baseline, attack_steps)
+            rows += bench_batch(case, n, presets, repeats, baseline, attack_steps, levers=name == "mmseg")
         if name == "mmseg" and detector_transforms:
             rows += bench_clean_traffic(sorted({1, batch}), clean_traffic_images, list(detector_transforms),
                                         detector_percentile, presets[-1], repeats, Path(work_dir))

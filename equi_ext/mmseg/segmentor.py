@@ -29,6 +29,7 @@ from ..attacks import pixel_cross_entropy
 from ..core.registry import did_you_mean
 from ..core.seeding import image_seed
 from ..core.validation import check_image_batch, check_images
+from ..defenses import DetectThenDefend
 from ..pipeline import EquiPipeline, PixelBatch, check_scenarios, temporarily
 
 FEATURE_LAYERS = ("backbone", "neck", "logits")
@@ -161,8 +162,10 @@ class EquiRuntime:
         self.scenario: str | None = None
         self.record_scores = False
         self.pixels = PixelSpace(model.data_preprocessor)
-        #: reuse the backbone outputs of the batch's no-grad feature forwards in its prediction (a measurement knob)
-        self.reuse_backbone = True
+        #: detect-then-defend: predict the images it lets through from its score's backbone outputs
+        #: (``BackboneMemo``; False: compute them again, as before, e.g. to measure what the reuse saves). Other
+        #: defenses recompute: few of their rows would be served, and those would move published last bits.
+        self.reuse_backbone = isinstance(self.pipeline.defense, DetectThenDefend)
         self._memo: BackboneMemo | None = None
 
     @property

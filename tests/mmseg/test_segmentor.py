@@ -274,6 +274,7 @@ def test_detect_then_defend_predicts_unflagged_images_from_the_scores_backbone_o
     def predict(threshold, reuse, record_scores=False):
         with equi_mmseg.scenario(model, "clean_defended", record_scores=record_scores,
                                  defense=dict(dtd, threshold=threshold)) as rt:
+            assert rt.reuse_backbone  # detect-then-defend's default
             rt.reuse_backbone = reuse
             with torch.no_grad():
                 samples = model.predict(data["inputs"].clone(), copy.deepcopy(data["data_samples"]))
@@ -305,3 +306,5 @@ def test_detect_then_defend_predicts_unflagged_images_from_the_scores_backbone_o
         for a, b in zip(outputs[True], outputs[False]):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
     assert "forward" not in vars(model.backbone)
+    with equi_mmseg.scenario(model, "clean_defended", defense="equi") as rt:
+        assert not rt.reuse_backbone  # other defenses keep their published last bits

@@ -5,14 +5,15 @@ Generates the synthetic benchmark if missing, uses the committed demo checkpoint
 trains it with tools/train.py), evaluates vanilla vs equivariance under clean, PGD-20 and BPDA-10
 (``--full``: the paper's Table 2 grid with invariance and the adaptive attack) and the Table 5 scores on
 the first N val images with MMSeg's IoUMetric, and writes WORK_DIR/demo_results.{md,json}
-(``equi_ext.evaluation.demo.run_demo``).
+(``equi_ext.evaluation.demo.run_demo``). ``--spread`` gathers such results from several machines or settings
+into one table with each cell's range (``demo_spread``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from equi_ext.evaluation.demo import REPORT, WORKSPACE, run_demo
+from equi_ext.evaluation.demo import REPORT, WORKSPACE, demo_spread, run_demo
 from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
@@ -24,15 +25,20 @@ def parse_args(argv=None):
     parser.add_argument("--full", action="store_true", help="also the invariance column and the adaptive attack")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s); seeds "
                         "are per image, only last bits change, which moves defended cells as a change of CPU does")
+    parser.add_argument("--spread", nargs="+", metavar="RESULT_JSON",
+                        help="measure nothing: gather results of this tool from other CPUs, kernel sets, thread "
+                             "counts or batch sizes into WORK_DIR/demo_spread.{md,json} (each cell per run, range)")
     add_render_option(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    command = command_line("run_demo.py", argv)
+    if args.spread:
+        return measure_or_render(lambda: demo_spread(args.spread, args.work_dir, command=command))
     return measure_or_render(lambda: run_demo(args.num_images, args.work_dir, args.retrain, full=args.full,
-                                              batch_size=args.batch_size, command=command_line("run_demo.py", argv)),
-                             REPORT, args.render)
+                                              batch_size=args.batch_size, command=command), REPORT, args.render)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,17 @@ equivariance score clean / attacked / restored (Table 5).
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..assets import ASSETS, WORKSPACE
 from ..core.validation import SettingsError
-from ..reporting import Report
+from ..reporting import Report, provenance_line
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +105,12 @@ def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoi
 
 
 def render(data: dict) -> str:
-    """The first command's table: mIoU per attack and defense, the BPDA caveat, the equivariance scores."""
+    """The first command's table: mIoU per attack and defense, the BPDA caveat, the equivariance scores (a
+    spread of several runs: :func:`render_spread`)."""
     from ..mmseg.evaluation import grid_table
+
+    if "runs" in data:
+        return render_spread(data)
 
     bpda = next(r["attack"] for r in data["rows"] if r["attack"].startswith("BPDA"))  # StopIteration: not a demo
     return (f"mIoU (%) on the first {data['num_images']} synthetic val images, ε = {data['eps']:g}/255, "
@@ -118,6 +124,62 @@ def render(data: dict) -> str:
 
 
 REPORT = Report(render)
+
+
+def run_label(provenance: dict, batch_size: int) -> str:
+    """A run's column: where and how it ran (CPU, kernel set, threads, batch size)."""
+    threads = provenance["torch_threads"]
+    return (f"{provenance['cpu']}, {provenance['cpu_capability']}, {threads} thread{'s' if threads != 1 else ''}, "
+            f"batch {batch_size}")
+
+
+def demo_spread(results: Sequence[str | Path], work_dir: str | Path, command: str | None = None) -> dict:
+    """Gather ``run_demo`` results of one grid measured on other machines, kernel sets, thread counts or batch
+    sizes into ``work_dir/demo_spread.{md,json}``: each cell per run and its range (max − min), so the spread
+    the README quotes is rendered from what was measured. The runs keep their own provenance.
+
+    Raises:
+        SettingsError: fewer than two results, a file that is not a ``run_demo`` result, or runs of different
+            grids (images, ε, preset, cells).
+    """
+    if len(results) < 2:
+        raise SettingsError(f"a spread needs at least two run_demo results; got {len(results)}")
+    runs = []
+    for path in results:
+        try:
+            data = json.loads(Path(path).read_text())
+            runs.append(dict(label=run_label(data["provenance"], data["batch_size"]), provenance=data["provenance"],
+                             num_images=data["num_images"], eps=data["eps"], defense=data["defense"],
+                             cells={f"{r['attack']} / {r['defense']}": r["mIoU"] for r in data["rows"]},
+                             scores=data["scores"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SettingsError(f"{path} is not a run_demo result ({type(err).__name__}: {err})") from None
+    grid = [(r["num_images"], r["eps"], r["defense"], list(r["cells"]), list(r["scores"])) for r in runs]
+    if any(g != grid[0] for g in grid):
+        raise SettingsError("the results are not of one grid (images, ε, preset and cells must agree): "
+                            + "; ".join(f"{path}: {g[0]} images, ε {g[1]:g}, {g[2]}, {len(g[3])} cells"
+                                        for path, g in zip(results, grid)))
+    result = dict(runs=runs)
+    REPORT.write(work_dir, "demo_spread", result, command=command)
+    return result
+
+
+def render_spread(data: dict) -> str:
+    """Each cell (mIoU, then the equivariance scores) per run, and its range over the runs."""
+    runs = data["runs"]
+    first = runs[0]
+    lines = [f"mIoU (%) on the first {first['num_images']} synthetic val images, ε = {first['eps']:g}/255, defense "
+             f"preset '{first['defense']['preset']}', per run (one column each), and the range (max − min)", "",
+             "| cell | " + " | ".join(r["label"] for r in runs) + " | range |",
+             "|---|" + "---|" * (len(runs) + 1)]
+    for kind, fmt in (("cells", ".2f"), ("scores", ".3f")):
+        for name in first[kind]:
+            values = [r[kind][name] for r in runs]
+            label = name if kind == "cells" else f"score {name}"
+            lines.append(f"| {label} | " + " | ".join(format(v, fmt) for v in values)
+                         + f" | {format(max(values) - min(values), fmt)} |")
+    lines += ["", "Runs:"] + [f"- {r['label']}: {provenance_line(r['provenance'])}" for r in runs]
+    return "\n".join(lines) + "\n"
 
 
 def run_demo(num_images: int = 16, work_dir: str | Path = WORKSPACE / "work_dirs/demo", retrain: bool = False,

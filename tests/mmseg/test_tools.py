@@ -268,3 +268,41 @@ def test_the_first_command_prints_each_cell_as_it_finishes(synthetic_val_root, t
     assert_rerenders(load_tool("run_demo"), tmp_path / "demo_results.json")
     with pytest.raises(SystemExit, match="batch_size must be >= 1"):
         load_tool("run_demo").main(["--batch-size", "0", "--work-dir", str(tmp_path)])
+
+
+def test_the_demo_spread_tabulates_each_run_and_the_range_per_cell(tmp_path, assert_rerenders):
+    """tools/run_demo.py --spread: each cell of several run_demo results side by side, labelled by where and how
+    each ran, with max − min; results of another grid, or not of this tool, are refused."""
+    committed = json.loads((REPO / "docs/benchmarks/demo/demo_results.json").read_text())
+    other = json.loads(json.dumps(committed))
+    other["provenance"].update(cpu="Intel Xeon", cpu_capability="DEFAULT", torch_threads=2)
+    other["batch_size"] = 8
+    other["rows"][0]["mIoU"] += 1.25
+    other["scores"]["clean"] -= 0.002
+    paths = []
+    for name, data in (("a.json", committed), ("b.json", other)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(data))
+    tool = load_tool("run_demo")
+    result = tool.main(["--spread", *map(str, paths), "--work-dir", str(tmp_path / "spread")])
+    page = (tmp_path / "spread/demo_spread.md").read_text()
+    first = committed["rows"][0]
+    assert "| cell | AMD EPYC, AVX2, 1 thread, batch 1 | Intel Xeon, DEFAULT, 2 threads, batch 8 | range |" in page
+    assert (f"| {first['attack']} / {first['defense']} | {first['mIoU']:.2f} | {first['mIoU'] + 1.25:.2f} | 1.25 |"
+            in page)
+    clean = committed["scores"]["clean"]
+    assert f"| score clean | {clean:.3f} | {clean - 0.002:.3f} | 0.002 |" in page
+    second = committed["rows"][1]
+    assert f"| {second['attack']} / {second['defense']} | {second['mIoU']:.2f} | {second['mIoU']:.2f} | 0.00 |" in page
+    assert [r["provenance"]["cpu"] for r in result["runs"]] == ["AMD EPYC", "Intel Xeon"]
+    assert_rerenders(tool, tmp_path / "spread/demo_spread.json")
+    del other["rows"][-1]
+    paths[1].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="not of one grid"):
+        tool.main(["--spread", *map(str, paths), "--work-dir", str(tmp_path / "bad")])
+    paths[1].write_text("{}")
+    with pytest.raises(SystemExit, match=r"b.json is not a run_demo result \(KeyError"):
+        tool.main(["--spread", *map(str, paths), "--work-dir", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="at least two"):
+        tool.main(["--spread", str(paths[0]), "--work-dir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()

@@ -15,6 +15,7 @@ transforms per step), with the transformed copies batched and chunked (one copy'
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -52,13 +53,21 @@ def peak_rss_mib(fn: Callable[[], object], baseline_kib: int) -> float:
 
 def timed(fn: Callable[[], object], repeats: int, per: int) -> dict:
     """Median/min/max seconds per item over ``repeats`` calls of ``fn`` (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return timed_together([fn], repeats, per)[0]
+
+
+def timed_together(fns: list[Callable[[], object]], repeats: int, per: int) -> list[dict]:
+    """``timed`` for several functions whose calls alternate (one warm-up each, then ``repeats`` rounds of one
+    call each), so a change in the machine's load moves all of them alike and their ratios stay fair."""
+    for fn in fns:
         fn()
-        times.append((time.perf_counter() - start) / per)
-    return dict(median=statistics.median(times), min=min(times), max=max(times))
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, record in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            record.append((time.perf_counter() - start) / per)
+    return [dict(median=statistics.median(t), min=min(t), max=max(t)) for t in times]
 
 
 @dataclass
@@ -192,18 +201,6 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
     return rows
 
 
-def predict_all(model: torch.nn.Module, batches: list[dict]) -> int:
-    """Predict every preprocessed batch without gradients (as MMEngine's test loop does); returns how many
-    images a detect-then-defend runtime flagged (0 without one)."""
-    flagged = 0
-    with torch.no_grad():
-        for data in batches:
-            model.predict(data["inputs"], data["data_samples"])
-            defense = getattr(getattr(model, "_equi_runtime", None), "defense", None)
-            flagged += int(defense.last_flagged.sum()) if hasattr(defense, "last_flagged") else 0
-    return flagged
-
-
 def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transforms: list[str], percentile: float,
                         preset: str, repeats: int, work_dir: Path) -> list[dict]:
     """Detect-then-defend as a service sees clean traffic: the whole MMSeg prediction (``predict`` through the
@@ -212,6 +209,7 @@ def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transf
     flagged images defended with ``preset``; once reusing the score's backbone outputs in the prediction,
     once recomputing them (``EquiRuntime.reuse_backbone``)."""
     from ..mmseg import scenario
+    from ..pipeline import temporarily
     from .demo import DATA, build_demo_runner, ensure_data
     from .detection import tuning_threshold
 
@@ -225,14 +223,24 @@ def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transf
         runner = build_demo_runner(DATA, num_images, work_dir / f"clean_traffic_b{n}", batch_size=n)
         model = runner.model.eval()
         batches = [model.data_preprocessor(b, False) for b in runner.test_dataloader]
-        vanilla = timed(lambda m=model, b=batches: predict_all(m, b), repeats, num_images)
         name = f"MMSeg demo DeepLabV3 (R18c16-D8, 128×128), {num_images} clean val images"
+        with scenario(model, "clean_defended", defense=dtd) as rt:
+            def predict_as(scenario_name: str, reuse: bool, rt=rt, m=model, b=batches) -> int:
+                """Predict every batch without gradients (as MMEngine's test loop does); returns how many
+                images were flagged."""
+                flagged = 0
+                with temporarily(rt, scenario=scenario_name, reuse_backbone=reuse), torch.no_grad():
+                    for data in b:
+                        m.predict(data["inputs"], data["data_samples"])
+                        flagged += int(rt.defense.last_flagged.sum()) if scenario_name != "clean" else 0
+                return flagged
+
+            # 'clean' is the stock prediction; the three alternate so that a change of load moves all alike
+            vanilla, *defended = timed_together([functools.partial(predict_as, "clean", False)] + [
+                functools.partial(predict_as, "clean_defended", reuse) for reuse in (True, False)], repeats, num_images)
+            flagged = predict_as("clean_defended", True)
         rows.append(dict(model=name, batch=n, what="vanilla prediction", **vanilla, ratio=1.0, peak_rss_mib=None))
-        for reuse in (True, False):
-            with scenario(model, "clean_defended", defense=dtd) as rt:
-                rt.reuse_backbone = reuse
-                t = timed(lambda m=model, b=batches: predict_all(m, b), repeats, num_images)
-                flagged = predict_all(model, batches)
+        for reuse, t in zip((True, False), defended):
             rows.append(dict(model=name, batch=n, what=(
                 f"detect-then-defend ({', '.join(detector_transforms)} score < {threshold:.3f}, the {percentile:g}th "
                 f"percentile of the tuning split; {flagged}/{num_images} flagged, defended {preset}; backbone "

@@ -1,6 +1,6 @@
 # Fast-SCNN (two branches, depthwise-separable head) at 256×256: a third architecture and resolution
 # beside the demo DeepLabV3 and the 64-px UNet, trained on CPU by `tools/train.py` on the 256-px synthetic
-# benchmark (`tools/generate_data.py --image-size 256 --out data/synthetic_shapes_256`). It exists to check
+# benchmark (`tools/generate_data.py --size 256 --out data/synthetic_shapes_256`). It exists to check
 # that the defense's presets hold on a model they were not tuned on (docs/benchmarks/presets.md).
 _base_ = [
     'mmseg::_base_/default_runtime.py',

@@ -1,6 +1,6 @@
 # A small UNet (4 stages, 16 base channels) with an FCN head at 64×64: a second architecture and resolution
 # beside the demo DeepLabV3, trained on CPU by `tools/train.py` on the 64-px synthetic benchmark
-# (`tools/generate_data.py --image-size 64 --out data/synthetic_shapes_64`). It exists to check that the
+# (`tools/generate_data.py --size 64 --out data/synthetic_shapes_64`). It exists to check that the
 # defense's presets hold on a model they were not tuned on (docs/benchmarks/presets.md).
 _base_ = [
     'mmseg::_base_/default_runtime.py',
@@ -69,7 +69,7 @@ train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipelin
 val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-max_iters = 2000
+max_iters = 4000
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4),
@@ -78,12 +78,12 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, begin=0, end=100, by_epoch=False),
     dict(type='PolyLR', eta_min=1e-5, power=0.9, begin=100, end=max_iters, by_epoch=False),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=1000)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=2000)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=1,
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2000, max_keep_ckpts=1,
                     save_last=True),
     visualization=dict(type='SegVisualizationHook'))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))

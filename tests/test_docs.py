@@ -48,7 +48,8 @@ def test_the_anchor_rule_matches_githubs():
 RESULT_TOOLS = {"standard_evaluation": "standard_evaluation", "attack_strength": "compare_attacks",
                 "robustness": "benchmark_robustness", "detection": "detect_attacks", "ablations": "ablate",
                 "speed": "benchmark_speed", "honesty": "sanity_checks", "demo": "run_demo", "tuning": "tune_defense",
-                "lambda_sweep": "sweep_lambda", "corruption": "corruption_benchmark"}
+                "lambda_sweep": "sweep_lambda", "corruption": "corruption_benchmark",
+                "presets": "compare_presets"}
 
 
 def committed_results() -> list[Path]:

@@ -17,23 +17,24 @@ from pathlib import Path
 
 from ..assets import ASSETS
 from ..core.validation import SettingsError
-from .demo import CHECKPOINT, D2_CHECKPOINT, D2_CONFIG, DATA, SSL_HEADS, build_demo_runner
+from .demo import CHECKPOINT, CONFIG, D2_CHECKPOINT, D2_CONFIG, DATA, SSL_HEADS, build_demo_runner
 
 logger = logging.getLogger(__name__)
 
 
 class MMSegBackend:
-    """The demo DeepLabV3 on the first ``num_images`` val images of ``data_root``; defense
-    budgets from the named ``preset``."""
+    """The demo DeepLabV3 (or another MMSeg ``config`` trained on the synthetic benchmark) on the first
+    ``num_images`` val images of ``data_root``; defense budgets from the named ``preset``."""
 
     framework, metric, key = "mmseg", "mIoU", "mIoU"
     model_name = "demo DeepLabV3"
 
     def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
-                 preset: str = "fast") -> None:
+                 preset: str = "fast", config: Path | None = None) -> None:
         self.preset = preset
         self.runner = build_demo_runner(data_root, num_images, work_dir / "runs", checkpoint or CHECKPOINT,
-                                        test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
+                                        test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]),
+                                        config=config or CONFIG)
 
     @property
     def settings(self) -> str:

@@ -81,16 +81,16 @@ def ensure_checkpoint(retrain: bool, work_dir: Path) -> Path:
 
 
 def build_demo_runner(data_root: Path, num_images: int, work_dir: Path, checkpoint: Path = CHECKPOINT,
-                      test_evaluator: dict | None = None, batch_size: int = 1):
-    """An MMEngine runner of the demo config on the first ``num_images`` val images, ``batch_size`` per
-    batch, weights loaded (``test_evaluator`` replaces the config's, e.g. with ``PerImageIoUMetric``; corrupted
-    images: ``equi_ext.mmseg.evaluation.corrupted_loading``)."""
+                      test_evaluator: dict | None = None, batch_size: int = 1, config: Path = CONFIG):
+    """An MMEngine runner of the demo ``config`` (or another model trained on the synthetic benchmark) on the
+    first ``num_images`` val images, ``batch_size`` per batch, weights loaded (``test_evaluator`` replaces the
+    config's, e.g. with ``PerImageIoUMetric``; corrupted images: ``equi_ext.mmseg.evaluation.corrupted_loading``)."""
     from mmengine.config import Config
     from mmengine.runner import Runner
 
     from ..core.checkpoints import load_weights
 
-    cfg = Config.fromfile(str(CONFIG))
+    cfg = Config.fromfile(str(config))
     cfg.work_dir = str(work_dir)
     cfg.test_dataloader.dataset.data_root = str(data_root)
     cfg.test_dataloader.dataset.indices = num_images

@@ -201,6 +201,30 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
     return rows
 
 
+def alternating_predictions(model: torch.nn.Module, batches: list[dict], defense: dict, variants: list[dict],
+                            repeats: int) -> list[tuple[dict, int]]:
+    """Seconds per image (``timed``'s statistics) of predicting every preprocessed batch without gradients, as
+    MMEngine's test loop does, with ``defense`` in ``model.test_cfg`` and the runtime's attributes set as each
+    of ``variants`` says (e.g. ``dict(scenario='clean')``: the stock prediction; ``dict(reuse_backbone=False)``),
+    the variants' calls alternating; with the images the defense flagged (detect-then-defend; else 0)."""
+    from ..mmseg import scenario
+    from ..pipeline import temporarily
+
+    images = sum(len(data["data_samples"]) for data in batches)
+    with scenario(model, "clean_defended", defense=defense) as rt:
+        def predict(variant: dict) -> int:
+            flagged = 0
+            with temporarily(rt, **variant), torch.no_grad():
+                for data in batches:
+                    model.predict(data["inputs"], data["data_samples"])
+                    if rt.scenario != "clean" and hasattr(rt.defense, "last_flagged"):
+                        flagged += int(rt.defense.last_flagged.sum())
+            return flagged
+
+        times = timed_together([functools.partial(predict, v) for v in variants], repeats, images)
+        return [(t, predict(v)) for t, v in zip(times, variants)]
+
+
 def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transforms: list[str], percentile: float,
                         preset: str, repeats: int, work_dir: Path) -> list[dict]:
     """Detect-then-defend as a service sees clean traffic: the whole MMSeg prediction (``predict`` through the
@@ -208,8 +232,6 @@ def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transf
     same batches, with the threshold fixed on the tuning split (its ``percentile``-th clean score) and the
     flagged images defended with ``preset``; once reusing the score's backbone outputs in the prediction,
     once recomputing them (``EquiRuntime.reuse_backbone``)."""
-    from ..mmseg import scenario
-    from ..pipeline import temporarily
     from .demo import DATA, build_demo_runner, ensure_data
     from .detection import tuning_threshold
 
@@ -224,23 +246,10 @@ def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transf
         model = runner.model.eval()
         batches = [model.data_preprocessor(b, False) for b in runner.test_dataloader]
         name = f"MMSeg demo DeepLabV3 (R18c16-D8, 128×128), {num_images} clean val images"
-        with scenario(model, "clean_defended", defense=dtd) as rt:
-            def predict_as(scenario_name: str, reuse: bool, rt=rt, m=model, b=batches) -> int:
-                """Predict every batch without gradients (as MMEngine's test loop does); returns how many
-                images were flagged."""
-                flagged = 0
-                with temporarily(rt, scenario=scenario_name, reuse_backbone=reuse), torch.no_grad():
-                    for data in b:
-                        m.predict(data["inputs"], data["data_samples"])
-                        flagged += int(rt.defense.last_flagged.sum()) if scenario_name != "clean" else 0
-                return flagged
-
-            # 'clean' is the stock prediction; the three alternate so that a change of load moves all alike
-            vanilla, *defended = timed_together([functools.partial(predict_as, "clean", False)] + [
-                functools.partial(predict_as, "clean_defended", reuse) for reuse in (True, False)], repeats, num_images)
-            flagged = predict_as("clean_defended", True)
+        (vanilla, _), *defended = alternating_predictions(model, batches, dtd, [
+            dict(scenario="clean"), dict(reuse_backbone=True), dict(reuse_backbone=False)], repeats)
         rows.append(dict(model=name, batch=n, what="vanilla prediction", **vanilla, ratio=1.0, peak_rss_mib=None))
-        for reuse, t in zip((True, False), defended):
+        for reuse, (t, flagged) in zip((True, False), defended):
             rows.append(dict(model=name, batch=n, what=(
                 f"detect-then-defend ({', '.join(detector_transforms)} score < {threshold:.3f}, the {percentile:g}th "
                 f"percentile of the tuning split; {flagged}/{num_images} flagged, defended {preset}; backbone "

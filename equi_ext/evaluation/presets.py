@@ -1,0 +1,166 @@
+"""Do the defense's presets hold on models they were not tuned on?
+
+A preset is applied to the user's own model, so it is measured on several: ``ZOO`` holds MMSeg segmenters of
+different architecture and resolution, each trained by ``tools/train.py`` on the synthetic benchmark at its own
+image size (configs under ``configs/zoo``). Presets are chosen on the ``tuned`` models; a ``held back`` model is
+reported as measured, never tuned on. ``compare_presets`` runs, on the first N images of each model's tuning
+split (seed 1, never the reported split):
+
+- vanilla: clean, PGD-20 and BPDA-10 (on no defense, BPDA is PGD-10); the per-image worst case of the two;
+- each preset: clean + defense, PGD-20 made on the undefended model (transfer) + defense, BPDA-10 through the
+  defense, and the per-image worst case over those two attacks (the lower of AutoAttack's per-image pick and
+  the greedy search, ``equi_ext.mmseg.evaluation.worst_case``);
+- the recovered share ``(worst − vanilla worst) / (vanilla clean − vanilla worst)``;
+- the cost: seconds per image of the whole defended prediction over the stock prediction of the same
+  batches, at batch 1 and batch B, the two alternating (``speed.alternating_predictions``).
+
+Cells keep per-image records, so an interrupted run continues with ``resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..assets import ASSETS, WORKSPACE
+from ..core.optimizer import PRESETS
+from ..core.validation import SettingsError
+from ..reporting import Report, slug
+from .demo import CHECKPOINT, CONFIG, EPS, ensure_tune_data
+from .tuning import CANDIDATES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A segmenter the presets are measured on: its MMSeg config and weights, the image size it was trained
+    at, and whether presets may be chosen on it (``tuned``) or it is only reported (``held back``)."""
+
+    title: str
+    config: Path
+    checkpoint: Path
+    image_size: int
+    role: str
+
+    def tune_data(self) -> Path:
+        """The model's tuning split: 100 images of seed 1 at its image size, generated once."""
+        if self.config == CONFIG:
+            return ensure_tune_data()
+        root = WORKSPACE / f"data/synthetic_shapes_{self.image_size}_tune"
+        if not (root / "meta.json").is_file():
+            from ..data.synthetic import generate_dataset
+
+            logger.info("generating the %d-px tuning split (seed 1) into %s", self.image_size, root)
+            generate_dataset(root, seed=1, image_size=self.image_size, num_train=0, num_val=100)
+        return root
+
+
+ZOO = {
+    "deeplabv3-128": ZooModel("demo DeepLabV3 R18c16-D8, 128 px", CONFIG, CHECKPOINT, 128, "tuned"),
+    "unet-64": ZooModel("UNet-FCN s4-c16, 64 px", ASSETS / "configs/zoo/fcn_unet-s4-c16_1xb8-4k_synthetic-64x64.py",
+                        ASSETS / "checkpoints/zoo/fcn_unet-s4-c16_synthetic-64x64.pth", 64, "tuned"),
+    "fast-scnn-256": ZooModel("Fast-SCNN, 256 px", ASSETS / "configs/zoo/fast-scnn_1xb8-2k_synthetic-256x256.py",
+                              ASSETS / "checkpoints/zoo/fast-scnn_synthetic-256x256.pth", 256, "held back"),
+}
+#: Defense settings compared: the shipped presets and the T = 20 reference the ``fast`` preset is held to.
+SETTINGS = {**{name: dict(preset=name) for name in PRESETS}, "reference": CANDIDATES["fr-T20-epsv4-eta0.5"]}
+ATTACKS = {"PGD-20": dict(type="pgd", eps=EPS, steps=20), "BPDA-10": dict(type="bpda", eps=EPS, steps=10)}
+
+
+def recovered_share(clean: float, worst_vanilla: float, worst_defended: float) -> float:
+    """The share of what the attacks took from the undefended model that the defense gives back."""
+    return (worst_defended - worst_vanilla) / (clean - worst_vanilla)
+
+
+def render(data: dict) -> str:
+    """The model × preset table: cost, clean, each attack, the worst case and the recovered share."""
+    b = data["batch"]
+    lines = [f"mIoU (%) on the first {data['num_images']} images of each model's tuning split (seed 1), ε = "
+             f"{data['eps']:g}/255; PGD-20 is made on the undefended model (transfer), BPDA-10 goes through the "
+             "defense; worst = per-image worst case over the two; recovered = (worst − vanilla worst) / (vanilla "
+             f"clean − vanilla worst); cost = seconds per image of the defended prediction over the stock one, "
+             f"batch 1 / batch {b}.", "",
+             f"| model | role | defense | × batch 1 | × batch {b} | clean | PGD-20 | BPDA-10 | worst | recovered |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        cost = "— | —" if r["defense"] == "vanilla" else f"{r['ratio_batch1']:.1f} | {r['ratio_batchB']:.1f}"
+        recovered = "—" if r["defense"] == "vanilla" else f"{100 * r['recovered']:.0f}%"
+        lines.append(f"| {r['model']} | {r['role']} | {r['defense']} | {cost} | {r['clean']:.2f} | {r['PGD-20']:.2f} "
+                     f"| {r['BPDA-10']:.2f} | {r['worst']:.2f} | {recovered} |")
+    return "\n".join(lines) + "\n"
+
+
+REPORT = Report(render)
+
+
+def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[str] = ("fast", "default", "reference"),
+                    num_images: int = 16, batch: int = 16, repeats: int = 1, work_dir: str | Path,
+                    resume: bool = False, command: str | None = None) -> dict:
+    """Measure each of ``settings`` (names of ``SETTINGS``) on each of ``models`` (names of ``ZOO``) as the module
+    describes; cost at batch 1 (over the first 4 images) and ``batch`` (its first ``batch`` images), ``repeats``
+    timed calls each after a warm-up. Writes ``work_dir/presets.{md,json,csv}`` and returns the JSON's content.
+
+    Raises:
+        SettingsError: unknown models or settings, a missing checkpoint (with how to train it), ``num_images``,
+            ``batch`` or ``repeats`` < 1 — before anything runs.
+    """
+    from .speed import alternating_predictions
+
+    for what, names, valid in (("models", models, ZOO), ("settings", settings, SETTINGS)):
+        unknown = [n for n in names if n not in valid]
+        if unknown or not names:
+            raise SettingsError(f"unknown {what} {unknown or list(names)}; valid: {', '.join(valid)}")
+    if num_images < 1 or batch < 1 or repeats < 1:
+        raise SettingsError(f"num_images, batch and repeats must be >= 1; got {num_images}, {batch}, {repeats}")
+    for name in models:
+        zoo = ZOO[name]
+        if not zoo.checkpoint.is_file():
+            raise SettingsError(f"model {name}: no weights at {zoo.checkpoint}; train them with `python tools/train.py "
+                                f"{zoo.config}` and `tools/export_weights.py` (docs/benchmarks/presets.md)")
+    from .backends import MMSegBackend
+    from .demo import build_demo_runner
+
+    out = Path(work_dir)
+    rows = []
+    start = time.perf_counter()
+    for name in models:
+        zoo = ZOO[name]
+        data_root = zoo.tune_data()
+        backend = MMSegBackend(data_root, num_images, out / slug(name), zoo.checkpoint, config=zoo.config)
+        columns = {"vanilla": None, **{s: dict(type="equi", **SETTINGS[s]) for s in settings}}
+        vanilla: dict = {}
+        for column, defense in columns.items():
+            cells = {attack: backend.cell((attack, cfg), (column, defense),
+                                          out / slug(name) / "cells" / slug(column) / slug(attack), resume=resume)
+                     for attack, cfg in {"clean": None, **ATTACKS}.items()}
+            found = backend.worst_case([cells[a] for a in ATTACKS])
+            row = dict(model=zoo.title, key=name, role=zoo.role, defense=column,
+                       worst=min(found["mIoU"], found["greedy_mIoU"]),
+                       **{attack: cell["mIoU"] for attack, cell in cells.items()})
+            if column == "vanilla":
+                vanilla = row
+            else:
+                row["recovered"] = recovered_share(vanilla["clean"], vanilla["worst"], row["worst"])
+                for label, size, count in (("ratio_batch1", 1, min(4, num_images)), ("ratio_batchB", batch, batch)):
+                    runner = build_demo_runner(data_root, count, out / slug(name) / "timing", zoo.checkpoint,
+                                               batch_size=size, config=zoo.config)
+                    model = runner.model.eval()
+                    batches = [model.data_preprocessor(b, False) for b in runner.test_dataloader]
+                    (stock, _), (defended, _) = alternating_predictions(model, batches, defense,
+                                                                        [dict(scenario="clean"), {}], repeats)
+                    row[label] = defended["median"] / stock["median"]
+            rows.append(row)
+            logger.info("%s / %s: clean %.2f, PGD-20 %.2f, BPDA-10 %.2f, worst %.2f%s", name, column, row["clean"],
+                        row["PGD-20"], row["BPDA-10"], row["worst"],
+                        f", recovered {100 * row['recovered']:.0f}%, ×{row['ratio_batch1']:.1f} / "
+                        f"×{row['ratio_batchB']:.1f}" if column != "vanilla" else "")
+    data = dict(num_images=num_images, batch=batch, eps=EPS, settings={s: SETTINGS[s] for s in settings},
+                models={name: dict(title=ZOO[name].title, role=ZOO[name].role, image_size=ZOO[name].image_size,
+                                   config=str(ZOO[name].config.relative_to(ASSETS))) for name in models},
+                rows=rows, seconds=time.perf_counter() - start)
+    REPORT.write(out, "presets", data, rows, command)
+    return data

@@ -1,0 +1,57 @@
+"""equi_ext.evaluation.presets (tools/compare_presets.py): the model × preset table's numbers are those of its
+cells, bad settings are refused before anything runs, and the page re-renders from its result."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from equi_ext.evaluation import presets
+
+from .conftest import load_tool
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(models=["deeplabv3-128", "resnet-9000"]), r"unknown models \['resnet-9000'\]; valid: deeplabv3-128, "),
+    (dict(settings=["fast", "turbo"]), r"unknown settings \['turbo'\]; valid: paper, default, fast, reference"),
+    (dict(num_images=0), "num_images, batch and repeats must be >= 1; got 0, 16, 1"),
+])
+def test_bad_settings_are_refused_before_anything_runs(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        presets.compare_presets(work_dir=tmp_path, **kwargs)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_without_weights_is_named_with_how_to_train_it(tmp_path, monkeypatch):
+    missing = dataclasses.replace(presets.ZOO["unet-64"], checkpoint=tmp_path / "none.pth")
+    monkeypatch.setitem(presets.ZOO, "unet-64", missing)
+    with pytest.raises(SystemExit, match=r"model unet-64: no weights at .*none.pth; train them with `python "
+                                         r"tools/train.py .*fcn_unet-s4-c16_1xb8-4k_synthetic-64x64.py`"):
+        load_tool("compare_presets").main(["--models", "unet-64", "--work-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_table_is_computed_from_its_cells(tmp_path, monkeypatch, synthetic_val_root, assert_rerenders):
+    monkeypatch.setattr(presets, "ensure_tune_data", lambda: synthetic_val_root)
+    monkeypatch.setattr(presets, "ATTACKS", {"PGD-20": dict(type="pgd", eps=4, steps=1),
+                                             "BPDA-10": dict(type="bpda", eps=4, steps=1)})
+    tool = load_tool("compare_presets")
+    data = tool.main(["--models", "deeplabv3-128", "--settings", "fast", "--num-images", "2", "--batch", "2",
+                      "--work-dir", str(tmp_path)])
+    vanilla, fast = data["rows"]
+    assert (vanilla["defense"], fast["defense"]) == ("vanilla", "fast")
+    for row in (vanilla, fast):  # the worst case over the two attacks is never above either
+        assert row["worst"] <= min(row["PGD-20"], row["BPDA-10"]) + 1e-9
+    assert fast["recovered"] == pytest.approx((fast["worst"] - vanilla["worst"]) / (vanilla["clean"] - vanilla["worst"]))
+    assert fast["ratio_batch1"] > 1 and fast["ratio_batchB"] > 1  # a defense costs more than the prediction alone
+    page = (tmp_path / "presets.md").read_text()
+    assert (f"| {fast['model']} | tuned | fast | {fast['ratio_batch1']:.1f} | {fast['ratio_batchB']:.1f} | "
+            f"{fast['clean']:.2f} | {fast['PGD-20']:.2f} | {fast['BPDA-10']:.2f} | {fast['worst']:.2f} | "
+            f"{100 * fast['recovered']:.0f}% |") in page
+    assert_rerenders(tool, tmp_path / "presets.json")
+
+
+def test_recovered_share():
+    assert presets.recovered_share(clean=80.0, worst_vanilla=20.0, worst_defended=50.0) == 0.5
+    assert presets.recovered_share(clean=80.0, worst_vanilla=20.0, worst_defended=10.0) < 0

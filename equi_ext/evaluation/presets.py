@@ -91,7 +91,33 @@ def render(data: dict) -> str:
         recovered = "—" if r["defense"] == "vanilla" else f"{100 * r['recovered']:.0f}%"
         lines.append(f"| {r['model']} | {r['role']} | {r['defense']} | {cost} | {r['clean']:.2f} | {r['PGD-20']:.2f} "
                      f"| {r['BPDA-10']:.2f} | {r['worst']:.2f} | {recovered} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + criterion_lines(data["rows"], b)) + "\n"
+
+
+def criterion_lines(rows: list[dict], batch: int) -> list[str]:
+    """How each setting fares against the presets' criterion: its lowest recovered share over the tuned models
+    (what a preset maximises), its clean cost there (≤ 3 points), and per model ``fast`` against the T = 20
+    reference (≥ 60% of what it recovers, ≤ 40× at the larger batch)."""
+    defended = [r for r in rows if r["defense"] != "vanilla"]
+    if not defended:
+        return []
+    clean = {r["key"]: r["clean"] for r in rows if r["defense"] == "vanilla"}
+    lines = ["", "| defense | lowest recovered, tuned models | largest clean cost, tuned models (points) |",
+             "|---|---|---|"]
+    for setting in dict.fromkeys(r["defense"] for r in defended):
+        tuned = [r for r in defended if r["defense"] == setting and r["role"] == "tuned"]
+        if tuned:
+            lines.append(f"| {setting} | {100 * min(r['recovered'] for r in tuned):.0f}% | "
+                         f"{max(clean[r['key']] - r['clean'] for r in tuned):.2f} |")
+    cell = {(r["key"], r["defense"]): r for r in defended}
+    for key in dict.fromkeys(r["key"] for r in defended):
+        fast, reference = cell.get((key, "fast")), cell.get((key, "reference"))
+        if fast and reference:
+            share = fast["recovered"] / reference["recovered"] if reference["recovered"] > 0 else float("nan")
+            lines.append(f"\n{fast['model']} ({fast['role']}): `fast` recovers {100 * fast['recovered']:.0f}%, "
+                         f"{100 * share:.0f}% of the reference's {100 * reference['recovered']:.0f}% (target ≥ 60%), "
+                         f"at {fast['ratio_batchB']:.1f}× with batch {batch} (target ≤ 40×).")
+    return lines
 
 
 REPORT = Report(render)

@@ -55,3 +55,21 @@ def test_the_table_is_computed_from_its_cells(tmp_path, monkeypatch, synthetic_v
 def test_recovered_share():
     assert presets.recovered_share(clean=80.0, worst_vanilla=20.0, worst_defended=50.0) == 0.5
     assert presets.recovered_share(clean=80.0, worst_vanilla=20.0, worst_defended=10.0) < 0
+
+
+def test_the_page_states_the_criterion_over_the_tuned_models():
+    def row(key, role, defense, clean, worst, recovered=None, ratio=None):
+        return dict(model=key.upper(), key=key, role=role, defense=defense, clean=clean, worst=worst,
+                    **{"PGD-20": worst + 1, "BPDA-10": worst + 2},
+                    **({} if defense == "vanilla" else dict(recovered=recovered, ratio_batch1=ratio / 2,
+                                                            ratio_batchB=ratio)))
+
+    rows = [row("a", "tuned", "vanilla", 80.0, 20.0), row("a", "tuned", "fast", 78.5, 50.0, 0.5, 20.0),
+            row("a", "tuned", "reference", 79.0, 56.0, 0.6, 90.0),
+            row("b", "tuned", "vanilla", 60.0, 10.0), row("b", "tuned", "fast", 56.0, 30.0, 0.4, 30.0),
+            row("c", "held back", "vanilla", 70.0, 5.0), row("c", "held back", "fast", 70.0, 5.0, 0.0, 10.0)]
+    page = presets.render(dict(num_images=4, batch=16, eps=4.0, rows=rows))
+    assert "| fast | 40% | 4.00 |" in page  # the held-back model's 0% and clean cost do not count
+    assert "| reference | 60% | 1.00 |" in page
+    assert "A (tuned): `fast` recovers 50%, 83% of the reference's 60% (target ≥ 60%), at 20.0× with batch 16" in page
+    assert "B (tuned): `fast`" not in page  # no reference measured on b

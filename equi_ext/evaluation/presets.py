@@ -102,11 +102,12 @@ def criterion_lines(rows: list[dict], batch: int) -> list[str]:
     if not defended:
         return []
     clean = {r["key"]: r["clean"] for r in rows if r["defense"] == "vanilla"}
-    lines = ["", "| defense | lowest recovered, tuned models | largest clean cost, tuned models (points) |",
-             "|---|---|---|"]
+    lines = []
     for setting in dict.fromkeys(r["defense"] for r in defended):
         tuned = [r for r in defended if r["defense"] == setting and r["role"] == "tuned"]
         if tuned:
+            lines += [] if lines else ["", "| defense | lowest recovered, tuned models | largest clean cost, tuned "
+                                           "models (points) |", "|---|---|---|"]
             lines.append(f"| {setting} | {100 * min(r['recovered'] for r in tuned):.0f}% | "
                          f"{max(clean[r['key']] - r['clean'] for r in tuned):.2f} |")
     cell = {(r["key"], r["defense"]): r for r in defended}

@@ -73,3 +73,5 @@ def test_the_page_states_the_criterion_over_the_tuned_models():
     assert "| reference | 60% | 1.00 |" in page
     assert "A (tuned): `fast` recovers 50%, 83% of the reference's 60% (target ≥ 60%), at 20.0× with batch 16" in page
     assert "B (tuned): `fast`" not in page  # no reference measured on b
+    held_back = presets.render(dict(num_images=4, batch=16, eps=4.0, rows=rows[-2:]))
+    assert "lowest recovered" not in held_back and "| C | held back | fast |" in held_back

@@ -135,7 +135,7 @@ def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[st
         SettingsError: unknown models or settings, a missing checkpoint (with how to train it), ``num_images``,
             ``batch`` or ``repeats`` < 1 — before anything runs.
     """
-    from .speed import alternating_predictions
+    from .speed import alternating_predictions, preprocessed_batches
 
     for what, names, valid in (("models", models, ZOO), ("settings", settings, SETTINGS)):
         unknown = [n for n in names if n not in valid]
@@ -149,7 +149,6 @@ def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[st
             raise SettingsError(f"model {name}: no weights at {zoo.checkpoint}; train them with `python tools/train.py "
                                 f"{zoo.config}` and `tools/export_weights.py` (docs/benchmarks/presets.md)")
     from .backends import MMSegBackend
-    from .demo import build_demo_runner
 
     out = Path(work_dir)
     rows = []
@@ -159,6 +158,10 @@ def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[st
         data_root = zoo.tune_data()
         backend = MMSegBackend(data_root, num_images, out / slug(name), zoo.checkpoint, config=zoo.config)
         columns = {"vanilla": None, **{s: dict(type="equi", **SETTINGS[s]) for s in settings}}
+        # the cost's images, loaded once per model: batch 1 over the first 4, batch B over the first B
+        timing = {label: preprocessed_batches(data_root, count, size, out / slug(name) / "timing", zoo.checkpoint,
+                                              zoo.config)
+                  for label, size, count in (("ratio_batch1", 1, min(4, num_images)), ("ratio_batchB", batch, batch))}
         vanilla: dict = {}
         for column, defense in columns.items():
             cells = {attack: backend.cell((attack, cfg), (column, defense),
@@ -172,11 +175,7 @@ def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[st
                 vanilla = row
             else:
                 row["recovered"] = recovered_share(vanilla["clean"], vanilla["worst"], row["worst"])
-                for label, size, count in (("ratio_batch1", 1, min(4, num_images)), ("ratio_batchB", batch, batch)):
-                    runner = build_demo_runner(data_root, count, out / slug(name) / "timing", zoo.checkpoint,
-                                               batch_size=size, config=zoo.config)
-                    model = runner.model.eval()
-                    batches = [model.data_preprocessor(b, False) for b in runner.test_dataloader]
+                for label, (model, batches) in timing.items():
                     (stock, _), (defended, _) = alternating_predictions(model, batches, defense,
                                                                         [dict(scenario="clean"), {}], repeats)
                     row[label] = defended["median"] / stock["median"]

@@ -201,6 +201,18 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
     return rows
 
 
+def preprocessed_batches(data_root: Path, num_images: int, batch_size: int, work_dir: Path,
+                         checkpoint: Path | None = None, config: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
+    """The eval-mode model of ``config`` (default: the demo's) and its first ``num_images`` test images of
+    ``data_root``, loaded and preprocessed once in batches of ``batch_size``, ready for ``model.predict``."""
+    from .demo import CHECKPOINT, CONFIG, build_demo_runner
+
+    runner = build_demo_runner(data_root, num_images, work_dir, checkpoint or CHECKPOINT, batch_size=batch_size,
+                               config=config or CONFIG)
+    model = runner.model.eval()
+    return model, [model.data_preprocessor(b, False) for b in runner.test_dataloader]
+
+
 def alternating_predictions(model: torch.nn.Module, batches: list[dict], defense: dict, variants: list[dict],
                             repeats: int) -> list[tuple[dict, int]]:
     """Seconds per image (``timed``'s statistics) of predicting every preprocessed batch without gradients, as
@@ -232,7 +244,7 @@ def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transf
     same batches, with the threshold fixed on the tuning split (its ``percentile``-th clean score) and the
     flagged images defended with ``preset``; once reusing the score's backbone outputs in the prediction,
     once recomputing them (``EquiRuntime.reuse_backbone``)."""
-    from .demo import DATA, build_demo_runner, ensure_data
+    from .demo import DATA, ensure_data
     from .detection import tuning_threshold
 
     detector = dict(type="detect_then_defend", threshold=-1.0, score_transforms=detector_transforms)
@@ -242,9 +254,7 @@ def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transf
     rows = []
     for n in batch_sizes:
         logger.info("timing detect-then-defend on %d clean val images at batch %d", num_images, n)
-        runner = build_demo_runner(DATA, num_images, work_dir / f"clean_traffic_b{n}", batch_size=n)
-        model = runner.model.eval()
-        batches = [model.data_preprocessor(b, False) for b in runner.test_dataloader]
+        model, batches = preprocessed_batches(DATA, num_images, n, work_dir / f"clean_traffic_b{n}")
         name = f"MMSeg demo DeepLabV3 (R18c16-D8, 128×128), {num_images} clean val images"
         (vanilla, _), *defended = alternating_predictions(model, batches, dtd, [
             dict(scenario="clean"), dict(reuse_backbone=True), dict(reuse_backbone=False)], repeats)

@@ -46,6 +46,11 @@ CANDIDATES = {
                          step_size=2),
     "f3r-T6-epsv4-m2": dict(transforms=["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], steps=6, eps_v=4,
                             step_size=1.5, transforms_per_step=2),
+    # The search for a smaller clean cost at `fast`'s price (docs/benchmarks/presets.md): smaller radii, fewer steps.
+    "fr-T4-epsv1-eta0.5-m1": dict(transforms="flip_resize", steps=4, eps_v=1, step_size=0.5, transforms_per_step=1),
+    "fr-T4-epsv2-eta1-m1": dict(transforms="flip_resize", steps=4, eps_v=2, step_size=1, transforms_per_step=1),
+    "fr-T4-epsv3-eta1.5-m1": dict(transforms="flip_resize", steps=4, eps_v=3, step_size=1.5, transforms_per_step=1),
+    "fr-T2-epsv4-eta2-m1": dict(transforms="flip_resize", steps=2, eps_v=4, step_size=2, transforms_per_step=1),
 }
 
 # Detectron2 candidates, as EQUI overrides of configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml.

@@ -14,7 +14,7 @@ from .conftest import load_tool
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(models=["deeplabv3-128", "resnet-9000"]), r"unknown models \['resnet-9000'\]; valid: deeplabv3-128, "),
-    (dict(settings=["fast", "turbo"]), r"unknown settings \['turbo'\]; valid: paper, default, fast, reference"),
+    (dict(settings=["fast", "turbo"]), r"unknown settings \['turbo'\]; valid: paper, default, fast, reference, "),
     (dict(num_images=0), "num_images, batch and repeats must be >= 1; got 0, 16, 1"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(kwargs, message, tmp_path):
@@ -69,8 +69,18 @@ def test_the_page_states_the_criterion_over_the_tuned_models():
             row("b", "tuned", "vanilla", 60.0, 10.0), row("b", "tuned", "fast", 56.0, 30.0, 0.4, 30.0),
             row("c", "held back", "vanilla", 70.0, 5.0), row("c", "held back", "fast", 70.0, 5.0, 0.0, 10.0)]
     page = presets.render(dict(num_images=4, batch=16, eps=4.0, rows=rows))
-    assert "| fast | 40% | 4.00 |" in page  # the held-back model's 0% and clean cost do not count
-    assert "| reference | 60% | 1.00 |" in page
+    assert "| fast | 40% | 4.00 | 30.0 |" in page  # the held-back model's 0% and clean cost do not count
+    assert "| reference | 60% | 1.00 | 90.0 |" in page
+    # fast costs 4 clean points on b; the reference, not measured on b, cannot be chosen
+    for preset, budget in (("fast", 40), ("default", 100)):
+        assert (f"Criterion for `{preset}` (≤ {budget}× at batch 16, clean cost ≤ 3 points on every tuned model): "
+                "no setting measured here meets it.") in page
+    with_reference_on_b = rows[:5] + [row("b", "tuned", "reference", 58.5, 32.0, 0.45, 95.0)] + rows[5:]
+    chosen = presets.render(dict(num_images=4, batch=16, eps=4.0, rows=with_reference_on_b))
+    assert "| reference | 45% | 1.50 | 95.0 |" in chosen
+    assert "Criterion for `default` (≤ 100× at batch 16, clean cost ≤ 3 points on every tuned model): " \
+           "**reference**, lowest recovered share 45%." in chosen
+    assert "Criterion for `fast` (≤ 40× at batch 16, clean cost ≤ 3 points on every tuned model): no setting" in chosen
     assert "A (tuned): `fast` recovers 50%, 83% of the reference's 60% (target ≥ 60%), at 20.0× with batch 16" in page
     assert "B (tuned): `fast`" not in page  # no reference measured on b
     held_back = presets.render(dict(num_images=4, batch=16, eps=4.0, rows=rows[-2:]))

@@ -51,6 +51,7 @@ CANDIDATES = {
     "fr-T4-epsv2-eta1-m1": dict(transforms="flip_resize", steps=4, eps_v=2, step_size=1, transforms_per_step=1),
     "fr-T4-epsv3-eta1.5-m1": dict(transforms="flip_resize", steps=4, eps_v=3, step_size=1.5, transforms_per_step=1),
     "fr-T2-epsv4-eta2-m1": dict(transforms="flip_resize", steps=2, eps_v=4, step_size=2, transforms_per_step=1),
+    "fr-T4-epsv4-eta1-m1": dict(transforms="flip_resize", steps=4, eps_v=4, step_size=1, transforms_per_step=1),
 }
 
 # Detectron2 candidates, as EQUI overrides of configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml.

@@ -2,8 +2,8 @@
 """Do the defense's presets hold on models they were not tuned on? A model × preset table.
 
 For each zoo model (the demo DeepLabV3 at 128 px, a UNet-FCN at 64 px, a Fast-SCNN at 256 px; configs under
-configs/zoo, trained by tools/train.py) on its tuning split: vanilla and each preset clean, under PGD-20
-(transfer) and BPDA-10 through the defense, the per-image worst case, the share of the attacks' damage the
+configs/zoo, trained by tools/train.py) on its tuning split: vanilla and each setting clean, under PGD-20
+(transfer), BPDA-10 and SEA-10 through the defense, the per-image worst case, the share of the attacks' damage the
 defense recovers, and the cost over the stock prediction at batch 1 and --batch
 (``equi_ext.evaluation.presets.compare_presets``). Example::
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from equi_ext.evaluation.demo import WORKSPACE
-from equi_ext.evaluation.presets import REPORT, SETTINGS, ZOO, compare_presets
+from equi_ext.evaluation.presets import ATTACKS, REPORT, SETTINGS, ZOO, compare_presets
 from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
 
@@ -24,6 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(ZOO), help="zoo models (default: %(default)s)")
     parser.add_argument("--settings", default="fast,default,reference",
                         help=f"defense settings, of {', '.join(SETTINGS)} (default: %(default)s)")
+    parser.add_argument("--attacks", help=f"attacks of the worst case, of {', '.join(ATTACKS)} (default: all)")
     parser.add_argument("--num-images", type=int, default=16, help="first N tuning images (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=16, help="the larger batch of the cost (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls after a warm-up (default: %(default)s)")
@@ -36,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     return measure_or_render(lambda: compare_presets(
-        models=args.models.split(","), settings=args.settings.split(","), num_images=args.num_images,
+        models=args.models.split(","), settings=args.settings.split(","),
+        attacks=args.attacks.split(",") if args.attacks else None, num_images=args.num_images,
         batch=args.batch, repeats=args.repeats, work_dir=args.work_dir, resume=args.resume,
         command=command_line("compare_presets.py", argv)), REPORT, args.render)
 

@@ -6,10 +6,11 @@ image size (configs under ``configs/zoo``). Presets are chosen on the ``tuned`` 
 reported as measured, never tuned on. ``compare_presets`` runs, on the first N images of each model's tuning
 split (seed 1, never the reported split):
 
-- vanilla: clean, PGD-20 and BPDA-10 (on no defense, BPDA is PGD-10); the per-image worst case of the two;
-- each preset: clean + defense, PGD-20 made on the undefended model (transfer) + defense, BPDA-10 through the
-  defense, and the per-image worst case over those two attacks (the lower of AutoAttack's per-image pick and
-  the greedy search, ``equi_ext.mmseg.evaluation.worst_case``);
+- vanilla: clean and each attack of ``ATTACKS`` (on no defense, BPDA-10 is PGD-10 and SEA-10-BPDA is SEA-10);
+  the per-image worst case over them;
+- each setting: clean + defense, PGD-20 made on the undefended model (transfer) + defense, BPDA-10 (PGD) and
+  SEA-10-BPDA (SEA, 10 APGD iterations per loss) through the defense, and the per-image worst case over those
+  attacks (the lower of AutoAttack's per-image pick and the greedy search, ``equi_ext.mmseg.evaluation.worst_case``);
 - the recovered share ``(worst − vanilla worst) / (vanilla clean − vanilla worst)``;
 - the cost: seconds per image of the whole defended prediction over the stock prediction of the same
   batches, at batch 1 and batch B, the two alternating (``speed.alternating_predictions``).
@@ -74,7 +75,12 @@ SETTINGS = {**{name: dict(preset=name) for name in PRESETS}, "reference": CANDID
 #: a setting may have on every tuned model to be chosen.
 BUDGETS = {"fast": 40.0, "default": 100.0}
 MAX_CLEAN_COST = 3.0
-ATTACKS = {"PGD-20": dict(type="pgd", eps=EPS, steps=20), "BPDA-10": dict(type="bpda", eps=EPS, steps=10)}
+ATTACKS = {"PGD-20": dict(type="pgd", eps=EPS, steps=20), "BPDA-10": dict(type="bpda", eps=EPS, steps=10),
+           "SEA-10-BPDA": dict(type="bpda", attack=dict(type="sea", eps=EPS, steps=10))}
+ATTACK_NOTES = {"PGD-20": "made on the undefended model (transfer)", "BPDA-10": "PGD-10 through the defense",
+                "SEA-10-BPDA": "SEA (10 APGD iterations per loss) through the defense"}
+#: Results written before SEA joined the criterion hold only these.
+FIRST_ATTACKS = ("PGD-20", "BPDA-10")
 
 
 def recovered_share(clean: float, worst_vanilla: float, worst_defended: float) -> float:
@@ -85,18 +91,19 @@ def recovered_share(clean: float, worst_vanilla: float, worst_defended: float) -
 def render(data: dict) -> str:
     """The model × preset table: cost, clean, each attack, the worst case and the recovered share."""
     b = data["batch"]
+    attacks = data.get("attacks", FIRST_ATTACKS)
     lines = [f"mIoU (%) on the first {data['num_images']} images of each model's tuning split (seed 1), ε = "
-             f"{data['eps']:g}/255; PGD-20 is made on the undefended model (transfer), BPDA-10 goes through the "
-             "defense; worst = per-image worst case over the two; recovered = (worst − vanilla worst) / (vanilla "
-             f"clean − vanilla worst); cost = seconds per image of the defended prediction over the stock one, "
-             f"batch 1 / batch {b}.", "",
-             f"| model | role | defense | × batch 1 | × batch {b} | clean | PGD-20 | BPDA-10 | worst | recovered |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{data['eps']:g}/255; " + "; ".join(f"{a}: {ATTACK_NOTES[a]}" for a in attacks) + "; "
+             "worst = per-image worst case over the attacks; recovered = (worst − vanilla worst) / (vanilla clean − "
+             f"vanilla worst); cost = seconds per image of the defended prediction over the stock one, batch 1 / "
+             f"batch {b}.", "",
+             f"| model | role | defense | × batch 1 | × batch {b} | clean | {' | '.join(attacks)} | worst | recovered |",
+             "|---|---|---|---|---|---|" + "---|" * len(attacks) + "---|---|"]
     for r in data["rows"]:
         cost = "— | —" if r["defense"] == "vanilla" else f"{r['ratio_batch1']:.1f} | {r['ratio_batchB']:.1f}"
         recovered = "—" if r["defense"] == "vanilla" else f"{100 * r['recovered']:.0f}%"
-        lines.append(f"| {r['model']} | {r['role']} | {r['defense']} | {cost} | {r['clean']:.2f} | {r['PGD-20']:.2f} "
-                     f"| {r['BPDA-10']:.2f} | {r['worst']:.2f} | {recovered} |")
+        lines.append(f"| {r['model']} | {r['role']} | {r['defense']} | {cost} | {r['clean']:.2f} | "
+                     + " | ".join(f"{r[a]:.2f}" for a in attacks) + f" | {r['worst']:.2f} | {recovered} |")
     return "\n".join(lines + criterion_lines(data["rows"], b)) + "\n"
 
 
@@ -150,19 +157,21 @@ REPORT = Report(render)
 
 
 def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[str] = ("fast", "default", "reference"),
-                    num_images: int = 16, batch: int = 16, repeats: int = 1, work_dir: str | Path,
-                    resume: bool = False, command: str | None = None) -> dict:
-    """Measure each of ``settings`` (names of ``SETTINGS``) on each of ``models`` (names of ``ZOO``) as the module
-    describes; cost at batch 1 (over the first 4 images) and ``batch`` (its first ``batch`` images), ``repeats``
-    timed calls each after a warm-up. Writes ``work_dir/presets.{md,json,csv}`` and returns the JSON's content.
+                    attacks: Sequence[str] | None = None, num_images: int = 16, batch: int = 16, repeats: int = 1,
+                    work_dir: str | Path, resume: bool = False, command: str | None = None) -> dict:
+    """Measure each of ``settings`` (names of ``SETTINGS``) on each of ``models`` (names of ``ZOO``) under
+    ``attacks`` (names of ``ATTACKS``; default: all) as the module describes; cost at batch 1 (over the first 4
+    images) and ``batch`` (its first ``batch`` images), ``repeats`` timed calls each after a warm-up. Writes
+    ``work_dir/presets.{md,json,csv}`` and returns the JSON's content.
 
     Raises:
-        SettingsError: unknown models or settings, a missing checkpoint (with how to train it), ``num_images``,
-            ``batch`` or ``repeats`` < 1 — before anything runs.
+        SettingsError: unknown models, settings or attacks, a missing checkpoint (with how to train it),
+            ``num_images``, ``batch`` or ``repeats`` < 1 — before anything runs.
     """
     from .speed import alternating_predictions, preprocessed_batches
 
-    for what, names, valid in (("models", models, ZOO), ("settings", settings, SETTINGS)):
+    attacks = list(ATTACKS) if attacks is None else list(attacks)
+    for what, names, valid in (("models", models, ZOO), ("settings", settings, SETTINGS), ("attacks", attacks, ATTACKS)):
         unknown = [n for n in names if n not in valid]
         if unknown or not names:
             raise SettingsError(f"unknown {what} {unknown or list(names)}; valid: {', '.join(valid)}")
@@ -191,8 +200,8 @@ def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[st
         for column, defense in columns.items():
             cells = {attack: backend.cell((attack, cfg), (column, defense),
                                           out / slug(name) / "cells" / slug(column) / slug(attack), resume=resume)
-                     for attack, cfg in {"clean": None, **ATTACKS}.items()}
-            found = backend.worst_case([cells[a] for a in ATTACKS])
+                     for attack, cfg in {"clean": None, **{a: ATTACKS[a] for a in attacks}}.items()}
+            found = backend.worst_case([cells[a] for a in attacks])
             row = dict(model=zoo.title, key=name, role=zoo.role, defense=column,
                        worst=min(found["mIoU"], found["greedy_mIoU"]),
                        **{attack: cell["mIoU"] for attack, cell in cells.items()})
@@ -205,11 +214,11 @@ def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[st
                                                                         [dict(scenario="clean"), {}], repeats)
                     row[label] = defended["median"] / stock["median"]
             rows.append(row)
-            logger.info("%s / %s: clean %.2f, PGD-20 %.2f, BPDA-10 %.2f, worst %.2f%s", name, column, row["clean"],
-                        row["PGD-20"], row["BPDA-10"], row["worst"],
+            logger.info("%s / %s: clean %.2f, %s, worst %.2f%s", name, column, row["clean"],
+                        ", ".join(f"{a} {row[a]:.2f}" for a in attacks), row["worst"],
                         f", recovered {100 * row['recovered']:.0f}%, ×{row['ratio_batch1']:.1f} / "
                         f"×{row['ratio_batchB']:.1f}" if column != "vanilla" else "")
-    data = dict(num_images=num_images, batch=batch, eps=EPS, settings={s: SETTINGS[s] for s in settings},
+    data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks, settings={s: SETTINGS[s] for s in settings},
                 models={name: dict(title=ZOO[name].title, role=ZOO[name].role, image_size=ZOO[name].image_size,
                                    config=str(ZOO[name].config.relative_to(ASSETS))) for name in models},
                 rows=rows, seconds=time.perf_counter() - start)

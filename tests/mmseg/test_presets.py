@@ -16,6 +16,7 @@ from .conftest import load_tool
     (dict(models=["deeplabv3-128", "resnet-9000"]), r"unknown models \['resnet-9000'\]; valid: deeplabv3-128, "),
     (dict(settings=["fast", "turbo"]), r"unknown settings \['turbo'\]; valid: paper, default, fast, reference, "),
     (dict(num_images=0), "num_images, batch and repeats must be >= 1; got 0, 16, 1"),
+    (dict(attacks=["PGD-20", "FGSM"]), r"unknown attacks \['FGSM'\]; valid: PGD-20, BPDA-10, SEA-10-BPDA"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):

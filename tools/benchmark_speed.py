@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="defense presets to time (default: %(default)s)")
     parser.add_argument("--attack-steps", type=int, default=10)
     parser.add_argument("--skip-real", action="store_true", help="skip the real-size R50-D8 model")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of the feature function, MMSeg demo only (minutes to compile)")
     parser.add_argument("--detector-transforms", default="hflip",
                         help="score transforms of detect-then-defend on clean traffic, MMSeg demo only; empty: "
                              "skip it (default: %(default)s)")
@@ -55,7 +57,7 @@ def main(argv=None) -> list[dict] | dict:
     args = parse_args(argv)
     return measure_or_render(lambda: benchmark_speed(
         batch=args.batch, repeats=args.repeats, presets=args.presets.split(","), attack_steps=args.attack_steps,
-        skip_real=args.skip_real,
+        skip_real=args.skip_real, compile_features=args.compile,
         detector_transforms=args.detector_transforms.split(",") if args.detector_transforms else None,
         detector_percentile=args.detector_percentile, clean_traffic_images=args.clean_traffic_images,
         cityscapes_size=args.cityscapes_size,

@@ -159,10 +159,12 @@ def defense_for(preset: str, **overrides) -> EquivarianceDefense:
 
 
 def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_kib: int,
-                attack_steps: int, levers: bool = False) -> list[dict]:
+                attack_steps: int, levers: bool = False, compile_features: bool = False) -> list[dict]:
     """Every measurement on the first ``n`` images of ``case``; with ``levers`` also the speed levers the defense
-    could pull: channels_last weights (vanilla and the last preset; same values, last bits) and bf16 autocast
-    (vanilla only; lower precision, timed to see whether it would pay)."""
+    could pull: channels_last weights (vanilla and the last preset; same values, last bits), bf16 autocast
+    (vanilla only; lower precision, timed to see whether it would pay); with ``compile_features`` also
+    ``torch.compile`` of the feature function (minutes to compile: the first call apart, then alternating with
+    the eager defense)."""
     x = case.pixels[:n]
     targets = case.targets(n)
     rows = []
@@ -198,6 +200,23 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
                 case.model.to(memory_format=torch.contiguous_format)
             with torch.autocast("cpu", dtype=torch.bfloat16):  # one call: far slower without bf16 instructions
                 row("vanilla forward, bf16 autocast", timed(lambda: case.vanilla(x), 1, n))
+    if compile_features:  # its first call compiles (once per input shape), so it is timed apart
+        defense = defense_for(presets[-1])
+        compiled_features = torch.compile(case.features)
+
+        def compiled_defended():
+            return case.vanilla(defense(x, compiled_features, model=case.model, compute_score=False).images)
+
+        start = time.perf_counter()
+        compiled_defended()
+        first = (time.perf_counter() - start) / n
+        row(f"defended ({presets[-1]}), torch.compile features: first call (compiles)",
+            dict(median=first, min=first, max=first))
+        eager, compiled = timed_together([lambda: case.vanilla(defense(x, case.features, model=case.model,
+                                                                               compute_score=False).images),
+                                          compiled_defended], repeats, n)
+        row(f"defended ({presets[-1]}), eager, timed with the compiled", eager)
+        row(f"defended ({presets[-1]}), torch.compile features, after compiling", compiled)
     return rows
 
 
@@ -313,14 +332,15 @@ REPORT = Report(render)
 
 
 def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | None = None, attack_steps: int = 10,
-                    skip_real: bool = False, detector_transforms: list[str] | None = None,
+                    skip_real: bool = False, compile_features: bool = False, detector_transforms: list[str] | None = None,
                     detector_percentile: float = 5.0, clean_traffic_images: int = 16, cityscapes_size: bool = False,
                     models: list[str] = DEMO_MODELS,
                     work_dir: str | Path = WORKSPACE / "work_dirs/benchmark_speed",
                     command: str | None = None) -> list[dict]:
     """Time the demo ``models`` at batch 1 and ``batch`` (``repeats`` timed calls after a warm-up; PGD with
     ``attack_steps`` steps) for each defense preset of ``presets`` (default: ``default`` and ``fast``), then
-    the per-step rows (``cityscapes_size``; the real-size model unless ``skip_real``). ``detector_transforms``
+    the per-step rows (``cityscapes_size``; the real-size model unless ``skip_real``); ``compile_features`` adds
+    ``torch.compile`` of the MMSeg demo's feature function to its speed levers. ``detector_transforms``
     adds, for the MMSeg demo model only, detect-then-defend on ``clean_traffic_images`` clean val images at batch
     1 and ``batch`` (``bench_clean_traffic``; threshold: the ``detector_percentile``-th percentile of the tuning
     split's clean scores; flagged images defended with the last preset). Writes
@@ -350,7 +370,8 @@ def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | No
         case = builders[name](batch)
         for n in (1, batch):
             logger.info("timing the %s demo model at batch %d", name, n)
-            rows += bench_batch(case, n, presets, repeats, baseline, attack_steps, levers=name == "mmseg")
+            rows += bench_batch(case, n, presets, repeats, baseline, attack_steps, levers=name == "mmseg",
+                                compile_features=compile_features and name == "mmseg")
         if name == "mmseg" and detector_transforms:
             rows += bench_clean_traffic(sorted({1, batch}), clean_traffic_images, list(detector_transforms),
                                         detector_percentile, presets[-1], repeats, Path(work_dir))

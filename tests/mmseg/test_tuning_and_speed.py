@@ -89,6 +89,28 @@ def test_speed_page_rerenders_from_its_result(tmp_path, assert_rerenders):
     assert_rerenders(tool, tmp_path / "benchmark_speed.json")
 
 
+def test_the_compiled_feature_function_is_timed_apart_from_its_compile(monkeypatch):
+    compiled_calls = []
+
+    def fake_compile(fn):  # torch.compile takes minutes on a CPU; the rows' bookkeeping is what is tested
+        def compiled(x):
+            compiled_calls.append(x.shape)
+            return fn(x)
+        return compiled
+
+    monkeypatch.setattr(speed.torch, "compile", fake_compile)
+    case = speed.mmseg_demo_case(1)
+    rows = speed.bench_batch(case, 1, ["fast"], 1, speed._status_kib("VmRSS"), 1, compile_features=True)
+    compile_rows = [r for r in rows if "torch.compile" in r["what"] or "timed with the compiled" in r["what"]]
+    assert [r["what"] for r in compile_rows] == [
+        "defended (fast), torch.compile features: first call (compiles)",
+        "defended (fast), eager, timed with the compiled", "defended (fast), torch.compile features, after compiling"]
+    steps = speed.PRESETS["fast"]["steps"]
+    assert len(compiled_calls) >= 3 * steps  # the first call, the warm-up and one timed call all ran compiled
+    assert all(r["ratio"] > 0 for r in compile_rows)
+    assert not any("torch.compile" in r["what"] for r in speed.bench_batch(case, 1, ["fast"], 1, 0, 1))
+
+
 def test_lambda_sweep_page_rerenders_from_its_result(tmp_path, monkeypatch, synthetic_val_root, assert_rerenders):
     monkeypatch.setattr(tuning, "ensure_tune_data", lambda: synthetic_val_root)
     tool = load_tool("sweep_lambda")

@@ -83,6 +83,20 @@ ATTACK_NOTES = {"PGD-20": "made on the undefended model (transfer)", "BPDA-10": 
 FIRST_ATTACKS = ("PGD-20", "BPDA-10")
 
 
+def resolved(setting: dict) -> dict:
+    """A setting with its preset's values written out, so a result still says what ran after a preset changes."""
+    values = dict(PRESETS[setting["preset"]]) if "preset" in setting else {}
+    values.update((k, v) for k, v in setting.items() if k != "preset")
+    return values
+
+
+def setting_lines(settings: dict) -> list[str]:
+    """One line per setting of a result that recorded its values (results before that name presets only)."""
+    lines = [f"- `{name}`: " + ", ".join(f"{k} {v}" for k, v in values["values"].items())
+             for name, values in settings.items() if "values" in values]
+    return ["", "Settings as run:", *lines] if lines else []
+
+
 def recovered_share(clean: float, worst_vanilla: float, worst_defended: float) -> float:
     """The share of what the attacks took from the undefended model that the defense gives back."""
     return (worst_defended - worst_vanilla) / (clean - worst_vanilla)
@@ -104,7 +118,7 @@ def render(data: dict) -> str:
         recovered = "—" if r["defense"] == "vanilla" else f"{100 * r['recovered']:.0f}%"
         lines.append(f"| {r['model']} | {r['role']} | {r['defense']} | {cost} | {r['clean']:.2f} | "
                      + " | ".join(f"{r[a]:.2f}" for a in attacks) + f" | {r['worst']:.2f} | {recovered} |")
-    return "\n".join(lines + criterion_lines(data["rows"], b)) + "\n"
+    return "\n".join(lines + criterion_lines(data["rows"], b) + setting_lines(data.get("settings", {}))) + "\n"
 
 
 def criterion_lines(rows: list[dict], batch: int) -> list[str]:
@@ -218,7 +232,8 @@ def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[st
                         ", ".join(f"{a} {row[a]:.2f}" for a in attacks), row["worst"],
                         f", recovered {100 * row['recovered']:.0f}%, ×{row['ratio_batch1']:.1f} / "
                         f"×{row['ratio_batchB']:.1f}" if column != "vanilla" else "")
-    data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks, settings={s: SETTINGS[s] for s in settings},
+    data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks,
+                settings={s: dict(SETTINGS[s], values=resolved(SETTINGS[s])) for s in settings},
                 models={name: dict(title=ZOO[name].title, role=ZOO[name].role, image_size=ZOO[name].image_size,
                                    config=str(ZOO[name].config.relative_to(ASSETS))) for name in models},
                 rows=rows, seconds=time.perf_counter() - start)

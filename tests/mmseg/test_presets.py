@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from equi_ext.core.optimizer import PRESETS
 from equi_ext.evaluation import presets
 
 from .conftest import load_tool
@@ -50,7 +51,14 @@ def test_the_table_is_computed_from_its_cells(tmp_path, monkeypatch, synthetic_v
     assert (f"| {fast['model']} | tuned | fast | {fast['ratio_batch1']:.1f} | {fast['ratio_batchB']:.1f} | "
             f"{fast['clean']:.2f} | {fast['PGD-20']:.2f} | {fast['BPDA-10']:.2f} | {fast['worst']:.2f} | "
             f"{100 * fast['recovered']:.0f}% |") in page
+    assert "- `fast`: " + ", ".join(f"{k} {v}" for k, v in PRESETS["fast"].items()) in page  # what ran, written out
     assert_rerenders(tool, tmp_path / "presets.json")
+
+
+def test_a_setting_is_recorded_with_its_values():
+    assert presets.resolved(dict(preset="fast")) == PRESETS["fast"]
+    assert presets.resolved(dict(preset="fast", steps=9))["steps"] == 9
+    assert presets.resolved(presets.SETTINGS["reference"]) == presets.SETTINGS["reference"]
 
 
 def test_recovered_share():

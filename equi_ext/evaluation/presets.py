@@ -20,6 +20,7 @@ Cells keep per-image records, so an interrupted run continues with ``resume``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -95,6 +96,19 @@ def setting_lines(settings: dict) -> list[str]:
     lines = [f"- `{name}`: " + ", ".join(f"{k} {v}" for k, v in values["values"].items())
              for name, values in settings.items() if "values" in values]
     return ["", "Settings as run:", *lines] if lines else []
+
+
+def record_values(cell_dir: Path, values: dict) -> None:
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    (cell_dir / "setting.json").write_text(json.dumps(values, sort_keys=True))
+
+
+def check_recorded_values(cell_dir: Path, values: dict) -> None:
+    """Refuse to resume cells measured with other values than ``values`` (e.g. a preset changed since)."""
+    path = cell_dir / "setting.json"
+    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(values)):
+        raise SettingsError(f"{cell_dir} holds records of {path.read_text()}, not {json.dumps(values, sort_keys=True)}: "
+                            "resume in another work dir")
 
 
 def recovered_share(clean: float, worst_vanilla: float, worst_defended: float) -> float:
@@ -196,9 +210,13 @@ def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[st
         if not zoo.checkpoint.is_file():
             raise SettingsError(f"model {name}: no weights at {zoo.checkpoint}; train them with `python tools/train.py "
                                 f"{zoo.config}` and `tools/export_weights.py` (docs/benchmarks/presets.md)")
+    out = Path(work_dir)
+    if resume:  # a preset may change between runs: never mix its records with another setting's
+        for name in models:
+            for setting in settings:
+                check_recorded_values(out / slug(name) / "cells" / slug(setting), resolved(SETTINGS[setting]))
     from .backends import MMSegBackend
 
-    out = Path(work_dir)
     rows = []
     start = time.perf_counter()
     for name in models:
@@ -212,6 +230,8 @@ def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[st
                   for label, size, count in (("ratio_batch1", 1, min(4, num_images)), ("ratio_batchB", batch, batch))}
         vanilla: dict = {}
         for column, defense in columns.items():
+            if defense is not None:
+                record_values(out / slug(name) / "cells" / slug(column), resolved(SETTINGS[column]))
             cells = {attack: backend.cell((attack, cfg), (column, defense),
                                           out / slug(name) / "cells" / slug(column) / slug(attack), resume=resume)
                      for attack, cfg in {"clean": None, **{a: ATTACKS[a] for a in attacks}}.items()}

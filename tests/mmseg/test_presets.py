@@ -4,6 +4,7 @@ cells, bad settings are refused before anything runs, and the page re-renders fr
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -52,6 +53,7 @@ def test_the_table_is_computed_from_its_cells(tmp_path, monkeypatch, synthetic_v
             f"{fast['clean']:.2f} | {fast['PGD-20']:.2f} | {fast['BPDA-10']:.2f} | {fast['worst']:.2f} | "
             f"{100 * fast['recovered']:.0f}% |") in page
     assert "- `fast`: " + ", ".join(f"{k} {v}" for k, v in PRESETS["fast"].items()) in page  # what ran, written out
+    assert json.loads((tmp_path / "deeplabv3-128/cells/fast/setting.json").read_text()) == PRESETS["fast"]
     assert_rerenders(tool, tmp_path / "presets.json")
 
 
@@ -59,6 +61,15 @@ def test_a_setting_is_recorded_with_its_values():
     assert presets.resolved(dict(preset="fast")) == PRESETS["fast"]
     assert presets.resolved(dict(preset="fast", steps=9))["steps"] == 9
     assert presets.resolved(presets.SETTINGS["reference"]) == presets.SETTINGS["reference"]
+
+
+def test_resume_refuses_records_of_other_values(tmp_path, monkeypatch):
+    cell_dir = tmp_path / "deeplabv3-128" / "cells" / "fast"
+    presets.record_values(cell_dir, dict(PRESETS["fast"], step_size=3.0))  # as if `fast` had another step before
+    with pytest.raises(ValueError, match=r"cells/fast holds records of .*step_size\": 3.0.*resume in another"):
+        presets.compare_presets(models=["deeplabv3-128"], settings=["fast"], work_dir=tmp_path, resume=True)
+    presets.check_recorded_values(cell_dir, dict(PRESETS["fast"], step_size=3.0))  # the same values pass
+    presets.check_recorded_values(tmp_path / "never-measured", PRESETS["fast"])
 
 
 def test_recovered_share():

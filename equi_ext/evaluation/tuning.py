@@ -59,11 +59,6 @@ CANDIDATES = {
     "fr-T8-epsv2-eta0.5-m1": dict(transforms="flip_resize", steps=8, eps_v=2, step_size=0.5, transforms_per_step=1),
     "fr-T8-epsv3-eta0.75-m2": dict(transforms="flip_resize", steps=8, eps_v=3, step_size=0.75,
                                    transforms_per_step=2),
-    "fr-T4-epsv4-eta1.5-m1": dict(transforms="flip_resize", steps=4, eps_v=4, step_size=1.5,
-                                  transforms_per_step=1),
-    "fr-T6-epsv4-eta1-m1": dict(transforms="flip_resize", steps=6, eps_v=4, step_size=1, transforms_per_step=1),
-    "fr-T16-epsv4-eta0.5-m1": dict(transforms="flip_resize", steps=16, eps_v=4, step_size=0.5,
-                                   transforms_per_step=1),
 }
 
 # Detectron2 candidates, as EQUI overrides of configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml.

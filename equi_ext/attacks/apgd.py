@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange
+from ..progress import note_step
 from .base import Attack, LogitsFn, LossFn, resize_logits
 from .pixelwise import _valid_pixels
 from .registry import ATTACKS
@@ -210,6 +211,7 @@ class APGD(Attack):
         rises = torch.zeros(n, device=x.device)
         last_check, halved_last, best_at_last_check = 0, torch.zeros(n, dtype=torch.bool, device=x.device), best_loss
         for k in tqdm(range(steps), desc=type(self).__name__, leave=False, disable=not self.progress):
+            note_step(type(self).__name__, k, steps)
             z = project(cur + eta * grad.sign())
             step = z if k == 0 else project(cur + self.momentum * (z - cur) + (1 - self.momentum) * (cur - previous))
             previous, cur = cur, step

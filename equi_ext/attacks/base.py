@@ -31,6 +31,7 @@ from ..core.validation import (
     check_pixel_range,
     check_positive_int,
 )
+from ..progress import note_step
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -238,6 +239,7 @@ class Attack:
         """The fixed-step loop: ``steps`` ascent steps of ``step_size`` from ``adv``, projected each time."""
         state: dict = {}
         for step in tqdm(range(self.steps), desc=type(self).__name__, leave=False, disable=not self.progress):
+            note_step(type(self).__name__, step, self.steps)
             grad = self.gradient(adv, targets, step)
             adv = self.project(adv.detach() + self.step_size * self.direction(grad, state), x)
         return adv

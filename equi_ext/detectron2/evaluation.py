@@ -106,6 +106,8 @@ class ProgressEvaluator(DatasetEvaluator):
         self.total, self.label, self._bar = total, label, None
 
     def reset(self) -> None:
+        if self._bar is not None:  # a run that raised left its bar open
+            self._bar.close()
         self._bar = image_bar(self.total, self.label, main_process=comm.is_main_process())
 
     def process(self, inputs, outputs) -> None:

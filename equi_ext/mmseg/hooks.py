@@ -21,6 +21,7 @@ class ImageProgressHook(Hook):
         self._bar = None
 
     def before_test_epoch(self, runner) -> None:
+        self.after_test_epoch(runner)  # a run that raised left its bar open
         self._bar = image_bar(len(runner.test_loop.dataloader.dataset), self.label, main_process=is_main_process())
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:

@@ -173,15 +173,16 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
         rows.append(dict(model=case.name, batch=n, what=what, **t, ratio=t["median"] / vanilla["median"],
                          peak_rss_mib=peak))
 
+    def defended_prediction(defense: EquivarianceDefense, features=case.features) -> Callable[[], object]:
+        """The timed call: defend the batch through ``features``, then predict on the restored images."""
+        return lambda: case.vanilla(defense(x, features, model=case.model, compute_score=False).images)
+
     with torch.no_grad():
         vanilla = timed(lambda: case.vanilla(x), repeats, n)
         row("vanilla forward", vanilla, peak_rss_mib(lambda: case.vanilla(x), baseline_kib))
         for preset in presets:
             defense = defense_for(preset)
-
-            def defended(defense=defense):
-                return case.vanilla(defense(x, case.features, model=case.model, compute_score=False).images)
-
+            defended = defended_prediction(defense)
             row(f"defended ({preset}: T={defense.steps}, K={len(defense.transforms)})",
                 timed(defended, repeats, n), peak_rss_mib(defended, baseline_kib))
         scorer = defense_for(presets[0])
@@ -193,9 +194,7 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
             try:  # the weights' layout only: the values, and so the outputs up to last bits, stay
                 case.model.to(memory_format=torch.channels_last)
                 row("vanilla forward, channels_last weights", timed(lambda: case.vanilla(x), repeats, n))
-                row(f"defended ({presets[-1]}), channels_last weights", timed(
-                    lambda: case.vanilla(defense(x, case.features, model=case.model, compute_score=False).images),
-                    repeats, n))
+                row(f"defended ({presets[-1]}), channels_last weights", timed(defended_prediction(defense), repeats, n))
             finally:
                 case.model.to(memory_format=torch.contiguous_format)
             with torch.autocast("cpu", dtype=torch.bfloat16):  # one call: far slower without bf16 instructions
@@ -204,20 +203,14 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
         import torch._inductor.config as inductor_config
 
         defense = defense_for(presets[-1])
-        compiled_features = torch.compile(case.features)
-
-        def compiled_defended():
-            return case.vanilla(defense(x, compiled_features, model=case.model, compute_score=False).images)
-
+        compiled_defended = defended_prediction(defense, torch.compile(case.features))
         start = time.perf_counter()
         with inductor_config.patch(force_disable_caches=True):  # cold, as a user's first run: no on-disk cache hits
             compiled_defended()
         first = (time.perf_counter() - start) / n
         row(f"defended ({presets[-1]}), torch.compile features: first call (compiles)",
             dict(median=first, min=first, max=first))
-        eager, compiled = timed_together([lambda: case.vanilla(defense(x, case.features, model=case.model,
-                                                                               compute_score=False).images),
-                                          compiled_defended], repeats, n)
+        eager, compiled = timed_together([defended_prediction(defense), compiled_defended], repeats, n)
         row(f"defended ({presets[-1]}), eager, timed with the compiled", eager)
         row(f"defended ({presets[-1]}), torch.compile features, after compiling", compiled)
     return rows

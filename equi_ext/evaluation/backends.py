@@ -72,15 +72,16 @@ class MMSegBackend:
 
 
 class Detectron2Backend:
-    """The demo Mask R-CNN on the first ``num_images`` val images of ``data_root``, with the
-    defense settings of its tuned config (``D2_CONFIG``: flip + 3 resizes, T 4, ε_v 6, η 3,
-    FPN p2–p4); every defense column uses them. Attacks that need dense logits (CW, Houdini,
+    """The demo Mask R-CNN (or another Detectron2 ``config`` trained on the synthetic benchmark) on the
+    first ``num_images`` val images of ``data_root``; every defense column takes the config's ``EQUI``
+    settings (the demo's tuned ``D2_CONFIG``: flip + 3 resizes, T 4, ε_v 6, η 3, FPN p2–p4). Attacks that need dense logits (CW, Houdini,
     SegPGD, CosPGD) do not apply to an instance model."""
 
     framework, metric, key = "detectron2", "mask AP", "segm_AP"
     model_name = "demo Mask R-CNN"
 
-    def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None) -> None:
+    def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
+                 config: Path | None = None) -> None:
         from detectron2.modeling import build_model
 
         from ..detectron2 import load_config, register_synthetic_shapes
@@ -92,8 +93,9 @@ class Detectron2Backend:
         val = [n for n in names if n.endswith("_val")]
         if not val:
             raise SettingsError(f"{data_root} has no val split (annotations/instances_val.json)")
-        opts = ["EQUI.SYNTHETIC_ROOT", "", "DATASETS.TEST", f"('{val[0]}',)", "OUTPUT_DIR", str(work_dir / "runs")]
-        self.cfg = load_config(D2_CONFIG, opts)
+        opts = ["EQUI.SYNTHETIC_ROOT", "", "DATASETS.TEST", f"('{val[0]}',)", "OUTPUT_DIR", str(work_dir / "runs"),
+                "MODEL.META_ARCHITECTURE", "EquiGeneralizedRCNN"]  # a training config names the stock one
+        self.cfg = load_config(config or D2_CONFIG, opts)
         self.model = build_model(self.cfg).eval()
         load_weights(self.model, str(checkpoint or D2_CHECKPOINT))
         self.num_images = num_images

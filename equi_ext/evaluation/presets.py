@@ -2,28 +2,33 @@
 
 A preset is applied to the user's own model, so it is measured on several: ``ZOO`` holds MMSeg segmenters of
 different architecture and resolution, each trained by ``tools/train.py`` on the synthetic benchmark at its own
-image size (configs under ``configs/zoo``). Presets are chosen on the ``tuned`` models; a ``held back`` model is
-reported as measured, never tuned on. ``compare_presets`` runs, on the first N images of each model's tuning
-split (seed 1, never the reported split):
+image size (configs under ``configs/zoo``), and Mask R-CNNs of different backbone depth trained by
+``tools/train_net.py``. Settings are chosen on the ``tuned`` models; a ``held back`` model is reported as
+measured, never tuned on. ``compare_presets`` runs, on the first N images of each model's tuning split (seed 1,
+never the reported split), models of one framework per run (mIoU and mask AP do not mix):
 
 - vanilla: clean and each attack of ``ATTACKS`` (on no defense, BPDA-10 is PGD-10 and SEA-10-BPDA is SEA-10);
   the per-image worst case over them;
 - each setting: clean + defense, PGD-20 made on the undefended model (transfer) + defense, BPDA-10 (PGD) and
-  SEA-10-BPDA (SEA, 10 APGD iterations per loss) through the defense, and the per-image worst case over those
-  attacks (the lower of AutoAttack's per-image pick and the greedy search, ``equi_ext.mmseg.evaluation.worst_case``);
+  SEA-10-BPDA (SEA, 10 APGD iterations per loss; a Mask R-CNN, without dense logits, gets APGD-10 on its
+  training losses instead) through the defense, and the per-image worst case over those attacks (MMSeg: the
+  lower of AutoAttack's per-image pick and the greedy search, ``equi_ext.mmseg.evaluation.worst_case``;
+  Detectron2: the greedy search over COCO AP, ``equi_ext.detectron2.evaluation.worst_case``);
 - the recovered share ``(worst − vanilla worst) / (vanilla clean − vanilla worst)``;
 - the cost: seconds per image of the whole defended prediction over the stock prediction of the same
-  batches, at batch 1 and batch B, the two alternating (``speed.alternating_predictions``).
+  batches, at batch 1 and batch B, the two alternating (``speed.alternating_predictions``,
+  ``speed.alternating_detectron2_predictions``).
 
 Cells keep per-image records, so an interrupted run continues with ``resume``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +36,7 @@ from ..assets import ASSETS, WORKSPACE
 from ..core.optimizer import PRESETS
 from ..core.validation import SettingsError
 from ..reporting import Report, slug
-from .demo import CHECKPOINT, CONFIG, EPS, ensure_tune_data
+from .demo import CHECKPOINT, CONFIG, D2_CHECKPOINT, EPS, ensure_tune_data
 from .tuning import CANDIDATES
 
 logger = logging.getLogger(__name__)
@@ -39,18 +44,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ZooModel:
-    """A segmenter the presets are measured on: its MMSeg config and weights, the image size it was trained
-    at, and whether presets may be chosen on it (``tuned``) or it is only reported (``held back``)."""
+    """A model the presets are measured on: its config (MMSeg ``.py`` or Detectron2 ``.yaml``, as ``framework``
+    says) and weights, the image size it was trained at, and whether settings may be chosen on it (``tuned``)
+    or it is only reported (``held back``)."""
 
     title: str
     config: Path
     checkpoint: Path
     image_size: int
     role: str
+    framework: str = "mmseg"
 
     def tune_data(self) -> Path:
         """The model's tuning split: 100 images of seed 1 at its image size, generated once."""
-        if self.config == CONFIG:
+        if self.image_size == 128:  # the demo's
             return ensure_tune_data()
         root = WORKSPACE / f"data/synthetic_shapes_{self.image_size}_tune"
         if not (root / "meta.json").is_file():
@@ -67,19 +74,37 @@ ZOO = {
                         ASSETS / "checkpoints/zoo/fcn_unet-s4-c16_synthetic-64x64.pth", 64, "tuned"),
     "fast-scnn-256": ZooModel("Fast-SCNN, 256 px", ASSETS / "configs/zoo/fast-scnn_1xb8-2k_synthetic-256x256.py",
                               ASSETS / "checkpoints/zoo/fast-scnn_synthetic-256x256.pth", 256, "held back"),
+    "mask-rcnn-r18-128": ZooModel("demo Mask R-CNN R18-FPN, 128 px",
+                                  ASSETS / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128.yaml", D2_CHECKPOINT,
+                                  128, "tuned", "detectron2"),
+    "mask-rcnn-r34-128": ZooModel("Mask R-CNN R34-FPN, 128 px",
+                                  ASSETS / "configs/zoo/mask_rcnn_R34_FPN_synthetic-128x128.yaml",
+                                  ASSETS / "checkpoints/zoo/mask_rcnn_R34_FPN_synthetic-128x128.pth", 128,
+                                  "held back", "detectron2"),
 }
+#: What ``compare_presets`` runs when no models are named: the segmenters.
+SEGMENTERS = tuple(name for name, model in ZOO.items() if model.framework == "mmseg")
 #: Defense settings that can be compared: the shipped presets, the T = 20 reference the ``fast`` preset is held to,
 #: and every named tuning candidate (the search for the presets runs over these).
+#: ``fpn_levels`` (Detectron2 only) names the FPN maps the defense reads; without it, every level (``EQUI.FPN_LEVELS``'s
+#: default). ``d2-demo`` is the demo Mask R-CNN config's tuned ``EQUI`` settings (``demo.D2_CONFIG``; tested equal).
 SETTINGS = {**{name: dict(preset=name) for name in PRESETS}, "reference": CANDIDATES["fr-T20-epsv4-eta0.5"],
-            **{name: setting for name, setting in CANDIDATES.items() if name not in PRESETS}}
+            **{name: setting for name, setting in CANDIDATES.items() if name not in PRESETS},
+            "d2-demo": dict(preset="default", transforms=["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], steps=4, eps_v=6.0,
+                            step_size=3.0, fpn_levels=["p2", "p3", "p4"])}
 #: The presets' cost budgets (the defended prediction over the stock one at the larger batch) and the clean cost
 #: a setting may have on every tuned model to be chosen.
 BUDGETS = {"fast": 40.0, "default": 100.0}
 MAX_CLEAN_COST = 3.0
 ATTACKS = {"PGD-20": dict(type="pgd", eps=EPS, steps=20), "BPDA-10": dict(type="bpda", eps=EPS, steps=10),
-           "SEA-10-BPDA": dict(type="bpda", attack=dict(type="sea", eps=EPS, steps=10))}
+           "SEA-10-BPDA": dict(type="bpda", attack=dict(type="sea", eps=EPS, steps=10)),
+           "APGD-10-BPDA": dict(type="bpda", attack=dict(type="apgd", eps=EPS, steps=10))}
 ATTACK_NOTES = {"PGD-20": "made on the undefended model (transfer)", "BPDA-10": "PGD-10 through the defense",
-                "SEA-10-BPDA": "SEA (10 APGD iterations per loss) through the defense"}
+                "SEA-10-BPDA": "SEA (10 APGD iterations per loss) through the defense",
+                "APGD-10-BPDA": "APGD (10 iterations, the model's training losses) through the defense"}
+#: The attacks of a run that names none: SEA where the model has dense logits, APGD on the task loss where not.
+DEFAULT_ATTACKS = {"mmseg": ("PGD-20", "BPDA-10", "SEA-10-BPDA"), "detectron2": ("PGD-20", "BPDA-10", "APGD-10-BPDA")}
+METRICS = {"mmseg": "mIoU", "detectron2": "mask AP"}
 #: Results written before SEA joined the criterion hold only these.
 FIRST_ATTACKS = ("PGD-20", "BPDA-10")
 
@@ -89,6 +114,12 @@ def resolved(setting: dict) -> dict:
     values = dict(PRESETS[setting["preset"]]) if "preset" in setting else {}
     values.update((k, v) for k, v in setting.items() if k != "preset")
     return values
+
+
+def defense_of(setting: dict) -> tuple[dict, list[str] | None]:
+    """The registry config of ``setting`` and the FPN levels it reads (None: the framework's default)."""
+    levels = setting.get("fpn_levels")
+    return dict(type="equi", **{k: v for k, v in setting.items() if k != "fpn_levels"}), levels
 
 
 def setting_lines(settings: dict) -> list[str]:
@@ -120,7 +151,7 @@ def render(data: dict) -> str:
     """The model × preset table: cost, clean, each attack, the worst case and the recovered share."""
     b = data["batch"]
     attacks = data.get("attacks", FIRST_ATTACKS)
-    lines = [f"mIoU (%) on the first {data['num_images']} images of each model's tuning split (seed 1), ε = "
+    lines = [f"{data.get('metric', 'mIoU')} (%) on the first {data['num_images']} images of each model's tuning split (seed 1), ε = "
              f"{data['eps']:g}/255; " + "; ".join(f"{a}: {ATTACK_NOTES[a]}" for a in attacks) + "; "
              "worst = per-image worst case over the attacks; recovered = (worst − vanilla worst) / (vanilla clean − "
              f"vanilla worst); cost = seconds per image of the defended prediction over the stock one, batch 1 / "
@@ -184,78 +215,149 @@ def criterion_lines(rows: list[dict], batch: int) -> list[str]:
 REPORT = Report(render)
 
 
-def compare_presets(*, models: Sequence[str] = tuple(ZOO), settings: Sequence[str] = ("fast", "default", "reference"),
+def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[str] = ("fast", "default", "reference"),
                     attacks: Sequence[str] | None = None, num_images: int = 16, batch: int = 16, repeats: int = 1,
                     work_dir: str | Path, resume: bool = False, command: str | None = None) -> dict:
-    """Measure each of ``settings`` (names of ``SETTINGS``) on each of ``models`` (names of ``ZOO``) under
-    ``attacks`` (names of ``ATTACKS``; default: all) as the module describes; cost at batch 1 (over the first 4
-    images) and ``batch`` (its first ``batch`` images), ``repeats`` timed calls each after a warm-up. Writes
-    ``work_dir/presets.{md,json,csv}`` and returns the JSON's content.
+    """Measure each of ``settings`` (names of ``SETTINGS``) on each of ``models`` (names of ``ZOO``, one framework)
+    under ``attacks`` (names of ``ATTACKS``; default: the framework's ``DEFAULT_ATTACKS``) as the module describes;
+    cost at batch 1 (over the first 4 images) and ``batch`` (its first ``batch`` images), ``repeats`` timed calls
+    each after a warm-up. Writes ``work_dir/presets.{md,json,csv}`` and returns the JSON's content.
 
     Raises:
-        SettingsError: unknown models, settings or attacks, a missing checkpoint (with how to train it),
+        SettingsError: unknown models, settings or attacks, models of two frameworks, an attack that needs dense
+            logits on a Mask R-CNN, FPN levels on a segmenter, a missing checkpoint (with how to train it),
             ``num_images``, ``batch`` or ``repeats`` < 1 — before anything runs.
     """
-    from .speed import alternating_predictions, preprocessed_batches
-
-    attacks = list(ATTACKS) if attacks is None else list(attacks)
-    for what, names, valid in (("models", models, ZOO), ("settings", settings, SETTINGS), ("attacks", attacks, ATTACKS)):
+    for what, names, valid in (("models", models, ZOO), ("settings", settings, SETTINGS),
+                               ("attacks", ["PGD-20"] if attacks is None else attacks, ATTACKS)):
         unknown = [n for n in names if n not in valid]
         if unknown or not names:
             raise SettingsError(f"unknown {what} {unknown or list(names)}; valid: {', '.join(valid)}")
+    frameworks = sorted({ZOO[name].framework for name in models})
+    if len(frameworks) > 1:
+        raise SettingsError(f"models {list(models)} are of two frameworks ({', '.join(frameworks)}): their metrics "
+                            "differ, so compare them in separate runs")
+    framework = frameworks[0]
+    attacks = list(DEFAULT_ATTACKS[framework] if attacks is None else attacks)
+    if framework == "detectron2":
+        from ..attacks import ATTACKS as ATTACK_REGISTRY
+
+        dense = [a for a in ATTACKS if "logits" in ATTACK_REGISTRY.get(ATTACKS[a]["type"]).needs(ATTACKS[a])]
+        if set(attacks) & set(dense):
+            raise SettingsError(f"attacks {[a for a in attacks if a in dense]} need dense logits, which a Mask R-CNN "
+                                f"does not have; valid here: {', '.join(a for a in ATTACKS if a not in dense)}")
+    else:
+        with_levels = [s for s in settings if "fpn_levels" in SETTINGS[s]]
+        if with_levels:
+            raise SettingsError(f"settings {with_levels} name FPN levels, which only a Detectron2 model has")
     if num_images < 1 or batch < 1 or repeats < 1:
         raise SettingsError(f"num_images, batch and repeats must be >= 1; got {num_images}, {batch}, {repeats}")
     for name in models:
         zoo = ZOO[name]
         if not zoo.checkpoint.is_file():
-            raise SettingsError(f"model {name}: no weights at {zoo.checkpoint}; train them with `python tools/train.py "
+            train = "tools/train_net.py --config-file" if zoo.framework == "detectron2" else "tools/train.py"
+            raise SettingsError(f"model {name}: no weights at {zoo.checkpoint}; train them with `python {train} "
                                 f"{zoo.config}` and `tools/export_weights.py` (docs/benchmarks/presets.md)")
     out = Path(work_dir)
     if resume:  # a preset may change between runs: never mix its records with another setting's
         for name in models:
             for setting in settings:
                 check_recorded_values(out / slug(name) / "cells" / slug(setting), resolved(SETTINGS[setting]))
-    from .backends import MMSegBackend
 
     rows = []
     start = time.perf_counter()
     for name in models:
         zoo = ZOO[name]
-        data_root = zoo.tune_data()
-        backend = MMSegBackend(data_root, num_images, out / slug(name), zoo.checkpoint, config=zoo.config)
-        columns = {"vanilla": None, **{s: dict(type="equi", **SETTINGS[s]) for s in settings}}
-        # the cost's images, loaded once per model: batch 1 over the first 4, batch B over the first B
-        timing = {label: preprocessed_batches(data_root, count, size, out / slug(name) / "timing", zoo.checkpoint,
-                                              zoo.config)
-                  for label, size, count in (("ratio_batch1", 1, min(4, num_images)), ("ratio_batchB", batch, batch))}
+        measure = (_Detectron2Measure if zoo.framework == "detectron2" else _MMSegMeasure)(
+            zoo, zoo.tune_data(), num_images, batch, out / slug(name))
         vanilla: dict = {}
-        for column, defense in columns.items():
+        for column in ("vanilla", *settings):
+            defense, levels = defense_of(SETTINGS[column]) if column != "vanilla" else (None, None)
             if defense is not None:
                 record_values(out / slug(name) / "cells" / slug(column), resolved(SETTINGS[column]))
-            cells = {attack: backend.cell((attack, cfg), (column, defense),
-                                          out / slug(name) / "cells" / slug(column) / slug(attack), resume=resume)
-                     for attack, cfg in {"clean": None, **{a: ATTACKS[a] for a in attacks}}.items()}
-            found = backend.worst_case([cells[a] for a in attacks])
+            with measure.reading(levels):
+                cells = {attack: measure.backend.cell((attack, cfg), (column, defense),
+                                                      out / slug(name) / "cells" / slug(column) / slug(attack),
+                                                      resume=resume)
+                         for attack, cfg in {"clean": None, **{a: ATTACKS[a] for a in attacks}}.items()}
+                found = measure.backend.worst_case([cells[a] for a in attacks])
+            key = measure.backend.key
             row = dict(model=zoo.title, key=name, role=zoo.role, defense=column,
-                       worst=min(found["mIoU"], found["greedy_mIoU"]),
-                       **{attack: cell["mIoU"] for attack, cell in cells.items()})
+                       worst=min(found[key], found.get(f"greedy_{key}", found[key])),
+                       **{attack: cell[key] for attack, cell in cells.items()})
             if column == "vanilla":
                 vanilla = row
             else:
                 row["recovered"] = recovered_share(vanilla["clean"], vanilla["worst"], row["worst"])
-                for label, (model, batches) in timing.items():
-                    (stock, _), (defended, _) = alternating_predictions(model, batches, defense,
-                                                                        [dict(scenario="clean"), {}], repeats)
-                    row[label] = defended["median"] / stock["median"]
+                for label, ratio in measure.cost(defense, levels, repeats).items():
+                    row[label] = ratio
             rows.append(row)
             logger.info("%s / %s: clean %.2f, %s, worst %.2f%s", name, column, row["clean"],
                         ", ".join(f"{a} {row[a]:.2f}" for a in attacks), row["worst"],
                         f", recovered {100 * row['recovered']:.0f}%, ×{row['ratio_batch1']:.1f} / "
                         f"×{row['ratio_batchB']:.1f}" if column != "vanilla" else "")
-    data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks,
+    data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks, metric=METRICS[framework],
                 settings={s: dict(SETTINGS[s], values=resolved(SETTINGS[s])) for s in settings},
                 models={name: dict(title=ZOO[name].title, role=ZOO[name].role, image_size=ZOO[name].image_size,
                                    config=str(ZOO[name].config.relative_to(ASSETS))) for name in models},
                 rows=rows, seconds=time.perf_counter() - start)
     REPORT.write(out, "presets", data, rows, command)
     return data
+
+
+class _MMSegMeasure:
+    """A segmenter's cells (``MMSegBackend``) and the cost of a defense on its preprocessed batches."""
+
+    def __init__(self, zoo: ZooModel, data_root: Path, num_images: int, batch: int, out: Path) -> None:
+        from .backends import MMSegBackend
+        from .speed import preprocessed_batches
+
+        self.backend = MMSegBackend(data_root, num_images, out, zoo.checkpoint, config=zoo.config)
+        # the cost's images, loaded once per model: batch 1 over the first 4, batch B over the first B
+        self.timing = {label: preprocessed_batches(data_root, count, size, out / "timing", zoo.checkpoint, zoo.config)
+                       for label, size, count in (("ratio_batch1", 1, min(4, num_images)), ("ratio_batchB", batch, batch))}
+
+    @contextlib.contextmanager
+    def reading(self, levels: list[str] | None) -> Iterator[None]:
+        yield
+
+    def cost(self, defense: dict, levels: list[str] | None, repeats: int) -> dict[str, float]:
+        from .speed import alternating_predictions
+
+        ratios = {}
+        for label, (model, batches) in self.timing.items():
+            (stock, _), (defended, _) = alternating_predictions(model, batches, defense,
+                                                                [dict(scenario="clean"), {}], repeats)
+            ratios[label] = defended["median"] / stock["median"]
+        return ratios
+
+
+class _Detectron2Measure:
+    """A Mask R-CNN's cells (``Detectron2Backend``, the defense reading a setting's FPN levels) and the cost of a
+    defense over Detectron2's stock inference."""
+
+    def __init__(self, zoo: ZooModel, data_root: Path, num_images: int, batch: int, out: Path) -> None:
+        from .backends import Detectron2Backend
+        from .speed import detectron2_batches
+
+        self.backend = Detectron2Backend(data_root, num_images, out, zoo.checkpoint, config=zoo.config)
+        self.all_levels = list(self.backend.model.levels)  # the config's FPN_LEVELS ([] = every level)
+        self.timing = {"ratio_batch1": detectron2_batches(self.backend.cfg, min(4, num_images), 1),
+                       "ratio_batchB": detectron2_batches(self.backend.cfg, batch, batch)}
+
+    @contextlib.contextmanager
+    def reading(self, levels: list[str] | None) -> Iterator[None]:
+        from ..pipeline import temporarily
+
+        with temporarily(self.backend.model, levels=self.all_levels if levels is None else list(levels)):
+            yield
+
+    def cost(self, defense: dict, levels: list[str] | None, repeats: int) -> dict[str, float]:
+        from .speed import alternating_detectron2_predictions
+
+        ratios = {}
+        for label, batches in self.timing.items():
+            stock, defended = alternating_detectron2_predictions(
+                self.backend.model, batches, defense, self.all_levels if levels is None else levels, repeats)
+            ratios[label] = defended["median"] / stock["median"]
+        return ratios

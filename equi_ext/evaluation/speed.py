@@ -252,6 +252,34 @@ def alternating_predictions(model: torch.nn.Module, batches: list[dict], defense
         return [(t, predict(v)) for t, v in zip(times, variants)]
 
 
+def detectron2_batches(cfg, num_images: int, batch_size: int) -> list[list[dict]]:
+    """The first ``num_images`` test inputs of ``cfg.DATASETS.TEST[0]``, as Detectron2's test loader maps them,
+    in lists of ``batch_size`` (what ``model.inference`` takes)."""
+    from ..detectron2.evaluation import build_annotated_test_loader
+
+    inputs = [batch[0] for batch in build_annotated_test_loader(cfg, cfg.DATASETS.TEST[0], num_images)]
+    return [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
+
+
+def alternating_detectron2_predictions(model: torch.nn.Module, batches: list[list[dict]], defense: dict,
+                                       levels: list[str], repeats: int) -> tuple[dict, dict]:
+    """Seconds per image (``timed``'s statistics) of the stock Detectron2 inference of every batch and of the
+    same with ``defense`` on FPN ``levels`` (``EquiGeneralizedRCNN``'s scenario ``clean_defended``), alternating."""
+    from ..pipeline import EquiPipeline, temporarily
+
+    pipeline = EquiPipeline(defense, None, needs_logits=False)
+    images = sum(len(inputs) for inputs in batches)
+
+    def predict(scenario: str) -> None:
+        with temporarily(model, pipeline=pipeline, scenario=scenario, levels=list(levels)), torch.no_grad():
+            for inputs in batches:
+                model.inference(inputs)
+
+    stock, defended = timed_together([functools.partial(predict, "clean"),
+                                      functools.partial(predict, "clean_defended")], repeats, images)
+    return stock, defended
+
+
 def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transforms: list[str], percentile: float,
                         preset: str, repeats: int, work_dir: Path) -> list[dict]:
     """Detect-then-defend as a service sees clean traffic: the whole MMSeg prediction (``predict`` through the

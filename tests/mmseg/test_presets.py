@@ -40,8 +40,8 @@ def test_the_table_is_computed_from_its_cells(tmp_path, monkeypatch, synthetic_v
     monkeypatch.setattr(presets, "ATTACKS", {"PGD-20": dict(type="pgd", eps=4, steps=1),
                                              "BPDA-10": dict(type="bpda", eps=4, steps=1)})
     tool = load_tool("compare_presets")
-    data = tool.main(["--models", "deeplabv3-128", "--settings", "fast", "--num-images", "2", "--batch", "2",
-                      "--work-dir", str(tmp_path)])
+    data = tool.main(["--models", "deeplabv3-128", "--settings", "fast", "--attacks", "PGD-20,BPDA-10",
+                      "--num-images", "2", "--batch", "2", "--work-dir", str(tmp_path)])
     vanilla, fast = data["rows"]
     assert (vanilla["defense"], fast["defense"]) == ("vanilla", "fast")
     for row in (vanilla, fast):  # the worst case over the two attacks is never above either

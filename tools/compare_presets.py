@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Do the defense's presets hold on models they were not tuned on? A model × preset table.
 
-For each zoo model (the demo DeepLabV3 at 128 px, a UNet-FCN at 64 px, a Fast-SCNN at 256 px; the demo Mask
-R-CNN and an R34 one; configs under configs/zoo, trained by tools/train.py / tools/train_net.py) on its tuning
-split: vanilla and each setting clean, under PGD-20 (transfer), BPDA-10 and SEA-10 (Mask R-CNN: APGD-10) through
+For each zoo model of one framework (segmenters, the default: the demo DeepLabV3 at 128 px, a UNet-FCN at 64 px,
+a Fast-SCNN at 256 px; or Mask R-CNNs: the demo one and an R34 one; configs under configs/zoo, trained by
+tools/train.py / tools/train_net.py) on its tuning split: vanilla and each setting clean, under PGD-20 (transfer), BPDA-10 and SEA-10 (Mask R-CNN: APGD-10) through
 the defense, the per-image worst case, the share of the attacks' damage the defense recovers, and the cost over
 the stock prediction at batch 1 and --batch (``equi_ext.evaluation.presets.compare_presets``). Examples::
 
     python tools/compare_presets.py --models unet-64 --num-images 16
-    python tools/compare_presets.py --models mask-rcnn-r18-128,mask-rcnn-r34-128 --settings default,d2-demo
+    python tools/compare_presets.py --models mask-rcnn-r18-128,mask-rcnn-r34-128 --settings default,d2-demo \
+        --work-dir work_dirs/presets_d2
 """
 
 from __future__ import annotations

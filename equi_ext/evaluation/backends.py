@@ -95,7 +95,8 @@ class Detectron2Backend:
             raise SettingsError(f"{data_root} has no val split (annotations/instances_val.json)")
         opts = ["EQUI.SYNTHETIC_ROOT", "", "DATASETS.TEST", f"('{val[0]}',)", "OUTPUT_DIR", str(work_dir / "runs"),
                 "MODEL.META_ARCHITECTURE", "EquiGeneralizedRCNN"]  # a training config names the stock one
-        self.cfg = load_config(config or D2_CONFIG, opts)
+        self.config = Path(config or D2_CONFIG)
+        self.cfg = load_config(self.config, opts)
         self.model = build_model(self.cfg).eval()
         load_weights(self.model, str(checkpoint or D2_CHECKPOINT))
         self.num_images = num_images
@@ -103,7 +104,11 @@ class Detectron2Backend:
     @property
     def settings(self) -> str:
         e = self.cfg.EQUI
-        return (f"defense settings of `equi_ext::{D2_CONFIG.relative_to(ASSETS / 'configs')}` (transforms {', '.join(e.TRANSFORMS)}; "
+        name = (f"equi_ext::{self.config.relative_to(ASSETS / 'configs')}"
+                if self.config.is_relative_to(ASSETS / "configs") else str(self.config))
+        if e.TRANSFORMS is None:  # a training config: the defense columns get the EQUI defaults
+            return f"the `EQUI` defaults (`{name}` sets no defense values)"
+        return (f"defense settings of `{name}` (transforms {', '.join(e.TRANSFORMS)}; "
                 f"T {e.DEFENSE_STEPS}, ε_v {e.EPS_V:g}, η {e.STEP_SIZE:g}; FPN {', '.join(e.FPN_LEVELS)})")
 
     def defense(self, name: str) -> dict | None:
@@ -124,8 +129,9 @@ class Detectron2Backend:
                 cfg.EQUI[key] = None
         return equi_settings(cfg)["defense"]
 
-    def supports(self, attack: dict | None) -> bool:
-        """False for attacks that need dense logits (the pipeline refuses them for this model)."""
+    @staticmethod
+    def supports(attack: dict | None) -> bool:
+        """False for attacks that need dense logits (the pipeline refuses them for a Mask R-CNN)."""
         from ..attacks import ATTACKS
 
         return attack is None or "logits" not in ATTACKS.get(attack["type"]).needs(attack)

@@ -7,8 +7,8 @@ image size (configs under ``configs/zoo``), and Mask R-CNNs of different backbon
 measured, never tuned on. ``compare_presets`` runs, on the first N images of each model's tuning split (seed 1,
 never the reported split), models of one framework per run (mIoU and mask AP do not mix):
 
-- vanilla: clean and each attack of ``ATTACKS`` (on no defense, BPDA-10 is PGD-10 and SEA-10-BPDA is SEA-10);
-  the per-image worst case over them;
+- vanilla: clean and each attack of the run (default: the framework's ``DEFAULT_ATTACKS``; on no defense,
+  BPDA-10 is PGD-10, SEA-10-BPDA is SEA-10 and APGD-10-BPDA is APGD-10); the per-image worst case over them;
 - each setting: clean + defense, PGD-20 made on the undefended model (transfer) + defense, BPDA-10 (PGD) and
   SEA-10-BPDA (SEA, 10 APGD iterations per loss; a Mask R-CNN, without dense logits, gets APGD-10 on its
   training losses instead) through the defense, and the per-image worst case over those attacks (MMSeg: the
@@ -101,10 +101,10 @@ ATTACKS = {"PGD-20": dict(type="pgd", eps=EPS, steps=20), "BPDA-10": dict(type="
            "APGD-10-BPDA": dict(type="bpda", attack=dict(type="apgd", eps=EPS, steps=10))}
 ATTACK_NOTES = {"PGD-20": "made on the undefended model (transfer)", "BPDA-10": "PGD-10 through the defense",
                 "SEA-10-BPDA": "SEA (10 APGD iterations per loss) through the defense",
-                "APGD-10-BPDA": "APGD (10 iterations, the model's training losses) through the defense"}
+                "APGD-10-BPDA": "APGD (10 iterations; cross-entropy, or a Mask R-CNN's training losses) through "
+                                "the defense"}
 #: The attacks of a run that names none: SEA where the model has dense logits, APGD on the task loss where not.
 DEFAULT_ATTACKS = {"mmseg": ("PGD-20", "BPDA-10", "SEA-10-BPDA"), "detectron2": ("PGD-20", "BPDA-10", "APGD-10-BPDA")}
-METRICS = {"mmseg": "mIoU", "detectron2": "mask AP"}
 #: Results written before SEA joined the criterion hold only these.
 FIRST_ATTACKS = ("PGD-20", "BPDA-10")
 
@@ -240,9 +240,9 @@ def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[st
     framework = frameworks[0]
     attacks = list(DEFAULT_ATTACKS[framework] if attacks is None else attacks)
     if framework == "detectron2":
-        from ..attacks import ATTACKS as ATTACK_REGISTRY
+        from .backends import Detectron2Backend
 
-        dense = [a for a in ATTACKS if "logits" in ATTACK_REGISTRY.get(ATTACKS[a]["type"]).needs(ATTACKS[a])]
+        dense = [a for a in ATTACKS if not Detectron2Backend.supports(ATTACKS[a])]
         if set(attacks) & set(dense):
             raise SettingsError(f"attacks {[a for a in attacks if a in dense]} need dense logits, which a Mask R-CNN "
                                 f"does not have; valid here: {', '.join(a for a in ATTACKS if a not in dense)}")
@@ -296,7 +296,7 @@ def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[st
                         ", ".join(f"{a} {row[a]:.2f}" for a in attacks), row["worst"],
                         f", recovered {100 * row['recovered']:.0f}%, ×{row['ratio_batch1']:.1f} / "
                         f"×{row['ratio_batchB']:.1f}" if column != "vanilla" else "")
-    data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks, metric=METRICS[framework],
+    data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks, metric=measure.backend.metric,
                 settings={s: dict(SETTINGS[s], values=resolved(SETTINGS[s])) for s in settings},
                 models={name: dict(title=ZOO[name].title, role=ZOO[name].role, image_size=ZOO[name].image_size,
                                    config=str(ZOO[name].config.relative_to(ASSETS))) for name in models},

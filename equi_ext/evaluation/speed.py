@@ -253,8 +253,8 @@ def alternating_predictions(model: torch.nn.Module, batches: list[dict], defense
 
 
 def detectron2_batches(cfg, num_images: int, batch_size: int) -> list[list[dict]]:
-    """The first ``num_images`` test inputs of ``cfg.DATASETS.TEST[0]``, as Detectron2's test loader maps them,
-    in lists of ``batch_size`` (what ``model.inference`` takes)."""
+    """The first ``num_images`` inputs of ``cfg.DATASETS.TEST[0]`` with the test-time resizing (and their
+    ``instances``: ``build_annotated_test_loader``), in lists of ``batch_size`` (what ``model.inference`` takes)."""
     from ..detectron2.evaluation import build_annotated_test_loader
 
     inputs = [batch[0] for batch in build_annotated_test_loader(cfg, cfg.DATASETS.TEST[0], num_images)]

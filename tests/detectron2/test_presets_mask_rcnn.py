@@ -4,11 +4,13 @@ run refused before anything runs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from equi_ext.detectron2 import load_config
 from equi_ext.detectron2.modeling.meta_arch import equi_settings
-from equi_ext.evaluation import presets
+from equi_ext.evaluation import presets, speed
 from equi_ext.evaluation.backends import Detectron2Backend
 from equi_ext.evaluation.demo import D2_CONFIG
 
@@ -37,30 +39,46 @@ def test_what_a_model_cannot_run_is_refused_before_anything_runs(kwargs, message
     assert not list(tmp_path.iterdir())
 
 
+def test_a_mask_rcnn_without_weights_is_named_with_how_to_train_it(tmp_path, monkeypatch):
+    missing = dataclasses.replace(presets.ZOO["mask-rcnn-r34-128"], checkpoint=tmp_path / "none.pth")
+    monkeypatch.setitem(presets.ZOO, "mask-rcnn-r34-128", missing)
+    with pytest.raises(ValueError, match=r"model mask-rcnn-r34-128: no weights at .*none.pth; train them with `python "
+                                         r"tools/train_net.py --config-file .*mask_rcnn_R34_FPN_synthetic-128x128.yaml`"):
+        presets.compare_presets(models=["mask-rcnn-r34-128"], work_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_mask_rcnn_rows_are_in_mask_ap_with_each_settings_levels(tmp_path, monkeypatch):
     monkeypatch.setattr(presets, "ATTACKS", {"PGD-20": dict(type="pgd", eps=4, steps=1),
                                              "APGD-10-BPDA": dict(type="bpda", attack=dict(type="apgd", eps=4, steps=1))})
     monkeypatch.setitem(presets.SETTINGS, "d2-demo-t1", dict(presets.SETTINGS["d2-demo"], steps=1))
-    levels_seen = []
-    cell = Detectron2Backend.cell
+    monkeypatch.setitem(presets.SETTINGS, "fast-t1", dict(preset="fast", steps=1))
+    levels_seen, timed_levels = [], []
+    cell, timing = Detectron2Backend.cell, speed.alternating_detectron2_predictions
 
-    def spy(self, attack, defense, *args, **kwargs):
-        levels_seen.append((defense[0], attack[0], list(self.model.levels)))
+    def cell_spy(self, attack, defense, *args, **kwargs):
+        levels_seen.append((defense[0], tuple(self.model.levels)))
         return cell(self, attack, defense, *args, **kwargs)
 
-    monkeypatch.setattr(Detectron2Backend, "cell", spy)
-    data = presets.compare_presets(models=["mask-rcnn-r18-128"], settings=["d2-demo-t1"],
+    def timing_spy(model, batches, defense, levels, repeats):
+        timed_levels.append(tuple(levels))
+        return timing(model, batches, defense, levels, repeats)
+
+    monkeypatch.setattr(Detectron2Backend, "cell", cell_spy)
+    monkeypatch.setattr(speed, "alternating_detectron2_predictions", timing_spy)
+    data = presets.compare_presets(models=["mask-rcnn-r18-128"], settings=["d2-demo-t1", "fast-t1"],
                                    attacks=["PGD-20", "APGD-10-BPDA"], num_images=2, batch=2, work_dir=tmp_path)
     assert data["metric"] == "mask AP"
-    vanilla, tuned = data["rows"]
-    for row in (vanilla, tuned):
+    vanilla, tuned, fast = data["rows"]
+    for row in (vanilla, tuned, fast):
         assert 0 <= row["worst"] <= min(row["PGD-20"], row["APGD-10-BPDA"]) + 1e-9
     assert tuned["recovered"] == pytest.approx((tuned["worst"] - vanilla["worst"]) / (vanilla["clean"] - vanilla["worst"]))
     assert tuned["ratio_batch1"] > 1 and tuned["ratio_batchB"] > 1
-    # vanilla reads the config's levels (every one: the training config sets none); the setting its own
-    assert {tuple(levels) for column, _, levels in levels_seen if column == "vanilla"} == {()}
-    assert {tuple(levels) for column, _, levels in levels_seen if column == "d2-demo-t1"} == {("p2", "p3", "p4")}
-    assert len(levels_seen) == 6  # clean and both attacks, per column
+    # vanilla and a setting without levels read the config's (every one: the training config sets none), the tuned
+    # setting its own, in its cells and its timing; the model's own come back after it
+    assert levels_seen == [(column, levels) for column, levels in
+                           (("vanilla", ()), ("d2-demo-t1", ("p2", "p3", "p4")), ("fast-t1", ())) for _ in range(3)]
+    assert timed_levels == [("p2", "p3", "p4")] * 2 + [()] * 2  # batch 1 and batch 2, per setting
     page = (tmp_path / "presets.md").read_text()
     assert page.startswith("mask AP (%) on the first 2 images")
     assert f"| {tuned['model']} | tuned | d2-demo-t1 | {tuned['ratio_batch1']:.1f} |" in page

@@ -10,7 +10,7 @@ from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation import attack_strength
 from equi_ext.evaluation.attack_strength import BASELINES, STEP_FRACTIONS, compare_attacks, tuned_steps
 
-from .conftest import load_tool
+from .conftest import REPO, load_tool
 
 
 def test_the_tuning_run_picks_each_baselines_lowest_step_and_the_reported_run_reuses_it(
@@ -47,17 +47,19 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path):
 
 @pytest.mark.numerics
 def test_sea_beats_segpgd_at_equal_cost_on_the_demo_model(tmp_path):
-    """SEA-30 (90 forward/backward passes) against SegPGD with 90 iterations at the step the tuning run chose
-    (ε/8) on the undefended demo model, first 8 tuning images at ε = 1, where no attack reaches the floor. Measured
-    6.12 against 9.82 mIoU (docs/benchmarks/attack_strength/tune-eps1-steps30.md); a point is the issue's margin.
-    CosPGD is not held to it: on this non-robust model it ties SEA (6.02 here; see the page)."""
+    """SEA-30 (90 forward/backward passes) against SegPGD with 90 iterations at the step the committed tuning run
+    chose, on the undefended demo model, first 8 tuning images at ε = 1, where no attack reaches the floor.
+    Measured 6.12 against 9.82 mIoU (docs/benchmarks/attack_strength/tune-eps1-steps30.md); a point is the issue's
+    margin. CosPGD is not held to it: on this non-robust model it ties SEA (6.02 there; see the page)."""
     from equi_ext.data.synthetic import generate_dataset
     from equi_ext.evaluation.backends import MMSegBackend
+
+    step = tuned_steps(REPO / "docs/benchmarks/attack_strength/tune-eps1-steps30.json", 1.0, 30)["segpgd"]
 
     tune = tmp_path / "tune"
     generate_dataset(tune, seed=1, image_size=128, num_train=0, num_val=8)  # the tuning split's first 8 images
     backend = MMSegBackend(tune, 8, tmp_path)
     miou = {name: backend.cell((name, cfg), ("vanilla", None), tmp_path / name)["mIoU"]
             for name, cfg in (("sea", attack_strength.sea(30, eps=1.0)),
-                              ("segpgd", attack_strength.baseline("segpgd", 30, 0.125, eps=1.0)))}
+                              ("segpgd", attack_strength.baseline("segpgd", 30, step, eps=1.0)))}
     assert miou["sea"] <= miou["segpgd"] - 1.0, miou

@@ -19,6 +19,11 @@ from .conftest import load_tool
     (dict(settings=["fast", "turbo"]), r"unknown settings \['turbo'\]; valid: paper, default, fast, reference, "),
     (dict(num_images=0), "num_images, batch and repeats must be >= 1; got 0, 16, 1"),
     (dict(attacks=["PGD-20", "FGSM"]), r"unknown attacks \['FGSM'\]; valid: PGD-20, BPDA-10, SEA-10-BPDA"),
+    (dict(models=["deeplabv3-128", "mask-rcnn-r18-128"]), r"two frameworks \(detectron2, mmseg\)"),
+    (dict(models=["mask-rcnn-r18-128"], attacks=["SEA-10-BPDA"]),
+     r"attacks \['SEA-10-BPDA'\] need dense logits, which a Mask R-CNN does not have; valid here: PGD-20, "
+     r"BPDA-10, APGD-10-BPDA"),
+    (dict(models=["unet-64"], settings=["d2-demo"]), r"settings \['d2-demo'\] name FPN levels"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):

@@ -85,7 +85,7 @@ class RotationDefense(SSLDefense):
     def __init__(self, *, head: str | os.PathLike | SSLHead | None = None, preset: str = "default", steps: int | None = None,
                  eps_v: float | None = None, step_size: float | None = None, optimizer: str = "sgld",
                  seed: int = 0, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, min_size: int = 8,
-                 transforms_per_step: int | None = None, chunked: bool = False) -> None:
+                 transforms_per_step: int | str | None = None, chunked: bool = False) -> None:
         super().__init__(head=head, chunked=chunked, preset=preset, transforms=[Rot90(k) for k in (1, 2, 3)],
                          steps=steps, eps_v=eps_v, step_size=step_size, optimizer=optimizer, resample="fixed",
                          seed=seed, pixel_range=pixel_range, min_size=min_size,
@@ -114,7 +114,7 @@ class ContrastiveDefense(SSLDefense):
                  transforms: str | list[Any] | None = None, steps: int | None = None, eps_v: float | None = None,
                  step_size: float | None = None, optimizer: str = "sgld", resample: str | None = None,
                  seed: int = 0, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, min_size: int = 8,
-                 transforms_per_step: int | None = None, chunked: bool = False) -> None:
+                 transforms_per_step: int | str | None = None, chunked: bool = False) -> None:
         super().__init__(head=head, chunked=chunked, preset=preset, transforms=transforms, steps=steps, eps_v=eps_v,
                          step_size=step_size, optimizer=optimizer, resample=resample, seed=seed,
                          pixel_range=pixel_range, min_size=min_size, transforms_per_step=transforms_per_step)

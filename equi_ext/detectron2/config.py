@@ -37,6 +37,7 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     cfg.EQUI.DEFENSE_STEPS = None  # T
     cfg.EQUI.EPS_V = None  # purification radius, pixel levels (0-255)
     cfg.EQUI.STEP_SIZE = None  # η, pixel levels
+    cfg.EQUI.TRANSFORMS_PER_STEP = None  # transforms used per step: an int or 'all'; None = the preset's
     cfg.EQUI.THRESHOLD = None  # detect_then_defend: score under which an image is defended
     cfg.EQUI.SEED = 0
     # What the equivariance is measured on: FPN maps (dense, overlap-masked), per-ROI mask

@@ -91,7 +91,7 @@ SEGMENTERS = tuple(name for name, model in ZOO.items() if model.framework == "mm
 SETTINGS = {**{name: dict(preset=name) for name in PRESETS}, "reference": CANDIDATES["fr-T20-epsv4-eta0.5"],
             **{name: setting for name, setting in CANDIDATES.items() if name not in PRESETS},
             "d2-demo": dict(preset="default", transforms=["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], steps=4, eps_v=6.0,
-                            step_size=3.0, fpn_levels=["p2", "p3", "p4"])}
+                            step_size=3.0, transforms_per_step="all", fpn_levels=["p2", "p3", "p4"])}
 #: The presets' cost budgets (the defended prediction over the stock one at the larger batch) and the clean cost
 #: a setting may have on every tuned model to be chosen.
 BUDGETS = {"fast": 40.0, "default": 100.0}

@@ -120,8 +120,8 @@ def test_same_seed_same_result_and_batch_independence(toy_task64):
 def test_sgd_variant_has_no_noise(toy_task):
     f = toy_task.model.features
     images = toy_task.images[:2]
-    a = EquivarianceDefense(steps=3, optimizer="sgd", seed=1)(images, f).images
-    b = EquivarianceDefense(steps=3, optimizer="sgd", seed=2)(images, f).images
+    a = EquivarianceDefense(steps=3, optimizer="sgd", transforms_per_step="all", seed=1)(images, f).images
+    b = EquivarianceDefense(steps=3, optimizer="sgd", transforms_per_step="all", seed=2)(images, f).images
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -227,8 +227,8 @@ def test_transforms_per_step_cover_every_transform_and_cut_per_step_work(toy_tas
     assert sum(calls) <= 5 * 3 * images.shape[0]
     full_calls = len(calls)
     calls.clear()
-    EquivarianceDefense(transforms="flip_resize", steps=5, eps_v=4, seed=3)(images, counting_features,
-                                                                          compute_score=False)
+    EquivarianceDefense(transforms="flip_resize", steps=5, eps_v=4, transforms_per_step="all", seed=3)(
+        images, counting_features, compute_score=False)
     assert sum(calls) == 5 * 6 * images.shape[0] and len(calls) >= full_calls
 
 
@@ -303,7 +303,7 @@ def test_fast_preset_stays_inside_eps_v_and_raises_the_attacked_score_like_the_r
     gains = {}
     for name, defense in [("fast", EquivarianceDefense(preset="fast")),
                           ("reference", EquivarianceDefense(transforms="flip_resize", steps=20, eps_v=4,
-                                                            step_size=0.5))]:
+                                                            step_size=0.5, transforms_per_step="all"))]:
         out = defense(adv, features, model=toy_task.model)
         assert (out.images - adv).abs().max() <= 4 + 1e-4
         gains[name] = float((equi_ext.equivariance_score(features, out.images) - before).mean())
@@ -319,7 +319,8 @@ def test_each_sgld_step_is_the_sign_of_the_normalised_gradient_plus_annealed_noi
 
     f, images = toy_task64.model.features, toy_task64.images[:2]
     transforms = build_transforms(["hflip", "resize:0.5"])
-    defense = EquivarianceDefense(transforms=transforms, steps=2, eps_v=3, step_size=2, seed=4)
+    defense = EquivarianceDefense(transforms=transforms, steps=2, eps_v=3, step_size=2, transforms_per_step="all",
+                                  seed=4)
     out = defense(images, f, image_seeds=[10, 11]).images
     gens = image_generators(4, [10, 11], 2)
     x = images.clone()
@@ -337,7 +338,7 @@ def test_random_transforms_are_drawn_from_the_seed_once_or_per_step(toy_task):
 
     def run(resample, seed=None, steps=3, score=False, defense_seed=0):
         defense = EquivarianceDefense(transforms=["hflip", Resize((0.6, 0.9))], steps=steps, eps_v=2, seed=defense_seed,
-                                      resample=resample)
+                                      resample=resample, transforms_per_step="all")
         sample = defense.sample_transforms
         defense.sample_transforms = lambda gen: draws.append(sample(gen)) or draws[-1]
         draws.clear()
@@ -369,7 +370,7 @@ def test_unrolled_steps_differentiate_the_gradient_itself(toy_task64, monkeypatc
     """The unrolled defense's input gradient includes the second-order terms (the gradient step's own
     derivative), not only what flows through the projection and the straight-through sign."""
     f, images = toy_task64.model.features, toy_task64.images[:2]
-    defense = EquivarianceDefense(steps=2, transforms=["hflip", "resize:0.5"], eps_v=6, step_size=3)
+    defense = EquivarianceDefense(steps=2, transforms=["hflip", "resize:0.5"], eps_v=6, step_size=3, transforms_per_step="all")
 
     def input_gradient():
         leaf = images.clone().requires_grad_(True)
@@ -420,7 +421,7 @@ def test_the_defense_checks_images_in_its_own_pixel_range_and_names_what_cannot_
                                          r"\(use chunked=False\)$"):
         EquivarianceDefense(steps=1, transforms=["hflip"], chunked=True)(images, Objective())
     assert repr(defense) == ("EquivarianceDefense(K=1, steps=1, eps_v=2.0, step_size=1.0, optimizer='sgld', "
-                             "resample='fixed')")
+                             "resample='fixed', transforms_per_step=1)")
     assert repr(EquivarianceDefense(transforms="flip_resize", steps=2, transforms_per_step=2, chunked=True)).endswith(
         "resample='fixed', transforms_per_step=2, chunked=True)")
 
@@ -430,7 +431,7 @@ def test_chunked_copies_clip_in_the_defenses_pixel_range(toy_task):
     f = lambda x: toy_task.model.features(x * 255)  # noqa: E731
     images = toy_task.images[:2] / 255
     common = dict(steps=2, transforms=["color_jitter:1.8", "hflip"], eps_v=4 / 255, step_size=1 / 255,
-                  optimizer="sgd", pixel_range=(0.0, 1.0))
+                  optimizer="sgd", pixel_range=(0.0, 1.0), transforms_per_step="all")
     plain = EquivarianceDefense(**common)(images, f)
     chunked = EquivarianceDefense(**common, chunked=True)(images, f)
     torch.testing.assert_close(chunked.images, plain.images, atol=1e-6, rtol=0)
@@ -465,10 +466,13 @@ def test_settings_reach_the_defense_and_bad_ones_are_named():
     assert EquivarianceDefense(preset="fast").transforms_per_step == PRESETS["fast"]["transforms_per_step"] == 1
     assert EquivarianceDefense(preset="fast", transforms_per_step=3).transforms_per_step == 3
     assert EquivarianceDefense(transforms_per_step=2).transforms_per_step == 2
+    assert EquivarianceDefense(preset="default", transforms_per_step="all").transforms_per_step is None  # every one
+    assert EquivarianceDefense(preset="paper").transforms_per_step is None
     for kwargs, message in [
         (dict(step_size=0), "^step_size must be > 0 pixel levels; got 0.0$"),
         (dict(min_size=0), "^min_size must be >= 1; got 0$"),
         (dict(transforms_per_step=0), "^transforms_per_step must be >= 1; got 0$"),
+        (dict(transforms_per_step="some"), "^transforms_per_step must be a positive int or 'all'; got 'some'$"),
         (dict(preset="nope"), "^unknown preset 'nope'; valid names: default, fast, paper$"),
         (dict(optimizer="adam"), r"^optimizer must be one of \('sgld', 'sgd'\); got 'adam'$"),
         (dict(reduction="x"), r"^reduction must be one of \('dense', 'flat'\); got 'x'$"),
@@ -523,7 +527,8 @@ def test_the_unrolled_step_is_differentiated_as_written(toy_task64):
 
     f, images = toy_task64.model.features, toy_task64.images[:2]
     transforms = build_transforms(["hflip", "resize:0.5"])
-    defense = EquivarianceDefense(transforms=transforms, steps=1, eps_v=3, step_size=2, optimizer="sgd")
+    defense = EquivarianceDefense(transforms=transforms, steps=1, eps_v=3, step_size=2, optimizer="sgd",
+                                  transforms_per_step="all")
 
     def loss_at(x):
         return toy_task64.logits(x).square().mean()

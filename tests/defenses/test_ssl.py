@@ -76,7 +76,8 @@ def test_stays_in_budget_raises_its_objective_and_leaves_the_model_alone(kind, h
     images[0, :, :4] = 255.0  # saturated pixels: the pixel range must clip
     original = images.clone()
     before_model = fingerprint(model)
-    defense = build_defense(dict(type=kind, head=heads[kind][0], steps=6, eps_v=6, step_size=1.5, optimizer="sgd"))
+    defense = build_defense(dict(type=kind, head=heads[kind][0], steps=6, eps_v=6, step_size=1.5, optimizer="sgd",
+                                   transforms_per_step="all"))
     out = defense(images, model.features, model=model)
     assert torch.equal(images, original) and fingerprint(model) == before_model
     assert (out.images - images).abs().max() <= 6 + 1e-4 and out.images.min() >= 0 and out.images.max() <= 255
@@ -87,7 +88,8 @@ def test_stays_in_budget_raises_its_objective_and_leaves_the_model_alone(kind, h
     assert (before < 0).all() and (after - before > 0.25 * -before).all(), (before, after)
     torch.testing.assert_close(out.score, after)
     assert out.loss_trace.shape == (6, 4) and out.loss_trace[0].allclose(before)
-    again = build_defense(dict(type=kind, head=heads[kind][0], steps=6, eps_v=6, step_size=1.5, optimizer="sgd"))
+    again = build_defense(dict(type=kind, head=heads[kind][0], steps=6, eps_v=6, step_size=1.5, optimizer="sgd",
+                                   transforms_per_step="all"))
     assert torch.equal(again(images, model.features, model=model).images, out.images)
 
 

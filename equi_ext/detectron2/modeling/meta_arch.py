@@ -34,7 +34,8 @@ FROM_TENSORS_TAKES_PADDING_CONSTRAINTS = "padding_constraints" in inspect.signat
 #: ``cfg.EQUI`` keys → constructor arguments of the chosen defense / attack. A key left at None (or ''
 #: for SSL_HEAD) takes the class's default; a set key the chosen class does not accept is an error.
 DEFENSE_KEYS = {"PRESET": "preset", "TRANSFORMS": "transforms", "DEFENSE_STEPS": "steps", "EPS_V": "eps_v",
-                "STEP_SIZE": "step_size", "THRESHOLD": "threshold", "SEED": "seed", "SSL_HEAD": "head"}
+                "STEP_SIZE": "step_size", "TRANSFORMS_PER_STEP": "transforms_per_step", "THRESHOLD": "threshold",
+                "SEED": "seed", "SSL_HEAD": "head"}
 ATTACK_KEYS = {"EPS": "eps", "STEPS": "steps", "ATTACK_STEP_SIZE": "step_size", "LAMBDA_E": "lambda_e",
                "EOT_SAMPLES": "samples", "SEED": "seed"}
 

@@ -32,7 +32,9 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     # detect_then_defend).
     cfg.EQUI.DEFENSE = "none"
     cfg.EQUI.SSL_HEAD = None  # rotation/contrastive: head checkpoint from tools/train_ssl_head.py
-    cfg.EQUI.PRESET = None  # equi/invariance/rotation/contrastive: named base settings (None = 'default')
+    # equi/invariance/rotation/contrastive: named base settings; None = the Detectron2 defaults for the keys left at
+    # None (meta_arch.DETECTRON2_DEFAULTS: flip + resizes 0.5/0.75/1.5, all per step, T 4, ε_v 6, η 3)
+    cfg.EQUI.PRESET = None
     cfg.EQUI.TRANSFORMS = None  # a transform-set name ('flip_resize', 'paper', 'pilot'); None = preset
     cfg.EQUI.DEFENSE_STEPS = None  # T
     cfg.EQUI.EPS_V = None  # purification radius, pixel levels (0-255)
@@ -43,7 +45,7 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     # What the equivariance is measured on: FPN maps (dense, overlap-masked), per-ROI mask
     # logits (box-aware: boxes mapped through each transform), or both summed.
     cfg.EQUI.FEATURE = "fpn"
-    cfg.EQUI.FPN_LEVELS = []  # empty = every backbone output (p2 … p6)
+    cfg.EQUI.FPN_LEVELS = []  # empty = the three finest backbone outputs (p2–p4 of an FPN; a C4 backbone's one)
     cfg.EQUI.ROI_SCORE_THRESH = 0.5  # mask_logits: detections on x scoring at least this give the boxes
     # Attack: a name of equi_ext.attacks.ATTACKS taking a task loss ('' = no attack).
     cfg.EQUI.ATTACK = ""

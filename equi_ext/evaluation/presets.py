@@ -86,8 +86,9 @@ ZOO = {
 SEGMENTERS = tuple(name for name, model in ZOO.items() if model.framework == "mmseg")
 #: Defense settings that can be compared: the shipped presets, the T = 20 reference the ``fast`` preset is held to,
 #: and every named tuning candidate (the search for the presets runs over these).
-#: ``fpn_levels`` (Detectron2 only) names the FPN maps the defense reads; without it, every level (``EQUI.FPN_LEVELS``'s
-#: default). ``d2-demo`` is the demo Mask R-CNN config's tuned ``EQUI`` settings (``demo.D2_CONFIG``; tested equal).
+#: ``fpn_levels`` (Detectron2 only) names the FPN maps the defense reads; without it, every backbone output.
+#: ``d2-demo`` is the demo Mask R-CNN config's tuned ``EQUI`` settings (``demo.D2_CONFIG``), which are also what a
+#: Detectron2 config gets that sets none (``EQUI.PRESET`` None; both tested equal).
 SETTINGS = {**{name: dict(preset=name) for name in PRESETS}, "reference": CANDIDATES["fr-T20-epsv4-eta0.5"],
             **{name: setting for name, setting in CANDIDATES.items() if name not in PRESETS},
             "d2-demo": dict(preset="default", transforms=["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], steps=4, eps_v=6.0,
@@ -341,7 +342,7 @@ class _Detectron2Measure:
         from .speed import detectron2_batches
 
         self.backend = Detectron2Backend(data_root, num_images, out, zoo.checkpoint, config=zoo.config)
-        self.all_levels = list(self.backend.model.levels)  # the config's FPN_LEVELS ([] = every level)
+        self.all_levels = list(self.backend.model.backbone.output_shape())  # a setting without fpn_levels reads all
         self.timing = {"ratio_batch1": detectron2_batches(self.backend.cfg, min(4, num_images), 1),
                        "ratio_batchB": detectron2_batches(self.backend.cfg, batch, batch)}
 
@@ -349,8 +350,11 @@ class _Detectron2Measure:
     def reading(self, levels: list[str] | None) -> Iterator[None]:
         from ..pipeline import temporarily
 
-        with temporarily(self.backend.model, levels=self.all_levels if levels is None else list(levels)):
+        with temporarily(self.backend.model, levels=self.levels_read(levels)):
             yield
+
+    def levels_read(self, levels: list[str] | None) -> list[str]:
+        return self.all_levels if levels is None else list(levels)
 
     def cost(self, defense: dict, levels: list[str] | None, repeats: int) -> dict[str, float]:
         from .speed import alternating_detectron2_predictions
@@ -358,6 +362,6 @@ class _Detectron2Measure:
         ratios = {}
         for label, batches in self.timing.items():
             stock, defended = alternating_detectron2_predictions(
-                self.backend.model, batches, defense, self.all_levels if levels is None else levels, repeats)
+                self.backend.model, batches, defense, self.levels_read(levels), repeats)
             ratios[label] = defended["median"] / stock["median"]
         return ratios

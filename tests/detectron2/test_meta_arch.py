@@ -273,7 +273,7 @@ def test_detect_then_defend_takes_the_threshold_and_configures_the_defense_it_wr
     assert equi_settings(cfg)["defense"] == {
         "type": "detect_then_defend", "threshold": 0.6,
         "defense": {"type": "equi", "transforms": ["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], "steps": 4,
-                    "eps_v": 6.0, "step_size": 3.0, "seed": 0}}
+                    "eps_v": 6.0, "step_size": 3.0, "transforms_per_step": "all", "seed": 0}}
     with pytest.raises(ValueError, match="EQUI.THRESHOLD = 0.6 does not apply to EQUI.DEFENSE 'equi'"):
         load_config(DEMO_EQUI_YAML, ["EQUI.THRESHOLD", "0.6"])
 

@@ -26,6 +26,30 @@ def test_the_d2_demo_setting_is_the_demo_configs_tuned_one():
     assert levels == config["levels"]
 
 
+def test_a_config_that_sets_no_defense_values_gets_the_tuned_ones_on_the_three_finest_levels():
+    from detectron2.layers import ShapeSpec
+
+    from equi_ext.detectron2.modeling.objective import MaskRCNNObjective
+
+    training_config = presets.ZOO["mask-rcnn-r18-128"].config
+    settings = equi_settings(load_config(training_config, ["EQUI.DEFENSE", "equi", "EQUI.SYNTHETIC_ROOT", ""]))
+    defense, levels = presets.defense_of(presets.SETTINGS["d2-demo"])
+    assert {k: v for k, v in settings["defense"].items() if k != "seed"} == {
+        k: v for k, v in defense.items() if k != "preset"}
+    assert settings["levels"] == []  # read as the three finest outputs: p2–p4 on an FPN, a C4 backbone's one
+
+    def backbone_with(shapes):
+        return type("Model", (), {"backbone": type("Backbone", (), {"output_shape": lambda self: shapes})()})()
+
+    fpn = {name: ShapeSpec(channels=8, stride=2 ** int(name[1])) for name in ("p6", "p4", "p5", "p3", "p2")}
+    assert MaskRCNNObjective(backbone_with(fpn), None).levels == levels == ["p2", "p3", "p4"]
+    assert MaskRCNNObjective(backbone_with({"res4": ShapeSpec(channels=8, stride=16)}), None).levels == ["res4"]
+    # a named preset replaces the defaults (only what the config sets goes with it)
+    named = equi_settings(load_config(training_config, ["EQUI.DEFENSE", "equi", "EQUI.PRESET", "fast",
+                                                        "EQUI.SYNTHETIC_ROOT", ""]))
+    assert named["defense"] == {"type": "equi", "preset": "fast", "seed": 0}
+
+
 def test_a_mask_rcnn_without_weights_is_named_with_how_to_train_it(tmp_path, monkeypatch):
     missing = dataclasses.replace(presets.ZOO["mask-rcnn-r34-128"], checkpoint=tmp_path / "none.pth")
     monkeypatch.setitem(presets.ZOO, "mask-rcnn-r34-128", missing)
@@ -61,11 +85,12 @@ def test_mask_rcnn_rows_are_in_mask_ap_with_each_settings_levels(tmp_path, monke
         assert 0 <= row["worst"] <= min(row["PGD-20"], row["APGD-10-BPDA"]) + 1e-9
     assert tuned["recovered"] == pytest.approx((tuned["worst"] - vanilla["worst"]) / (vanilla["clean"] - vanilla["worst"]))
     assert tuned["ratio_batch1"] > 1 and tuned["ratio_batchB"] > 1
-    # vanilla and a setting without levels read the config's (every one: the training config sets none), the tuned
-    # setting its own, in its cells and its timing; the model's own come back after it
+    # vanilla and a setting without levels read every backbone output, the tuned setting its own, in its cells and
+    # its timing
+    every = ("p2", "p3", "p4", "p5", "p6")
     assert levels_seen == [(column, levels) for column, levels in
-                           (("vanilla", ()), ("d2-demo-t1", ("p2", "p3", "p4")), ("fast-t1", ())) for _ in range(3)]
-    assert timed_levels == [("p2", "p3", "p4")] * 2 + [()] * 2  # batch 1 and batch 2, per setting
+                           (("vanilla", every), ("d2-demo-t1", ("p2", "p3", "p4")), ("fast-t1", every)) for _ in range(3)]
+    assert timed_levels == [("p2", "p3", "p4")] * 2 + [every] * 2  # batch 1 and batch 2, per setting
     page = (tmp_path / "presets.md").read_text()
     assert page.startswith("mask AP (%) on the first 2 images")
     assert f"| {tuned['model']} | tuned | d2-demo-t1 | {tuned['ratio_batch1']:.1f} |" in page

@@ -36,6 +36,11 @@ FROM_TENSORS_TAKES_PADDING_CONSTRAINTS = "padding_constraints" in inspect.signat
 DEFENSE_KEYS = {"PRESET": "preset", "TRANSFORMS": "transforms", "DEFENSE_STEPS": "steps", "EPS_V": "eps_v",
                 "STEP_SIZE": "step_size", "TRANSFORMS_PER_STEP": "transforms_per_step", "THRESHOLD": "threshold",
                 "SEED": "seed", "SSL_HEAD": "head"}
+#: What a defense gets for the keys left at None while ``EQUI.PRESET`` is None too: the settings the presets' criterion
+#: picked on Mask R-CNNs (the demo R18-FPN tuned, an R34-FPN held back; docs/benchmarks/presets.md), with the
+#: three finest FPN levels (``EQUI.FPN_LEVELS`` empty). A set ``EQUI.PRESET`` replaces them all by that preset's.
+DETECTRON2_DEFAULTS = {"transforms": ["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], "steps": 4, "eps_v": 6.0,
+                       "step_size": 3.0, "transforms_per_step": "all"}
 ATTACK_KEYS = {"EPS": "eps", "STEPS": "steps", "ATTACK_STEP_SIZE": "step_size", "LAMBDA_E": "lambda_e",
                "EOT_SAMPLES": "samples", "SEED": "seed"}
 
@@ -52,6 +57,16 @@ def _settings(registry, name: str, equi_cfg, keys: dict[str, str]) -> tuple[dict
             settings[arg] = list(value) if isinstance(value, tuple) else value
         else:
             rejected.append(key)
+    return settings, rejected
+
+
+def _defense_settings(name: str, equi_cfg, keys: dict[str, str]) -> tuple[dict, list[str]]:
+    """As :func:`_settings` for a defense, with ``DETECTRON2_DEFAULTS`` for what it takes and the config leaves unset
+    when no preset is named."""
+    settings, rejected = _settings(DEFENSES, name, equi_cfg, keys)
+    if equi_cfg.get("PRESET") is None:
+        accepted = set(DEFENSES.settings(name))
+        settings = {**{k: v for k, v in DETECTRON2_DEFAULTS.items() if k in accepted}, **settings}
     return settings, rejected
 
 
@@ -74,10 +89,10 @@ def equi_settings(cfg) -> dict[str, Any]:
     equi = cfg.EQUI
     defense = None
     if equi.DEFENSE and equi.DEFENSE != "none":
-        defense_settings, rejected = _settings(DEFENSES, equi.DEFENSE, equi, DEFENSE_KEYS)
+        defense_settings, rejected = _defense_settings(equi.DEFENSE, equi, DEFENSE_KEYS)
         defense = {"type": equi.DEFENSE, **defense_settings}
         if equi.DEFENSE == "detect_then_defend":  # the keys it does not take configure the defense it wraps
-            inner, rejected = _settings(DEFENSES, "equi", equi, {k: DEFENSE_KEYS[k] for k in rejected})
+            inner, rejected = _defense_settings("equi", equi, {k: DEFENSE_KEYS[k] for k in rejected})
             defense["defense"] = {"type": "equi", **inner}
             _refuse(rejected, equi, "DEFENSE", "equi", DEFENSES, DEFENSE_KEYS)
         _refuse(rejected, equi, "DEFENSE", equi.DEFENSE, DEFENSES, DEFENSE_KEYS)

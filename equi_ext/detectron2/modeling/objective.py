@@ -33,7 +33,7 @@ class MaskRCNNObjective(Objective):
     Args:
         model: the ``GeneralizedRCNN``.
         image_list: RGB pixels (N, 3, H, W) → the model's normalised, padded ``ImageList``.
-        levels: FPN outputs of the dense term (empty = all).
+        levels: FPN outputs of the dense term (empty = the three finest).
         use_fpn: include the dense FPN term (else ROI terms only, FPN where no ROI term exists).
         boxes: per-image (R_n, 4) boxes in pixel coordinates, or None for the dense term only.
     """
@@ -46,7 +46,9 @@ class MaskRCNNObjective(Objective):
         unknown = [name for name in levels if name not in shapes]
         if unknown:
             raise ValueError(f"EQUI.FPN_LEVELS {unknown} are not backbone outputs; valid: {self.names}")
-        self.levels = list(levels) or self.names
+        # Default: the three finest outputs (p2–p4 of an FPN, where the presets were measured; all of a backbone
+        # with fewer, e.g. C4's one).
+        self.levels = list(levels) or sorted(self.names, key=lambda name: shapes[name].stride)[:3]
         self.strides = {name: shapes[name].stride for name in self.names}
         self.use_fpn, self.boxes = use_fpn, boxes
         if boxes is not None and not getattr(model.roi_heads, "mask_on", False):

@@ -24,13 +24,15 @@ Cells keep per-image records, so an interrupted run continues with ``resume``.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..assets import ASSETS, WORKSPACE
 from ..core.optimizer import PRESETS
@@ -229,8 +231,8 @@ def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[st
             logits on a Mask R-CNN, FPN levels on a segmenter, a missing checkpoint (with how to train it),
             ``num_images``, ``batch`` or ``repeats`` < 1 — before anything runs.
     """
-    for what, names, valid in (("models", models, ZOO), ("settings", settings, SETTINGS),
-                               ("attacks", ["PGD-20"] if attacks is None else attacks, ATTACKS)):
+    named = [("models", models, ZOO), ("settings", settings, SETTINGS)]
+    for what, names, valid in named + ([("attacks", attacks, ATTACKS)] if attacks is not None else []):
         unknown = [n for n in names if n not in valid]
         if unknown or not names:
             raise SettingsError(f"unknown {what} {unknown or list(names)}; valid: {', '.join(valid)}")
@@ -306,7 +308,30 @@ def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[st
     return data
 
 
-class _MMSegMeasure:
+class _Measure(abc.ABC):
+    """A model's backend (its cells) and the cost of a defense: the defended prediction's median time over the
+    stock one's, per entry of ``timing`` (batch 1 and batch B)."""
+
+    backend: Any
+    timing: dict[str, Any]
+
+    def reading(self, levels: list[str] | None) -> contextlib.AbstractContextManager:
+        """The model reading ``levels`` (FPN outputs; None: the setting names none) while a setting's cells run."""
+        return contextlib.nullcontext()
+
+    @abc.abstractmethod
+    def timed(self, timing: Any, defense: dict, levels: list[str] | None, repeats: int) -> tuple[dict, dict]:
+        """The stock and the defended prediction's timings (``speed.timed`` dicts) on ``timing``'s batches."""
+
+    def cost(self, defense: dict, levels: list[str] | None, repeats: int) -> dict[str, float]:
+        ratios = {}
+        for label, timing in self.timing.items():
+            stock, defended = self.timed(timing, defense, levels, repeats)
+            ratios[label] = defended["median"] / stock["median"]
+        return ratios
+
+
+class _MMSegMeasure(_Measure):
     """A segmenter's cells (``MMSegBackend``) and the cost of a defense on its preprocessed batches."""
 
     def __init__(self, zoo: ZooModel, data_root: Path, num_images: int, batch: int, out: Path) -> None:
@@ -318,22 +343,16 @@ class _MMSegMeasure:
         self.timing = {label: preprocessed_batches(data_root, count, size, out / "timing", zoo.checkpoint, zoo.config)
                        for label, size, count in (("ratio_batch1", 1, min(4, num_images)), ("ratio_batchB", batch, batch))}
 
-    @contextlib.contextmanager
-    def reading(self, levels: list[str] | None) -> Iterator[None]:
-        yield
-
-    def cost(self, defense: dict, levels: list[str] | None, repeats: int) -> dict[str, float]:
+    def timed(self, timing: Any, defense: dict, levels: list[str] | None, repeats: int) -> tuple[dict, dict]:
         from .speed import alternating_predictions
 
-        ratios = {}
-        for label, (model, batches) in self.timing.items():
-            (stock, _), (defended, _) = alternating_predictions(model, batches, defense,
-                                                                [dict(scenario="clean"), {}], repeats)
-            ratios[label] = defended["median"] / stock["median"]
-        return ratios
+        model, batches = timing
+        (stock, _), (defended, _) = alternating_predictions(model, batches, defense, [dict(scenario="clean"), {}],
+                                                            repeats)
+        return stock, defended
 
 
-class _Detectron2Measure:
+class _Detectron2Measure(_Measure):
     """A Mask R-CNN's cells (``Detectron2Backend``, the defense reading a setting's FPN levels) and the cost of a
     defense over Detectron2's stock inference."""
 
@@ -346,22 +365,16 @@ class _Detectron2Measure:
         self.timing = {"ratio_batch1": detectron2_batches(self.backend.cfg, min(4, num_images), 1),
                        "ratio_batchB": detectron2_batches(self.backend.cfg, batch, batch)}
 
-    @contextlib.contextmanager
-    def reading(self, levels: list[str] | None) -> Iterator[None]:
+    def reading(self, levels: list[str] | None) -> contextlib.AbstractContextManager:
         from ..pipeline import temporarily
 
-        with temporarily(self.backend.model, levels=self.levels_read(levels)):
-            yield
+        return temporarily(self.backend.model, levels=self.levels_read(levels))
 
     def levels_read(self, levels: list[str] | None) -> list[str]:
         return self.all_levels if levels is None else list(levels)
 
-    def cost(self, defense: dict, levels: list[str] | None, repeats: int) -> dict[str, float]:
+    def timed(self, timing: Any, defense: dict, levels: list[str] | None, repeats: int) -> tuple[dict, dict]:
         from .speed import alternating_detectron2_predictions
 
-        ratios = {}
-        for label, batches in self.timing.items():
-            stock, defended = alternating_detectron2_predictions(
-                self.backend.model, batches, defense, self.levels_read(levels), repeats)
-            ratios[label] = defended["median"] / stock["median"]
-        return ratios
+        return alternating_detectron2_predictions(self.backend.model, timing, defense, self.levels_read(levels),
+                                                  repeats)

@@ -129,10 +129,11 @@ class EquivarianceDefense:
         reduction: ``'dense'`` (per-position cosine, default) or ``'flat'`` (authors' code).
         resample: ``'fixed'`` draws random transform parameters once per call,
             ``'per_step'`` re-draws them at every step.
-        transforms_per_step: use only this many of the K transforms at each step (``'all'``: every one;
-            None: the preset's, one for ``fast`` and ``default``), taken in seeded random order so that every transform is used within
-            ⌈K / m⌉ steps: per-step cost falls while all constraints stay covered (the
-            authors' code also samples transforms per step). The score uses all K.
+        transforms_per_step: use only this many of the K transforms at each step (``'all'``: every
+            one; None: the preset's, one for ``fast`` and ``default``), taken in seeded random order
+            so that every transform is used within ⌈K / m⌉ steps: per-step cost falls while all
+            constraints stay covered (the authors' code also samples transforms per step). The
+            score uses all K.
         chunked: forward and back-propagate one transformed copy at a time (same gradient):
             peak memory is F(x) plus the largest copy instead of all K (docs/benchmarks/speed.md:
             −25% at 1024×2048, −34% for R50-D8 at 512×512, and no slower there).

@@ -7,9 +7,10 @@ MMSeg's test loop with ``PerImageIoUMetric`` (IoUMetric's aggregation) for the d
 or, with ``--detectron2``, ``inference_on_dataset`` + ``COCOEvaluator`` (mask AP) for the demo
 Mask R-CNN. Checks, each printed as pass/fail with its numbers (mIoU or mask AP points):
 
-(a) an unbounded attack (BPDA at ε = 255, with the step count where the ε-bounded BPDA curve
-    stopped) drives defended mIoU to ~0 — to at most what the same attack leaves of the vanilla
-    model (mIoU has a floor above 0: an image predicted all background keeps its background IoU);
+(a) an unbounded attack (SEA through the defense at ε = 255, or APGD on the training losses without dense
+    logits, with the iterations APGD's curve in (g) ended with) leaves less than 1 % of the pixels right
+    (mask AP below 1) on the vanilla model and on the defended one: an untargeted attack with the whole
+    pixel range can make every pixel wrong, so one that cannot on the vanilla model is itself broken;
 (b) more steps never make the defense look stronger: BPDA steps are doubled until mIoU moves by
     < 0.5 points (the convergence curve), and PGD random restarts are pooled per image;
 (c) BPDA and EOT-BPDA through the defense are at least as strong as PGD transferred from the

@@ -1,7 +1,8 @@
 """APGD for dense prediction and the SEA ensemble, through the defense.
 
 APGD (Croce & Hein, ICML 2020, arXiv:2003.01690) replaces PGD's fixed step by a per-image step
-size that starts at 2·radius and halves at checkpoints when progress stalls, with momentum 0.75.
+size that starts at 2·radius (the radius capped at 8 levels: ``Attack.step_scale``) and halves at checkpoints when
+progress stalls, with momentum 0.75.
 SEA (Croce, Singh, Hein, ECCV 2024, arXiv:2306.12941) runs APGD with three dense losses, each over a
 shrinking radius schedule 2ε → 1.5ε → ε, and keeps, per image, the worst result.
 
@@ -121,7 +122,7 @@ class APGD(Attack):
         steps: iterations N (the paper's APGD uses 100).
         momentum: α of the momentum step (0.75).
         rho: a checkpoint halves an image's step if its tracking loss rose in at most ρ of the interval's steps.
-        Other arguments as :class:`Attack`; the step size is APGD's own (2·radius, halved per image).
+        Other arguments as :class:`Attack`; the step size is APGD's own (2·radius capped at 8 levels, halved per image).
     """
 
     selects_iterates = True
@@ -201,7 +202,7 @@ class APGD(Attack):
 
         n = x.shape[0]
         view = (n,) + (1,) * (x.dim() - 1)
-        eta = torch.full(view, 2.0 * min(radius, high - low), dtype=x.dtype, device=x.device)
+        eta = torch.full(view, 2.0 * self.step_scale(radius), dtype=x.dtype, device=x.device)
         cur = project(start)
         grad, track, quality = self.evaluate(cur, targets, loss)
         x_best_loss, grad_best, best_loss = cur.clone(), grad.clone(), track.clone()

@@ -51,7 +51,7 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     cfg.EQUI.ATTACK = ""
     cfg.EQUI.EPS = 4.0  # L∞ budget, pixel levels
     cfg.EQUI.STEPS = 10
-    cfg.EQUI.ATTACK_STEP_SIZE = None  # None = 2.5·EPS/STEPS
+    cfg.EQUI.ATTACK_STEP_SIZE = None  # None = 2.5·min(EPS, 8)/STEPS
     cfg.EQUI.LAMBDA_E = None  # adaptive attack only (None = 1.0)
     cfg.EQUI.EOT_SAMPLES = None  # eot attack only (None = 4)
     # bpda / eot: the attack they run through the defense (None = pgd); the keys above then configure it,

@@ -55,6 +55,9 @@ class MMSegBackend:
     def supports(self, attack: dict | None) -> bool:
         return True
 
+    #: What the honesty tool's unbounded check reads off a cell: (name, row -> value).
+    unbounded_measure = ("% pixel accuracy", lambda row: pixel_accuracy(row["per_image"]))
+
     def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
              resume: bool = False, corruption: dict | None = None) -> dict:
         """One cell's row (metric, per-image records); ``corruption`` corrupts the images as loaded. Scores
@@ -129,6 +132,8 @@ class Detectron2Backend:
                 cfg.EQUI[key] = None
         return equi_settings(cfg)["defense"]
 
+    unbounded_measure = ("mask AP", lambda row: row["segm_AP"])
+
     @staticmethod
     def supports(attack: dict | None) -> bool:
         """False for attacks that need dense logits (the pipeline refuses them for a Mask R-CNN)."""
@@ -149,6 +154,13 @@ class Detectron2Backend:
         from ..detectron2.evaluation import worst_case
 
         return worst_case(self.cfg, rows)
+
+
+def pixel_accuracy(records: list[dict]) -> float:
+    """Percent of labelled pixels predicted right over PerImageIoUMetric records (IoUMetric's aAcc)."""
+    right = sum(float(sum(r["areas"][0])) for r in records)
+    labelled = sum(float(sum(r["areas"][3])) for r in records)
+    return 100.0 * right / max(labelled, 1.0)
 
 
 def records_scores(defense: dict | None) -> bool:

@@ -19,6 +19,20 @@ from .demo import DATA, EPS, ensure_data
 logger = logging.getLogger(__name__)
 
 TOLERANCE = 0.5  # mIoU / AP points: "moved" / "stronger" below this is noise on a few images
+#: Check (a): an untargeted attack with the whole pixel range can make every pixel wrong, so the unbounded
+#: attack must leave below this (percent) of pixels right (of mask AP points without dense predictions).
+UNBOUNDED_FLOOR = 1.0
+
+
+def unbounded_check(vanilla: float, defended: float, measure: str) -> tuple[bool, str]:
+    """(passed, numbers) of check (a): the unbounded attack leaves < ``UNBOUNDED_FLOOR`` of ``measure``
+    on the undefended model (else the attack itself is broken at large budgets and the check says nothing
+    about the defense) and the defended model is held to the same."""
+    attack_works, defense_falls = vanilla < UNBOUNDED_FLOOR, defended < UNBOUNDED_FLOOR
+    verdict = ("" if attack_works else "the attack fails on the undefended model; ") + (
+        "" if defense_falls else "the defended model keeps more")
+    return attack_works and defense_falls, (f"{measure}: vanilla {vanilla:.2f}, defended {defended:.2f} (pass: both "
+                                            f"< {UNBOUNDED_FLOOR:g}{'; ' + verdict.rstrip('; ') if verdict else ''})")
 
 
 def settles(curve: list[tuple[int, float]]) -> tuple[bool, str]:
@@ -124,19 +138,20 @@ def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str
     unrolled_label = f"unrolled-{steps}"
     rows[unrolled_label] = run(unrolled_label, dict(type="unrolled", eps=EPS, steps=steps))
     bounded.append(rows[unrolled_label])
-    unbounded_label = f"BPDA-{curve[-1][0]} at ε=255"
-    unbounded = dict(type="bpda", eps=255.0, steps=curve[-1][0])
-    rows[unbounded_label] = run(unbounded_label, unbounded)
-    floor_label = f"PGD-{curve[-1][0]} at ε=255 (vanilla)"
-    rows[floor_label] = run(floor_label, unbounded, defended=False)  # what "~0" means for this metric
+    # (a) the strongest attack with the whole pixel range, as many iterations as APGD's curve ended with
+    strong = dict(type="sea") if backend.supports(dict(type="sea")) else dict(type="apgd")
+    unbounded = dict(strong, eps=255.0, steps=apgd_curve[-1][0])
+    unbounded_label = f"{strong['type'].upper()}-{apgd_curve[-1][0]} at ε=255"
+    rows[unbounded_label] = run(unbounded_label, dict(type="bpda", attack=unbounded))
+    floor_label = f"{unbounded_label} (vanilla)"
+    rows[floor_label] = run(floor_label, unbounded, defended=False)
+    measure = backend.unbounded_measure
 
     transfer = min(rows[f"PGD-{steps} transfer, restart {r}"][key] for r in range(restarts))
     bpda = curve[-1][1]
     checks = [
-        ("a", f"unbounded attack drives defended {metric} to ~0 (the vanilla model's floor)",
-         rows[unbounded_label][key] <= max(5.0, rows[floor_label][key] + TOLERANCE),
-         f"{unbounded_label}: {rows[unbounded_label][key]:.2f}; {floor_label}: {rows[floor_label][key]:.2f} "
-         f"(pass: ≤ max(5, floor + {TOLERANCE}))"),
+        ("a", f"{unbounded_label} leaves < {UNBOUNDED_FLOOR:g} {measure[0]} on the vanilla and the defended model",
+         *unbounded_check(measure[1](rows[floor_label]), measure[1](rows[unbounded_label]), measure[0])),
         ("b", "more BPDA steps never look stronger; converged", *settles(curve)),
         ("c", "BPDA and EOT-BPDA at least as strong as transfer", bpda <= transfer + TOLERANCE
          and rows[eot_label][key] <= rows[f"BPDA-{bpda_steps}"][key] + 2 * TOLERANCE,

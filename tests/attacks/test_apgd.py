@@ -258,7 +258,7 @@ def test_settings_are_checked_and_apgd_needs_what_it_is_given(toy_task):
 def reference_apgd(x, start, script, radius, steps, low=0.0, high=255.0, momentum=0.75, rho=0.75):
     """APGD (Croce & Hein 2020, Algorithm 1, L∞) for one image at a time, from the evaluations ``script(k)`` =
     (gradient, tracking loss, quality) of its k-th evaluated point: returns the points it evaluates and the
-    lowest-quality one (ties to the later). The step starts at 2·radius; at each checkpoint an image whose
+    lowest-quality one (ties to the later). The step starts at 2·radius, at most 2·(8/255 of the pixel range); at each checkpoint an image whose
     tracking loss rose too rarely, or whose best loss did not improve (``step_to_halve``), halves its step
     and restarts from its best-loss point."""
     points, results, check_at = [], [], checkpoints(steps)
@@ -266,7 +266,7 @@ def reference_apgd(x, start, script, radius, steps, low=0.0, high=255.0, momentu
         def project(a, centre=x[i]):
             return torch.minimum(torch.maximum(a, centre - radius), centre + radius).clamp(low, high)
 
-        eta = 2.0 * min(radius, high - low)
+        eta = 2.0 * min(radius, 8 / 255 * (high - low))
         cur = project(start[i])
         grad, track, quality = (v[i] for v in script(0))
         own = [cur]
@@ -306,7 +306,7 @@ def test_apgd_iterates_follow_the_algorithm_given_its_evaluations(radius, low, h
     better), image 2's rises exactly at the threshold of the first checkpoint (it halves), the others' rise
     with probability 0.75, near the threshold; qualities come in steps of
     0.25 so ties happen (the later iterate wins); some gradient entries are 0 (no move there). Also
-    unbounded (the step starts at twice the pixel range) in a range that does not start at 0."""
+    unbounded (the step starts at twice 8/255 of the pixel range) in a range that does not start at 0."""
     steps, n = 40, 8
     g = torch.Generator().manual_seed(0)
     x = low + torch.rand(n, 3, 5, 4, generator=g) * (high - low)
@@ -340,7 +340,7 @@ def test_apgd_iterates_follow_the_algorithm_given_its_evaluations(radius, low, h
         torch.testing.assert_close(adv[i], results[i][0], atol=tolerance, rtol=0)
         assert float(quality[i]) == float(results[i][1])
     moves = [(seen[k + 1] - seen[k]).abs().amax(dim=(1, 2, 3)) for k in range(steps)]
-    size = min(radius, high - low)
+    size = min(radius, 8 / 255 * (high - low))  # the step scale: the radius, capped at 8 levels of 255
     assert moves[-1][1] < size / 4  # image 1's step did halve, image 0's never did: it still crosses much of the ball
     assert moves[-1][0] > size / 2 and (moves[0][1] > 3 * size / 2 or not math.isfinite(radius))
 

@@ -106,12 +106,40 @@ def test_the_worst_case_is_per_image_over_every_attacked_run_and_the_curve_is_pe
     assert result["worst_case"]["vanilla"]["per_image"] == pytest.approx(((40 - 4) + (30 - 4)) / 2)
     curve = {p["eps"]: p for p in result["security_curve"]}
     assert curve[0] == dict(eps=0, vanilla=85.0, defended=80.0)
-    assert curve[2] == dict(eps=2, vanilla=pytest.approx(((40 - 2) + (30 - 2)) / 2),
-                            defended=pytest.approx(((20 - 2) + (25 - 2)) / 2))
+    at_2 = dict(vanilla=pytest.approx(((40 - 2) + (30 - 2)) / 2), defended=pytest.approx(((20 - 2) + (25 - 2)) / 2))
+    assert curve[2] == dict(eps=2, **at_2, single_eps=at_2)  # the smallest ε: nothing smaller to pool
     # The curve's ε = 4 point is part 1's runs, not a second evaluation of them.
     transfer = [a for label, column, a in backend.calls
                 if column == "defended" and a and a["type"] == "sea" and a["steps"] == 10]
     assert sorted(a["eps"] for a in transfer) == [2.0, 4.0]
+
+
+def test_the_security_curve_never_rises_with_eps_though_the_attack_at_one_eps_does(monkeypatch, tmp_path):
+    """An attack that weakens at large budgets (each image's quality falls to ε = 4, then rises again): every
+    point of the curve takes each image's worst over the runs at its ε and all smaller ones, so the curve is
+    non-increasing; the runs at each ε alone are kept beside it and show the rise."""
+    cold = {1: [50.0, 40.0], 2: [30.0, 45.0], 4: [20.0, 10.0], 8: [35.0, 12.0], 16: [60.0, 5.0], 32: [70.0, 80.0]}
+
+    def quality(label, column, attack):
+        if attack is None:
+            return [90.0, 90.0]
+        inner = attack.get("attack") or attack
+        shift = 0.0 if column == "vanilla" else (5.0 if attack["type"] == "sea" else 2.0)  # transfer, BPDA
+        return [q + shift for q in cold[int(inner["eps"])]]
+
+    _, result = run_scripted(monkeypatch, tmp_path, quality, epsilons=(0, 1, 2, 4, 8, 16, 32), max_doublings=0)
+    curve = result["security_curve"]
+    for column, shift in (("vanilla", 0.0), ("defended", 2.0)):
+        values = [p[column] for p in curve]
+        assert values == sorted(values, reverse=True), column
+        single = [p["single_eps"][column] for p in curve[1:]]
+        assert single == [sum(cold[e]) / 2 + shift for e in (1, 2, 4, 8, 16, 32)]
+        assert single[-1] > single[2]  # the attack alone is weaker at ε = 32 than at ε = 4
+        # each image's own worst so far: image 0 from ε = 4 on, image 1 from ε = 16 on
+        assert values[-1] == pytest.approx((20.0 + 5.0) / 2 + shift)
+        assert values[3] == pytest.approx((20.0 + 10.0) / 2 + shift)
+    page = (tmp_path / "out/standard_evaluation.md").read_text()
+    assert "| vanilla, at this ε only | 90.00 | 45.00 | 37.50 | 15.00 | 23.50 | 32.50 | 75.00 |" in page
 
 
 def test_without_dense_logits_apgd_replaces_sea(monkeypatch, tmp_path):

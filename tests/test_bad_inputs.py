@@ -334,6 +334,8 @@ CASES = [
     Case("api-nan", lambda: api_calls(with_value(smooth(), NAN)), ValueError, "contains NaN or inf"),
     Case("api-inf", lambda: api_calls(with_value(smooth(), INF)), ValueError, "contains NaN or inf"),
     Case("api-empty_batch", lambda: api_calls(smooth()[:0]), ValueError, "empty batch"),
+    Case("api-no_pixels", lambda: api_calls(smooth()[:, :, :0]), ValueError, r"has no pixels: shape \(2, 3, 0, 64\)"),
+    Case("api-no_columns", lambda: api_calls(smooth(size=32)[..., :0]), ValueError, r"has no pixels: shape \(2, 3, 32, 0\)"),
     Case("api-mixed_sizes", lambda: api_calls([smooth(1)[0], smooth(1, size=48)[0]]), TypeError,
          r"must be a torch.Tensor of shape \(N, 3, H, W\); got list"),
     Case("api-too_small", lambda: [lambda: equi_ext.equivariance_score(_features, smooth(size=12)),

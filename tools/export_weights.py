@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from equi_ext.core.checkpoints import CheckpointError, read_checkpoint
 from equi_ext.tooling import start_tool
 
 
@@ -25,10 +26,14 @@ def main(argv=None) -> None:
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     parser.add_argument("--fp16", action="store_true", help="store floating-point tensors as float16")
+    parser.add_argument("--trust-source", action="store_true",
+                        help="unpickle SRC whatever Python objects it names (this runs code the file chooses): only "
+                             "for a file you made or trust; the output holds tensors only")
     args = parser.parse_args(argv)
-    if not args.src.is_file():
-        raise SystemExit(f"error: checkpoint {str(args.src)!r} does not exist")
-    ckpt = torch.load(args.src, map_location="cpu", weights_only=False)
+    try:
+        ckpt = read_checkpoint(args.src, trust=args.trust_source)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise SystemExit(f"error: {err}") from None
     key = "model" if "model" in ckpt else "state_dict"
     state = ckpt.get(key, ckpt)
     if args.fp16:

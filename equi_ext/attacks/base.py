@@ -156,6 +156,8 @@ class Attack:
         if step_size is None:
             step_size = 2.5 * self.step_scale() / self.steps
         self.step_size = check_budget("step_size", step_size, self.pixel_range, allow_fraction=True)
+        if not self.step_size < float("inf"):
+            raise ValueError(f"step_size must be a finite number of pixel levels; got {step_size!r}")
         if random_start is not None:
             self.random_start = bool(random_start)
         self.loss_fn, self.logits_fn = loss_fn, logits_fn

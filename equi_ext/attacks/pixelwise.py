@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..core.validation import DEFAULT_PIXEL_RANGE
 from .base import Attack, pixel_cross_entropy, resize_logits
 from .registry import ATTACKS
 
@@ -56,14 +57,18 @@ class PGD(Attack):
 @ATTACKS.register("ifgsm")
 class IFGSM(Attack):
     """Iterative FGSM for segmentation (Arnab et al. 2018, arXiv:1711.09856): start at x, step 1 level,
-    min(ε + 4, 1.25ε) steps unless given."""
+    min(ε + 4, 1.25ε) steps unless given, ε taken at most as the pixel range (no pixel moves further)."""
 
     random_start = False
 
     def __init__(self, *, eps: float = 4.0, steps: int | None = None, step_size: float | None = None,
                  **kwargs: Any) -> None:
-        if steps is None:
-            steps = max(1, int(math.ceil(min(eps + 4, 1.25 * eps)))) if isinstance(eps, (int, float)) else 1
+        if steps is None and isinstance(eps, (int, float)) and not isinstance(eps, bool):
+            low, high = kwargs.get("pixel_range", DEFAULT_PIXEL_RANGE)
+            reach = min(float(eps), float(high) - float(low))
+            steps = max(1, int(math.ceil(min(reach + 4, 1.25 * reach)))) if reach == reach else 1
+        elif steps is None:
+            steps = 1
         super().__init__(eps=eps, steps=steps, step_size=1.0 if step_size is None else step_size, **kwargs)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 
 import numpy as np
 import torch
@@ -22,7 +24,52 @@ OTHER_FORMAT_HINTS = {"MMEngine": "an MMEngine checkpoint: evaluate it with its 
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that holds no state dict of the expected framework, or one that does not fit the model."""
+    """A checkpoint file that cannot be read safely, holds no state dict of the expected framework, or does not
+    fit the model."""
+
+
+def training_state_types() -> list:
+    """Types a training checkpoint holds besides tensors, containers and numbers, each rebuilt from its data
+    without running code of the file's choosing: NumPy arrays, scalars and dtypes (NumPy 1 and 2), and
+    MMEngine's ``HistoryBuffer`` (its message hub's logs) where MMEngine is installed."""
+    types = [np.ndarray, np.dtype, np.ndarray((1,)).__reduce__()[0], np.float64(0).__reduce__()[0], getattr,
+             *{type(np.dtype(name)) for name in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")}]
+    try:
+        from mmengine.logging.history_buffer import HistoryBuffer
+    except ImportError:
+        return types
+    return [*types, HistoryBuffer]
+
+
+def read_checkpoint(path: str | os.PathLike, *, trust: bool = False):
+    """The object in the checkpoint file ``path``, unpickled without running its code: tensors, containers,
+    numbers, strings and ``training_state_types()`` only (``torch.load(weights_only=True)``). ``trust`` unpickles
+    anything, which runs whatever code the file names: only for files you made or trust.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file names other Python objects (the message says which, and how to keep only its
+            weights if you trust it), or it is not a readable PyTorch checkpoint (truncated, another format).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(training_state_types()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = re.search(r"GLOBAL (\S+)", str(err))
+        if unsafe and not trust:
+            raise CheckpointError(
+                f"checkpoint {path!r} names the Python object {unsafe.group(1)}, which loading would have to run as "
+                "code; equi-ext loads only tensors, numbers, containers and training state. If you trust the file, "
+                f"keep only its weights: python tools/export_weights.py {path} WEIGHTS.pth --trust-source") from None
+        raise CheckpointError(f"checkpoint {path!r} is not a readable PyTorch checkpoint: {err}") from None
+    except (EOFError, RuntimeError, ValueError, OSError) as err:  # empty, truncated, not a zip or pickle
+        raise CheckpointError(f"checkpoint {path!r} is not a readable PyTorch checkpoint (truncated, or another "
+                              f"format): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
 
 
 def load_weights(model: nn.Module, checkpoint: str | os.PathLike | None, *, framework: str) -> None:
@@ -30,12 +77,12 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike | None, *, fram
 
     Takes ``framework``'s checkpoints (``STATE_KEYS``) and bare state dicts, in fp32 or fp16 (copied
     into the model's dtype), ``module.`` prefixes of wrapped models stripped. ``None`` keeps the
-    model's initialisation, with a warning. Checkpoints are full pickles (MMEngine's carry more than
-    tensors, which ``weights_only=True`` refuses): load only files you trust.
+    model's initialisation, with a warning. The file is read by :func:`read_checkpoint`, which runs none of
+    its code.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError (a ValueError): the file holds no state dict of tensors (the message names the other framework's
+        CheckpointError (a ValueError): the file cannot be read safely (:func:`read_checkpoint`), holds no state dict of tensors (the message names the other framework's
             format when it is one), or its keys or shapes do not match the model.
     """
     if framework not in STATE_KEYS:
@@ -44,9 +91,7 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike | None, *, fram
         logger.warning("no checkpoint given: evaluating randomly initialised weights")
         return
     path = os.fspath(checkpoint)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path)
     state = ckpt.get(STATE_KEYS[framework], ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, (torch.Tensor, np.ndarray))
                                                             for v in state.values()):

@@ -87,6 +87,8 @@ def check_image_batch(images: torch.Tensor, name: str = "images") -> None:
         raise ValueError(f"{name} must have shape (N, 3, H, W) (RGB); got {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch: shape {tuple(images.shape)}")
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"{name} has no pixels: shape {tuple(images.shape)} (height and width must be >= 1)")
     if not images.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (e.g. images.float()); got dtype {images.dtype}")
 

@@ -71,7 +71,7 @@ class DetectThenDefend:
                  image_seeds: Sequence[int] | None = None, seed: int | None = None,
                  compute_score: bool = True) -> DefenseOutput:
         score = self.scorer.score(images, features, seed=seed)
-        flagged = score < self.threshold
+        flagged = (score < self.threshold) | score.isnan()  # a score that cannot be computed is no all-clear
         self.last_flagged = flagged.cpu()
         out_images = images.detach().clone()
         trace = images.new_full((self.defense.steps, images.shape[0]), float("nan"))

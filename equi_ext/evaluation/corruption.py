@@ -201,7 +201,7 @@ def corruption_benchmark(*, detectron2: bool = False, corruptions: Sequence[str]
                                  seconds=timings[key]))
         scored = backend.cell((label, None), ("detector", detector), out / "cells" / "detector" / slug(label),
                               resume=resume, corruption=corruption)
-        flagged[label] = float(np.mean([r["score"] < threshold for r in scored["per_image"]]))
+        flagged[label] = float(np.mean([not r["score"] >= threshold for r in scored["per_image"]]))  # NaN: flagged
     table = {c: {str(s): {col: values[f"{c} {s}", col] for col in columns} for s in severities} for c in corruptions}
     clean = {col: values["clean", col] for col in columns}
     data = dict(framework=backend.framework, model=backend.model_name, metric=backend.key,

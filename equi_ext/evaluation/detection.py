@@ -196,7 +196,7 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
     grid += evaluate_grid(val, {"detector alone": detector, "detect-then-defend": dtd},
                           {a: c for a, c in attacks.items() if a.startswith("adaptive")})
     cell = {(r["attack"], r["defense"]): r for r in grid}
-    flagged = {a: float(np.mean(np.array(cell[(a, "detector alone")]["image_scores"]) < threshold)) for a in attacks}
+    flagged = {a: float(np.mean(~(np.array(cell[(a, "detector alone")]["image_scores"]) >= threshold))) for a in attacks}
     slip = {a: 1.0 - flagged[a] for a in attacks if a != "clean"}
 
     result = dict(num_images=num_images, severity=severity, score_transforms=score_transforms,

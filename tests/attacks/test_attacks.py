@@ -342,3 +342,13 @@ def test_a_framework_without_dense_logits_refuses_the_attacks_that_need_them():
         EquiPipeline(None, name, needs_logits=True)
     with pytest.raises(TypeError, match="'loss_fn' is supplied by equi-ext from the model"):
         EquiPipeline(None, dict(type="pgd", loss_fn="ce"))
+
+
+def test_step_sizes_and_derived_step_counts_stay_finite(toy_task):
+    """An infinite step size gave an all-NaN image; IFGSM derived ~10⁹ steps from ε = 10⁹ (a hang): its steps
+    come from ε taken at most as the pixel range, which no pixel can move further than."""
+    with pytest.raises(ValueError, match="step_size must be a finite number of pixel levels; got inf"):
+        PGD(logits_fn=toy_task.logits, step_size=float("inf"))
+    assert IFGSM(logits_fn=toy_task.logits, eps=1e9).steps == IFGSM(logits_fn=toy_task.logits, eps=255).steps == 259
+    assert IFGSM(logits_fn=toy_task.logits, eps=4).steps == 5  # min(4 + 4, 1.25·4)
+    assert IFGSM(logits_fn=toy_task.logits, eps=0.5, pixel_range=(0, 1)).steps == 1

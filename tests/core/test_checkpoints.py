@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from equi_ext.core.checkpoints import load_weights
+from equi_ext.core.checkpoints import CheckpointError, load_weights, read_checkpoint
 
 
 def model_pair():
@@ -68,3 +69,60 @@ def test_bad_files_are_named_and_leave_the_model_alone(tmp_path, caplog):
     assert "randomly initialised" in caplog.text
     for name, value in target.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+class MakesADirectory:
+    """Pickles as a call to ``os.mkdir``: what a malicious checkpoint does with ``os.system``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.path,)
+
+
+def test_a_checkpoint_cannot_run_code_and_unreadable_files_are_named(tmp_path):
+    source, target = model_pair()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": source.state_dict(), "meta": {"hook": MakesADirectory(marker)}}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"names the Python object \S*mkdir, which loading would have to run as "
+                                              r"code.*export_weights.py .*evil.pth WEIGHTS.pth --trust-source"):
+        load_weights(target, tmp_path / "evil.pth", framework="MMEngine")
+    assert not marker.exists()
+    # Training state that is data, not code, still loads: NumPy arrays, scalars and dtypes beside the weights.
+    torch.save({"state_dict": source.state_dict(), "meta": {"seed": np.int64(3), "hist": np.arange(3.0),
+                                                            "dtype": np.dtype("float32")}}, tmp_path / "numpy.pth")
+    load_weights(target, tmp_path / "numpy.pth", framework="MMEngine")
+    assert_same_state(source, target)
+    target.load_state_dict(before)
+    good = (tmp_path / "numpy.pth").read_bytes()
+    for name, content in (("empty.pth", b""), ("text.pth", b"not a checkpoint"), ("truncated.pth", good[:len(good) // 2])):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"checkpoint '.*{name}' is not a readable PyTorch checkpoint"):
+            read_checkpoint(tmp_path / name)
+    for name, value in target.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_export_weights_keeps_only_tensors_and_unpickles_code_only_when_trusted(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "equi_tools_export_weights", Path(__file__).resolve().parents[2] / "tools/export_weights.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    source, _ = model_pair()
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": source.state_dict(), "meta": {"iter": 3, "hook": MakesADirectory(marker)}},
+               tmp_path / "train.pth")
+    with pytest.raises(SystemExit, match="names the Python object"):
+        tool.main([str(tmp_path / "train.pth"), str(tmp_path / "out.pth")])
+    assert not marker.exists() and not (tmp_path / "out.pth").exists()
+    tool.main([str(tmp_path / "train.pth"), str(tmp_path / "out.pth"), "--trust-source"])
+    assert marker.is_dir()  # trusted: the file's code ran, as the flag says
+    exported = read_checkpoint(tmp_path / "out.pth")
+    assert exported["meta"] == {"iter": 3} and set(exported["state_dict"]) == set(source.state_dict())

@@ -86,3 +86,14 @@ def test_output_variance_score_separates_equivariant_from_positional_outputs():
 
     assert pointwise.max() < 0.01
     assert output_variance_score(positional, images).min() > 10 * pointwise.max()
+
+
+def test_detect_then_defend_defends_an_image_whose_score_is_nan(toy_task, monkeypatch):
+    """A score that cannot be computed (NaN) is no all-clear: NaN < threshold is False, so before it let the
+    image through undefended."""
+    images = toy_task.images[:3]
+    detector = DetectThenDefend(threshold=-1.0, defense=dict(type="equi", steps=1))  # would flag nothing
+    monkeypatch.setattr(detector.scorer, "score", lambda x, f, seed=None: torch.tensor([0.5, float("nan"), 0.5]))
+    out = detector(images, toy_task.model.features, compute_score=False)
+    assert detector.last_flagged.tolist() == [False, True, False]
+    assert torch.equal(out.images[[0, 2]], images[[0, 2]]) and not torch.equal(out.images[1], images[1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -48,6 +49,61 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, default=_jsonable).encode())
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """A per-image record written by ``atomic_write_json``; one that is not valid JSON (a file written by other
+    means, or damaged) is an error naming it, not a bare ``JSONDecodeError``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SettingsError(f"per-image record {str(path)!r} is not valid JSON ({err}); delete it (or its folder) "
+                            "and run again") from None
+
+
+#: The settings stamp of a cell's record folder (see ``prepare_record_dir``).
+CELL_SETTINGS = ".cell_settings"  # no .json suffix: the folder's *.json are its records
+
+
+def fingerprint(values: Any) -> str:
+    """A short hash of what produced a record: a model's state dict (names, shapes, dtypes, bytes) or any JSON-able
+    value (e.g. the list of image paths)."""
+    digest = hashlib.sha256()
+    if hasattr(values, "state_dict"):
+        import torch
+
+        for name, tensor in values.state_dict().items():
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(json.dumps(values, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare_record_dir(record_dir: str | os.PathLike, settings: dict, resume: bool) -> None:
+    """Stamp a cell's record folder with everything its numbers depend on (attack, defense, model weights, images).
+
+    ``resume`` over records made with other settings would pool two experiments into one number: it is refused,
+    naming what differs (as are records with no stamp). A run without ``resume`` removes the folder's old records
+    first, so a later resume can only find records of these settings.
+    """
+    folder = Path(record_dir)
+    stamp = folder / CELL_SETTINGS
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    records = [p for p in folder.glob("*.json") if p.name != CELL_SETTINGS] if folder.is_dir() else []
+    if resume and stamp.is_file():
+        old = read_record(stamp)
+        differ = sorted(key for key in settings.keys() | old.keys() if settings.get(key) != old.get(key))
+        if differ:
+            raise SettingsError(f"cannot resume from {str(folder)!r}: its records were made with other settings "
+                                f"({', '.join(differ)} differ); run without --resume to replace them")
+    elif resume and records:
+        raise SettingsError(f"cannot resume from {str(folder)!r}: its records carry no settings stamp (an older "
+                            "equi-ext wrote them); run without --resume to replace them")
+    elif not resume:
+        for path in records:
+            path.unlink()
+    atomic_write_json(stamp, settings)
 
 
 def record_path(record_dir: str | os.PathLike, image_file: str) -> Path:

@@ -457,3 +457,47 @@ def test_bad_input(case: Case, request) -> None:
     for call in calls:
         with pytest.raises(case.error, match=case.match):
             call()
+
+
+@pytest.mark.parametrize("attack", [dict(type="pgd", steps=1), dict(type="cw", steps=1), dict(type="sea", steps=3)])
+def test_labels_outside_the_models_classes_are_named(attack):
+    """Labels ≥ C (or negative) that are not ignore_index crashed deep in torch, naming neither image nor value."""
+    labels = torch.zeros(2, SIZE, SIZE, dtype=torch.long)
+    labels[1, 3, 4], labels[1, 5, 5] = 7, 255  # 255 is ignore_index: allowed
+
+    def logits_fn(images):
+        return _features(images)[:, :4]  # four classes
+
+    with pytest.raises(ValueError, match=r"targets of image 1 hold labels \[7\] outside \[0, 4\)"):
+        ATTACKS.build(dict(attack, logits_fn=logits_fn))(smooth(), labels)
+
+
+def test_a_base_cycle_in_a_detectron2_yaml_is_named(tmp_path):
+    from equi_ext.detectron2 import load_config
+
+    (tmp_path / "a.yaml").write_text('_BASE_: "b.yaml"\nEQUI:\n  DEFENSE: "equi"\n')
+    (tmp_path / "b.yaml").write_text('_BASE_: "a.yaml"\n')
+    with pytest.raises(ValueError, match=r"_BASE_ cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_a_damaged_record_is_named(tmp_path):
+    from equi_ext.core.validation import SettingsError
+    from equi_ext.mmseg.metrics import load_record
+
+    (tmp_path / "00001.png.json").write_text('{"img": "00001.png", "areas": [[1, 2')
+    with pytest.raises(SettingsError, match=r"per-image record '.*00001.png.json' is not valid JSON .*delete it"):
+        load_record(tmp_path / "00001.png.json")
+
+
+def test_an_interrupted_data_generation_is_completed_by_the_next_run(tmp_path, monkeypatch):
+    """A first run killed while generating left a folder without meta.json, which every later run refused with
+    'pass overwrite=True' (a Python argument no tool has); the next run now generates the split again."""
+    from equi_ext.evaluation import demo
+
+    root = tmp_path / "tune"
+    (root / "img_dir/val").mkdir(parents=True)
+    (root / "img_dir/val/00000.png").write_bytes(b"half a png")
+    monkeypatch.setattr(demo, "TUNE_DATA", root)
+    assert demo.ensure_tune_data() == root
+    assert (root / "meta.json").is_file() and len(list((root / "img_dir/val").glob("*.png"))) == 100

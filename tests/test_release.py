@@ -34,8 +34,8 @@ def test_the_version_is_defined_once_and_the_release_files_name_it():
     assert "Apache License" in (REPO / "LICENSE").read_text() and "Version 2.0" in (REPO / "LICENSE").read_text()
     assert "license: Apache-2.0" in citation and "Robust Perception through Equivariance" in citation
     readme = (REPO / "README.md").read_text()
-    for name in ("LICENSE", "CITATION.cff", "CHANGELOG.md"):
-        assert f"]({name})" in readme, f"README does not link {name}"
+    for name in ("LICENSE", "CITATION.cff", "CHANGELOG.md", "SECURITY.md"):
+        assert f"]({name})" in readme and (REPO / name).is_file(), f"README does not link {name}"
 
 
 def test_shipped_configs_are_named_with_the_package_scope(tmp_path):

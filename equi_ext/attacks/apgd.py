@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange
 from ..progress import note_step
-from .base import Attack, LogitsFn, LossFn, resize_logits
+from .base import Attack, LogitsFn, LossFn, check_labels, resize_logits
 from .pixelwise import _valid_pixels
 from .registry import ATTACKS
 
@@ -58,6 +58,7 @@ def dense_loss(name: str, logits: torch.Tensor, targets: torch.Tensor, ignore_in
     label (bounded, so no mask is needed).
     """
     logits = resize_logits(logits, targets)
+    check_labels(targets, logits.shape[1], ignore_index)
     valid, labels = _valid_pixels(targets, ignore_index)
     if name == "js":
         p = logits.float().softmax(dim=1)

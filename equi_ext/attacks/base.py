@@ -64,9 +64,21 @@ class DefenseDraws:
         return [self.defense(adv.detach(), seed).detach() for seed in seeds]
 
 
+def check_labels(targets: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Every label a class index in [0, ``num_classes``) or ``ignore_index``; else a ``ValueError`` naming the first
+    image and its offending values (torch's own error names neither)."""
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= num_classes))
+    if bad.any():
+        i = int(bad.flatten(1).any(dim=1).nonzero()[0])
+        values = targets[i][bad[i]].unique().tolist()
+        raise ValueError(f"targets of image {i} hold labels {values[:5]} outside [0, {num_classes}) (the model's "
+                         f"classes) that are not ignore_index {ignore_index}")
+
+
 def pixel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
                         reduction: str = "mean") -> torch.Tensor:
     """Per-pixel cross-entropy; logits are upsampled to the label size as MMSeg does."""
+    check_labels(targets, logits.shape[1], ignore_index)
     return F.cross_entropy(resize_logits(logits, targets), targets.long(), ignore_index=ignore_index,
                            reduction=reduction)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.validation import DEFAULT_PIXEL_RANGE
-from .base import Attack, pixel_cross_entropy, resize_logits
+from .base import Attack, check_labels, pixel_cross_entropy, resize_logits
 from .registry import ATTACKS
 
 
@@ -45,6 +45,7 @@ class LogitsAttack(Attack):
 
     def pixel_logits(self, adv: torch.Tensor, targets: torch.Tensor):
         logits = resize_logits(self.logits_fn(adv), targets)
+        check_labels(targets, logits.shape[1], self.ignore_index)
         valid, labels = _valid_pixels(targets, self.ignore_index)
         return logits, valid, labels
 

@@ -56,6 +56,7 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
         if trust:
+            logger.warning("unpickling %s without restrictions (trusted): any code it names runs now", path)
             return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(training_state_types()):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -71,8 +71,10 @@ def _merge_dicts(update: dict, base: dict) -> dict:
     return base
 
 
-def _load_yaml(path: Path) -> dict:
-    """Read a yaml config with its ``_BASE_`` chain: relative paths or ``model_zoo://`` names."""
+def _load_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """Read a yaml config with its ``_BASE_`` chain: relative paths or ``model_zoo://`` names (``chain``: the
+    configs that inherit this one, so a cycle is named instead of recursing forever)."""
+    chain = (*chain, Path(path).resolve())
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
     base = raw.pop("_BASE_", None)
@@ -89,7 +91,9 @@ def _load_yaml(path: Path) -> dict:
         base_path = base_path if base_path.is_absolute() else path.parent / base_path
         if not base_path.is_file():
             raise FileNotFoundError(f"{path}: _BASE_ {str(base_path)!r} does not exist")
-        base_dict = _load_yaml(base_path)
+        if base_path.resolve() in chain:
+            raise ValueError("_BASE_ cycle: " + " -> ".join(str(p) for p in (*chain, base_path.resolve())))
+        base_dict = _load_yaml(base_path, chain)
     return _merge_dicts(raw, base_dict)
 
 

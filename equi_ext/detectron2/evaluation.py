@@ -40,7 +40,7 @@ from ..core.validation import SettingsError
 from ..data.corruptions import check_corruptions, corrupt
 from ..pipeline import EquiPipeline, scenario_table, temporarily
 from ..progress import image_bar
-from ..reporting import atomic_write_json, record_path
+from ..reporting import atomic_write_json, fingerprint, prepare_record_dir, read_record, record_path
 from .modeling import EquiGeneralizedRCNN
 from .modeling.meta_arch import SCORE_KEY, equi_settings
 
@@ -410,6 +410,9 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
     dataset = cfg.DATASETS.TEST[0]
     check_dataset(dataset)
     records = DatasetCatalog.get(dataset)[:num_images]
+    prepare_record_dir(record_dir, dict(attack=attack[1], defense=defense[1], corruption=corruption,
+                                        record_scores=record_scores, images=fingerprint([r["file_name"] for r in records]),
+                                        model=fingerprint(model), config=fingerprint(cfg.dump())), resume)
     paths = [record_path(record_dir, r["file_name"]) for r in records]
     todo = [r for r, path in zip(records, paths) if not (resume and path.is_file())]
     row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
@@ -425,7 +428,7 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
             inference_on_dataset(model, build_annotated_test_loader(cfg, todo, corruption=corruption),
                                  DatasetEvaluators([evaluator, ProgressEvaluator(len(todo), f"{attack[0]} / {defense[0]}")]))
         row["seconds"] = time.perf_counter() - start
-    per_image = [json.loads(path.read_text()) for path in paths]
+    per_image = [read_record(path) for path in paths]
     with contextlib.redirect_stdout(io.StringIO()):
         results = PerImageCOCOEvaluator(dataset, tasks=_tasks(cfg), distributed=False,
                                         use_fast_impl=False).evaluate_records(per_image)

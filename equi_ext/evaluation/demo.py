@@ -51,7 +51,8 @@ def ensure_data() -> Path:
         from ..data.synthetic import generate_dataset
 
         logger.info("generating the synthetic benchmark (seed 0) into %s", DATA)
-        generate_dataset(DATA, seed=0, image_size=128, num_train=300, num_val=100)
+        # no meta.json: absent, or a generation that was interrupted; the generator replaces only its own files
+        generate_dataset(DATA, seed=0, image_size=128, num_train=300, num_val=100, overwrite=True)
     return DATA
 
 
@@ -61,7 +62,7 @@ def ensure_tune_data() -> Path:
         from ..data.synthetic import generate_dataset
 
         logger.info("generating the tuning split (seed 1) into %s", TUNE_DATA)
-        generate_dataset(TUNE_DATA, seed=1, image_size=128, num_train=0, num_val=100)
+        generate_dataset(TUNE_DATA, seed=1, image_size=128, num_train=0, num_val=100, overwrite=True)
     return TUNE_DATA
 
 

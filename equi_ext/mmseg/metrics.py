@@ -11,10 +11,8 @@ file + rename), so a long run killed mid-way keeps every finished image (``--res
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +21,7 @@ from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 
 from ..core.metrics import image_iou
-from ..reporting import atomic_write_json, record_path
+from ..reporting import atomic_write_json, read_record, record_path
 from .segmentor import SCORE_KEY
 
 
@@ -105,6 +103,6 @@ class EquiScoreMetric(BaseMetric):
 
 def load_record(path: str | os.PathLike) -> dict:
     """A record written with ``record_dir``, its areas back as tensors (counts are exact in float32)."""
-    record = json.loads(Path(path).read_text())
+    record = read_record(path)
     record["areas"] = tuple(torch.tensor(a, dtype=torch.float32) for a in record["areas"])
     return record

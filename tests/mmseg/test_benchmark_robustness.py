@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from .conftest import REPO, load_tool
 
@@ -79,3 +80,38 @@ def test_bad_arguments_are_named(tmp_path):
     (tmp_path / "other.json").write_text('{"rows": {}}')
     with pytest.raises(SystemExit, match="is not a result of this tool"):
         tool.main(["--render", str(tmp_path / "other.json")])
+
+
+def test_resume_refuses_records_made_with_other_settings(synthetic_val_root, tmp_path):
+    """A cell's record folder is stamped with what its numbers depend on: resuming it with another ε (or other
+    weights, images, defense) would pool two experiments into one mIoU, so it is refused, naming what differs; a
+    run without --resume replaces the old records, and a resume with the same settings runs nothing again."""
+    from equi_ext.core.validation import SettingsError
+    from equi_ext.evaluation.demo import build_demo_runner
+    from equi_ext.mmseg.evaluation import evaluate_cell
+
+    runner = build_demo_runner(synthetic_val_root, 2, tmp_path / "runs",
+                               test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
+    cell = tmp_path / "cells/PGD"
+    eps4, eps8 = ("PGD", dict(type="pgd", eps=4, steps=1)), ("PGD", dict(type="pgd", eps=8, steps=1))
+    first = evaluate_cell(runner, eps4, ("vanilla", None), cell)
+    assert first["run_images"] == 2
+    assert evaluate_cell(runner, eps4, ("vanilla", None), cell, resume=True)["run_images"] == 0
+    with pytest.raises(SettingsError, match=r"cannot resume from .*cells/PGD.*other settings \(attack differ\)"):
+        evaluate_cell(runner, eps8, ("vanilla", None), cell, resume=True)
+    with pytest.raises(SettingsError, match=r"\(defense differ\)"):
+        evaluate_cell(runner, eps4, ("equi", dict(type="equi", preset="fast")), cell, resume=True)
+    other_weights = next(runner.model.parameters())
+    with torch.no_grad():
+        other_weights.add_(1.0)
+        try:
+            with pytest.raises(SettingsError, match=r"\(model differ\)"):
+                evaluate_cell(runner, eps4, ("vanilla", None), cell, resume=True)
+        finally:
+            other_weights.sub_(1.0)
+    replaced = evaluate_cell(runner, eps8, ("vanilla", None), cell)  # no --resume: the ε = 4 records go
+    assert replaced["run_images"] == 2
+    assert evaluate_cell(runner, eps8, ("vanilla", None), cell, resume=True)["run_images"] == 0
+    (cell / ".cell_settings").unlink()  # records from before stamps existed
+    with pytest.raises(SettingsError, match="carry no settings stamp"):
+        evaluate_cell(runner, eps8, ("vanilla", None), cell, resume=True)

@@ -1,5 +1,5 @@
 """The standard robustness evaluation of a defended demo model, in one call (AutoAttack's
-``run_standard_evaluation`` for a test-time defense; SPEC §9).
+``run_standard_evaluation`` for a test-time defense).
 
 Parts, each timed:
 

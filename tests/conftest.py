@@ -188,3 +188,13 @@ def assert_rerenders(tmp_path):
         assert f"with `{meta['command']}`" in (result_json.with_suffix(".md")).read_text()
 
     return check
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped, saying why, on a machine without it."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none found)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

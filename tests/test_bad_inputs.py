@@ -415,7 +415,7 @@ CASES = [
                                                      lambda: build_model(small_cfg(name, "EQUI.THRESHOLD", "0.9"))],
          ValueError, r"EQUI.THRESHOLD = 0.9 does not apply to EQUI.DEFENSE 'equi' \(EquivarianceDefense\); it takes "
          r"EQUI.PRESET, EQUI.TRANSFORMS, EQUI.DEFENSE_STEPS, EQUI.EPS_V, EQUI.STEP_SIZE, EQUI.TRANSFORMS_PER_STEP, "
-         r"EQUI.SEED —", ("d2_dataset",)),
+         r"EQUI.SEED, EQUI.CHUNKED —", ("d2_dataset",)),
     Case("d2-key_the_attack_ignores", lambda name: [
         lambda: equi_settings(small_cfg(name, "EQUI.LAMBDA_E", "20.0")),
         lambda: equi_settings(small_cfg(name, "EQUI.EOT_SAMPLES", "8"))],

@@ -60,5 +60,6 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=1,
                     save_last=True),
     visualization=dict(type='SegVisualizationHook'))
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+# NCCL across GPUs; tools/test.py and tools/train.py switch to gloo on a machine without CUDA.
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
 randomness = dict(seed=0, deterministic=False)

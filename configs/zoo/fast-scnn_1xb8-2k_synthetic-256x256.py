@@ -73,4 +73,5 @@ test_pipeline = [
 train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+# NCCL across GPUs; tools/test.py and tools/train.py switch to gloo on a machine without CUDA.
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))

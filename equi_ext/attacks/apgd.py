@@ -220,15 +220,18 @@ class APGD(Attack):
             grad, track, quality = self.evaluate(cur, targets, loss)
             rises += (track > last_track).float()
             last_track = track
-            better = track > best_loss
-            x_best_loss[better], grad_best[better], best_loss = cur[better], grad[better], torch.maximum(best_loss, track)
-            broken = quality <= best_quality  # ties: the later iterate
-            x_best_adv[broken], best_quality = cur[broken], torch.minimum(best_quality, quality)
+            # per-image choices by torch.where, not boolean indexing: no host sync per step on a GPU
+            better = (track > best_loss).view(view)
+            x_best_loss, grad_best = torch.where(better, cur, x_best_loss), torch.where(better, grad, grad_best)
+            best_loss = torch.maximum(best_loss, track)
+            broken = (quality <= best_quality).view(view)  # ties: the later iterate
+            x_best_adv, best_quality = torch.where(broken, cur, x_best_adv), torch.minimum(best_quality, quality)
             if k + 1 in check_at:
                 halve = step_to_halve(rises, k + 1 - last_check, self.rho, halved_last, best_loss, best_at_last_check)
-                eta[halve] /= 2
-                cur[halve], grad[halve] = x_best_loss[halve], grad_best[halve]  # restart from the best-loss point
-                previous[halve], last_track = cur[halve], torch.where(halve, best_loss, last_track)
+                each = halve.view(view)
+                eta = torch.where(each, eta / 2, eta)
+                cur, grad = torch.where(each, x_best_loss, cur), torch.where(each, grad_best, grad)  # restart there
+                previous, last_track = torch.where(each, cur, previous), torch.where(halve, best_loss, last_track)
                 rises.zero_()
                 last_check, halved_last, best_at_last_check = k + 1, halve, best_loss.clone()
         return x_best_adv, best_quality
@@ -276,6 +279,6 @@ class SEA(APGD):
             if worst is None:
                 worst, worst_quality = current, quality
             else:
-                take = quality < worst_quality
-                worst[take], worst_quality = current[take], torch.minimum(worst_quality, quality)
+                take = (quality < worst_quality).view(-1, *(1,) * (current.dim() - 1))
+                worst, worst_quality = torch.where(take, current, worst), torch.minimum(worst_quality, quality)
         return worst

@@ -73,6 +73,44 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False):
                               f"format): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
 
 
+#: What a pickle of weights as NumPy arrays (Detectron2's model-zoo ``.pkl``) may name: array, dtype and scalar
+#: constructors (NumPy 1 and 2), ordered dicts and the bytes codec of protocol-2 pickles.
+PICKLE_DATA_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"), ("_codecs", "encode"),
+                       *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                         for name in ("_reconstruct", "scalar"))}
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in PICKLE_DATA_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise CheckpointError(f"{module}.{name}")
+
+
+def check_pickled_data(path: str | os.PathLike) -> None:
+    """Read the pickle file ``path`` allowing only NumPy arrays, numbers, strings and containers, so a file that
+    names any other Python object is refused before a loader that unpickles without restriction (Detectron2's
+    ``DetectionCheckpointer`` for ``.pkl`` weights) gets to run it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file names another Python object (which one), or is not a readable pickle.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            _DataOnlyUnpickler(f, encoding="latin1").load()
+    except CheckpointError as err:
+        raise CheckpointError(f"checkpoint {path!r} names the Python object {err}, which loading would have to run "
+                              "as code; equi-ext loads .pkl weights only when they hold NumPy arrays, numbers, "
+                              "strings and containers") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise CheckpointError(f"checkpoint {path!r} is not a readable pickle of weights: {type(err).__name__}: "
+                              f"{err}") from None
+
+
 def load_weights(model: nn.Module, checkpoint: str | os.PathLike | None, *, framework: str) -> None:
     """Load ``checkpoint`` into ``model`` strictly.
 

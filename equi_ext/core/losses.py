@@ -37,6 +37,12 @@ class Objective:
         """(N, K) terms of ``kind`` ('equivariance' or 'invariance')."""
         raise NotImplementedError
 
+    @property
+    def dense(self) -> bool:
+        """Whether :meth:`terms` are the dense terms of the view's own call as a feature_fn: then they can also
+        be computed one transformed copy at a time (``chunked``)."""
+        return False
+
 
 def dense_cosine(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-position cosine over channels, averaged over the valid positions → (N,)."""
@@ -180,9 +186,11 @@ def roi_equivariance(base_rois: Sequence[torch.Tensor], transformed_rois: Sequen
         box-aligned (rotations), so callers fall back to a dense term there.
     """
     n, k = len(base_rois), len(transforms)
-    ref = next((r for r in base_rois if r.numel()), None)
-    device = ref.device if ref is not None else "cpu"
-    zero = torch.zeros((), device=device, dtype=ref.dtype if ref is not None else torch.float32)
+    if not n:
+        raise ValueError("roi_equivariance needs the per-box maps of at least one image")
+    # An image without boxes still has its (0, C, m, m) tensor on the model's device and dtype.
+    device, dtype = base_rois[0].device, base_rois[0].dtype
+    zero = torch.zeros((), device=device, dtype=dtype)
     valid = torch.zeros(n, k, dtype=torch.bool, device=device)
     columns = []
     for j, transform in enumerate(transforms):

@@ -98,8 +98,12 @@ def frozen_model(model: nn.Module | None) -> Iterator[None]:
         for m, flag in training:
             m.training = flag
         with torch.no_grad():
-            for b, saved in buffers:
-                if not torch.equal(b, saved):  # an unchanged buffer keeps its version: graphs built on it stay valid
+            # An unchanged buffer keeps its version, so graphs built on it stay valid; which ones changed is
+            # read in one host transfer, not one synchronisation per buffer.
+            flags = [(b != saved).any() for b, saved in buffers]
+            changed = torch.stack([f.to(flags[0].device) for f in flags]).tolist() if flags else []
+            for (b, saved), differs in zip(buffers, changed):
+                if differs:
                     b.copy_(saved)
 
 
@@ -199,7 +203,7 @@ class EquivarianceDefense:
 
     def _terms(self, feature_fn: FeatureFn | Objective, images: torch.Tensor,
                transforms: Sequence[Transform]) -> torch.Tensor:
-        if isinstance(feature_fn, Objective):
+        if isinstance(feature_fn, Objective) and not (self.chunked and feature_fn.dense):
             return feature_fn.terms(self.objective, images, transforms, self.reduction, self.pixel_range)
         if self.chunked:
             return chunked_terms(self.objective, feature_fn, images, transforms, self.reduction, self.pixel_range)[0]
@@ -211,9 +215,9 @@ class EquivarianceDefense:
         """(N, K) terms at ``images`` (which require grad) and the gradient of their sum
         (differentiable itself with ``create_graph``)."""
         if self.chunked:
-            if isinstance(feature_fn, Objective):
-                raise ValueError(f"chunked=True needs a dense feature_fn; {type(feature_fn).__name__} computes "
-                                 "its own terms (use chunked=False)")
+            if isinstance(feature_fn, Objective) and not feature_fn.dense:
+                raise ValueError(f"chunked=True needs dense features; this {type(feature_fn).__name__} computes "
+                                 "other terms (e.g. per-box mask logits): use chunked=False")
             return chunked_terms(self.objective, feature_fn, images, transforms, self.reduction, self.pixel_range,
                                  gradient=True)
         terms = self._terms(feature_fn, images, transforms)

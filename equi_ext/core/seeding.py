@@ -32,13 +32,21 @@ def image_generators(seed: int, image_seeds: Sequence[int] | None, n: int) -> li
     return [torch.Generator().manual_seed(hash((int(seed), int(s))) & 0x7FFFFFFF) for s in seeds]
 
 
+def _to_device_of(noise: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """CPU-drawn noise onto the images' device; to a GPU through pinned memory, without waiting for the copy."""
+    if images.device.type == "cuda":
+        return noise.pin_memory().to(device=images.device, dtype=images.dtype, non_blocking=True)
+    return noise.to(device=images.device, dtype=images.dtype)
+
+
 def normal_like(images: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Standard normal noise shaped like ``images``, one generator per image."""
+    """Standard normal noise shaped like ``images``, one generator per image (drawn on the CPU, so every
+    device gets the same numbers)."""
     noise = [torch.randn(images.shape[1:], generator=g) for g in generators]
-    return torch.stack(noise).to(device=images.device, dtype=images.dtype)
+    return _to_device_of(torch.stack(noise), images)
 
 
 def uniform_like(images: torch.Tensor, generators: Sequence[torch.Generator], low: float, high: float) -> torch.Tensor:
-    """Uniform noise in [low, high) shaped like ``images``, one generator per image."""
+    """Uniform noise in [low, high) shaped like ``images``, one generator per image (drawn on the CPU)."""
     noise = [torch.rand(images.shape[1:], generator=g) for g in generators]
-    return (low + (high - low) * torch.stack(noise)).to(device=images.device, dtype=images.dtype)
+    return _to_device_of(low + (high - low) * torch.stack(noise), images)

@@ -121,16 +121,16 @@ class Resize(Transform):
         out = self.output_size(tuple(images.shape[-2:]))
         return F.interpolate(images, size=out, mode="bilinear", align_corners=False, antialias=self.scale < 1)
 
-    def _box_factors(self, image_size: Size) -> torch.Tensor:
+    def _box_factors(self, boxes: torch.Tensor, image_size: Size) -> torch.Tensor:
         out_h, out_w = self.output_size(image_size)
         fx, fy = out_w / image_size[1], out_h / image_size[0]
-        return torch.tensor([fx, fy, fx, fy])
+        return boxes.new_tensor([fx, fy, fx, fy])
 
     def apply_boxes(self, boxes: torch.Tensor, image_size: Size) -> torch.Tensor:
-        return boxes * self._box_factors(image_size).to(boxes)
+        return boxes * self._box_factors(boxes, image_size)
 
     def inverse_boxes(self, boxes: torch.Tensor, image_size: Size) -> torch.Tensor:
-        return boxes / self._box_factors(image_size).to(boxes)
+        return boxes / self._box_factors(boxes, image_size)
 
 
 @TRANSFORMS.register("hflip")
@@ -194,7 +194,7 @@ class Rotate(Transform):
         """Positions whose round trip g⁻¹∘g of a map of ones stays 1: inside the view both ways
         and clear of bilinear mixing with the zero fill."""
         self._require_concrete()
-        return _rotation_mask(self.degrees, tuple(size)).to(device)
+        return _rotation_mask(self.degrees, tuple(size), torch.device(device))
 
     def _map_boxes(self, boxes: torch.Tensor, image_size: Size, angle_degrees: float) -> torch.Tensor:
         h, w = image_size
@@ -291,9 +291,12 @@ class ColorJitter(Transform):
 
 
 @functools.lru_cache(maxsize=256)
-def _rotation_mask(degrees: float, size: Size) -> torch.Tensor:
+def _rotation_mask(degrees: float, size: Size, device: torch.device) -> torch.Tensor:
+    """Computed on the CPU, so every device masks the same positions, and copied to ``device`` once."""
+    if device.type != "cpu":
+        return _rotation_mask(degrees, size, torch.device("cpu")).to(device)
     rotate = Rotate(degrees)
-    ones = torch.ones(1, 1, *size)
+    ones = torch.ones(1, 1, *size, device=device)
     return (rotate.inverse(rotate.apply(ones), size) > 0.999).float()
 
 

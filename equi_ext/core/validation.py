@@ -105,3 +105,29 @@ def check_images(images: torch.Tensor, pixel_range: PixelRange = DEFAULT_PIXEL_R
             f"{name} values must lie in pixel_range {pixel_range}; got min {images.min().item():.4g}, "
             f"max {images.max().item():.4g}"
         )
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or the first CUDA GPU when there is one and else the CPU; a device name torch does not know,
+    or CUDA on a machine without it, is a ``SettingsError`` before any model is built."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise SettingsError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"device {device!r} asked for, but torch finds no CUDA GPU on this machine "
+                            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise SettingsError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if resolved.type not in ("cpu", "cuda"):
+        raise SettingsError(f"device {device!r} is not supported: equi-ext runs on 'cpu' or 'cuda'")
+    return resolved
+
+
+def device_name(device: torch.device) -> str:
+    """``device`` as a result page names it: the GPU's model for CUDA."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)

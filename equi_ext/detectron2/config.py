@@ -42,6 +42,9 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     cfg.EQUI.TRANSFORMS_PER_STEP = None  # transforms used per step: an int or 'all'; None = the preset's
     cfg.EQUI.THRESHOLD = None  # detect_then_defend: score under which an image is defended
     cfg.EQUI.SEED = 0
+    # True: forward and back-propagate one transformed copy at a time (same result, a fraction of the memory of
+    # all K copies in one graph; for large images). Dense FPN features only (EQUI.FEATURE fpn).
+    cfg.EQUI.CHUNKED = None
     # What the equivariance is measured on: FPN maps (dense, overlap-masked), per-ROI mask
     # logits (box-aware: boxes mapped through each transform), or both summed.
     cfg.EQUI.FEATURE = "fpn"
@@ -116,5 +119,8 @@ def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -
         cfg.merge_from_list(list(opts))
     if cfg.EQUI.FEATURE not in FEATURES:
         raise ValueError(f"EQUI.FEATURE must be one of {FEATURES}; got {cfg.EQUI.FEATURE!r}")
+    if cfg.EQUI.CHUNKED and cfg.EQUI.FEATURE != "fpn":
+        raise ValueError(f"EQUI.CHUNKED computes dense FPN features one copy at a time; EQUI.FEATURE "
+                         f"{cfg.EQUI.FEATURE!r} compares per-box mask logits: unset EQUI.CHUNKED or use fpn")
     equi_settings(cfg)
     return cfg

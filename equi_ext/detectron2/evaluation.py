@@ -33,6 +33,7 @@ from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..core.checkpoints import check_pickled_data
 from ..core.checkpoints import load_weights as load_checkpoint
 from ..core.metrics import greedy_worst_case
 from ..core.seeding import file_seed
@@ -260,10 +261,12 @@ def build_annotated_test_loader(cfg, dataset: str | list[dict], num_images: int 
 def load_weights(model: torch.nn.Module, weights: str | None) -> None:
     """Load ``weights`` strictly (``equi_ext.core.checkpoints.load_weights``): Detectron2 checkpoints
     (``{"model": state_dict, ...}``) and bare state dicts, fp32 or fp16; Detectron2 model-zoo ``.pkl``
-    files go through ``DetectionCheckpointer`` (name conversion) instead."""
+    files go through ``DetectionCheckpointer`` (name conversion) instead, once ``check_pickled_data`` has found
+    nothing in them but arrays and containers (it unpickles without restriction)."""
     if weights and str(weights).endswith(".pkl") and os.path.isfile(weights):
         from detectron2.checkpoint import DetectionCheckpointer
 
+        check_pickled_data(weights)
         DetectionCheckpointer(model).load(weights)
         return
     load_checkpoint(model, weights, framework="Detectron2")

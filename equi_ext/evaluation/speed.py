@@ -2,15 +2,17 @@
 
 A defense that runs an optimisation at test time costs many forwards; this measures how many, per
 model and batch size, so the cost is stated next to the robustness it buys. For each model — the MMSeg
-demo DeepLabV3 and the Detectron2 demo Mask R-CNN (committed weights, synthetic val images) and,
-optionally, a real-size MMSeg DeepLabV3 R50-D8 at 512×512 (random weights: only the time matters) —
-``benchmark_speed`` times, after a warm-up, a vanilla forward, defended inference for each preset,
-detection-only scoring and PGD, at batch 1 and batch N, and reports median/min/max seconds per image,
-the ratio to the vanilla forward of the same batch size, and the peak RSS above the process's RSS before
-any model was built (``/proc/self/status`` VmHWM, reset per measurement; Linux only). The real-size
-model is timed for one defense step (per-step cost × T; whole runs only for presets that sample
-transforms per step), with the transformed copies batched and chunked (one copy's graph at a time);
-``cityscapes_size`` does the same for the demo model on 1024×2048 images.
+demo DeepLabV3 and the Detectron2 demo Mask R-CNN (committed weights, synthetic val images) and the
+real-size models (MMSeg's DeepLabV3 R50-D8 at 512×512, Detectron2's Mask R-CNN R50-FPN at 800×1333;
+random weights: only the time matters) — ``benchmark_speed`` times, after a warm-up, a vanilla forward,
+defended inference for each preset, detection-only scoring and PGD, at batch 1 and batch N, and reports
+median/min/max seconds per image, the ratio to the vanilla forward of the same batch size, and the peak
+memory: on the CPU the RSS above the process's RSS before any model was built (``/proc/self/status``
+VmHWM, reset per measurement; Linux only), on a GPU the CUDA allocator's peak (each timed call then
+waits for the GPU: ``Meter``). The real-size models are timed for one defense step (per-step cost × T;
+whole runs only for presets that sample transforms per step), with the transformed copies batched and
+chunked (one copy's graph at a time); ``cityscapes_size`` does the same for the demo model on
+1024×2048 images.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from ..assets import ASSETS, WORKSPACE
 from ..attacks import PGD
 from ..core.optimizer import PRESETS, EquivarianceDefense
-from ..core.validation import SettingsError
+from ..core.validation import SettingsError, device_name, resolve_device
 from ..reporting import Report
 from .demo import D2_CONFIG
 
@@ -44,29 +46,72 @@ def _status_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def peak_rss_mib(fn: Callable[[], object], baseline_kib: int) -> float:
-    """Peak resident memory while ``fn`` runs, above ``baseline_kib``, in MiB (Linux)."""
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    fn()
-    return (_status_kib("VmHWM") - baseline_kib) / 1024
+class Meter:
+    """Clock and memory gauge of one device.
+
+    CUDA runs kernels asynchronously: a timer read when the Python call returns measures the queueing, not the
+    work, so every timed call starts and ends with a synchronize, and memory is the caching allocator's peak
+    above what was allocated before the call (``max_memory_allocated``). On the CPU, memory is the process's
+    peak RSS above ``baseline_kib`` (its RSS before any model was built; Linux). ``cuda`` is the interface the
+    CUDA calls go to (``torch.cuda``; a stand-in in tests).
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", baseline_kib: int | None = None, cuda=torch.cuda) -> None:
+        self.device = torch.device(device)
+        self.on_cuda = self.device.type == "cuda"
+        self.cuda = cuda
+        self.baseline_kib = 0 if self.on_cuda else (_status_kib("VmRSS") if baseline_kib is None else baseline_kib)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> Meter:
+        """The meter of the device holding ``model``'s first parameter."""
+        return cls(next(model.parameters()).device)
+
+    @property
+    def memory(self) -> str:
+        return "peak CUDA memory allocated" if self.on_cuda else "peak RSS"
+
+    def synchronize(self) -> None:
+        if self.on_cuda:
+            self.cuda.synchronize(self.device)
+
+    def seconds(self, fn: Callable[[], object]) -> float:
+        self.synchronize()
+        start = time.perf_counter()
+        fn()
+        self.synchronize()
+        return time.perf_counter() - start
+
+    def peak_mib(self, fn: Callable[[], object]) -> float:
+        """Peak memory while ``fn`` runs, in MiB."""
+        if self.on_cuda:
+            self.synchronize()
+            self.cuda.reset_peak_memory_stats(self.device)
+            before = self.cuda.memory_allocated(self.device)
+            fn()
+            self.synchronize()
+            return (self.cuda.max_memory_allocated(self.device) - before) / 2**20
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        fn()
+        return (_status_kib("VmHWM") - self.baseline_kib) / 1024
 
 
-def timed(fn: Callable[[], object], repeats: int, per: int) -> dict:
+def timed(fn: Callable[[], object], repeats: int, per: int, meter: Meter | None = None) -> dict:
     """Median/min/max seconds per item over ``repeats`` calls of ``fn`` (after one warm-up)."""
-    return timed_together([fn], repeats, per)[0]
+    return timed_together([fn], repeats, per, meter)[0]
 
 
-def timed_together(fns: list[Callable[[], object]], repeats: int, per: int) -> list[dict]:
+def timed_together(fns: list[Callable[[], object]], repeats: int, per: int, meter: Meter | None = None) -> list[dict]:
     """``timed`` for several functions whose calls alternate (one warm-up each, then ``repeats`` rounds of one
-    call each), so a change in the machine's load moves all of them alike and their ratios stay fair."""
+    call each), so a change in the machine's load moves all of them alike and their ratios stay fair. ``meter``:
+    the device the calls run on (default: the CPU)."""
+    meter = meter or Meter(baseline_kib=0)
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, record in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            record.append((time.perf_counter() - start) / per)
+            record.append(meter.seconds(fn) / per)
     return [dict(median=statistics.median(t), min=min(t), max=max(t)) for t in times]
 
 
@@ -83,14 +128,14 @@ class Case:
     model: torch.nn.Module
 
 
-def mmseg_demo_case(batch: int, size: tuple[int, int] | None = None) -> Case:
+def mmseg_demo_case(batch: int, size: tuple[int, int] | None = None, device: str | torch.device = "cpu") -> Case:
     from ..attacks import pixel_cross_entropy
     from ..mmseg import configure
     from .demo import DATA, build_demo_runner, ensure_data
 
     ensure_data()
     runner = build_demo_runner(DATA, batch, WORKSPACE / "work_dirs/benchmark_speed/mmseg")
-    model = runner.model.eval()
+    model = runner.model.eval().to(device)
     rt = configure(model, defense="equi")
     samples = [next(iter([item])) for item in runner.test_dataloader.dataset][:batch]
     data = model.data_preprocessor(dict(inputs=[s["inputs"] for s in samples],
@@ -114,20 +159,21 @@ def mmseg_demo_case(batch: int, size: tuple[int, int] | None = None) -> Case:
                 lambda n: labels[:n], model)
 
 
-def detectron2_demo_case(batch: int) -> Case:
+def detectron2_demo_case(batch: int, device: str | torch.device = "cpu") -> Case:
     from detectron2.modeling import build_model
 
     from ..detectron2 import load_config, register_synthetic_shapes
     from ..detectron2.evaluation import build_annotated_test_loader, load_weights
 
     cfg = load_config(D2_CONFIG)
+    cfg.MODEL.DEVICE = str(device)
     names = register_synthetic_shapes(WORKSPACE / cfg.EQUI.SYNTHETIC_ROOT)
     model = build_model(cfg).eval()
     load_weights(model, str(WORKSPACE / cfg.MODEL.WEIGHTS))
     model.scenario = "clean"  # its own inference stays stock; the benchmark applies the defenses itself
     inputs = [b[0] for b, _ in zip(build_annotated_test_loader(cfg, names[-1], batch), range(batch))]
     pixels = torch.stack([model.to_pixels(x["image"]) for x in inputs])
-    targets = [x["instances"] for x in inputs]
+    targets = [x["instances"].to(pixels.device) for x in inputs]
 
     def vanilla(x: torch.Tensor):
         return model.inference([{"image": model.to_image(p)} for p in x], do_postprocess=False)
@@ -136,16 +182,17 @@ def detectron2_demo_case(batch: int) -> Case:
                 lambda x, t: model.task_loss(x, t), lambda n: targets[:n], model)
 
 
-def real_size_case() -> Case:
+def real_size_case(device: str | torch.device = "cpu") -> Case:
+    """MMSeg's DeepLabV3 R50-D8 of the VOC config at 512×512, random weights."""
     from mmengine.config import Config
     from mmseg.registry import MODELS
 
     from ..mmseg import configure
 
     cfg = Config.fromfile(str(ASSETS / "configs/deeplabv3_voc_equi.py"))
-    model = MODELS.build(cfg.model).eval()
+    model = MODELS.build(cfg.model).eval().to(device)
     rt = configure(model, defense="equi", attack=None)
-    pixels = torch.rand(1, 3, 512, 512) * 255
+    pixels = (torch.rand(1, 3, 512, 512) * 255).to(device)  # drawn on the CPU: the same images on any device
 
     def vanilla(x: torch.Tensor):
         return model.encode_decode(rt.pixels.to_inputs(x), [dict(img_shape=x.shape[-2:])] * x.shape[0])
@@ -154,11 +201,35 @@ def real_size_case() -> Case:
                 lambda x, t: x.sum(), lambda n: None, model)
 
 
+def real_size_detectron2_case(device: str | torch.device = "cpu", size: tuple[int, int] = (800, 1333)) -> Case:
+    """Detectron2's Mask R-CNN R50-FPN of the COCO config at ``size`` (its test size), random weights."""
+    from detectron2.modeling import build_model
+
+    from ..detectron2 import load_config
+
+    cfg = load_config(str(ASSETS / "configs/mask_rcnn_R_50_FPN_coco_equi.yaml"))
+    cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = "", str(device)
+    model = build_model(cfg).eval()
+    model.scenario = "clean"
+    pixels = (torch.rand(1, 3, *size) * 255).to(device)
+
+    def vanilla(x: torch.Tensor):
+        return model.inference([{"image": model.to_image(p)} for p in x], do_postprocess=False)
+
+    fpn = model.objective(pixels[:1])  # as a plain function of pixels: the dense FPN maps, so chunking applies
+    return Case(f"Detectron2 Mask R-CNN R50-FPN ({size[0]}×{size[1]}, random weights)", pixels, vanilla,
+                lambda x: fpn(x), lambda x, t: x.sum(), lambda n: None, model)
+
+
+#: The real-size models ``benchmark_speed`` times per defense step (random weights: only time and memory matter).
+REAL_SIZE_MODELS = {"mmseg": real_size_case, "detectron2": real_size_detectron2_case}
+
+
 def defense_for(preset: str, **overrides) -> EquivarianceDefense:
     return EquivarianceDefense(preset=preset, **overrides)
 
 
-def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_kib: int,
+def bench_batch(case: Case, n: int, presets: list[str], repeats: int, meter: Meter,
                 attack_steps: int, levers: bool = False, compile_features: bool = False) -> list[dict]:
     """Every measurement on the first ``n`` images of ``case``; with ``levers`` also the speed levers the defense
     could pull: channels_last weights (vanilla and the last preset; same values, last bits), bf16 autocast
@@ -171,60 +242,65 @@ def bench_batch(case: Case, n: int, presets: list[str], repeats: int, baseline_k
 
     def row(what: str, t: dict, peak: float | None = None) -> None:
         rows.append(dict(model=case.name, batch=n, what=what, **t, ratio=t["median"] / vanilla["median"],
-                         peak_rss_mib=peak))
+                         peak_mib=peak))
 
     def defended_prediction(defense: EquivarianceDefense, features=case.features) -> Callable[[], object]:
         """The timed call: defend the batch through ``features``, then predict on the restored images."""
         return lambda: case.vanilla(defense(x, features, model=case.model, compute_score=False).images)
 
     with torch.no_grad():
-        vanilla = timed(lambda: case.vanilla(x), repeats, n)
-        row("vanilla forward", vanilla, peak_rss_mib(lambda: case.vanilla(x), baseline_kib))
+        vanilla = timed(lambda: case.vanilla(x), repeats, n, meter)
+        row("vanilla forward", vanilla, meter.peak_mib(lambda: case.vanilla(x)))
         for preset in presets:
             defense = defense_for(preset)
             defended = defended_prediction(defense)
             row(f"defended ({preset}: T={defense.steps}, K={len(defense.transforms)})",
-                timed(defended, repeats, n), peak_rss_mib(defended, baseline_kib))
+                timed(defended, repeats, n, meter), meter.peak_mib(defended))
         scorer = defense_for(presets[0])
-        row(f"detection score only ({presets[0]} transforms)", timed(lambda: scorer.score(x, case.features), repeats, n))
+        row(f"detection score only ({presets[0]} transforms)",
+            timed(lambda: scorer.score(x, case.features), repeats, n, meter))
         attack = PGD(loss_fn=case.loss_fn, eps=4, steps=attack_steps)
-        row(f"PGD-{attack_steps} attack", timed(lambda: attack(x, targets), max(1, repeats // 2), n))
+        row(f"PGD-{attack_steps} attack", timed(lambda: attack(x, targets), max(1, repeats // 2), n, meter))
         if levers:
             defense = defense_for(presets[-1])
             try:  # the weights' layout only: the values, and so the outputs up to last bits, stay
                 case.model.to(memory_format=torch.channels_last)
-                row("vanilla forward, channels_last weights", timed(lambda: case.vanilla(x), repeats, n))
-                row(f"defended ({presets[-1]}), channels_last weights", timed(defended_prediction(defense), repeats, n))
+                row("vanilla forward, channels_last weights", timed(lambda: case.vanilla(x), repeats, n, meter))
+                row(f"defended ({presets[-1]}), channels_last weights",
+                    timed(defended_prediction(defense), repeats, n, meter))
             finally:
                 case.model.to(memory_format=torch.contiguous_format)
-            with torch.autocast("cpu", dtype=torch.bfloat16):  # one call: far slower without bf16 instructions
-                row("vanilla forward, bf16 autocast", timed(lambda: case.vanilla(x), 1, n))
+            # one call: on a CPU without bf16 instructions it is far slower
+            with torch.autocast(meter.device.type, dtype=torch.bfloat16):
+                row("vanilla forward, bf16 autocast", timed(lambda: case.vanilla(x), 1, n, meter))
     if compile_features:  # its first call compiles (once per input shape), so it is timed apart
         import torch._inductor.config as inductor_config
 
         defense = defense_for(presets[-1])
         compiled_defended = defended_prediction(defense, torch.compile(case.features))
-        start = time.perf_counter()
         with inductor_config.patch(force_disable_caches=True):  # cold, as a user's first run: no on-disk cache hits
-            compiled_defended()
-        first = (time.perf_counter() - start) / n
+            first = meter.seconds(compiled_defended) / n
         row(f"defended ({presets[-1]}), torch.compile features: first call (compiles)",
             dict(median=first, min=first, max=first))
-        eager, compiled = timed_together([defended_prediction(defense), compiled_defended], repeats, n)
+        eager, compiled = timed_together([defended_prediction(defense), compiled_defended], repeats, n, meter)
         row(f"defended ({presets[-1]}), eager, timed with the compiled", eager)
         row(f"defended ({presets[-1]}), torch.compile features, after compiling", compiled)
     return rows
 
 
 def preprocessed_batches(data_root: Path, num_images: int, batch_size: int, work_dir: Path,
-                         checkpoint: Path | None = None, config: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
+                         checkpoint: Path | None = None, config: Path | None = None,
+                         device: str | torch.device | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """The eval-mode model of ``config`` (default: the demo's) and its first ``num_images`` test images of
-    ``data_root``, loaded and preprocessed once in batches of ``batch_size``, ready for ``model.predict``."""
+    ``data_root``, loaded and preprocessed once in batches of ``batch_size``, ready for ``model.predict``, on
+    ``device`` (default: where MMEngine's runner put the model)."""
     from .demo import CHECKPOINT, CONFIG, build_demo_runner
 
     runner = build_demo_runner(data_root, num_images, work_dir, checkpoint or CHECKPOINT, batch_size=batch_size,
                                config=config or CONFIG)
     model = runner.model.eval()
+    if device is not None:
+        model.to(device)
     return model, [model.data_preprocessor(b, False) for b in runner.test_dataloader]
 
 
@@ -248,7 +324,7 @@ def alternating_predictions(model: torch.nn.Module, batches: list[dict], defense
                         flagged += int(rt.defense.last_flagged.sum())
             return flagged
 
-        times = timed_together([functools.partial(predict, v) for v in variants], repeats, images)
+        times = timed_together([functools.partial(predict, v) for v in variants], repeats, images, Meter.of(model))
         return [(t, predict(v)) for t, v in zip(times, variants)]
 
 
@@ -276,12 +352,12 @@ def alternating_detectron2_predictions(model: torch.nn.Module, batches: list[lis
                 model.inference(inputs)
 
     stock, defended = timed_together([functools.partial(predict, "clean"),
-                                      functools.partial(predict, "clean_defended")], repeats, images)
+                                      functools.partial(predict, "clean_defended")], repeats, images, Meter.of(model))
     return stock, defended
 
 
 def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transforms: list[str], percentile: float,
-                        preset: str, repeats: int, work_dir: Path) -> list[dict]:
+                        preset: str, repeats: int, work_dir: Path, device: str | torch.device = "cpu") -> list[dict]:
     """Detect-then-defend as a service sees clean traffic: the whole MMSeg prediction (``predict`` through the
     runtime) of the first ``num_images`` val images at each batch size, against the stock prediction of the
     same batches, with the threshold fixed on the tuning split (its ``percentile``-th clean score) and the
@@ -297,29 +373,29 @@ def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transf
     rows = []
     for n in batch_sizes:
         logger.info("timing detect-then-defend on %d clean val images at batch %d", num_images, n)
-        model, batches = preprocessed_batches(DATA, num_images, n, work_dir / f"clean_traffic_b{n}")
+        model, batches = preprocessed_batches(DATA, num_images, n, work_dir / f"clean_traffic_b{n}", device=device)
         name = f"MMSeg demo DeepLabV3 (R18c16-D8, 128×128), {num_images} clean val images"
         (vanilla, _), *defended = alternating_predictions(model, batches, dtd, [
             dict(scenario="clean"), dict(reuse_backbone=True), dict(reuse_backbone=False)], repeats)
-        rows.append(dict(model=name, batch=n, what="vanilla prediction", **vanilla, ratio=1.0, peak_rss_mib=None))
+        rows.append(dict(model=name, batch=n, what="vanilla prediction", **vanilla, ratio=1.0, peak_mib=None))
         for reuse, (t, flagged) in zip((True, False), defended):
             rows.append(dict(model=name, batch=n, what=(
                 f"detect-then-defend ({', '.join(detector_transforms)} score < {threshold:.3f}, the {percentile:g}th "
                 f"percentile of the tuning split; {flagged}/{num_images} flagged, defended {preset}; backbone "
                 f"{'reused from the score' if reuse else 'recomputed'})"), **t, ratio=t["median"] / vanilla["median"],
-                peak_rss_mib=None))
+                peak_mib=None))
     return rows
 
 
-def bench_per_step(case: Case, presets: list[str], baseline_kib: int) -> list[dict]:
+def bench_per_step(case: Case, presets: list[str], meter: Meter) -> list[dict]:
     """One image: one timed defense step per preset, batched and chunked (after one warm-up
-    step), reported as per-step cost × T + a vanilla forward; peak RSS of one step."""
+    step), reported as per-step cost × T + a vanilla forward; peak memory of one step."""
     rows = []
     x = case.pixels[:1]
     with torch.no_grad():
-        vanilla = timed(lambda: case.vanilla(x), 2, 1)
+        vanilla = timed(lambda: case.vanilla(x), 2, 1, meter)
         rows.append(dict(model=case.name, batch=1, what="vanilla forward", **vanilla, ratio=1.0,
-                         peak_rss_mib=peak_rss_mib(lambda: case.vanilla(x), baseline_kib)))
+                         peak_mib=meter.peak_mib(lambda: case.vanilla(x))))
         for preset, chunked in itertools.product(presets, (False, True)):
             steps = PRESETS[preset]["steps"]
             # A preset that samples transforms per step is timed over its whole schedule (all T
@@ -331,22 +407,24 @@ def bench_per_step(case: Case, presets: list[str], baseline_kib: int) -> list[di
                 defense(x, case.features, model=case.model, compute_score=False)
 
             # Memory first: the timing's warm-up then also covers allocator growth.
-            peak = peak_rss_mib(step, baseline_kib)
-            t = {k: v / timed_steps for k, v in timed(step, 1, 1).items()}
+            peak = meter.peak_mib(step)
+            t = {k: v / timed_steps for k, v in timed(step, 1, 1, meter).items()}
             per_step = t["median"]
             total = per_step * steps + vanilla["median"]
             label = f"defended ({preset}{', chunked' if chunked else ''}: {per_step:.1f} s/step × T={steps})"
             rows.append(dict(model=case.name, batch=1, what=label, median=total, min=t["min"] * steps + vanilla["min"],
-                             max=t["max"] * steps + vanilla["max"], ratio=total / vanilla["median"], peak_rss_mib=peak))
+                             max=t["max"] * steps + vanilla["max"], ratio=total / vanilla["median"], peak_mib=peak))
     return rows
 
 
 def render(data: dict) -> str:
     """The speed page: seconds per image (median, min, max over the timed calls), ratio, peak memory."""
-    lines = ["| model | batch | measurement | s/image (median) | min | max | × vanilla | peak RSS (MiB) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"Device: {data['device']}.", ""] if "device" in data else []  # results written before name none
+    lines += [f"| model | batch | measurement | s/image (median) | min | max | × vanilla | "
+              f"{data.get('memory', 'peak RSS')} (MiB) |", "|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
-        rss = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") is not None else "—"
+        peak = r.get("peak_mib", r.get("peak_rss_mib"))  # results written before CUDA support name it after RSS
+        rss = f"{peak:.0f}" if peak is not None else "—"
         lines.append(f"| {r['model']} | {r['batch']} | {r['what']} | {r['median']:.3f} | {r['min']:.3f} "
                      f"| {r['max']:.3f} | {r['ratio']:.1f} | {rss} |")
     return "\n".join(lines) + "\n"
@@ -356,23 +434,26 @@ REPORT = Report(render)
 
 
 def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | None = None, attack_steps: int = 10,
-                    skip_real: bool = False, compile_features: bool = False, detector_transforms: list[str] | None = None,
+                    real_models: list[str] = ("mmseg",), compile_features: bool = False,
+                    detector_transforms: list[str] | None = None,
                     detector_percentile: float = 5.0, clean_traffic_images: int = 16, cityscapes_size: bool = False,
-                    models: list[str] = DEMO_MODELS,
+                    models: list[str] = DEMO_MODELS, device: str | torch.device | None = None,
                     work_dir: str | Path = WORKSPACE / "work_dirs/benchmark_speed",
                     command: str | None = None) -> list[dict]:
     """Time the demo ``models`` at batch 1 and ``batch`` (``repeats`` timed calls after a warm-up; PGD with
     ``attack_steps`` steps) for each defense preset of ``presets`` (default: ``default`` and ``fast``), then
-    the per-step rows (``cityscapes_size``; the real-size model unless ``skip_real``); ``compile_features`` adds
+    the per-step rows (``cityscapes_size``; the ``real_models``: MMSeg's R50-D8 at 512×512, Detectron2's R50-FPN
+    Mask R-CNN at 800×1333); ``compile_features`` adds
     ``torch.compile`` of the MMSeg demo's feature function to its speed levers. ``detector_transforms``
     adds, for the MMSeg demo model only, detect-then-defend on ``clean_traffic_images`` clean val images at batch
     1 and ``batch`` (``bench_clean_traffic``; threshold: the ``detector_percentile``-th percentile of the tuning
-    split's clean scores; flagged images defended with the last preset). Writes
-    ``work_dir/benchmark_speed.{md,json}`` (with the machine: the result's provenance) and returns the rows.
+    split's clean scores; flagged images defended with the last preset). Every model runs on ``device``
+    (default: the GPU when there is one). Writes ``work_dir/benchmark_speed.{md,json}`` (with the machine: the
+    result's provenance) and returns the rows.
 
     Raises:
-        ValueError: unknown presets or models, or ``batch`` / ``repeats`` / ``attack_steps`` < 1, before
-            any model is built.
+        ValueError: unknown presets, models or device, or ``batch`` / ``repeats`` / ``attack_steps`` < 1,
+            before any model is built.
     """
     presets = list(presets) if presets is not None else [p for p in ("default", "fast") if p in PRESETS]
     unknown = [p for p in presets if p not in PRESETS]
@@ -381,28 +462,34 @@ def benchmark_speed(*, batch: int = 8, repeats: int = 3, presets: list[str] | No
     unknown = [m for m in models if m not in DEMO_MODELS]
     if unknown:
         raise SettingsError(f"unknown models {unknown}; valid: {list(DEMO_MODELS)}")
+    unknown = [m for m in real_models if m not in REAL_SIZE_MODELS]
+    if unknown:
+        raise SettingsError(f"unknown real-size models {unknown}; valid: {list(REAL_SIZE_MODELS)}")
     if batch < 1 or repeats < 1 or attack_steps < 1:
         raise SettingsError(f"batch, repeats and attack_steps must be >= 1; got {batch}, {repeats}, {attack_steps}")
     if detector_transforms and not (0 <= detector_percentile <= 100 and clean_traffic_images >= 1):
         raise SettingsError(f"detector_percentile must be in [0, 100] and clean_traffic_images >= 1; got "
                             f"{detector_percentile}, {clean_traffic_images}")
-    baseline = _status_kib("VmRSS")
+    device = resolve_device(device)
+    meter = Meter(device)  # on the CPU: the RSS before any model is built is the baseline
     torch.manual_seed(0)
     builders = {"mmseg": mmseg_demo_case, "detectron2": detectron2_demo_case}
     rows: list[dict] = []
     for name in models:
-        case = builders[name](batch)
+        case = builders[name](batch, device=device)
         for n in (1, batch):
-            logger.info("timing the %s demo model at batch %d", name, n)
-            rows += bench_batch(case, n, presets, repeats, baseline, attack_steps, levers=name == "mmseg",
+            logger.info("timing the %s demo model at batch %d on %s", name, n, device)
+            rows += bench_batch(case, n, presets, repeats, meter, attack_steps, levers=name == "mmseg",
                                 compile_features=compile_features and name == "mmseg")
         if name == "mmseg" and detector_transforms:
             rows += bench_clean_traffic(sorted({1, batch}), clean_traffic_images, list(detector_transforms),
-                                        detector_percentile, presets[-1], repeats, Path(work_dir))
+                                        detector_percentile, presets[-1], repeats, Path(work_dir), device)
     if cityscapes_size:
         logger.info("timing one defense step at 1024×2048")
-        rows += bench_per_step(mmseg_demo_case(1, size=(1024, 2048)), presets, baseline)
-    if not skip_real:
-        rows += bench_per_step(real_size_case(), presets, baseline)
-    REPORT.write(work_dir, "benchmark_speed", dict(rows=rows), command=command)
+        rows += bench_per_step(mmseg_demo_case(1, size=(1024, 2048), device=device), presets, meter)
+    for name in real_models:
+        logger.info("timing one defense step of the real-size %s model on %s", name, device)
+        rows += bench_per_step(REAL_SIZE_MODELS[name](device), presets, meter)
+    REPORT.write(work_dir, "benchmark_speed", dict(rows=rows, device=device_name(device), memory=meter.memory),
+                 command=command)
     return rows

@@ -102,6 +102,21 @@ def image_tensors(runner, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]
     return pixels, data_sample.gt_sem_seg.data.long(), data_sample.metainfo
 
 
+def host_array(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor of any device as a NumPy array, for plotting."""
+    return tensor.detach().cpu().numpy()
+
+
+def reversed_prediction(transform: Transform, logits: torch.Tensor, labels: torch.Tensor,
+                        ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """g⁻¹ of the logits of g(x) as a prediction, and the labels it is scored against: both set to
+    ``ignore_index`` where g⁻¹∘g loses the image (a rotation's corners), on the labels' device."""
+    size = tuple(labels.shape[-2:])
+    lost = ~transform.valid_mask(size, labels.device).bool()[0]
+    pred = transform.inverse(logits, size).argmax(dim=1)
+    return pred.masked_fill(lost, ignore_index), labels.masked_fill(lost, ignore_index)
+
+
 def analyse_image(runner, pipeline: EquiPipeline, index: int, names: dict[str, str]) -> tuple[list[Panel], dict]:
     """The panels of one image and its numbers: per-panel mIoU, equivariance scores and map ranges."""
     from ..mmseg import runtime
@@ -125,26 +140,21 @@ def analyse_image(runner, pipeline: EquiPipeline, index: int, names: dict[str, s
     restored, _ = pipeline.run(adv, attack=False, defend=True, features=rt.features, model=model, seeds=seeds)
 
     miou, scores, map_range = {}, {}, {}
-    label_np = labels[0].numpy()
-    panels = [Panel(names["input"], "input", "image", pixels[0].permute(1, 2, 0).round().byte().numpy()),
-              Panel(names["gt"], "ground truth", "labels", label_np)]
+    panels = [Panel(names["input"], "input", "image", host_array(pixels[0].permute(1, 2, 0).round().byte())),
+              Panel(names["gt"], "ground truth", "labels", host_array(labels[0]))]
 
-    def prediction(key: str, name: str, title: str, logits: torch.Tensor, valid: torch.Tensor | None = None):
-        pred = logits.argmax(dim=1)
-        target = labels if valid is None else labels.masked_fill(~valid, ignore)
+    def prediction(key: str, name: str, title: str, pred: torch.Tensor, target: torch.Tensor = labels):
         miou[key] = mean_iou(pred, target, num_classes, ignore)
-        shown = pred if valid is None else pred.masked_fill(~valid, ignore)
-        panels.append(Panel(name, f"{title}\nmIoU {miou[key]:.1f}", "labels", shown[0].numpy()))
+        panels.append(Panel(name, f"{title}\nmIoU {miou[key]:.1f}", "labels", host_array(pred[0])))
 
     with torch.no_grad():
         (base,), outputs = transformed_features(logits_fn, pixels, transforms)
-        prediction("clean", names["clean"], "clean", base)
+        prediction("clean", names["clean"], "clean", base.argmax(dim=1))
         for transform, (out,) in zip(transforms, outputs):
             key = transform_label(transform)
-            valid = transform.valid_mask(size).bool()[0]
-            prediction(key, names[key], f"g⁻¹∘C∘F∘g, {key}", transform.inverse(out, size), valid)
-        prediction("attacked", names["attacked"], f"PGD-{pipeline.attack_cfg['steps']}", logits_fn(adv))
-        prediction("restored", names["restored"], "restored", logits_fn(restored))
+            prediction(key, names[key], f"g⁻¹∘C∘F∘g, {key}", *reversed_prediction(transform, out, labels, ignore))
+        prediction("attacked", names["attacked"], f"PGD-{pipeline.attack_cfg['steps']}", logits_fn(adv).argmax(dim=1))
+        prediction("restored", names["restored"], "restored", logits_fn(restored).argmax(dim=1))
         for key, x in zip(MAPS, (pixels, adv, restored)):
             feats = transformed_features(rt.features, x, transforms)
             scores[key] = float(equivariance_from_maps(*feats, transforms).mean())
@@ -152,7 +162,7 @@ def analyse_image(runner, pipeline: EquiPipeline, index: int, names: dict[str, s
             finite = emap[~emap.isnan()]
             map_range[key] = dict(mean=float(finite.mean()), min=float(finite.min()), max=float(finite.max()))
             panels.append(Panel(names[f"map_{key}"], f"equivariance, {key}\nscore {scores[key]:.3f}", "map",
-                                emap.numpy()))
+                                host_array(emap)))
     numbers = dict(index=index, img_path=Path(meta["img_path"]).name, miou=miou, score=scores, map=map_range,
                    linf_attack=float((adv - pixels).abs().max()), linf_restore=float((restored - adv).abs().max()))
     return panels, numbers

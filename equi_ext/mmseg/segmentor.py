@@ -70,12 +70,20 @@ class PixelSpace:
     """Convert between the preprocessor's normalised inputs and RGB pixels in [0, 255]."""
 
     def __init__(self, preprocessor: Any) -> None:
-        normalise = getattr(preprocessor, "_enable_normalize", False)
-        self.mean = preprocessor.mean if normalise else None
-        self.std = preprocessor.std if normalise else None
+        self._preprocessor = preprocessor
+        self._normalise = getattr(preprocessor, "_enable_normalize", False)
         # Images are loaded BGR; only a channel conversion makes the model's inputs RGB.
         self.swap = not getattr(preprocessor, "channel_conversion", False)
         self.pad_val = float(getattr(preprocessor, "pad_val", 0))
+
+    # Read from the preprocessor at each call: its buffers follow a later ``model.to(device)``.
+    @property
+    def mean(self) -> torch.Tensor | None:
+        return self._preprocessor.mean if self._normalise else None
+
+    @property
+    def std(self) -> torch.Tensor | None:
+        return self._preprocessor.std if self._normalise else None
 
     def to_pixels(self, inputs: torch.Tensor) -> torch.Tensor:
         """RGB pixels of ``inputs``; values outside [0, 255] (beyond rounding) or NaN/inf are an error,

@@ -107,6 +107,29 @@ def test_a_checkpoint_cannot_run_code_and_unreadable_files_are_named(tmp_path):
         assert torch.equal(value, before[name]), name
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_pickled_weights_are_read_as_data_before_an_unrestricted_loader_sees_them(tmp_path, protocol):
+    """Detectron2's model-zoo .pkl files (NumPy arrays in dicts) pass; one that names code is refused unrun."""
+    import collections
+    import pickle
+
+    from equi_ext.core.checkpoints import check_pickled_data
+
+    weights = {"model": collections.OrderedDict(w=np.ones((2, 3), np.float32), n=np.arange(3), s=np.float64(2.5)),
+               "__author__": "Detectron2 Model Zoo"}
+    (tmp_path / "zoo.pkl").write_bytes(pickle.dumps(weights, protocol=protocol))
+    check_pickled_data(tmp_path / "zoo.pkl")
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"model": weights["model"], "x": MakesADirectory(marker)},
+                                                     protocol=protocol))
+    with pytest.raises(CheckpointError, match=r"evil.pkl' names the Python object \S*mkdir, which loading would"):
+        check_pickled_data(tmp_path / "evil.pkl")
+    assert not marker.exists()
+    (tmp_path / "cut.pkl").write_bytes((tmp_path / "zoo.pkl").read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="cut.pkl' is not a readable pickle of weights"):
+        check_pickled_data(tmp_path / "cut.pkl")
+
+
 def test_export_weights_keeps_only_tensors_and_unpickles_code_only_when_trusted(tmp_path):
     import importlib.util
     from pathlib import Path

@@ -287,7 +287,7 @@ def test_chunked_refuses_an_objective_with_its_own_terms(toy_task):
         def terms(self, kind, images, transforms, reduction, pixel_range):
             return equivariance_terms(toy_task.model.features, images, transforms, reduction, pixel_range)
 
-    with pytest.raises(ValueError, match="chunked=True needs a dense feature_fn"):
+    with pytest.raises(ValueError, match="chunked=True needs dense features; this Custom computes other terms"):
         EquivarianceDefense(chunked=True, steps=1)(toy_task.images[:1], Custom())
     with pytest.raises(TypeError, match="chunked must be True or False"):
         EquivarianceDefense(chunked="yes")
@@ -417,8 +417,8 @@ def test_the_defense_checks_images_in_its_own_pixel_range_and_names_what_cannot_
                                                                           differentiable=True)
     from equi_ext.core.losses import Objective
 
-    with pytest.raises(ValueError, match=r"^chunked=True needs a dense feature_fn; Objective computes its own terms "
-                                         r"\(use chunked=False\)$"):
+    with pytest.raises(ValueError, match=r"^chunked=True needs dense features; this Objective computes other terms "
+                                         r"\(e.g. per-box mask logits\): use chunked=False$"):
         EquivarianceDefense(steps=1, transforms=["hflip"], chunked=True)(images, Objective())
     assert repr(defense) == ("EquivarianceDefense(K=1, steps=1, eps_v=2.0, step_size=1.0, optimizer='sgld', "
                              "resample='fixed', transforms_per_step=1)")

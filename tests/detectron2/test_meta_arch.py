@@ -225,6 +225,28 @@ def test_bad_settings_fail_at_build_time(coco_fixture, opts, error, match):
         build_model(small_cfg(coco_fixture[1], *opts))
 
 
+def test_chunked_defense_on_fpn_features_takes_the_same_steps(small):
+    """EQUI.CHUNKED: one transformed copy per graph gives the terms and gradient of all copies in one graph."""
+    from equi_ext.core.optimizer import EquivarianceDefense
+
+    _, model = small
+    pixels = (torch.rand(2, 3, FIXTURE_SIZE, FIXTURE_SIZE) * 255).requires_grad_(True)
+    transforms = [HFlip(), Resize(0.5), Rotate(10.0)]
+    objective = MaskRCNNObjective(model, model.image_list)
+    whole, chunked = EquivarianceDefense(preset="fast"), EquivarianceDefense(preset="fast", chunked=True)
+    terms, grad = whole._terms_and_gradient(objective, pixels, transforms)
+    terms_c, grad_c = chunked._terms_and_gradient(objective, pixels, transforms)
+    torch.testing.assert_close(terms_c, terms)  # float32 sums in another order: last bits
+    torch.testing.assert_close(grad_c, grad, rtol=1e-4, atol=1e-6 * grad.abs().max().item())
+    with_boxes = MaskRCNNObjective(model, model.image_list, boxes=[torch.zeros(0, 4)] * 2)
+    with pytest.raises(ValueError, match="chunked=True needs dense features; this MaskRCNNObjective"):
+        chunked._terms_and_gradient(with_boxes, pixels, transforms)
+    cfg = load_config(DEMO_EQUI_YAML, ["EQUI.CHUNKED", "True"])
+    assert equi_settings(cfg)["defense"]["chunked"] is True
+    with pytest.raises(ValueError, match="EQUI.CHUNKED computes dense FPN features"):
+        load_config(DEMO_EQUI_YAML, ["EQUI.CHUNKED", "True", "EQUI.FEATURE", "mask_logits"])
+
+
 def test_bad_feature_name_and_missing_config():
     with pytest.raises(ValueError, match="EQUI.FEATURE must be one of"):
         small_cfg("x", "EQUI.FEATURE", "logits")
@@ -248,6 +270,17 @@ def test_checkpoints_load_strictly(small, tmp_path):
     torch.save({"model": state}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="does not match the model"):
         load_weights(model, str(tmp_path / "partial.pth"))
+    import os
+    import pickle
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.mkdir, (str(tmp_path / "ran"),)
+
+    (tmp_path / "zoo.pkl").write_bytes(pickle.dumps({"model": {}, "hook": RunsCode()}, protocol=2))
+    with pytest.raises(ValueError, match=r"zoo.pkl' names the Python object \S*mkdir"):
+        load_weights(model, str(tmp_path / "zoo.pkl"))  # a model-zoo .pkl is checked before Detectron2 unpickles it
+    assert not (tmp_path / "ran").exists()
 
 
 def test_evaluate_scenarios_refuses_plain_generalized_rcnn(coco_fixture):

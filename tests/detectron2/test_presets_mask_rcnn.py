@@ -94,3 +94,11 @@ def test_mask_rcnn_rows_are_in_mask_ap_with_each_settings_levels(tmp_path, monke
     page = (tmp_path / "presets.md").read_text()
     assert page.startswith("mask AP (%) on the first 2 images")
     assert f"| {tuned['model']} | tuned | d2-demo-t1 | {tuned['ratio_batch1']:.1f} |" in page
+
+
+def test_the_real_size_mask_rcnn_is_timed_per_defense_step():
+    case = speed.real_size_detectron2_case(size=(96, 128))  # the speed tool's 800×1333, small enough for a test
+    assert case.name == "Detectron2 Mask R-CNN R50-FPN (96×128, random weights)"
+    rows = speed.bench_per_step(case, ["fast"], speed.Meter())
+    assert [r["what"].split(":")[0] for r in rows] == ["vanilla forward", "defended (fast", "defended (fast, chunked"]
+    assert all(r["ratio"] > 1 for r in rows[1:]) and all(r["peak_mib"] is not None for r in rows)

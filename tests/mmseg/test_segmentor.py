@@ -308,3 +308,18 @@ def test_detect_then_defend_predicts_unflagged_images_from_the_scores_backbone_o
     assert "forward" not in vars(model.backbone)
     with equi_mmseg.scenario(model, "clean_defended", defense="equi") as rt:
         assert not rt.reuse_backbone  # other defenses keep their published last bits
+
+
+def test_pixel_space_follows_the_model_to_another_device():
+    """Moving the model after configuring it moves the preprocessor's mean/std, which the conversion must use."""
+    from mmseg.models.data_preprocessor import SegDataPreProcessor
+
+    from equi_ext.mmseg.segmentor import PixelSpace
+
+    preprocessor = SegDataPreProcessor(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True)
+    space = PixelSpace(preprocessor)
+    pixels = torch.rand(1, 3, 8, 8) * 255
+    mean, std = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1), torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    torch.testing.assert_close(space.to_inputs(pixels), (pixels - mean) / std)  # RGB pixels are the RGB inputs
+    preprocessor.to("meta")
+    assert space.to_inputs(pixels.to("meta")).device.type == "meta"

@@ -3,6 +3,8 @@ refused by name before any model is built or any file written; the tools turn th
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from equi_ext.core.optimizer import EquivarianceDefense
@@ -37,6 +39,8 @@ def test_every_tuning_candidate_is_a_valid_defense():
     (dict(presets=["fast", "slow"]), r"unknown presets \['slow'\]; valid: "),
     (dict(models=["mmseg", "yolo"]), r"unknown models \['yolo'\]; valid: \['mmseg', 'detectron2'\]"),
     (dict(repeats=0), "batch, repeats and attack_steps must be >= 1; got 8, 0, 10"),
+    (dict(device="tpu"), "unknown device 'tpu'"),
+    (dict(device="cuda:7"), "device 'cuda:7' asked for, but"),
 ])
 def test_speed_refuses_bad_settings_before_running(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -100,7 +104,7 @@ def test_the_compiled_feature_function_is_timed_apart_from_its_compile(monkeypat
 
     monkeypatch.setattr(speed.torch, "compile", fake_compile)
     case = speed.mmseg_demo_case(1)
-    rows = speed.bench_batch(case, 1, ["fast"], 1, speed._status_kib("VmRSS"), 1, compile_features=True)
+    rows = speed.bench_batch(case, 1, ["fast"], 1, speed.Meter(), 1, compile_features=True)
     compile_rows = [r for r in rows if "torch.compile" in r["what"] or "timed with the compiled" in r["what"]]
     assert [r["what"] for r in compile_rows] == [
         "defended (fast), torch.compile features: first call (compiles)",
@@ -108,7 +112,7 @@ def test_the_compiled_feature_function_is_timed_apart_from_its_compile(monkeypat
     steps = speed.PRESETS["fast"]["steps"]
     assert len(compiled_calls) >= 3 * steps  # the first call, the warm-up and one timed call all ran compiled
     assert all(r["ratio"] > 0 for r in compile_rows)
-    assert not any("torch.compile" in r["what"] for r in speed.bench_batch(case, 1, ["fast"], 1, 0, 1))
+    assert not any("torch.compile" in r["what"] for r in speed.bench_batch(case, 1, ["fast"], 1, speed.Meter(), 1))
 
 
 def test_lambda_sweep_page_rerenders_from_its_result(tmp_path, monkeypatch, synthetic_val_root, assert_rerenders):
@@ -139,3 +143,44 @@ def test_clean_traffic_rows_time_detect_then_defend_with_the_tuning_splits_thres
                if r["what"] != "vanilla prediction")
     assert [r["what"].endswith(("reused from the score)", "recomputed)")) for r in rows] == [False, True, True] * 2
     assert all(r["ratio"] > 0 for r in rows)
+
+
+class FakeCuda:
+    """``torch.cuda``'s synchronize and memory calls, for a meter on a machine without a GPU: queued work takes
+    ``latency`` seconds to finish, and the allocator peaks ``peak_mib`` above what was allocated."""
+
+    def __init__(self, latency: float, peak_mib: float) -> None:
+        self.latency, self.peak_mib, self.calls = latency, peak_mib, []
+
+    def synchronize(self, device):
+        self.calls.append("synchronize")
+        time.sleep(self.latency)
+
+    def reset_peak_memory_stats(self, device):
+        self.calls.append("reset")
+
+    def memory_allocated(self, device):
+        return 100 * 2**20
+
+    def max_memory_allocated(self, device):
+        return 100 * 2**20 + self.peak_mib * 2**20
+
+
+def test_a_cuda_meter_waits_for_the_gpu_and_reports_the_allocators_peak():
+    import torch
+
+    fake = FakeCuda(latency=0.05, peak_mib=42.0)
+    meter = speed.Meter("cuda", cuda=fake)
+    net = torch.nn.Conv2d(3, 4, 3, padding=1)
+    case = speed.Case("toy", torch.rand(2, 3, 16, 16) * 255, lambda x: net(x), lambda x: [net(x)],
+                      lambda x, t: net(x).sum(), lambda n: None, net)
+    rows = speed.bench_batch(case, 2, ["fast"], 2, meter, 1)
+    vanilla = rows[0]
+    # the forward returns at once: only waiting for the (simulated) GPU makes a call of 2 images take >= latency
+    assert vanilla["what"] == "vanilla forward" and vanilla["min"] * 2 >= fake.latency
+    assert vanilla["peak_mib"] == 42.0 and rows[1]["peak_mib"] == 42.0
+    assert fake.calls.count("reset") == 2  # once per memory measurement
+    page = speed.render(dict(rows=rows, device="cuda:0 (fake)", memory=meter.memory))
+    assert "| peak CUDA memory allocated (MiB) |" in page and "| 42 |" in page
+    old_row = {k: v for k, v in rows[0].items() if k != "peak_mib"} | {"peak_rss_mib": 7.0}  # written before
+    assert "| peak RSS (MiB) |" in speed.render(dict(rows=[old_row])) and "| 7 |" in speed.render(dict(rows=[old_row]))

@@ -35,7 +35,7 @@ FROM_TENSORS_TAKES_PADDING_CONSTRAINTS = "padding_constraints" in inspect.signat
 #: for SSL_HEAD) takes the class's default; a set key the chosen class does not accept is an error.
 DEFENSE_KEYS = {"PRESET": "preset", "TRANSFORMS": "transforms", "DEFENSE_STEPS": "steps", "EPS_V": "eps_v",
                 "STEP_SIZE": "step_size", "TRANSFORMS_PER_STEP": "transforms_per_step", "THRESHOLD": "threshold",
-                "SEED": "seed", "SSL_HEAD": "head"}
+                "SEED": "seed", "SSL_HEAD": "head", "CHUNKED": "chunked"}
 #: What a defense gets for the keys left at None while ``EQUI.PRESET`` is None too: the settings the presets' criterion
 #: picked on Mask R-CNNs (the demo R18-FPN tuned, an R34-FPN held back; docs/benchmarks/presets.md), with the
 #: three finest FPN levels (``EQUI.FPN_LEVELS`` empty). A set ``EQUI.PRESET`` replaces them all by that preset's.

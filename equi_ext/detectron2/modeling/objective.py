@@ -60,6 +60,10 @@ class MaskRCNNObjective(Objective):
         feats = self.model.backbone(self.image_list(pixels).tensor)
         return [feats[n][..., :math.ceil(h / self.strides[n]), :math.ceil(w / self.strides[n])] for n in self.names]
 
+    @property
+    def dense(self) -> bool:
+        return self.boxes is None
+
     def _pick(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         return [levels[self.names.index(name)] for name in self.levels]
 

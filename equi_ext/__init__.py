@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported lazily so that e.g. the data generator stays light
+    from collections.abc import Sequence
+
     import torch
 
     from .core.losses import FeatureFn
@@ -21,16 +23,19 @@ __version__ = "0.2.0.dev0"
 
 
 def defend(feature_fn: FeatureFn, images: torch.Tensor, method: str | dict = "equi", *,
-           model: torch.nn.Module | None = None, **kwargs: Any) -> DefenseOutput:
+           model: torch.nn.Module | None = None, image_seeds: Sequence[int] | None = None,
+           **kwargs: Any) -> DefenseOutput:
     """Purify ``images`` with the registered defense ``method`` (``'equi'``, ``'invariance'``, …).
 
-    ``kwargs`` are the defense's constructor arguments (``eps_v``, ``steps``, ``preset``, …).
+    ``kwargs`` are the defense's constructor arguments (``eps_v``, ``steps``, ``preset``, …). ``image_seeds``, one
+    int per image (e.g. ``equi_ext.core.seeding.file_seed(path)``), fix each image's random draws whatever batch
+    it comes in; without them an image's seed is its position in the batch.
     """
     from .defenses import build_defense
 
     cfg = {"type": method} if isinstance(method, str) else dict(method)
     cfg.update(kwargs)
-    return build_defense(cfg)(images, feature_fn, model=model)
+    return build_defense(cfg)(images, feature_fn, model=model, image_seeds=image_seeds)
 
 
 def equivariance_score(feature_fn: FeatureFn, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:

@@ -132,7 +132,7 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 def provenance(command: str | None = None) -> dict[str, Any]:
     """Where and how a result was measured: the command, the date, the machine, the versions and commit.
-    Numbers move across CPU types and thread counts (SPEC §8), so a page that shows them says which."""
+    Numbers move across CPU types and thread counts, so a page that shows them says which."""
     import platform
 
     import torch

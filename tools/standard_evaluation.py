@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The standard robustness evaluation of the defended demo model in one command (SPEC §9).
+"""The standard robustness evaluation of a test-time defense (Croce et al. 2022) on the demo model, in one command.
 
 Clean; SEA (APGD with three losses; on the Mask R-CNN APGD on its training losses) on the undefended model,
 transferred to the defended one, through the defense (BPDA) and with EOT; PGD, BPDA-PGD and the adaptive

@@ -35,3 +35,29 @@ def test_image_streams_follow_the_image_seeds_and_noise_follows_the_images():
     assert noise.dtype == torch.float64 and -4.0 <= noise.min() < -3.9 and 3.9 < noise.max() < 4.0
     with pytest.raises(ValueError, match=r"image_seeds must have one entry per image \(2\); got 1"):
         image_generators(0, [1], 2)
+
+
+def test_image_seeds_make_an_images_result_independent_of_its_place_in_the_batch():
+    """Without ``image_seeds`` the seed is the batch position: the same image defended or attacked first or second
+    gets other random draws; with them it gets the same ones."""
+    import equi_ext
+    from equi_ext.attacks import PGD
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 4, 1)  # per-pixel: a row's numbers cannot depend on the other row
+    a, b = torch.rand(2, 1, 3, 32, 32) * 255
+    ab, ba = torch.cat([a, b]), torch.cat([b, a])
+
+    def features(x):
+        return net(x / 255)
+
+    def defended(x, seeds=None):
+        return equi_ext.defend(features, x, preset="fast", model=net, image_seeds=seeds).images
+
+    assert not torch.equal(defended(ab)[0], defended(ba)[1])
+    torch.testing.assert_close(defended(ab, [7, 9])[0], defended(ba, [9, 7])[1], rtol=0, atol=0)
+    attack = PGD(logits_fn=features, eps=4, steps=2)
+    labels = features(ab).argmax(1)
+    assert not torch.equal(attack(ab, labels)[0], attack(ba, labels.flip(0))[1])
+    torch.testing.assert_close(attack(ab, labels, image_seeds=[7, 9])[0],
+                               attack(ba, labels.flip(0), image_seeds=[9, 7])[1], rtol=0, atol=0)

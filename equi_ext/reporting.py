@@ -111,6 +111,19 @@ def record_path(record_dir: str | os.PathLike, image_file: str) -> Path:
     return Path(record_dir) / f"{os.path.basename(image_file)}.json"
 
 
+def record_paths(record_dir: str | os.PathLike, image_files: Sequence[str]) -> list[Path]:
+    """``record_path`` of each image of a cell. Records and random seeds are keyed by file name (so they do not
+    depend on where the data lives): two different images with one file name, e.g. in two folders, would share
+    both, and a cell would read one record twice and never the other's, so they are an error naming both."""
+    seen: dict[str, str] = {}
+    for image in map(str, image_files):
+        other = seen.setdefault(os.path.basename(image), image)
+        if other != image:
+            raise SettingsError(f"images {other!r} and {image!r} have the same file name: equi-ext keys per-image "
+                                "records and random seeds by file name; rename one or evaluate them in separate runs")
+    return [record_path(record_dir, image) for image in image_files]
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):  # tensors and numpy arrays
         return value.tolist()

@@ -79,3 +79,16 @@ def test_committed_benchmark_pages_are_what_their_tools_render_from_the_committe
         shutil.copy(result, copy)
         tools[name].main(["--render", str(copy)])
         assert copy.with_suffix(".md").read_text() == result.with_suffix(".md").read_text(), result
+
+
+#: Words of the project's own working notes, which a user who has only the repository cannot follow.
+INTERNAL_JARGON = re.compile(r"SPEC §|§\s?\d|SPEC pilot|\b[Tt]he (?:SPEC|spec)\b|[Ii]ssue's|[Tt]he issue\b|"
+                             r"[Tt]his session|session history|\b[Ww]orkspace\b|was lent|unverified guess")
+
+
+def test_docs_and_help_texts_speak_to_users():
+    pages = [REPO / "README.md", REPO / "CHANGELOG.md", REPO / "SECURITY.md",
+             *(p for p in (REPO / "docs").rglob("*.md")), *(REPO / "tools").glob("*.py")]
+    found = [f"{page.relative_to(REPO)}:{n}: {match.group(0)!r}" for page in pages
+             for n, line in enumerate(page.read_text().splitlines(), 1) for match in INTERNAL_JARGON.finditer(line)]
+    assert not found, "\n".join(found)

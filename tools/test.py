@@ -33,7 +33,10 @@ SCENARIOS_HELP = "comma-separated subset of " + ",".join(SCENARIOS) + " (default
 def parse_mmseg_args(argv: list[str]) -> argparse.Namespace:
     from equi_ext.mmseg.cli import add_common_arguments
 
-    parser = argparse.ArgumentParser(description="Evaluate a segmentor clean / attacked / defended")
+    parser = argparse.ArgumentParser(
+        description="Evaluate a segmentor clean / attacked / defended",
+        epilog="A .yaml config is a Detectron2 one, with its own options (--opts KEY VALUE, --num-images, --num-gpus, "
+               "--num-machines, --machine-rank, --dist-url): see tools/test.py CONFIG.yaml --help")
     parser.add_argument("config", help="test config file path")
     parser.add_argument("checkpoint", nargs="?", help="checkpoint file (omit to test random weights)")
     parser.add_argument("--show-dir", help="directory to save painted predictions")

@@ -41,7 +41,7 @@ from ..core.validation import SettingsError
 from ..data.corruptions import check_corruptions, corrupt
 from ..pipeline import EquiPipeline, scenario_table, temporarily
 from ..progress import image_bar
-from ..reporting import atomic_write_json, fingerprint, prepare_record_dir, read_record, record_path
+from ..reporting import atomic_write_json, fingerprint, prepare_record_dir, read_record, record_path, record_paths
 from .modeling import EquiGeneralizedRCNN
 from .modeling.meta_arch import SCORE_KEY, equi_settings
 
@@ -413,10 +413,10 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
     dataset = cfg.DATASETS.TEST[0]
     check_dataset(dataset)
     records = DatasetCatalog.get(dataset)[:num_images]
+    paths = record_paths(record_dir, [r["file_name"] for r in records])
     prepare_record_dir(record_dir, dict(attack=attack[1], defense=defense[1], corruption=corruption,
                                         record_scores=record_scores, images=fingerprint([r["file_name"] for r in records]),
                                         model=fingerprint(model), config=fingerprint(cfg.dump())), resume)
-    paths = [record_path(record_dir, r["file_name"]) for r in records]
     todo = [r for r, path in zip(records, paths) if not (resume and path.is_file())]
     row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
     if todo:

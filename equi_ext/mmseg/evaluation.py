@@ -22,7 +22,7 @@ from ..core.checkpoints import load_weights
 from ..core.metrics import greedy_worst_case, worst_case_per_image
 from ..core.validation import SettingsError
 from ..pipeline import scenario_table
-from ..reporting import fingerprint, prepare_record_dir, record_path
+from ..reporting import fingerprint, prepare_record_dir, record_paths
 from .cli import check_test_data
 from .hooks import label_progress
 from .metrics import EquiScoreMetric, PerImageIoUMetric, load_record
@@ -171,11 +171,11 @@ def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, A
     loop = runner.test_loop
     full = loop.dataloader
     images = [full.dataset.get_data_info(i)["img_path"] for i in range(len(full.dataset))]
+    paths = record_paths(record_dir, images)
     prepare_record_dir(record_dir, dict(attack=attack[1], defense=defense[1], corruption=corruption,
                                         record_scores=record_scores, images=fingerprint(images),
                                         data=fingerprint(runner.cfg.get("test_dataloader")),
                                         model=fingerprint(runner.model)), resume)
-    paths = [record_path(record_dir, image) for image in images]
     todo = [i for i, path in enumerate(paths) if not (resume and path.is_file())]
     row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
     if todo:

@@ -133,6 +133,12 @@ def seg_samples(n: int, names: tuple[str, ...] = ("a.png", "b.png"), padding=((0
     return samples
 
 
+def wrong_label_size(samples: list[SegDataSample]) -> list[SegDataSample]:
+    """The second sample's ground truth replaced by one of another image's size."""
+    samples[1].gt_sem_seg = PixelData(data=torch.zeros(1, 24, SIZE, dtype=torch.long))
+    return samples
+
+
 def seg_inputs(model, pixels: torch.Tensor) -> torch.Tensor:
     """Pixels as the data_preprocessor hands them to the model (normalised, channel order)."""
     return equi_mmseg.runtime(model).pixels.to_inputs(pixels)
@@ -351,6 +357,9 @@ CASES = [
          TypeError, "inputs must be a floating-point tensor", ("segmentor",)),
     Case("mmseg-batch_mismatch", lambda m: [lambda: m.predict(seg_inputs(m, smooth()), seg_samples(1))],
          ValueError, "got 1 data samples for a batch of 2 inputs", ("segmentor",)),
+    Case("mmseg-label_size", lambda m: [lambda: m.predict(seg_inputs(m, smooth()), wrong_label_size(seg_samples(2)))],
+         ValueError, r"the label map of image 'b.png' is \(24, 64\), but the image is \(64, 64\) as loaded",
+         ("segmentor",)),
     Case("mmseg-out_of_range", lambda m: [lambda: m.predict(seg_inputs(m, smooth()) * 3, seg_samples(2))],
          ValueError, r"pixels \(inputs \* std \+ mean of the data_preprocessor\) values must lie in pixel_range",
          ("segmentor",)),

@@ -263,7 +263,19 @@ class SegBatch(PixelBatch):
         return image_seed(self.metas[i].get("img_path"), None, i)
 
     def targets(self, idx: list[int]) -> torch.Tensor:
-        return torch.stack([self.samples[i].gt_sem_seg.data[0] for i in idx]).to(self.inputs.device).long()
+        """Ground truth of the images ``idx``, as MMSeg's test pipeline loads it: at the original image size (or,
+        annotations loaded before a resize, at the resized one); a label map of any other size is an error, since
+        the loss would compare it with logits stretched to it."""
+        labels = [self.samples[i].gt_sem_seg.data[0] for i in idx]
+        for i, label in zip(idx, labels):
+            meta = self.metas[i]
+            sizes = {tuple(meta["ori_shape"][:2]), tuple(meta.get("img_shape", meta["ori_shape"])[:2])}
+            if tuple(label.shape) not in sizes:
+                raise ValueError(f"the label map of image {meta.get('img_path', i)!r} is {tuple(label.shape)}, but "
+                                 f"the image is {tuple(meta['ori_shape'][:2])} as loaded and "
+                                 f"{tuple(meta.get('img_shape', meta['ori_shape'])[:2])} resized: the annotation does "
+                                 "not belong to this image")
+        return torch.stack(labels).to(self.inputs.device).long()
 
     def logits_fn(self, idx: list[int]) -> Callable:
         return self.rt.logits_fn([self.metas[i] for i in idx], self.group_key(idx[0])[0], self.inputs.shape[-2:])

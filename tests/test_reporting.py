@@ -13,3 +13,20 @@ def test_two_images_with_one_file_name_are_refused_before_any_record_is_touched(
                                             r"file name: equi-ext keys per-image records and random seeds"):
         record_paths(tmp_path, ["a/frankfurt/0001.png", "b/munich/0001.png"])
     assert not list(tmp_path.iterdir())
+
+
+def test_written_files_follow_the_umask_without_the_writer_changing_it(tmp_path, monkeypatch):
+    import os
+
+    from equi_ext.reporting import atomic_write_bytes
+
+    real_umask = os.umask
+    old = real_umask(0o027)
+    changes = []
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: changes.append(mask) or real_umask(mask))
+        atomic_write_bytes(tmp_path / "page.md", b"x")
+    finally:
+        real_umask(old)
+    assert (tmp_path / "page.md").stat().st_mode & 0o777 == 0o640
+    assert not changes  # read from /proc, never set (Linux)

@@ -269,11 +269,11 @@ class SegBatch(PixelBatch):
         labels = [self.samples[i].gt_sem_seg.data[0] for i in idx]
         for i, label in zip(idx, labels):
             meta = self.metas[i]
-            sizes = {tuple(meta["ori_shape"][:2]), tuple(meta.get("img_shape", meta["ori_shape"])[:2])}
-            if tuple(label.shape) not in sizes:
+            loaded = tuple(meta["ori_shape"][:2])
+            resized = tuple(meta.get("img_shape", loaded)[:2])
+            if tuple(label.shape) not in (loaded, resized):
                 raise ValueError(f"the label map of image {meta.get('img_path', i)!r} is {tuple(label.shape)}, but "
-                                 f"the image is {tuple(meta['ori_shape'][:2])} as loaded and "
-                                 f"{tuple(meta.get('img_shape', meta['ori_shape'])[:2])} resized: the annotation does "
+                                 f"the image is {loaded} as loaded and {resized} resized: the annotation does "
                                  "not belong to this image")
         return torch.stack(labels).to(self.inputs.device).long()
 

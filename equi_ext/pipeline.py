@@ -169,6 +169,7 @@ class EquiPipeline:
     def __init__(self, defense_cfg: Any = None, attack_cfg: Any = None, *, pixel_range=(0.0, 255.0),
                  needs_logits: bool = True, score: Any = "equivariance") -> None:
         defense_cfg, self.attack_cfg = as_cfg(defense_cfg), as_cfg(attack_cfg)
+        self.pixel_range = pixel_range
         if defense_cfg is not None:
             defense_cfg.setdefault("pixel_range", pixel_range)
         self.defense = DEFENSES.build(defense_cfg) if defense_cfg is not None else None
@@ -182,7 +183,7 @@ class EquiPipeline:
             # Built once with stand-in views so a bad budget fails here, not mid-evaluation.
             cls(**attack_kwargs(cls, self.attack_cfg, loss_fn=lambda x, t: x.sum(),
                                 logits_fn=(lambda x: x) if needs_logits else None,
-                                feature_fn=lambda x: x, preprocessor=lambda x, seed: x))
+                                feature_fn=lambda x: x, preprocessor=lambda x, seed: x, pixel_range=pixel_range))
         # The equivariance score uses the equi defense's own transforms, the detector's for
         # detect-then-defend (so the adaptive attacker targets what the detector sees), else the
         # default set. The first two compute it while defending (``defense_scores``).
@@ -299,5 +300,6 @@ class EquiPipeline:
         # The adaptive attacker is white-box: it uses the transforms of the defense it faces.
         attack = cls(**attack_kwargs(cls, self.attack_cfg, loss_fn=loss_fn, logits_fn=logits_fn,
                                      feature_fn=features, preprocessor=preprocessor,
-                                     transforms=self.score_defense.transforms, **extra))
+                                     transforms=self.score_defense.transforms, pixel_range=self.pixel_range,
+                                     **extra))
         return attack(pixels, targets, image_seeds=seeds)

@@ -78,17 +78,37 @@ def _features(x: torch.Tensor) -> torch.Tensor:
     return _conv(x / 255)
 
 
-def api_calls(images: Any) -> list[Callable[[], Any]]:
-    """The defenses, an attack and both scores, each called on ``images``."""
+def api_calls(images: Any, pixel_range: tuple[float, float] | None = None) -> list[Callable[[], Any]]:
+    """The defenses, an attack and both scores, each called on ``images`` (budgets: 4 levels of 255 of
+    ``pixel_range``, when it is stated)."""
     labels = torch.zeros(2, SIZE, SIZE, dtype=torch.long)
+    stated = {} if pixel_range is None else {"pixel_range": pixel_range}
+    level = (pixel_range[1] - pixel_range[0]) / 255 if pixel_range else 1.0
+    budget = {} if pixel_range is None else {"eps_v": 4 * level, "step_size": level}
     return [
-        lambda: EquivarianceDefense(steps=1)(images, _features),
-        lambda: equi_ext.defend(_features, images, method="invariance", steps=1),
-        lambda: DEFENSES.build("random")(images),
-        lambda: ATTACKS.build(dict(type="pgd", steps=1, logits_fn=_features))(images, labels),
-        lambda: equi_ext.equivariance_score(_features, images),
-        lambda: output_variance_score(_features, images),
+        lambda: EquivarianceDefense(steps=1, **budget, **stated)(images, _features).images,
+        lambda: equi_ext.defend(_features, images, method="invariance", steps=1, **budget, **stated).images,
+        lambda: DEFENSES.build(dict(type="random", eps_v=4 * level, **stated))(images).images,
+        lambda: equi_ext.defend(_features, images, method=dict(type="detect_then_defend", threshold=1.0,
+                                                               defense=dict(type="equi", steps=1, **budget)),
+                                **stated).images,
+        lambda: ATTACKS.build(dict(type="pgd", steps=1, eps=4 * level, logits_fn=_features, **stated))(images, labels),
+        lambda: equi_ext.equivariance_score(_features, images, **stated),
+        lambda: output_variance_score(_features, images, **stated),
     ]
+
+
+def check_api_stated_ranges() -> None:
+    """[0, 1] images run once their range is stated (outputs inside it, within the budget), and so do dark
+    0–255 images stated as such; a black image needs no statement (all zeros is no sign of the [0, 1] scale)."""
+    unit = smooth() / 255
+    for call in api_calls(unit, pixel_range=(0, 1)):
+        out = call()
+        assert torch.isfinite(out).all() and out.min() >= 0
+        if out.shape == unit.shape:
+            assert out.max() <= 1 and (out - unit).abs().max() <= 4 / 255 * 1.001
+    for call in api_calls(smooth() / 255, pixel_range=(0, 255)) + api_calls(torch.zeros(2, 3, SIZE, SIZE)):
+        assert torch.isfinite(call()).all()
 
 
 # ----- MMSeg path: the stock EncoderDecoder.predict that equi_ext.mmseg wraps --------------------
@@ -337,6 +357,8 @@ CASES = [
     Case("api-wrong_channels", lambda: api_calls(smooth()[:, :1]), ValueError, r"got \(2, 1, 64, 64\)"),
     Case("api-wrong_dtype", lambda: api_calls(smooth().to(torch.uint8)), TypeError, "floating-point .*torch.uint8"),
     Case("api-out_of_range", lambda: api_calls(smooth() * 2), ValueError, r"must lie in pixel_range \(0.0, 255.0\)"),
+    Case("api-unit_range", lambda: api_calls(smooth() / 255), ValueError, r"look like \[0, 1\] images .* pixel_range=\(0, 1\)"),
+    Case("api-unit_range_stated", check_api_stated_ranges),
     Case("api-nan", lambda: api_calls(with_value(smooth(), NAN)), ValueError, "contains NaN or inf"),
     Case("api-inf", lambda: api_calls(with_value(smooth(), INF)), ValueError, "contains NaN or inf"),
     Case("api-empty_batch", lambda: api_calls(smooth()[:0]), ValueError, "empty batch"),

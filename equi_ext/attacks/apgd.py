@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange
+from ..core.validation import PixelRange
 from ..progress import note_step
 from .base import Attack, LogitsFn, LossFn, check_labels, resize_logits
 from .pixelwise import _valid_pixels
@@ -131,7 +131,7 @@ class APGD(Attack):
     def __init__(self, *, loss_fn: LossFn | None = None, logits_fn: LogitsFn | None = None, eps: float = 4.0,
                  steps: int = 100, loss: str | None = None, class_weights: Sequence[float] | None = None,
                  momentum: float = 0.75, rho: float = 0.75, random_start: bool | None = None, seed: int = 0, ignore_index: int = 255,
-                 pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, progress: bool = False) -> None:
+                 pixel_range: PixelRange | None = None, progress: bool = False) -> None:
         super().__init__(loss_fn=loss_fn, logits_fn=logits_fn, eps=eps, steps=steps, random_start=random_start,
                          seed=seed, ignore_index=ignore_index, pixel_range=pixel_range, progress=progress)
         loss = loss if loss is not None else ("ce" if logits_fn is not None else "task")

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from ..core.seeding import image_generators, uniform_like
 from ..core.validation import (
-    DEFAULT_PIXEL_RANGE,
     PixelRange,
     check_budget,
     check_images,
@@ -156,10 +155,11 @@ class Attack:
     def __init__(self, *, loss_fn: LossFn | None = None, logits_fn: LogitsFn | None = None, eps: float = 4.0,
                  step_size: float | None = None, steps: int = 10, norm: str = "linf",
                  random_start: bool | None = None, seed: int = 0, ignore_index: int = 255,
-                 pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, progress: bool = False) -> None:
+                 pixel_range: PixelRange | None = None, progress: bool = False) -> None:
         if loss_fn is None and logits_fn is None:
             raise ValueError(f"{type(self).__name__} needs loss_fn or logits_fn")
         self.pixel_range = check_pixel_range(pixel_range)
+        self.stated_pixel_range = None if pixel_range is None else self.pixel_range
         self.eps = check_budget("eps", eps, self.pixel_range)
         self.steps = check_positive_int("steps", steps)
         if norm not in NORMS:
@@ -246,7 +246,7 @@ class Attack:
 
     def __call__(self, images: torch.Tensor, targets: Any, *, image_seeds: Sequence[int] | None = None) -> torch.Tensor:
         """Return adversarial images within ``eps`` of ``images`` and inside the pixel range."""
-        check_images(images, self.pixel_range)
+        check_images(images, self.stated_pixel_range)
         self.check_targets(images, targets)
         if torch.is_inference_mode_enabled():
             raise RuntimeError("attacks need input gradients; they cannot run inside torch.inference_mode()")

@@ -15,7 +15,7 @@ from torch import nn
 from ..core.losses import FeatureFn, equivariance_terms
 from ..core.optimizer import EquivarianceDefense
 from ..core.transforms import sample_transforms
-from ..core.validation import check_positive_int
+from ..core.validation import PixelRange, check_positive_int
 from .base import DefenseDraws, Preprocessor, attack_kwargs, check_preprocessor
 from .pixelwise import PGD
 from .registry import ATTACKS
@@ -87,14 +87,16 @@ class BPDA:
 
     def __init__(self, *, defense: Preprocessor, attack: str | dict | None = None, eot_samples: int = 1,
                  loss_fn: Any = None, logits_fn: Any = None, feature_fn: FeatureFn | None = None,
-                 transforms: Any = None, ignore_index: int | None = None, **settings: Any) -> None:
+                 transforms: Any = None, ignore_index: int | None = None, pixel_range: PixelRange | None = None,
+                 **settings: Any) -> None:
         check_preprocessor(defense)
         inner = self.inner_config(attack, settings)
         cls = ATTACKS.check_keys(inner["type"], [k for k in inner if k != "type"])
         if "defense" in cls.needs(inner):
             raise ValueError(f"bpda wraps an attack on the model; {inner['type']!r} already runs through the defense")
-        # the framework's label to ignore, unless the inner config sets one
-        extra = {} if ignore_index is None or "ignore_index" in inner else {"ignore_index": ignore_index}
+        # the framework's label to ignore and pixel range, unless the inner config sets them
+        extra = {key: value for key, value in (("ignore_index", ignore_index), ("pixel_range", pixel_range))
+                 if value is not None and key not in inner}
         self.attack = cls(**attack_kwargs(cls, inner, loss_fn=loss_fn, logits_fn=logits_fn, feature_fn=feature_fn,
                                           preprocessor=None, transforms=transforms, **extra))
         self.attack.draws = DefenseDraws(defense, check_positive_int("eot_samples", eot_samples),

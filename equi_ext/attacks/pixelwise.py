@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.validation import DEFAULT_PIXEL_RANGE
+from ..core.validation import check_pixel_range
 from .base import Attack, check_labels, pixel_cross_entropy, resize_logits
 from .registry import ATTACKS
 
@@ -65,7 +65,7 @@ class IFGSM(Attack):
     def __init__(self, *, eps: float = 4.0, steps: int | None = None, step_size: float | None = None,
                  **kwargs: Any) -> None:
         if steps is None and isinstance(eps, (int, float)) and not isinstance(eps, bool):
-            low, high = kwargs.get("pixel_range", DEFAULT_PIXEL_RANGE)
+            low, high = check_pixel_range(kwargs.get("pixel_range"))
             reach = min(float(eps), float(high) - float(low))
             steps = max(1, int(math.ceil(min(reach + 4, 1.25 * reach)))) if reach == reach else 1
         elif steps is None:

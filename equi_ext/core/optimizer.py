@@ -24,7 +24,6 @@ from .losses import OBJECTIVES, REDUCTIONS, FeatureFn, Objective, chunked_terms
 from .seeding import image_generators, normal_like
 from .transforms import Transform, build_transforms
 from .validation import (
-    DEFAULT_PIXEL_RANGE,
     PixelRange,
     check_budget,
     check_images,
@@ -160,7 +159,7 @@ class EquivarianceDefense:
         reduction: str = "dense",
         resample: str | None = None,
         seed: int = 0,
-        pixel_range: PixelRange = DEFAULT_PIXEL_RANGE,
+        pixel_range: PixelRange | None = None,
         min_size: int = 8,
         transforms_per_step: int | str | None = None,
         chunked: bool = False,
@@ -169,6 +168,7 @@ class EquivarianceDefense:
             raise ValueError(f"unknown preset {preset!r}; valid names: {', '.join(sorted(PRESETS))}")
         base = PRESETS[preset]
         self.pixel_range = check_pixel_range(pixel_range)
+        self.stated_pixel_range = None if pixel_range is None else self.pixel_range
         self.transforms = build_transforms(base["transforms"] if transforms is None else transforms)
         self.steps = check_positive_int("steps", base["steps"] if steps is None else steps)
         self.eps_v = check_budget("eps_v", base["eps_v"] if eps_v is None else eps_v, self.pixel_range,
@@ -255,7 +255,7 @@ class EquivarianceDefense:
         For the equivariance defense this is the equivariance score (paper Eq. 2 / K); with the
         same seed it uses the transforms a call of the defense uses.
         """
-        check_images(images, self.pixel_range)
+        check_images(images, self.stated_pixel_range)
         transforms = self.sample_transforms(torch.Generator().manual_seed(self.seed if seed is None else int(seed)))
         self._check_sizes(transforms, tuple(images.shape[-2:]))
         with torch.no_grad():
@@ -286,7 +286,7 @@ class EquivarianceDefense:
         second-order gradients, with sign() passed straight through (its true gradient is zero
         almost everywhere, which would mask the attack by construction). No score is computed.
         """
-        check_images(images, self.pixel_range)
+        check_images(images, self.stated_pixel_range)
         if torch.is_inference_mode_enabled():
             raise RuntimeError("the defense needs input gradients; it cannot run inside torch.inference_mode()")
         if differentiable and not images.requires_grad:
@@ -341,8 +341,9 @@ class InvarianceDefense(EquivarianceDefense):
 class NoDefense:
     """Identity preprocessor, so 'no defense' runs through the same code paths."""
 
-    def __init__(self, *, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE) -> None:
+    def __init__(self, *, pixel_range: PixelRange | None = None) -> None:
         self.pixel_range = check_pixel_range(pixel_range)
+        self.stated_pixel_range = None if pixel_range is None else self.pixel_range
 
     def __call__(
         self,
@@ -354,7 +355,7 @@ class NoDefense:
         seed: int | None = None,
         compute_score: bool = True,
     ) -> DefenseOutput:
-        check_images(images, self.pixel_range)
+        check_images(images, self.stated_pixel_range)
         return DefenseOutput(images=images.detach(), loss_trace=images.new_zeros(0, images.shape[0]), score=None)
 
 
@@ -365,7 +366,7 @@ def equivariance_score(
     transforms: str | list[Any] = PRESETS["default"]["transforms"],
     reduction: str = "dense",
     seed: int = 0,
-    pixel_range: PixelRange = DEFAULT_PIXEL_RANGE,
+    pixel_range: PixelRange | None = None,
 ) -> torch.Tensor:
     """Paper Eq. 2 normalised by K: mean cosine over transforms, in [−1, 1] per image → (N,).
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .losses import FeatureFn, transformed_features
 from .optimizer import check_transform_sizes
 from .transforms import Transform, sample_transforms
-from .validation import DEFAULT_PIXEL_RANGE, PixelRange, check_images, check_pixel_range
+from .validation import PixelRange, check_images, check_pixel_range
 
 
 def output_variance_score(
@@ -27,12 +27,12 @@ def output_variance_score(
     *,
     transforms: str | list[Any] = "flip_resize",
     seed: int = 0,
-    pixel_range: PixelRange = DEFAULT_PIXEL_RANGE,
+    pixel_range: PixelRange | None = None,
     min_size: int = 8,
 ) -> torch.Tensor:
     """Paper Eq. 16 on class probabilities, averaged over valid positions → (N,); higher = less equivariant."""
-    pixel_range = check_pixel_range(pixel_range)
     check_images(images, pixel_range)
+    pixel_range = check_pixel_range(pixel_range)
     sampled = sample_transforms(transforms, seed)
     check_transform_sizes(sampled, tuple(images.shape[-2:]), min_size)
     with torch.no_grad():

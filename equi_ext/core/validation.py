@@ -26,8 +26,10 @@ PixelRange = tuple[float, float]
 DEFAULT_PIXEL_RANGE: PixelRange = (0.0, 255.0)
 
 
-def check_pixel_range(pixel_range: PixelRange) -> PixelRange:
-    """Return ``pixel_range`` as floats after checking it is an increasing pair."""
+def check_pixel_range(pixel_range: PixelRange | None) -> PixelRange:
+    """Return ``pixel_range`` as floats after checking it is an increasing pair; ``None`` is the default 0–255."""
+    if pixel_range is None:
+        return DEFAULT_PIXEL_RANGE
     try:
         low, high = (float(v) for v in pixel_range)
     except (TypeError, ValueError):
@@ -93,17 +95,31 @@ def check_image_batch(images: torch.Tensor, name: str = "images") -> None:
         raise TypeError(f"{name} must be a floating-point tensor (e.g. images.float()); got dtype {images.dtype}")
 
 
-def check_images(images: torch.Tensor, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, name: str = "images") -> None:
-    """Check an image batch: float (N, 3, H, W), finite, inside ``pixel_range``."""
+def check_images(images: torch.Tensor, pixel_range: PixelRange | None = DEFAULT_PIXEL_RANGE,
+                 name: str = "images") -> None:
+    """Check an image batch: float (N, 3, H, W), finite, inside ``pixel_range``.
+
+    ``pixel_range=None`` means the default 0–255 scale *not stated by the caller*: then a batch that looks like
+    [0, 1] images (every value at most 1, some of them fractional) is refused, because budgets in 255ths on
+    such images are 255 times too large (``eps=4`` would move pixels across four times the image's range).
+    A black 0–255 image (all zeros) passes; stating the range (``pixel_range=(0, 255)``) turns the rule off.
+    """
     check_image_batch(images, name)
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} contains NaN or inf values")
     low, high = check_pixel_range(pixel_range)
     tol = 1e-3 * (high - low)
-    if images.min() < low - tol or images.max() > high + tol:
+    lowest, highest = images.aminmax()
+    if lowest < low - tol or highest > high + tol:
         raise ValueError(
-            f"{name} values must lie in pixel_range {pixel_range}; got min {images.min().item():.4g}, "
-            f"max {images.max().item():.4g}"
+            f"{name} values must lie in pixel_range {(low, high)}; got min {lowest.item():.4g}, "
+            f"max {highest.item():.4g}"
+        )
+    if pixel_range is None and highest <= 1 and bool((images != images.round()).any()):
+        raise ValueError(
+            f"{name} look like [0, 1] images (max {highest.item():.4g}, fractional values), but budgets are in "
+            f"levels of the default 0–255 range: scale the images by 255, or pass pixel_range=(0, 1) (budgets "
+            f"then in those units); if they are dark 0–255 images, pass pixel_range=(0, 255)"
         )
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from ..core.losses import FeatureFn
 from ..core.optimizer import DefenseOutput, EquivarianceDefense
 from ..core.seeding import image_generators, uniform_like
-from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange, check_budget, check_images, check_pixel_range
+from ..core.validation import PixelRange, check_budget, check_images, check_pixel_range
 from .registry import DEFENSES
 
 
@@ -23,15 +23,16 @@ from .registry import DEFENSES
 class RandomNoiseDefense:
     """Add uniform noise in [−ε_v, ε_v] (clipped to the pixel range); seeded per image."""
 
-    def __init__(self, *, eps_v: float = 4.0, seed: int = 0, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE) -> None:
+    def __init__(self, *, eps_v: float = 4.0, seed: int = 0, pixel_range: PixelRange | None = None) -> None:
         self.pixel_range = check_pixel_range(pixel_range)
+        self.stated_pixel_range = None if pixel_range is None else self.pixel_range
         self.eps_v = check_budget("eps_v", eps_v, self.pixel_range, allow_zero=False)
         self.seed = int(seed)
 
     def __call__(self, images: torch.Tensor, features: FeatureFn | None = None, *, model: nn.Module | None = None,
                  image_seeds: Sequence[int] | None = None, seed: int | None = None,
                  compute_score: bool = True) -> DefenseOutput:
-        check_images(images, self.pixel_range)
+        check_images(images, self.stated_pixel_range)
         gens = image_generators(self.seed if seed is None else int(seed), image_seeds, images.shape[0])
         noisy = (images.detach() + uniform_like(images, gens, -self.eps_v, self.eps_v)).clamp(*self.pixel_range)
         return DefenseOutput(images=noisy, loss_trace=images.new_zeros(0, images.shape[0]), score=None)
@@ -52,7 +53,7 @@ class DetectThenDefend:
     """
 
     def __init__(self, *, threshold: float, defense: str | dict = "equi", score_transforms: str | list | None = None,
-                 pixel_range: PixelRange = DEFAULT_PIXEL_RANGE) -> None:
+                 pixel_range: PixelRange | None = None) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
             raise ValueError(f"threshold must be an equivariance score in [-1, 1]; got {threshold!r}")
         self.threshold = float(threshold)
@@ -63,7 +64,7 @@ class DetectThenDefend:
             raise TypeError(f"detect_then_defend wraps an equivariance-type defense; got {type(self.defense).__name__}")
         self.pixel_range = self.defense.pixel_range
         self.scorer = self.defense if score_transforms is None else EquivarianceDefense(
-            transforms=score_transforms, seed=self.defense.seed, pixel_range=self.pixel_range,
+            transforms=score_transforms, seed=self.defense.seed, pixel_range=self.defense.stated_pixel_range,
             min_size=self.defense.min_size)
         self.last_flagged: torch.Tensor | None = None
 

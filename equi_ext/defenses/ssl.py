@@ -18,7 +18,7 @@ from ..core.losses import FeatureFn, Objective, transformed_features
 from ..core.optimizer import EquivarianceDefense
 from ..core.ssl import SSLHead, info_nce_terms, load_head
 from ..core.transforms import Rot90, Transform
-from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange
+from ..core.validation import PixelRange
 from .registry import DEFENSES
 
 
@@ -84,7 +84,7 @@ class RotationDefense(SSLDefense):
 
     def __init__(self, *, head: str | os.PathLike | SSLHead | None = None, preset: str = "default", steps: int | None = None,
                  eps_v: float | None = None, step_size: float | None = None, optimizer: str = "sgld",
-                 seed: int = 0, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, min_size: int = 8,
+                 seed: int = 0, pixel_range: PixelRange | None = None, min_size: int = 8,
                  transforms_per_step: int | str | None = None, chunked: bool = False) -> None:
         super().__init__(head=head, chunked=chunked, preset=preset, transforms=[Rot90(k) for k in (1, 2, 3)],
                          steps=steps, eps_v=eps_v, step_size=step_size, optimizer=optimizer, resample="fixed",
@@ -113,7 +113,7 @@ class ContrastiveDefense(SSLDefense):
     def __init__(self, *, head: str | os.PathLike | SSLHead | None = None, preset: str = "default",
                  transforms: str | list[Any] | None = None, steps: int | None = None, eps_v: float | None = None,
                  step_size: float | None = None, optimizer: str = "sgld", resample: str | None = None,
-                 seed: int = 0, pixel_range: PixelRange = DEFAULT_PIXEL_RANGE, min_size: int = 8,
+                 seed: int = 0, pixel_range: PixelRange | None = None, min_size: int = 8,
                  transforms_per_step: int | str | None = None, chunked: bool = False) -> None:
         super().__init__(head=head, chunked=chunked, preset=preset, transforms=transforms, steps=steps, eps_v=eps_v,
                          step_size=step_size, optimizer=optimizer, resample=resample, seed=seed,

@@ -532,3 +532,40 @@ def test_an_interrupted_data_generation_is_completed_by_the_next_run(tmp_path, m
     monkeypatch.setattr(demo, "TUNE_DATA", root)
     assert demo.ensure_tune_data() == root
     assert (root / "meta.json").is_file() and len(list((root / "img_dir/val").glob("*.png"))) == 100
+
+
+def test_detectron2_weight_urls_are_fetched_or_named(tmp_path, monkeypatch, detector):
+    """A ``detectron2://`` URL (how Detectron2's own configs name weights) is fetched through Detectron2's download
+    cache and loaded; one that cannot be fetched is an error naming the URL and the way out. It passed the
+    existence check, then failed with a bare FileNotFoundError."""
+    import pickle
+
+    from detectron2.utils.file_io import PathManager
+
+    from equi_ext.core.validation import SettingsError
+    from equi_ext.detectron2.evaluation import load_weights
+
+    cfg, trained, _ = detector
+    weights = {name: value.detach().numpy().copy() for name, value in trained.state_dict().items()}
+    with open(tmp_path / "model_final.pkl", "wb") as f:
+        pickle.dump({"model": weights, "__author__": "test", "matching_heuristics": False}, f)
+    url = "detectron2://COCO-InstanceSegmentation/model_final.pkl"
+    fetched = []
+    monkeypatch.setattr(PathManager, "get_local_path",
+                        lambda path, **kw: fetched.append(path) or str(tmp_path / "model_final.pkl"))
+    torch.manual_seed(1)
+    fresh = build_model(cfg)
+    assert not torch.equal(fresh.state_dict()["backbone.bottom_up.stem.conv1.weight"],
+                           trained.state_dict()["backbone.bottom_up.stem.conv1.weight"])
+    load_weights(fresh, url)
+    assert fetched == [url]
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], value, rtol=0, atol=0)
+
+    def offline(path, **kw):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(PathManager, "get_local_path", offline)
+    with pytest.raises(SettingsError, match=r"weights 'detectron2://.*' could not be fetched \(OSError: Network is "
+                                            r"unreachable\); download the file and pass its local path"):
+        load_weights(fresh, url)

@@ -258,12 +258,38 @@ def build_annotated_test_loader(cfg, dataset: str | list[dict], num_images: int 
     return build_detection_test_loader(records, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
 
 
+def local_weights(weights: str | None) -> str | None:
+    """``weights`` as a local file: a URL (``detectron2://…``, ``https://…``) is fetched into Detectron2's
+    download cache, as Detectron2's own checkpointer would; a local path must exist.
+
+    Raises:
+        SettingsError: the file does not exist, or the URL could not be fetched (e.g. no internet: download it
+            elsewhere and pass the local path).
+    """
+    if not weights:
+        return None
+    weights = str(weights)
+    if "://" in weights:
+        from detectron2.utils.file_io import PathManager
+
+        try:
+            return PathManager.get_local_path(weights)
+        except Exception as err:  # iopath raises whatever its HTTP handler meets
+            raise SettingsError(f"weights {weights!r} could not be fetched ({type(err).__name__}: {err}); "
+                                f"download the file and pass its local path instead") from None
+    if not os.path.isfile(weights):
+        raise SettingsError(f"weights {weights!r} do not exist")
+    return weights
+
+
 def load_weights(model: torch.nn.Module, weights: str | None) -> None:
     """Load ``weights`` strictly (``equi_ext.core.checkpoints.load_weights``): Detectron2 checkpoints
     (``{"model": state_dict, ...}``) and bare state dicts, fp32 or fp16; Detectron2 model-zoo ``.pkl``
     files go through ``DetectionCheckpointer`` (name conversion) instead, once ``check_pickled_data`` has found
-    nothing in them but arrays and containers (it unpickles without restriction)."""
-    if weights and str(weights).endswith(".pkl") and os.path.isfile(weights):
+    nothing in them but arrays and containers (it unpickles without restriction). A URL is fetched first
+    (:func:`local_weights`)."""
+    weights = local_weights(weights)
+    if weights and weights.endswith(".pkl"):
         from detectron2.checkpoint import DetectionCheckpointer
 
         check_pickled_data(weights)
@@ -301,14 +327,13 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
         raise SettingsError("DATASETS.TEST is empty: name the dataset to evaluate")
     dataset = cfg.DATASETS.TEST[0]
     check_dataset(dataset)
-    if weights and "://" not in str(weights) and not os.path.isfile(weights):
-        raise SettingsError(f"weights {weights!r} do not exist")
+    local = local_weights(weights)  # a missing file or an unreachable URL fails before the model is built
     if model is None:
         model = build_model(cfg)
         if not isinstance(model, EquiGeneralizedRCNN):
             raise SettingsError(f"MODEL.META_ARCHITECTURE must be EquiGeneralizedRCNN for equi-ext evaluation; "
                                 f"got {cfg.MODEL.META_ARCHITECTURE!r}")
-        load_weights(model, weights)
+        load_weights(model, local)
     model.eval()
     scenarios = model.pipeline.scenarios(scenarios, SCENARIO_KEYS)
     out_dir = Path(output_dir or cfg.OUTPUT_DIR)

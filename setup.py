@@ -51,6 +51,6 @@ setup(
                        "yacs>=0.1.8", "omegaconf>=2.1", "termcolor>=1.1", "tabulate", "cloudpickle", "pyyaml",
                        "matplotlib", *DATA],
         "bench": ["scikit-learn>=1.3", "matplotlib>=3.7", "imagecorruptions>=1.1.2", "scikit-image>=0.21"],
-        "dev": ["pytest>=8", "ruff", "build>=1", "twine>=5"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff", "build>=1", "twine>=5"],
     },
 )

@@ -93,6 +93,9 @@ def check_image_batch(images: torch.Tensor, name: str = "images") -> None:
         raise ValueError(f"{name} has no pixels: shape {tuple(images.shape)} (height and width must be >= 1)")
     if not images.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (e.g. images.float()); got dtype {images.dtype}")
+    if images.dtype in (torch.float16, torch.bfloat16) and images.device.type == "cpu":
+        # torch's CPU kernels lack half-precision resampling, which the transforms need
+        raise TypeError(f"{name} of dtype {images.dtype} are supported on CUDA only; on the CPU pass images.float()")
 
 
 def check_images(images: torch.Tensor, pixel_range: PixelRange | None = DEFAULT_PIXEL_RANGE,

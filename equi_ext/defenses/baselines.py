@@ -34,7 +34,9 @@ class RandomNoiseDefense:
                  compute_score: bool = True) -> DefenseOutput:
         check_images(images, self.stated_pixel_range)
         gens = image_generators(self.seed if seed is None else int(seed), image_seeds, images.shape[0])
-        noisy = (images.detach() + uniform_like(images, gens, -self.eps_v, self.eps_v)).clamp(*self.pixel_range)
+        # noise wider than the pixel range is clipped anyway; capped, ε_v = inf draws finite noise, not NaN
+        radius = min(self.eps_v, self.pixel_range[1] - self.pixel_range[0])
+        noisy = (images.detach() + uniform_like(images, gens, -radius, radius)).clamp(*self.pixel_range)
         return DefenseOutput(images=noisy, loss_trace=images.new_zeros(0, images.shape[0]), score=None)
 
 

@@ -1,6 +1,6 @@
 """tools/install.sh: where each compiled part comes from (wheelhouse, cache or a build from PyPI's sdists).
 
-The builds themselves (mmcv ~10 min) are not run here: ``--dry-run`` stops after the plan.
+The builds themselves (mmcv about 14 min) are not run here: ``--dry-run`` stops after the plan.
 """
 
 from __future__ import annotations
@@ -80,3 +80,38 @@ def test_constraints_pin_what_the_install_uses():
     for name in ("torch", "torchvision", "mmcv", "mmengine", "mmsegmentation", "pb1-detectron2", "numpy"):
         assert pinned(name)
     assert "-e " not in text and "equi-ext" not in text  # the project itself is not a constraint
+
+
+def run_ci_plan(tmp_path, shared_wheels: bool, **env_overrides):
+    """``.ci/run --dry-run`` from a copy of the repository's install files, beside a ``shared/wheels`` folder
+    with an mmcv wheel or without one (a fresh clone anywhere else)."""
+    import shutil
+
+    clone = tmp_path / "clone"
+    (clone / ".ci").mkdir(parents=True)
+    (clone / "tools").mkdir()
+    for name in (".ci/run", "tools/install.sh", "constraints.txt"):
+        shutil.copy(REPO / name, clone / name)
+    if shared_wheels:
+        (tmp_path / "shared/wheels").mkdir(parents=True)
+        (tmp_path / f"shared/wheels/mmcv-{pinned('mmcv')}-{PY_TAG}-{PY_TAG}-linux_x86_64.whl").touch()
+    env = {k: v for k, v in os.environ.items() if k != "EQUI_WHEELHOUSE"}
+    env.update(EQUI_VENV=str(tmp_path / "venv"), EQUI_CACHE=str(tmp_path / "cache"), PYTHON=sys.executable,
+               **env_overrides)
+    return subprocess.run(["bash", str(clone / ".ci/run"), "--dry-run"], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_ci_builds_mmcv_unless_a_wheelhouse_is_given_or_beside_the_clone(tmp_path):
+    """A contributor's clone anywhere runs CI: no wheelhouse set and none beside it → mmcv built from its sdist;
+    the folder beside the clone or EQUI_WHEELHOUSE → its wheel; EQUI_WHEELHOUSE naming no folder → stopped with
+    a message naming it."""
+    alone = run_ci_plan(tmp_path / "a", shared_wheels=False)
+    assert alone.returncode == 0, alone.stderr
+    assert "from a build from mmcv's PyPI sdist" in alone.stdout
+    beside = run_ci_plan(tmp_path / "b", shared_wheels=True)
+    assert beside.returncode == 0, beside.stderr
+    assert f"from the wheelhouse {tmp_path / 'b/shared/wheels'}" in beside.stdout
+    missing = run_ci_plan(tmp_path / "c", shared_wheels=True, EQUI_WHEELHOUSE=str(tmp_path / "nope"))
+    assert missing.returncode == 2 and f"EQUI_WHEELHOUSE={tmp_path / 'nope'} is not a folder" in missing.stderr
+    assert not any((tmp_path / d / "venv").exists() for d in "abc")

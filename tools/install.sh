@@ -5,7 +5,7 @@
 #
 # Two parts have no usable wheel on PyPI for torch 2.14 and are built here, once, into a cache:
 #   * mmcv 2.1.0 with its ops: taken from $EQUI_WHEELHOUSE when set (a folder holding the wheel), else built
-#     from mmcv's PyPI sdist (its setup.py forces -std=c++17; torch 2.14's headers need C++20): ~10 min on 2 cores.
+#     from mmcv's PyPI sdist (its setup.py forces -std=c++17; torch 2.14's headers need C++20): about 14 min on 2 cores.
 #   * detectron2 0.6: built from PyPI's pb1-detectron2==0.6 sdist, patched by tools/patch_detectron2_sdist.py
 #     (no C++ ops, model-zoo configs shipped, Pillow 10 / NumPy 2 fixes, a stand-in for detectron2._C): seconds.
 # Versions come from constraints.txt (the tested set).
@@ -44,7 +44,7 @@ if [[ -n "${EQUI_WHEELHOUSE:-}" ]]; then
     echo "error: EQUI_WHEELHOUSE=$EQUI_WHEELHOUSE is not a folder" >&2; exit 2; }
   compgen -G "$wheelhouse/mmcv-$mmcv_version-$py_tag-*.whl" >/dev/null || {
     echo "error: EQUI_WHEELHOUSE=$wheelhouse has no mmcv-$mmcv_version wheel for $py_tag; unset it to build" >&2
-    echo "mmcv from its PyPI sdist instead (about 10 minutes on 2 cores, cached in $cache)." >&2
+    echo "mmcv from its PyPI sdist instead (about 15 minutes on 2 cores, cached in $cache)." >&2
     exit 2; }
 fi
 
@@ -53,7 +53,7 @@ if [[ -n "$wheelhouse" ]]; then
 elif compgen -G "$cache/mmcv-$mmcv_version-$py_tag-*.whl" >/dev/null; then
   mmcv_source="the cache $cache (built earlier)"
 else
-  mmcv_source="a build from mmcv's PyPI sdist (about 10 minutes on 2 cores), cached in $cache"
+  mmcv_source="a build from mmcv's PyPI sdist (about 15 minutes on 2 cores), cached in $cache"
 fi
 if compgen -G "$cache/pb1_detectron2-$d2_version-*.whl" >/dev/null; then
   d2_source="the cache $cache (built earlier)"
@@ -78,7 +78,7 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
 if [[ -z "$wheelhouse" ]] && ! compgen -G "$cache/mmcv-$mmcv_version-$py_tag-*.whl" >/dev/null; then
-  step "building mmcv $mmcv_version ops from the PyPI sdist: about 10 minutes on 2 cores; progress every 10 sources"
+  step "building mmcv $mmcv_version ops from the PyPI sdist: about 14 minutes on 2 cores; progress every 10 sources"
   "${pip[@]}" download --quiet --no-deps --no-binary :all: --no-build-isolation -d "$scratch" "mmcv==$mmcv_version"
   tar -xzf "$scratch/mmcv-$mmcv_version.tar.gz" -C "$scratch"
   # torch 2.14's headers use C++20; mmcv's setup.py hard-codes C++17.

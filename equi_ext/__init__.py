@@ -29,7 +29,9 @@ def defend(feature_fn: FeatureFn, images: torch.Tensor, method: str | dict = "eq
 
     ``kwargs`` are the defense's constructor arguments (``eps_v``, ``steps``, ``preset``, …). ``image_seeds``, one
     int per image (e.g. ``equi_ext.core.seeding.file_seed(path)``), fix each image's random draws whatever batch
-    it comes in; without them an image's seed is its position in the batch.
+    it comes in; without them each image's seed comes from its pixel values, which also makes the result
+    independent of the batch (give seeds when two different images must not share draws by chance of equal
+    pixels, or to skip hashing the pixels).
     """
     from .defenses import build_defense
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.seeding import image_generators, uniform_like
+from ..core.seeding import content_seeds, image_generators, uniform_like
 from ..core.validation import (
     PixelRange,
     check_budget,
@@ -263,7 +263,7 @@ class Attack:
         if not self.random_start:
             return x.clone()
         radius = self.step_scale()
-        gens = image_generators(self.seed, image_seeds, x.shape[0])
+        gens = image_generators(self.seed, content_seeds(x, image_seeds), x.shape[0])
         return self.project(x + uniform_like(x, gens, -radius, radius), x)
 
     def optimise(self, x: torch.Tensor, adv: torch.Tensor, targets: Any) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .losses import OBJECTIVES, REDUCTIONS, FeatureFn, Objective, chunked_terms
-from .seeding import image_generators, normal_like
+from .seeding import content_seeds, image_generators, normal_like
 from .transforms import Transform, build_transforms
 from .validation import (
     PixelRange,
@@ -277,7 +277,7 @@ class EquivarianceDefense:
 
         ``model``, if given, is the module behind ``features``: its ``requires_grad`` and
         ``training`` flags are restored afterwards. ``image_seeds`` (e.g. dataset indices)
-        make each image's noise independent of batching; ``seed`` overrides the
+        seed each image's noise (default: from its pixel values), so batching never changes it; ``seed`` overrides the
         constructor's seed for this call (EOT draws fresh randomness this way).
         Never modifies ``images``.
 
@@ -297,7 +297,7 @@ class EquivarianceDefense:
         size = tuple(images.shape[-2:])
         seed = self.seed if seed is None else int(seed)
         transform_gen = torch.Generator().manual_seed(seed)
-        noise_gens = image_generators(seed, image_seeds, images.shape[0])
+        noise_gens = image_generators(seed, content_seeds(images, image_seeds), images.shape[0])
         transforms = self.sample_transforms(transform_gen)
         self._check_sizes(transforms, size)
         x = images if differentiable else images.detach()

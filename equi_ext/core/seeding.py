@@ -23,6 +23,15 @@ def image_seed(file_name: str | os.PathLike | None, image_id: object, index: int
     return image_id if isinstance(image_id, int) and not isinstance(image_id, bool) else index
 
 
+def content_seeds(images: torch.Tensor, image_seeds: Sequence[int] | None = None) -> list[int]:
+    """``image_seeds``, or else one seed per image from its pixel values (CRC-32 of its float32 bytes), so an
+    image passed without a seed gets the same random draws in any batch, at any position."""
+    if image_seeds is not None:
+        return list(image_seeds)
+    pixels = images.detach().to("cpu", torch.float32).contiguous().numpy()
+    return [zlib.crc32(image.tobytes()) for image in pixels]
+
+
 def image_generators(seed: int, image_seeds: Sequence[int] | None, n: int) -> list[torch.Generator]:
     """One CPU generator per image, seeded by (seed, image_seed); image_seeds default to 0..n−1."""
     seeds = list(image_seeds) if image_seeds is not None else list(range(n))

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..core.losses import FeatureFn
 from ..core.optimizer import DefenseOutput, EquivarianceDefense
-from ..core.seeding import image_generators, uniform_like
+from ..core.seeding import content_seeds, image_generators, uniform_like
 from ..core.validation import PixelRange, check_budget, check_images, check_pixel_range
 from .registry import DEFENSES
 
@@ -33,7 +33,8 @@ class RandomNoiseDefense:
                  image_seeds: Sequence[int] | None = None, seed: int | None = None,
                  compute_score: bool = True) -> DefenseOutput:
         check_images(images, self.stated_pixel_range)
-        gens = image_generators(self.seed if seed is None else int(seed), image_seeds, images.shape[0])
+        gens = image_generators(self.seed if seed is None else int(seed), content_seeds(images, image_seeds),
+                                images.shape[0])
         # noise wider than the pixel range is clipped anyway; capped, ε_v = inf draws finite noise, not NaN
         radius = min(self.eps_v, self.pixel_range[1] - self.pixel_range[0])
         noisy = (images.detach() + uniform_like(images, gens, -radius, radius)).clamp(*self.pixel_range)
@@ -80,7 +81,7 @@ class DetectThenDefend:
         trace = images.new_full((self.defense.steps, images.shape[0]), float("nan"))
         if flagged.any():
             idx = flagged.nonzero().flatten()
-            seeds = list(range(images.shape[0])) if image_seeds is None else list(image_seeds)
+            seeds = content_seeds(images, image_seeds)
             inner = self.defense(images[idx], features, model=model, image_seeds=[seeds[i] for i in idx.tolist()],
                                  seed=seed, compute_score=False)
             out_images[idx] = inner.images

@@ -179,12 +179,15 @@ def test_seeded_attacks_are_reproducible(toy_task):
 
 @pytest.mark.numerics
 def test_an_images_attack_does_not_depend_on_its_batch(toy_task64):
-    """Per-image random streams (float64: see the ``toy_task64`` fixture)."""
+    """Per-image random streams, seeded by the given seeds or else by the image's pixels (float64: see the
+    ``toy_task64`` fixture)."""
     images, labels = toy_task64.images[:4], toy_task64.labels[:4]
-    alone = PGD(logits_fn=toy_task64.logits, seed=1, steps=3)(images[2:3], labels[2:3], image_seeds=[2])
-    batch = PGD(logits_fn=toy_task64.logits, seed=1, steps=3)(images, labels)
+    attack = PGD(logits_fn=toy_task64.logits, seed=1, steps=3)
+    alone = attack(images[2:3], labels[2:3])
     assert (alone - images[2:3]).abs().max() > 0
-    torch.testing.assert_close(alone, batch[2:3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone, attack(images, labels)[2:3], atol=1e-6, rtol=0)
+    seeded = attack(images, labels, image_seeds=[5, 6, 7, 8])
+    torch.testing.assert_close(attack(images[2:3], labels[2:3], image_seeds=[7]), seeded[2:3], atol=1e-6, rtol=0)
 
 
 @pytest.mark.numerics

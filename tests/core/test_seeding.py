@@ -37,9 +37,10 @@ def test_image_streams_follow_the_image_seeds_and_noise_follows_the_images():
         image_generators(0, [1], 2)
 
 
-def test_image_seeds_make_an_images_result_independent_of_its_place_in_the_batch():
-    """Without ``image_seeds`` the seed is the batch position: the same image defended or attacked first or second
-    gets other random draws; with them it gets the same ones."""
+def test_an_images_draws_do_not_depend_on_its_place_in_the_batch():
+    """The same image defended or attacked first or second gets the same random draws: from its ``image_seeds``,
+    or without them from its pixel values (the seed was its position: results differed by 6 levels). Two
+    images with equal pixels share draws unless seeds tell them apart."""
     import equi_ext
     from equi_ext.attacks import PGD
 
@@ -51,13 +52,18 @@ def test_image_seeds_make_an_images_result_independent_of_its_place_in_the_batch
     def features(x):
         return net(x / 255)
 
-    def defended(x, seeds=None):
-        return equi_ext.defend(features, x, preset="fast", model=net, image_seeds=seeds).images
+    def defended(x, seeds=None, method="equi"):
+        return equi_ext.defend(features, x, method, preset="fast", model=net, image_seeds=seeds).images
 
-    assert not torch.equal(defended(ab)[0], defended(ba)[1])
+    torch.testing.assert_close(defended(ab)[0], defended(ba)[1], rtol=0, atol=0)
     torch.testing.assert_close(defended(ab, [7, 9])[0], defended(ba, [9, 7])[1], rtol=0, atol=0)
+    assert not torch.equal(defended(ab)[0], defended(ab, [7, 9])[0])  # the pixels' seed is not seed 7
     attack = PGD(logits_fn=features, eps=4, steps=2)
     labels = features(ab).argmax(1)
-    assert not torch.equal(attack(ab, labels)[0], attack(ba, labels.flip(0))[1])
+    torch.testing.assert_close(attack(ab, labels)[0], attack(ba, labels.flip(0))[1], rtol=0, atol=0)
     torch.testing.assert_close(attack(ab, labels, image_seeds=[7, 9])[0],
                                attack(ba, labels.flip(0), image_seeds=[9, 7])[1], rtol=0, atol=0)
+    noise = equi_ext.defend(features, torch.cat([a, a]), "random", eps_v=8).images
+    torch.testing.assert_close(noise[0], noise[1], rtol=0, atol=0)
+    noise = equi_ext.defend(features, torch.cat([a, a]), "random", eps_v=8, image_seeds=[1, 2]).images
+    assert not torch.equal(noise[0], noise[1])

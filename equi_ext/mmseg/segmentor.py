@@ -31,6 +31,7 @@ from ..core.seeding import image_seed
 from ..core.validation import check_image_batch, check_images
 from ..defenses import DetectThenDefend
 from ..pipeline import EquiPipeline, PixelBatch, check_scenarios, temporarily
+from .adversarial import adversarial_loss, adversarial_settings
 
 FEATURE_LAYERS = ("backbone", "neck", "logits")
 _UNSET = object()
@@ -362,16 +363,18 @@ def _uses_equi(model: EncoderDecoder) -> bool:
 
 
 def install() -> None:
-    """Wrap ``EncoderDecoder.predict`` once (idempotent), and ``__init__`` so that a model whose ``test_cfg``
-    has a misspelt key or bad settings, or asks for a defense/attack its ``predict`` would bypass, fails at build."""
+    """Wrap ``EncoderDecoder.predict`` and ``loss`` once (idempotent), and ``__init__`` so that a model whose
+    ``test_cfg`` or ``train_cfg`` has a misspelt key or bad settings, or asks for a defense/attack its ``predict``
+    would bypass, fails at build."""
     stock = EncoderDecoder.predict
     if getattr(stock, "_equi_wrapped", False):
         return
-    stock_init = EncoderDecoder.__init__
+    stock_init, stock_loss = EncoderDecoder.__init__, EncoderDecoder.loss
 
     @functools.wraps(stock_init)
     def __init__(self, *args, **kwargs):
         stock_init(self, *args, **kwargs)
+        adversarial_settings(self.train_cfg)
         check_test_cfg_keys(self.test_cfg)
         if _uses_equi(self):
             check_wrappable(self)
@@ -387,6 +390,15 @@ def install() -> None:
     predict._equi_wrapped = True
     predict.__doc__ = stock.__doc__
     EncoderDecoder.predict = predict
+
+    @functools.wraps(stock_loss)
+    def loss(self, inputs, data_samples):
+        settings = adversarial_settings(self.train_cfg)
+        if settings is None:
+            return stock_loss(self, inputs, data_samples)
+        return adversarial_loss(self, settings, inputs, data_samples, lambda x, s: stock_loss(self, x, s))
+
+    EncoderDecoder.loss = loss
 
 
 @MODELS.register_module()

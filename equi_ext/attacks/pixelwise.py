@@ -123,7 +123,7 @@ class SegPGD(LogitsAttack):
     def objective(self, adv, targets, step):
         logits, valid, labels = self.pixel_logits(adv, targets)
         ce = F.cross_entropy(logits, labels, reduction="none")
-        correct = (logits.argmax(dim=1) == labels).float().detach()
+        correct = (logits.argmax(dim=1) == labels).to(logits.dtype).detach()
         lam = step / (2 * self.steps)
         return _masked_mean(((1 - lam) * correct + lam * (1 - correct)) * ce, valid)
 

@@ -8,7 +8,10 @@ not take it (``EQUI.THRESHOLD`` with ``EQUI.DEFENSE equi``) is an error when the
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -16,6 +19,7 @@ from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
 from ..assets import config_path
+from ..core.registry import did_you_mean
 
 #: ``_BASE_: model_zoo://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml`` inherits a config
 #: shipped inside the detectron2 package (as ``mmseg::`` does for MMSeg configs).
@@ -60,6 +64,15 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     # bpda / eot: the attack they run through the defense (None = pgd); the keys above then configure it,
     # e.g. EQUI.ATTACK bpda EQUI.BPDA_ATTACK apgd EQUI.STEPS 100: APGD-100 through the defense.
     cfg.EQUI.BPDA_ATTACK = None
+    # Adversarial training (tools/train_net.py): each training batch is replaced by this attack on the model's
+    # training losses ('' = standard training); see equi_ext.attacks.training.AdversarialTraining.
+    cfg.EQUI.ADV_TRAIN = CfgNode()
+    cfg.EQUI.ADV_TRAIN.ATTACK = ""  # a name of equi_ext.attacks.ATTACKS taking a task loss, e.g. 'pgd', 'apgd'
+    cfg.EQUI.ADV_TRAIN.EPS = 4.0  # L∞ budget, pixel levels
+    cfg.EQUI.ADV_TRAIN.STEPS = 2
+    cfg.EQUI.ADV_TRAIN.STEP_SIZE = None  # None = the attack's own rule (PGD: 2.5·min(EPS, 8)/STEPS)
+    cfg.EQUI.ADV_TRAIN.CLEAN_WEIGHT = 0.0  # loss = w·L(clean) + (1 − w)·L(attacked)
+    cfg.EQUI.ADV_TRAIN.BN = "eval"  # normalisation layers during the attack: 'eval' (running statistics) or 'train'
     # A synthetic-shapes root registered as <prefix>_train / <prefix>_val before building loaders.
     cfg.EQUI.SYNTHETIC_ROOT = ""
     return cfg
@@ -100,12 +113,31 @@ def _load_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     return _merge_dicts(raw, base_dict)
 
 
+@contextlib.contextmanager
+def _named_unknown_keys(cfg: CfgNode) -> Iterator[None]:
+    """yacs refuses an unknown key with an ``AssertionError`` (command line) or a bare ``KeyError`` (yaml); make it a
+    ``KeyError`` that names the key and the nearest key there is."""
+    try:
+        yield
+    except (AssertionError, KeyError) as err:
+        found = re.search(r"Non-existent (?:config )?key: ([\w.]+)", str(err))
+        if found is None:
+            raise
+        key = found.group(1)
+        parent, _, leaf = key.rpartition(".")
+        node = cfg
+        for part in parent.split(".") if parent else []:
+            node = node.get(part) if isinstance(node, dict) else None
+        hint = did_you_mean(leaf, list(node)) if isinstance(node, dict) else ""
+        raise KeyError(f"{key} is not a Detectron2 or equi-ext config key{hint}") from None
+
+
 def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -> CfgNode:
     """Detectron2's defaults + ``EQUI`` + ``config_file`` (a path or ``equi_ext::NAME``) + ``opts`` (``KEY VALUE`` pairs), checked.
 
     Raises:
         FileNotFoundError: the config (or its model-zoo base) does not exist.
-        KeyError: an unknown ``EQUI.DEFENSE`` / ``EQUI.ATTACK``.
+        KeyError: an unknown config key, or an unknown ``EQUI.DEFENSE`` / ``EQUI.ATTACK``.
         ValueError: an unknown ``EQUI.FEATURE``, or a set ``EQUI`` key the chosen defense/attack does not take.
     """
     from .modeling.meta_arch import equi_settings
@@ -114,9 +146,10 @@ def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     cfg = add_equi_config(get_cfg())
-    cfg.merge_from_other_cfg(CfgNode(_load_yaml(path)))
-    if opts:
-        cfg.merge_from_list(list(opts))
+    with _named_unknown_keys(cfg):
+        cfg.merge_from_other_cfg(CfgNode(_load_yaml(path)))
+        if opts:
+            cfg.merge_from_list(list(opts))
     if cfg.EQUI.FEATURE not in FEATURES:
         raise ValueError(f"EQUI.FEATURE must be one of {FEATURES}; got {cfg.EQUI.FEATURE!r}")
     if cfg.EQUI.CHUNKED and cfg.EQUI.FEATURE != "fpn":

@@ -23,6 +23,7 @@ from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import EventStorage
 
 from ...attacks import ATTACKS
+from ...attacks.training import AdversarialTraining
 from ...core.seeding import image_seed
 from ...defenses import DEFENSES
 from ...pipeline import EquiPipeline, PixelBatch
@@ -113,7 +114,27 @@ def equi_settings(cfg) -> dict[str, Any]:
         _refuse(rejected, equi, "ATTACK", equi.ATTACK, ATTACKS, ATTACK_KEYS)
         attack = {"type": equi.ATTACK, **attack_settings}
     return dict(defense=defense, attack=attack, feature=equi.FEATURE, levels=list(equi.FPN_LEVELS),
-                roi_score_thresh=float(equi.ROI_SCORE_THRESH))
+                roi_score_thresh=float(equi.ROI_SCORE_THRESH), adversarial=adversarial_training(equi))
+
+
+def adversarial_training(equi) -> AdversarialTraining | None:
+    """``EQUI.ADV_TRAIN`` as adversarial-training settings (None when ``ATTACK`` is empty).
+
+    Raises:
+        KeyError / TypeError / ValueError: an unknown attack, a key it does not take, an attack that needs
+            dense logits, features or a defense, or a bad budget or weight.
+    """
+    adv = equi.get("ADV_TRAIN")
+    if adv is None or not adv.ATTACK:
+        return None
+    attack = {"type": adv.ATTACK, "eps": adv.EPS, "steps": adv.STEPS}
+    if adv.STEP_SIZE is not None:
+        attack["step_size"] = adv.STEP_SIZE
+    settings = AdversarialTraining(attack=attack, clean_weight=adv.CLEAN_WEIGHT, bn=adv.BN)
+    if settings.needs_logits:
+        raise ValueError(f"EQUI.ADV_TRAIN.ATTACK {adv.ATTACK!r} weights pixels by dense logits, which a Mask R-CNN "
+                         f"has not; use an attack on the training losses (pgd, apgd, mim, ifgsm)")
+    return settings
 
 
 @contextlib.contextmanager
@@ -148,6 +169,7 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         self.pipeline = EquiPipeline(equi["defense"], equi["attack"], needs_logits=False)
         self.feature, self.levels = equi["feature"], equi["levels"]
         self.roi_score_thresh = equi["roi_score_thresh"]
+        self.adversarial: AdversarialTraining | None = equi.get("adversarial")
         MaskRCNNObjective(self, self.image_list, self.levels, boxes=[] if "mask_logits" in self.feature else None)
         self.scenario: str | None = None
         self.record_scores = False
@@ -209,6 +231,36 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
     def objective(self, pixels: torch.Tensor) -> MaskRCNNObjective:
         boxes = self._boxes(pixels) if "mask_logits" in self.feature else None
         return MaskRCNNObjective(self, self.image_list, self.levels, use_fpn="fpn" in self.feature, boxes=boxes)
+
+    # ----- adversarial training --------------------------------------------------------------
+    def forward(self, batched_inputs: list[dict]):
+        """In training with ``EQUI.ADV_TRAIN.ATTACK`` set, the losses of the attacked batch
+        (``attacked_inputs``), mixed with the clean batch's by ``CLEAN_WEIGHT``; otherwise Detectron2's."""
+        if not self.training or self.adversarial is None:
+            return super().forward(batched_inputs)
+        losses = super().forward(self.attacked_inputs(batched_inputs))
+        clean = super().forward(batched_inputs) if self.adversarial.clean_weight else None
+        return self.adversarial.combine(clean, losses)
+
+    def attacked_inputs(self, batched_inputs: list[dict]) -> list[dict]:
+        """``batched_inputs`` with each image replaced by the training attack's output on the sum of the training
+        losses (images of one size attacked together; proposal sampling seeded by their file names)."""
+        if any("instances" not in x for x in batched_inputs):
+            raise ValueError("adversarial training needs each input's 'instances' (ground truth)")
+        groups: dict[tuple, list[int]] = {}
+        for i, x in enumerate(batched_inputs):
+            groups.setdefault(tuple(x["image"].shape), []).append(i)
+        attacked = [dict(x) for x in batched_inputs]
+        for idx in groups.values():
+            pixels = torch.stack([self.to_pixels(batched_inputs[i]["image"]) for i in idx])
+            targets = [batched_inputs[i]["instances"].to(self.device) for i in idx]
+            seeds = [image_seed(batched_inputs[i].get("file_name"), batched_inputs[i].get("image_id"), i) for i in idx]
+            seed = zlib.crc32(repr(seeds).encode())
+            adv = self.adversarial.perturb(self, pixels, targets,
+                                           loss_fn=lambda x, t=targets, s=seed: self.task_loss(x, t, s))
+            for j, i in enumerate(idx):
+                attacked[i]["image"] = self.to_image(adv[j])
+        return attacked
 
     # ----- inference ------------------------------------------------------------------------
     def inference(self, batched_inputs: list[dict], detected_instances: list[Instances] | None = None,

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from equi_ext.core.validation import SettingsError
+from equi_ext.files import atomic_write_text
 from equi_ext.tooling import start_tool
 
 
@@ -43,8 +44,7 @@ def main(argv=None) -> dict:
     except SettingsError as err:
         raise SystemExit(f"error: {err}") from None
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        atomic_write_text(args.out, json.dumps(result, indent=2))
     print(f"{result['images']} {args.split} images; pixels per class: "
           + ", ".join(f"{c} {n}" for c, n in zip(result["classes"], result["counts"])))
     print("attack=dict(type='sea', class_weights=[" + ", ".join(f"{w:.6g}" for w in result["weights"]) + "])")

@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from equi_ext.core.checkpoints import CheckpointError, read_checkpoint
+from equi_ext.files import atomic_torch_save
 from equi_ext.tooling import start_tool
 
 
@@ -43,8 +42,7 @@ def main(argv=None) -> None:
     else:
         meta = {k: v for k, v in ckpt.get("meta", {}).items() if k in ("iter", "epoch", "seed", "mmseg_version")}
         out = {"state_dict": state, "meta": meta}
-    args.dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, args.dst)
+    atomic_torch_save(out, args.dst)
     print(f"wrote {args.dst} ({args.dst.stat().st_size / 1e6:.1f} MB, {len(state)} tensors)")
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import atomic_torch_save
 from .losses import FeatureFn, Maps
 from .transforms import ColorJitter, HFlip, Resize, Rot90, Transform
 from .validation import DEFAULT_PIXEL_RANGE, PixelRange, check_positive_int
@@ -271,10 +272,8 @@ def train_head(kind: str, feature_fn: FeatureFn, images: Sequence[torch.Tensor],
 # ----- files --------------------------------------------------------------------------------------
 def save_head(head: SSLHead, path: str | os.PathLike, metrics: dict[str, Any] | None = None) -> None:
     """Write ``head`` with its metadata (kind, in_channels, feature spec, training metrics)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(format=FILE_FORMAT, version=FILE_VERSION, **head.metadata(), metrics=dict(metrics or {}),
-                    state_dict=head.state_dict()), path)
+    atomic_torch_save(dict(format=FILE_FORMAT, version=FILE_VERSION, **head.metadata(), metrics=dict(metrics or {}),
+                           state_dict=head.state_dict()), path)
 
 
 def load_head(path: str | os.PathLike, kind: str | None = None) -> SSLHead:

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..files import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
@@ -269,8 +271,9 @@ def _coco_annotation(instance: dict[str, Any], ann_id: int, image_id: int) -> di
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Sorted keys and fixed indentation: the same content is the same bytes."""
-    path.write_text(json.dumps(obj, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    """Sorted keys and fixed indentation: the same content is the same bytes; written whole or not at all (the
+    split's ``meta.json`` marks a finished generation)."""
+    atomic_write_text(path, json.dumps(obj, sort_keys=True, indent=2) + "\n")
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:

@@ -39,6 +39,7 @@ from ..core.metrics import greedy_worst_case
 from ..core.seeding import file_seed
 from ..core.validation import SettingsError
 from ..data.corruptions import check_corruptions, corrupt
+from ..files import atomic_write_text
 from ..pipeline import EquiPipeline, scenario_table, temporarily
 from ..progress import image_bar
 from ..reporting import atomic_write_json, fingerprint, prepare_record_dir, read_record, record_path, record_paths
@@ -355,8 +356,8 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
     if not comm.is_main_process():
         return rows
     table = scenario_table(rows, {"mask AP": "segm_AP", "mask AP50": "segm_AP50", "box AP": "bbox_AP"})
-    (out_dir / "equi_results.md").write_text(table + "\n")
-    (out_dir / "equi_results.json").write_text(json.dumps(
+    atomic_write_text(out_dir / "equi_results.md", table + "\n")
+    atomic_write_text(out_dir / "equi_results.json", json.dumps(
         dict(weights=weights, equi=json.loads(json.dumps(cfg.EQUI, default=str)), results=rows), indent=2))
     print(table)
     return rows

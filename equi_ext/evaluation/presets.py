@@ -37,6 +37,7 @@ from typing import Any
 from ..assets import ASSETS, WORKSPACE
 from ..core.optimizer import PRESETS
 from ..core.validation import SettingsError
+from ..files import atomic_write_text
 from ..reporting import Report, slug
 from .demo import CHECKPOINT, CONFIG, D2_CHECKPOINT, EPS, ensure_tune_data
 from .tuning import CANDIDATES
@@ -134,7 +135,7 @@ def setting_lines(settings: dict) -> list[str]:
 
 def record_values(cell_dir: Path, values: dict) -> None:
     cell_dir.mkdir(parents=True, exist_ok=True)
-    (cell_dir / "setting.json").write_text(json.dumps(values, sort_keys=True))
+    atomic_write_text(cell_dir / "setting.json", json.dumps(values, sort_keys=True))
 
 
 def check_recorded_values(cell_dir: Path, values: dict) -> None:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from ..core.checkpoints import load_weights
 from ..core.metrics import greedy_worst_case, worst_case_per_image
 from ..core.validation import SettingsError
+from ..files import atomic_write_text
 from ..pipeline import scenario_table
 from ..reporting import fingerprint, prepare_record_dir, record_paths
 from .cli import check_test_data
@@ -71,13 +72,10 @@ def evaluate_scenarios(cfg: Config, checkpoint: str | None, scenarios: list[str]
     if get_rank() != 0:
         return rows
     table = scenario_table(rows, {"mIoU": "mIoU", "aAcc": "aAcc", "mAcc": "mAcc"})
-    os.makedirs(cfg.work_dir, exist_ok=True)
-    with open(os.path.join(cfg.work_dir, "equi_results.md"), "w") as f:
-        f.write(table + "\n")
+    atomic_write_text(os.path.join(cfg.work_dir, "equi_results.md"), table + "\n")
     settings = test_cfg.to_dict() if hasattr(test_cfg, "to_dict") else dict(test_cfg or {})
-    with open(os.path.join(cfg.work_dir, "equi_results.json"), "w") as f:
-        json.dump(dict(config=cfg.filename, checkpoint=checkpoint, test_cfg=settings, results=rows), f, indent=2,
-                  default=str)
+    atomic_write_text(os.path.join(cfg.work_dir, "equi_results.json"), json.dumps(
+        dict(config=cfg.filename, checkpoint=checkpoint, test_cfg=settings, results=rows), indent=2, default=str))
     runner.logger.info("equi-ext results\n" + table)
     print(table)
     return rows

@@ -77,7 +77,7 @@ class BPDA:
     purified image h(x) instead of x, and applies the gradient taken there to x (identity backward),
     averaged over the draws. Attacks that keep their best iterate (APGD, SEA) see the deployed defense as
     the first draw, so what they keep is judged by what the evaluation sees; the others use fresh draws
-    each step (seeds step·n + j), as the BPDA and EOT of earlier versions did.
+    each step (seeds step·n + j).
     """
 
     needs_defense = True

@@ -172,7 +172,7 @@ class EquiRuntime:
         self.record_scores = False
         self.pixels = PixelSpace(model.data_preprocessor)
         #: detect-then-defend: predict the images it lets through from its score's backbone outputs
-        #: (``BackboneMemo``; False: compute them again, as before, e.g. to measure what the reuse saves). Other
+        #: (``BackboneMemo``; False: compute them again, e.g. to measure what the reuse saves). Other
         #: defenses recompute: few of their rows would be served, and those would move published last bits.
         self.reuse_backbone = isinstance(self.pipeline.defense, DetectThenDefend)
         self._memo: BackboneMemo | None = None

@@ -15,8 +15,9 @@ Parts, each timed:
 3. **security curve**: the metric against ε for the undefended model (the attack on it) and the defended
    one (per-image worst case of transfer and through-defense), clean at ε = 0, as a table and a PNG. Each
    point is the per-image worst case over the runs at that ε *and every smaller one* (their adversarial
-   images lie in the larger ball), so the curve never rises with ε; the runs at each ε alone are listed
-   beside it, where a rise shows an attack that weakens at large budgets.
+   images lie in the larger ball), and never above the point before it (``security_points``), so the curve
+   never rises with ε; the runs at each ε alone are listed beside it, where a rise shows an attack that
+   weakens at large budgets.
 
 Every cell keeps per-image records under ``work_dir/cells``; ``resume`` reuses them.
 """
@@ -77,11 +78,25 @@ def doubling_converged(points: list[dict]) -> bool:
     return len(points) > 1 and abs(points[-1]["worst_case"] - points[-2]["worst_case"]) < TOLERANCE
 
 
+def security_points(curve: list[dict]) -> list[dict]:
+    """The curve as reported: each column's point no higher than the one at the smaller ε before it.
+
+    The whole set of adversarial images of a smaller ε is an attack at this one, so a robust number can only
+    fall with ε. Pooling image by image already makes an mIoU curve fall; a dataset metric like mask AP can
+    still rise when its images are chosen one by one (the choice follows each image's own loss, not the
+    dataset's AP), so the lower of the two is the point."""
+    points, lowest = [], {}
+    for p in curve:
+        lowest = {column: min(p[column], lowest.get(column, p[column])) for column in COLUMNS}
+        points.append({**p, **lowest})
+    return points
+
+
 def plot_security_curve(data: dict) -> bytes:
     """PNG of the metric against ε, one line per column (matplotlib's object API: no pyplot state)."""
     from matplotlib.figure import Figure
 
-    curve = data["security_curve"]
+    curve = security_points(data["security_curve"])
     fig = Figure(figsize=(5.5, 4.0))
     ax = fig.add_subplot()
     x = list(range(len(curve)))
@@ -137,11 +152,13 @@ def render(data: dict) -> str:
               f"{strong} at each ε: undefended model; defended = per-image worst case of transfer and through-defense "
               "(BPDA)." + (" Each point takes every image's worst over the runs at that ε and all smaller ones (their "
                            "adversarial images lie in the larger ball); the rows marked *at this ε only* leave the "
-                           "smaller runs out." if pooled else "") + " ε = 0 is clean.", "",
+                           "smaller runs out; a point is never above the one before it (the smaller ε's adversarial "
+                           "images are an attack at this ε too)." if pooled else "") + " ε = 0 is clean.", "",
               "| ε | " + " | ".join(f"{p['eps']:g}" for p in data["security_curve"]) + " |",
               "|---" * (len(data["security_curve"]) + 1) + "|"]
     for column in COLUMNS:
-        lines.append(f"| {column} | " + " | ".join(f"{p[column]:.2f}" for p in data["security_curve"]) + " |")
+        lines.append(f"| {column} | " + " | ".join(f"{p[column]:.2f}" for p in security_points(data["security_curve"]))
+                     + " |")
     if pooled:
         for column in COLUMNS:
             lines.append(f"| {column}, at this ε only | " + " | ".join(

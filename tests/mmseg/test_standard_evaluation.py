@@ -190,3 +190,17 @@ def test_standard_evaluation_on_the_demo_deeplabv3(synthetic_val_root, tmp_path,
     # A committed result re-renders to the same page and plot without evaluating anything.
     assert_rerenders(load_tool("standard_evaluation"), tmp_path / "standard_evaluation.json",
                      plots=["security_curve.png"])
+
+
+def test_a_reported_point_is_never_above_the_one_at_a_smaller_eps():
+    """Mask AP of images pooled one by one can rise with ε (the demo Mask R-CNN's defended curve did: 13.52 at
+    ε = 8, 16.49 at 16); the reported point takes the lower of it and the point before."""
+    from equi_ext.evaluation.standard import security_points
+
+    raw = [dict(eps=0, vanilla=40.0, defended=44.0), dict(eps=4, vanilla=14.1, defended=24.1),
+           dict(eps=8, vanilla=12.1, defended=13.5, single_eps=dict(vanilla=18.0, defended=19.0)),
+           dict(eps=16, vanilla=9.4, defended=16.5), dict(eps=32, vanilla=6.1, defended=12.0)]
+    points = security_points(raw)
+    assert [p["defended"] for p in points] == [44.0, 24.1, 13.5, 13.5, 12.0]
+    assert [p["vanilla"] for p in points] == [40.0, 14.1, 12.1, 9.4, 6.1]
+    assert points[2]["single_eps"] == dict(vanilla=18.0, defended=19.0) and raw[3]["defended"] == 16.5

@@ -277,3 +277,54 @@ def test_the_unrolled_attack_draws_the_defense_with_the_step_as_seed():
     images, labels = batch(6)
     attack(images, labels)
     assert seeds == [0, 1, 2]
+
+
+def test_defaults_and_the_errors_of_a_bad_construction_or_call():
+    attack = PGD(logits_fn=logits_of)
+    assert (attack.steps, attack.seed, attack.ignore_index, attack.progress, attack.eps) == (10, 0, 255, False, 4.0)
+    assert attack.step_size == pytest.approx(1.0) and attack.random_start is True
+    assert IFGSM(logits_fn=logits_of, random_start=1).random_start is True
+    with pytest.raises(ValueError, match=r"^MIM needs loss_fn or logits_fn$"):
+        MIM()
+    with pytest.raises(ValueError, match=r"^SegPGD weights pixels and needs logits_fn\(images\) -> \(N, C, h, w\)$"):
+        SegPGD(loss_fn=lambda x, t: x.sum())
+    with pytest.raises(ValueError, match=r"^step_size must be >= 0 pixel levels; got -1.0$"):
+        PGD(logits_fn=logits_of, step_size=-1.0)
+    images, labels = batch(7)
+    with pytest.raises(TypeError, match=r"^targets must be a label tensor \(N, H, W\); got list$"):
+        attack(images, [labels])
+    with pytest.raises(ValueError, match=r"^targets must have shape \(N, H, W\) = \(2, 5, 6\); got \(2, 5, 6, 1\)$"):
+        attack(images, labels[..., None])
+    with pytest.raises(TypeError, match=r"^targets must be an integer label map; got dtype torch.float32$"):
+        attack(images, labels.float())
+    seen = []
+    PGD(loss_fn=lambda x, t: seen.append(t) or x.sum(), steps=1)(images, ["instances", "of two images"])
+    assert seen == [["instances", "of two images"]]  # e.g. Detectron2 instances, passed on to the loss
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"^attacks need input gradients; they cannot run "
+                                                                 r"inside torch.inference_mode\(\)$"):
+        attack(images, labels)
+
+
+def test_every_nonzero_budget_moves_the_images_and_zero_returns_a_copy():
+    images, labels = batch(8)
+    for eps in (1.0, 2.0, 3.0):
+        adv = PGD(logits_fn=logits_of, eps=eps, steps=2, step_size=eps)(images, labels)
+        assert (adv - images).abs().max() == pytest.approx(eps)
+    same = PGD(logits_fn=logits_of, eps=0)(images, labels)
+    assert torch.equal(same, images) and same is not images
+
+
+def test_l2_steps_are_unit_directions_and_the_projection_scales_to_the_ball():
+    images, labels = batch(9)
+    attack = PGD(logits_fn=logits_of, eps=50.0, norm="l2", steps=1, step_size=20.0, random_start=False)
+    grad = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    grad[1] *= 1000
+    torch.testing.assert_close(attack.direction(grad, {}).flatten(1).norm(dim=1), torch.ones(2, dtype=torch.float64))
+    inside = images.clamp(60, 190)  # room for the steps inside the pixel range
+    far = inside + 100 * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    near = inside + 10 * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close((attack.project(far, inside) - inside).flatten(1).norm(dim=1),
+                               torch.full((2,), 50.0, dtype=torch.float64))
+    torch.testing.assert_close(attack.project(near, inside), near)
+    moved = attack(inside, labels) - inside
+    torch.testing.assert_close(moved.flatten(1).norm(dim=1), torch.full((2,), 20.0, dtype=torch.float64))

@@ -264,8 +264,9 @@ def local_weights(weights: str | None) -> str | None:
     download cache, as Detectron2's own checkpointer would; a local path must exist.
 
     Raises:
-        SettingsError: the file does not exist, or the URL could not be fetched (e.g. no internet: download it
-            elsewhere and pass the local path).
+        FileNotFoundError: no such local file.
+        SettingsError: the URL could not be fetched (e.g. no internet: download it elsewhere and pass the local
+            path).
     """
     if not weights:
         return None
@@ -279,7 +280,7 @@ def local_weights(weights: str | None) -> str | None:
             raise SettingsError(f"weights {weights!r} could not be fetched ({type(err).__name__}: {err}); "
                                 f"download the file and pass its local path instead") from None
     if not os.path.isfile(weights):
-        raise SettingsError(f"weights {weights!r} do not exist")
+        raise FileNotFoundError(f"checkpoint {weights!r} does not exist")
     return weights
 
 
@@ -328,7 +329,10 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
         raise SettingsError("DATASETS.TEST is empty: name the dataset to evaluate")
     dataset = cfg.DATASETS.TEST[0]
     check_dataset(dataset)
-    local = local_weights(weights)  # a missing file or an unreachable URL fails before the model is built
+    try:  # a missing file or an unreachable URL fails before the model is built
+        local = local_weights(weights)
+    except FileNotFoundError:
+        raise SettingsError(f"weights {weights!r} do not exist") from None
     if model is None:
         model = build_model(cfg)
         if not isinstance(model, EquiGeneralizedRCNN):

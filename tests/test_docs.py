@@ -92,3 +92,20 @@ def test_docs_and_help_texts_speak_to_users():
     found = [f"{page.relative_to(REPO)}:{n}: {match.group(0)!r}" for page in pages
              for n, line in enumerate(page.read_text().splitlines(), 1) for match in INTERNAL_JARGON.finditer(line)]
     assert not found, "\n".join(found)
+
+
+def test_every_committed_result_says_how_and_where_it_was_measured():
+    """Each result behind a benchmark page carries its provenance (command, date, CPU, versions, commit), and the
+    page shows the command and the date, so a reader can tell what produced each number and re-run it."""
+    import json
+
+    lacking = []
+    for result in committed_results():
+        provenance = json.loads(result.read_text()).get("provenance") or {}
+        page = result.with_suffix(".md").read_text()
+        missing = {"command", "date", "cpu", "cpu_capability", "torch_threads", "torch", "equi_ext", "commit"}
+        missing -= {key for key, value in provenance.items() if value not in (None, "")}
+        if missing or provenance["command"] not in page or provenance["date"] not in page:
+            lacking.append(f"{result.relative_to(REPO)}: " + (f"no {sorted(missing)}" if missing else
+                                                            "its page omits the command or the date"))
+    assert not lacking, "\n".join(lacking)

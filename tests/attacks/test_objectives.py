@@ -328,3 +328,116 @@ def test_l2_steps_are_unit_directions_and_the_projection_scales_to_the_ball():
     torch.testing.assert_close(attack.project(near, inside), near)
     moved = attack(inside, labels) - inside
     torch.testing.assert_close(moved.flatten(1).norm(dim=1), torch.full((2,), 20.0, dtype=torch.float64))
+
+
+def test_the_documented_defaults_of_each_attack():
+    import inspect
+
+    from equi_ext.attacks import EOT, Adaptive
+
+    assert MIM(logits_fn=logits_of).decay == 1.0 and CW(logits_fn=logits_of).kappa == 0.0
+    assert IFGSM(logits_fn=logits_of).eps == 4.0
+    assert Adaptive(feature_fn=logits_of, logits_fn=logits_of).lambda_e == 1.0
+    assert EOT(defense=lambda x, seed: x, logits_fn=logits_of).attack.draws.samples == 4
+    assert inspect.signature(pixel_cross_entropy).parameters["ignore_index"].default == 255
+    assert inspect.signature(Adaptive).parameters["transform_seed"].default == 0
+
+
+def test_edge_cases_of_the_pixel_weights_and_the_checks():
+    from equi_ext.attacks import Adaptive
+    from equi_ext.attacks.base import check_preprocessor
+    from equi_ext.attacks.pixelwise import _masked_mean
+
+    # one labelled pixel: its value, not half of it
+    assert float(_masked_mean(torch.tensor([[3.0, 5.0]]), torch.tensor([[True, False]]))) == 3.0
+    # CosPGD on a batch without the last class: the one-hot still spans every class of the logits
+    images, labels = batch(10)
+    labels = labels.clamp(max=1)
+    z = logits_of(images)
+    cos = per_pixel(lambda v, y: ce(v, y) * float(v.softmax(0)[y] / v.softmax(0).norm()), z, labels)
+    assert float(CosPGD(logits_fn=logits_of).objective(images, labels, 0)) == pytest.approx(cos, rel=1e-9)
+    # labels are checked against the classes (dim 1), not the height (here 5 > 4 classes)
+    bad = labels.clone()
+    bad[0, 2, 2] = C
+    for attack in (SegPGD(logits_fn=logits_of), PGD(logits_fn=logits_of)):
+        with pytest.raises(ValueError, match=r"labels \[4\] outside \[0, 4\)"):
+            attack.objective(images, bad, 0)
+    # a loss function's targets may have any shape per image, but a batch of (N, H, W, 1) maps is refused
+    with pytest.raises(ValueError, match=r"targets must have shape \(N, H, W\)"):
+        PGD(loss_fn=lambda x, t: x.sum())(images, labels[..., None])
+    with pytest.raises(TypeError, match=r"^defense must be a callable preprocessor h\(images, seed\); got int$"):
+        check_preprocessor(3)
+    with pytest.raises(TypeError, match=r"^feature_fn must be callable; got str$"):
+        Adaptive(feature_fn="backbone", logits_fn=logits_of)
+
+
+def test_mim_scales_small_gradients_up_and_l2_projection_works_below_one_level():
+    attack = MIM(logits_fn=logits_of, decay=1.0)
+    small = torch.full((1, 3, 2, 2), 1e-3)
+    small[0, 0, 0, 0] = -2e-3
+    state: dict = {}
+    attack.direction(small, state)
+    torch.testing.assert_close(state["momentum"], small / small.abs().mean())
+    unit = PGD(logits_fn=logits_of, eps=0.03, norm="l2", pixel_range=(0, 1))
+    x = torch.full((1, 3, 4, 4), 0.5)
+    delta = torch.zeros_like(x)
+    delta[0, 0, 0, 0] = 0.5
+    projected = unit.project(x + delta, x) - x
+    assert float(projected.flatten(1).norm()) == pytest.approx(0.03)
+
+
+def test_the_deployed_draw_is_the_defense_without_a_seed():
+    seen = []
+    draws = DefenseDraws(lambda x, seed: seen.append(seed) or x, 2, deployed_first=True)
+    draws(torch.zeros(1, 3, 2, 2))
+    draws(torch.zeros(1, 3, 2, 2))
+    assert seen == [None, 1, None, 3]
+
+
+def test_the_adaptive_objective_at_lambda_one_adds_the_equivariance_term():
+    from equi_ext.core.losses import equivariance_terms
+
+    images, labels = batch(11)
+    features = lambda x: logits_of(x).relu()  # noqa: E731
+    attack = ATTACKS.get("adaptive")(feature_fn=features, logits_fn=logits_of, lambda_e=1.0, transforms=["hflip"])
+    terms = equivariance_terms(features, images, attack.transforms, "dense", (0.0, 255.0))
+    torch.testing.assert_close(attack.objective(images, labels, 0),
+                               attack.task_loss(images, labels) + terms.sum(dim=1).mean())
+
+
+def test_the_adaptive_objective_transforms_within_the_attacks_pixel_range():
+    """A colour jitter clips to the pixel range: on [0, 1] images the equivariance term clips at 1, not 255."""
+    from equi_ext.core.losses import equivariance_terms
+    from equi_ext.core.transforms import ColorJitter
+
+    images, labels = batch(12)
+    images = (images / 255).clamp(0.6, 1.0)
+    features = lambda x: logits_of(x * 255).relu()  # noqa: E731
+    attack = ATTACKS.get("adaptive")(feature_fn=features, logits_fn=lambda x: logits_of(x * 255), lambda_e=1.0,
+                                     transforms=[ColorJitter(brightness=1.5)], pixel_range=(0, 1), eps=4 / 255)
+    inside = equivariance_terms(features, images, attack.transforms, "dense", (0.0, 1.0))
+    outside = equivariance_terms(features, images, attack.transforms, "dense", (0.0, 255.0))
+    assert not torch.allclose(inside, outside)
+    torch.testing.assert_close(attack.objective(images, labels, 0),
+                               attack.task_loss(images, labels) + inside.sum(dim=1).mean())
+
+
+def test_defaults_seen_through_behaviour():
+    """The defaults a signature check cannot see through a wrapper: the ignored label of the pixel loss, the seed
+    of the adaptive attack's random transform family, the targeted attack's ignored label and targets."""
+    from equi_ext.attacks import Adaptive
+
+    images, labels = batch(13)
+    z = logits_of(images)
+    assert float(pixel_cross_entropy(z, labels)) == pytest.approx(per_pixel(ce, z, labels), rel=1e-9)
+    default = Adaptive(feature_fn=logits_of, logits_fn=logits_of, transforms="paper").transforms
+    assert default == Adaptive(feature_fn=logits_of, logits_fn=logits_of, transforms="paper",
+                               transform_seed=0).transforms
+    assert default != Adaptive(feature_fn=logits_of, logits_fn=logits_of, transforms="paper",
+                               transform_seed=1).transforms
+    seen = []
+    Targeted(loss_fn=lambda x, t: seen.append(t) or x.sum()).objective(images, labels, 0)
+    assert seen[0] is labels
+    relabelled = torch.where(labels == IGNORE, 7, labels)
+    assert float(Targeted(logits_fn=logits_of, ignore_index=7).objective(images, relabelled, 0)) == pytest.approx(
+        -per_pixel(ce, z, labels), rel=1e-9)

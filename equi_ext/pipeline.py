@@ -142,6 +142,13 @@ class PixelBatch(abc.ABC):
         """Further attack arguments of the framework (e.g. its ``ignore_index``)."""
         return {}
 
+    def groups(self) -> list[list[int]]:
+        """The batch's indices grouped by ``group_key``, in order of first appearance."""
+        groups: dict[Hashable, list[int]] = defaultdict(list)
+        for i in range(self.size):
+            groups[self.group_key(i)].append(i)
+        return list(groups.values())
+
     @abc.abstractmethod
     def put(self, idx: list[int], pixels: torch.Tensor, changed: bool) -> None:
         """Hand the group's final pixels back to the framework (``changed``: attacked or defended)."""
@@ -242,11 +249,8 @@ class EquiPipeline:
         of what it is given. Returns each image's score (None unless ``record_scores``).
         """
         attack_on, defend_on = self.active(scenario)
-        groups: dict[Hashable, list[int]] = defaultdict(list)
-        for i in range(batch.size):
-            groups[batch.group_key(i)].append(i)
         scores: list[float | None] = [None] * batch.size
-        for idx in groups.values():
+        for idx in batch.groups():
             pixels, seeds, logits_fn = batch.pixels(idx), [batch.seed(i) for i in idx], batch.logits_fn(idx)
             if attack_on:
                 pixels, _ = self.run(pixels, attack=True, defend=False, features=batch.view(idx, pixels),

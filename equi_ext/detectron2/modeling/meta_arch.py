@@ -247,20 +247,13 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         losses (images of one size attacked together; proposal sampling seeded by their file names)."""
         if any("instances" not in x for x in batched_inputs):
             raise ValueError("adversarial training needs each input's 'instances' (ground truth)")
-        groups: dict[tuple, list[int]] = {}
-        for i, x in enumerate(batched_inputs):
-            groups.setdefault(tuple(x["image"].shape), []).append(i)
-        attacked = [dict(x) for x in batched_inputs]
-        for idx in groups.values():
-            pixels = torch.stack([self.to_pixels(batched_inputs[i]["image"]) for i in idx])
-            targets = [batched_inputs[i]["instances"].to(self.device) for i in idx]
-            seeds = [image_seed(batched_inputs[i].get("file_name"), batched_inputs[i].get("image_id"), i) for i in idx]
-            seed = zlib.crc32(repr(seeds).encode())
-            adv = self.adversarial.perturb(self, pixels, targets,
-                                           loss_fn=lambda x, t=targets, s=seed: self.task_loss(x, t, s))
-            for j, i in enumerate(idx):
-                attacked[i]["image"] = self.to_image(adv[j])
-        return attacked
+        batch = RCNNBatch(self, batched_inputs)  # the test path's grouping, pixels, targets and seeded loss
+        for idx in batch.groups():
+            targets, loss_fn = batch.targets(idx), batch.loss_fn(idx)
+            adv = self.adversarial.perturb(self, batch.pixels(idx), targets,
+                                           loss_fn=lambda x, f=loss_fn, t=targets: f(x, t))
+            batch.put(idx, adv, changed=True)
+        return batch.new_inputs
 
     # ----- inference ------------------------------------------------------------------------
     def inference(self, batched_inputs: list[dict], detected_instances: list[Instances] | None = None,

@@ -49,7 +49,7 @@ RESULT_TOOLS = {"standard_evaluation": "standard_evaluation", "attack_strength":
                 "robustness": "benchmark_robustness", "detection": "detect_attacks", "ablations": "ablate",
                 "speed": "benchmark_speed", "honesty": "sanity_checks", "demo": "run_demo", "tuning": "tune_defense",
                 "lambda_sweep": "sweep_lambda", "corruption": "corruption_benchmark",
-                "presets": "compare_presets"}
+                "presets": "compare_presets", "adversarial_training": "benchmark_robustness"}
 
 
 def committed_results() -> list[Path]:

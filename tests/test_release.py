@@ -97,6 +97,7 @@ def test_sdist_and_wheel_build_and_pass_twine_check(built):
                     "equi_ext/.mim/configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml",
                     "equi_ext/.mim/tools/test.py", "equi_ext/.mim/tools/run_demo.py",
                     "equi_ext/.mim/checkpoints/deeplabv3_r18c16-d8_synthetic-128x128.pth",
+                    "equi_ext/.mim/checkpoints/deeplabv3_r18c16-d8_synthetic-128x128_adv-pgd2-eps4.pth",
                     f"equi_ext-{version}.dist-info/licenses/LICENSE"):
         assert shipped in names, f"the wheel lacks {shipped}"
     assert not [n for n in names if "patch_detectron2_sdist" in n or "mask_rcnn" in n and n.endswith(".pth")]

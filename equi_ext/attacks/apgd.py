@@ -35,6 +35,8 @@ from .registry import ATTACKS
 #: Per-pixel losses of dense APGD; ``task`` is the adapter's own task loss (the only one without logits).
 DENSE_LOSSES = ("ce", "masked_ce", "balanced_ce", "js")
 LOSSES = ("task", *DENSE_LOSSES)
+#: SEA's losses, run one after the other from the same start.
+SEA_LOSSES = ("masked_ce", "balanced_ce", "js")
 
 
 def inverse_frequency_weights(targets: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
@@ -94,8 +96,9 @@ def pixel_accuracy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: in
 
 def checkpoints(steps: int) -> list[int]:
     """Iterations after which APGD checks its progress: the first interval max(1, ⌊0.22N⌋), each next one
-    ⌊0.03N⌋ shorter but at least max(1, ⌊0.06N⌋) (fractions 0.22, 0.41, 0.57, 0.70, 0.80, … for large N)."""
-    interval, shrink, floor = max(1, int(0.22 * steps)), int(0.03 * steps), max(1, int(0.06 * steps))
+    max(1, ⌊0.03N⌋) shorter but at least max(1, ⌊0.06N⌋) (fractions 0.22, 0.41, 0.57, 0.70, 0.80, … for large
+    N; a short run, such as one of SEA's stages, checks at every iteration after its first interval)."""
+    interval, shrink, floor = max(1, int(0.22 * steps)), max(1, int(0.03 * steps)), max(1, int(0.06 * steps))
     points, at = [], interval
     while at <= steps:
         points.append(at)
@@ -108,7 +111,8 @@ def step_to_halve(rises: torch.Tensor, interval: int, rho: float, halved_last: t
                   best_loss: torch.Tensor, best_at_last_check: torch.Tensor) -> torch.Tensor:
     """(N,) bool: the images whose step size a checkpoint halves: the tracking loss rose in at most
     ``rho`` of the ``interval`` steps since the last checkpoint, or it was not halved there and the best
-    tracking loss has not improved since."""
+    tracking loss has not improved since. As in the authors' code, the first checkpoint counts as one that
+    halved (``halved_last`` starts true), so only the first rule applies there."""
     return (rises <= rho * interval) | (~halved_last & (best_loss <= best_at_last_check))
 
 
@@ -211,7 +215,7 @@ class APGD(Attack):
         previous, last_track = cur.clone(), track
         check_at = set(checkpoints(steps))
         rises = torch.zeros(n, device=x.device)
-        last_check, halved_last, best_at_last_check = 0, torch.zeros(n, dtype=torch.bool, device=x.device), best_loss
+        last_check, halved_last, best_at_last_check = 0, torch.ones(n, dtype=torch.bool, device=x.device), best_loss
         for k in tqdm(range(steps), desc=type(self).__name__, leave=False, disable=not self.progress):
             note_step(type(self).__name__, k, steps)
             z = project(cur + eta * grad.sign())
@@ -230,8 +234,8 @@ class APGD(Attack):
                 halve = step_to_halve(rises, k + 1 - last_check, self.rho, halved_last, best_loss, best_at_last_check)
                 each = halve.view(view)
                 eta = torch.where(each, eta / 2, eta)
-                cur, grad = torch.where(each, x_best_loss, cur), torch.where(each, grad_best, grad)  # restart there
-                previous, last_track = torch.where(each, cur, previous), torch.where(halve, best_loss, last_track)
+                # restart there; the momentum and the next rise are still measured from the last iterate
+                cur, grad = torch.where(each, x_best_loss, cur), torch.where(each, grad_best, grad)
                 rises.zero_()
                 last_check, halved_last, best_at_last_check = k + 1, halve, best_loss.clone()
         return x_best_adv, best_quality
@@ -250,7 +254,7 @@ class SEA(APGD):
     #: (radius factor, share of the iterations) of each stage.
     SCHEDULE = ((2.0, 0.3), (1.5, 0.3), (1.0, 0.4))
 
-    def __init__(self, *, steps: int = 300, losses: Sequence[str] = ("masked_ce", "balanced_ce", "js"),
+    def __init__(self, *, steps: int = 300, losses: Sequence[str] = SEA_LOSSES,
                  class_weights: Sequence[float] | None = None, **kwargs: Any) -> None:
         if "loss" in kwargs:
             raise ValueError("SEA runs several losses: set losses=[...], not loss")

@@ -1,9 +1,11 @@
-"""Is SEA the strongest attack on the undefended demo DeepLabV3? SEA against PGD, SegPGD and CosPGD at equal cost.
+"""Is SEA the strongest attack on an undefended DeepLabV3? SEA against PGD, SegPGD and CosPGD at equal cost.
 
 SEA with ``steps`` APGD iterations per loss spends 3·``steps`` forward/backward passes; each fixed-step
 baseline gets the same 3·``steps`` iterations and its best fixed step size, chosen on the *tuning* split
 (seed 1) from ``STEP_CANDIDATES`` (the 2.5ε/steps default shrinks as iterations grow, which would handicap
-it), then all are measured on the reported split with the steps the tuning run chose (its JSON).
+it), then all are measured on the reported split with the steps the tuning run chose (its JSON). SEA is also
+run one loss at a time, and the greedy search for the lowest dataset mIoU over those three outputs per image
+(how SEA's authors report mIoU) stands beside its merged run; its margin counts the lower of the two.
 Measured: ``docs/benchmarks/attack_strength.md``.
 """
 
@@ -13,18 +15,29 @@ import json
 import time
 from pathlib import Path
 
+from ..attacks.apgd import SEA_LOSSES
 from ..core.validation import SettingsError
 from ..reporting import Report
 from .backends import MMSegBackend
-from .demo import EPS, ensure_data, ensure_tune_data
+from .demo import CONFIG, EPS, ensure_data, ensure_tune_data
 
 BASELINES = ("pgd", "segpgd", "cospgd")
 #: Fixed step sizes tried on the tuning split, as fractions of ε (at ε = 4: 0.25, 0.5, 1 and 2 pixel levels).
 STEP_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
 
 
-def sea(steps: int, eps: float = EPS) -> dict:
-    return dict(type="sea", eps=eps, steps=steps)
+def sea(steps: int, eps: float = EPS, class_weights: list[float] | None = None) -> dict:
+    weights = {} if class_weights is None else {"class_weights": class_weights}
+    return dict(type="sea", eps=eps, steps=steps, **weights)
+
+
+def training_class_weights() -> list[float]:
+    """SEA's ``balanced_ce`` weights as its authors set them: inverse pixel frequencies of the training split."""
+    from mmengine.config import Config
+
+    from ..mmseg.class_weights import inverse_pixel_frequencies
+
+    return inverse_pixel_frequencies(Config.fromfile(CONFIG), data_root=str(ensure_data()))["weights"]
 
 
 def baseline(name: str, steps: int, step_size: float, eps: float = EPS) -> dict:
@@ -46,12 +59,17 @@ def tuned_steps(tuning_report: str | Path, eps: float, steps: int) -> dict[str, 
 
 def render(data: dict) -> str:
     """The page of one comparison: mIoU per attack, the steps chosen and SEA's margin."""
-    lines = [f"Undefended demo DeepLabV3, {'tuning' if data['split'] == 'tune' else 'reported'} split, first "
+    lines = [f"Undefended {data.get('model', 'demo DeepLabV3')}, {'tuning' if data['split'] == 'tune' else 'reported'} split, first "
              f"{data['num_images']} images, ε = {data['eps']:g}; SEA: {data['steps']} APGD iterations per loss (3 "
              f"losses), baselines: {3 * data['steps']} iterations at a fixed step", "", "| attack | mIoU |", "|---|---|"]
     lines += [f"| {label} | {value:.2f} |" for label, value in data["mIoU"].items()]
+    if "sea_class_weights" in data:
+        lines += ["", "SEA's balanced cross-entropy weighs each class by its inverse pixel frequency on the training "
+                      f"split: {', '.join(f'{w:.4f}' for w in data['sea_class_weights'])}."]
+    sea_is = ("SEA (the lower of its merged run and the greedy search)" if any("greedy" in k for k in data["mIoU"])
+              else "SEA")
     lines += ["", f"Step chosen per baseline: {', '.join(f'{n} {a:g}' for n, a in data['chosen_steps'].items())}; "
-              f"SEA is {data['sea_margin']:.2f} mIoU points below the strongest baseline."]
+              f"{sea_is} is {data['sea_margin']:.2f} mIoU points below the strongest baseline."]
     return "\n".join(lines) + "\n"
 
 
@@ -59,8 +77,11 @@ REPORT = Report(render)
 
 
 def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, eps: float = EPS,
-                    step_sizes: dict[str, float] | None = None, command: str | None = None) -> dict:
-    """mIoU of the undefended demo model under SEA-``steps`` and each baseline at 3·``steps`` iterations.
+                    step_sizes: dict[str, float] | None = None, checkpoint: str | Path | None = None,
+                    sea_class_weights: list[float] | None = None, command: str | None = None) -> dict:
+    """mIoU of the undefended demo model (or its architecture with ``checkpoint``'s weights) under SEA-``steps``
+    and each baseline at 3·``steps`` iterations; ``sea_class_weights`` (e.g. ``training_class_weights()``)
+    weight SEA's ``balanced_ce``, which otherwise takes each image's own label frequencies.
 
     ``split='tune'`` tries every step of ``STEP_FRACTIONS``·``eps`` per baseline and reports the best;
     ``split='val'`` runs each baseline at ``step_sizes`` (``tuned_steps`` of the tuning run). Writes
@@ -74,18 +95,31 @@ def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, 
     if split == "val" and any(step_sizes.get(name) is None for name in BASELINES):
         raise SettingsError(f"no tuned step size for {[n for n in BASELINES if step_sizes.get(n) is None]}: run "
                             f"split='tune' first")
-    backend = MMSegBackend(ensure_tune_data() if split == "tune" else ensure_data(), num_images, work_dir)
+    backend = MMSegBackend(ensure_tune_data() if split == "tune" else ensure_data(), num_images, work_dir,
+                           None if checkpoint is None else Path(checkpoint))
     start = time.perf_counter()
     results: dict[str, float] = {}
+    rows: dict[str, dict] = {}
 
     def run(label: str, cfg: dict | None) -> float:
         began = time.perf_counter()
-        results[label] = backend.cell((label, cfg), ("vanilla", None), work_dir / "records" / label)["mIoU"]
+        rows[label] = backend.cell((label, cfg), ("vanilla", None), work_dir / "records" / label)
+        results[label] = rows[label]["mIoU"]
         print(f"{label}: mIoU {results[label]:.2f} ({time.perf_counter() - began:.0f} s)", flush=True)
         return results[label]
 
     run("clean", None)
-    sea_miou = run(f"SEA-{steps}", sea(steps, eps))
+    merged = run(f"SEA-{steps}", sea(steps, eps, sea_class_weights))
+    # SEA as its authors report mIoU: each loss's run kept apart (the same start, so each is one branch of the
+    # run above), then the greedy search for the lowest dataset mIoU over the three outputs per image
+    for loss in SEA_LOSSES:
+        weights = sea_class_weights if loss == "balanced_ce" else None
+        run(f"SEA-{steps} {loss} alone", dict(sea(steps, eps, weights), losses=[loss]))
+    greedy_label = f"SEA-{steps}, greedy mIoU search over its losses"
+    results[greedy_label] = backend.worst_case([rows[f"SEA-{steps} {loss} alone"] for loss in SEA_LOSSES])[
+        "greedy_mIoU"]
+    print(f"{greedy_label}: mIoU {results[greedy_label]:.2f}", flush=True)
+    sea_miou = min(merged, results[greedy_label])
     chosen = {}
     for name in BASELINES:
         candidates = [f * eps for f in STEP_FRACTIONS] if split == "tune" else (step_sizes[name],)
@@ -93,7 +127,10 @@ def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, 
                   for alpha in candidates}
         chosen[name] = min(scores, key=scores.get)
     strongest = min(results[f"{n}-{3 * steps} step {chosen[n]:g}"] for n in BASELINES)
-    data = dict(split=split, num_images=num_images, steps=steps, eps=eps, mIoU=results, chosen_steps=chosen,
+    model = {} if backend.model_name == MMSegBackend.model_name else {"model": backend.model_name}
+    if sea_class_weights is not None:
+        model["sea_class_weights"] = sea_class_weights
+    data = dict(**model, split=split, num_images=num_images, steps=steps, eps=eps, mIoU=results, chosen_steps=chosen,
                 sea_margin=strongest - sea_miou, seconds=time.perf_counter() - start)
     REPORT.write(work_dir, "attack_strength", data, command=command)
     return data

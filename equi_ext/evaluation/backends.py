@@ -22,6 +22,13 @@ from .demo import CHECKPOINT, CONFIG, D2_CHECKPOINT, D2_CONFIG, DATA, SSL_HEADS,
 logger = logging.getLogger(__name__)
 
 
+def named_weights(model_name: str, checkpoint: Path | None, default: Path) -> str:
+    """A page's model name: the demo model's own, or its architecture with the weights a run named."""
+    if checkpoint is None or Path(checkpoint).resolve() == Path(default).resolve():
+        return model_name
+    return f"{model_name.removeprefix('demo ')} with the weights {checkpoint}"
+
+
 class MMSegBackend:
     """The demo DeepLabV3 (or another MMSeg ``config`` trained on the synthetic benchmark) on the first
     ``num_images`` val images of ``data_root``; defense budgets from the named ``preset``."""
@@ -32,6 +39,7 @@ class MMSegBackend:
     def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
                  preset: str = "fast", config: Path | None = None) -> None:
         self.preset = preset
+        self.model_name = named_weights(self.model_name, checkpoint, CHECKPOINT)
         self.runner = build_demo_runner(data_root, num_images, work_dir / "runs", checkpoint or CHECKPOINT,
                                         test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]),
                                         config=config or CONFIG)
@@ -102,6 +110,7 @@ class Detectron2Backend:
         self.cfg = load_config(self.config, opts)
         self.model = build_model(self.cfg).eval()
         load_weights(self.model, str(checkpoint or D2_CHECKPOINT))
+        self.model_name = named_weights(self.model_name, checkpoint, D2_CHECKPOINT)
         self.num_images = num_images
 
     @property

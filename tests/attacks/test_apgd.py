@@ -30,7 +30,8 @@ def identity_defense(images, seed):
 def test_checkpoints_follow_the_shrinking_intervals():
     # 22 first, then 19, 16, 13, 10, 7, and never below 6: fractions 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99.
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert checkpoints(10) == [2, 4, 6, 8, 10]  # ⌊0.03·10⌋ = 0: the interval stays 2
+    assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]  # shrinks by at least 1, to at least 1
+    assert checkpoints(12) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # SEA-30's last stage, as the authors' code
     assert checkpoints(1) == [1]
 
 
@@ -259,8 +260,10 @@ def reference_apgd(x, start, script, radius, steps, low=0.0, high=255.0, momentu
     """APGD (Croce & Hein 2020, Algorithm 1, L∞) for one image at a time, from the evaluations ``script(k)`` =
     (gradient, tracking loss, quality) of its k-th evaluated point: returns the points it evaluates and the
     lowest-quality one (ties to the later). The step starts at 2·radius, at most 2·(8/255 of the pixel range); at each checkpoint an image whose
-    tracking loss rose too rarely, or whose best loss did not improve (``step_to_halve``), halves its step
-    and restarts from its best-loss point."""
+    tracking loss rose too rarely, or whose best loss did not improve while the last checkpoint (the first
+    counting as one) did not halve (``step_to_halve``), halves its step and restarts from its best-loss point
+    with its gradient; the momentum and the next rise are measured from the last iterate, as in the
+    reference code (AutoAttack's and SEA's)."""
     points, results, check_at = [], [], checkpoints(steps)
     for i in range(x.shape[0]):
         def project(a, centre=x[i]):
@@ -273,7 +276,7 @@ def reference_apgd(x, start, script, radius, steps, low=0.0, high=255.0, momentu
         best_x, best_grad, best_loss = cur, grad, track
         adv, adv_quality = cur, quality
         previous, last_track, rises = cur, track, 0
-        last_check, halved_last, best_at_check = 0, False, best_loss
+        last_check, halved_last, best_at_check = 0, True, best_loss
         for k in range(steps):
             z = project(cur + eta * grad.sign())
             new = z if k == 0 else project(cur + momentum * (z - cur) + (1 - momentum) * (cur - previous))
@@ -292,7 +295,7 @@ def reference_apgd(x, start, script, radius, steps, low=0.0, high=255.0, momentu
                                            torch.tensor([best_at_check]))[0])
                 if halve:
                     eta /= 2
-                    cur, grad, previous, last_track = best_x, best_grad, best_x, best_loss
+                    cur, grad = best_x, best_grad
                 rises, last_check, halved_last, best_at_check = 0, k + 1, halve, best_loss
         points.append(own)
         results.append((adv, adv_quality))
@@ -303,7 +306,8 @@ def reference_apgd(x, start, script, radius, steps, low=0.0, high=255.0, momentu
 def test_apgd_iterates_follow_the_algorithm_given_its_evaluations(radius, low, high):
     """The loop alone, fed scripted evaluations: image 0's tracking loss always rises (its step never halves),
     image 1's is constant (no rise, no new best: it halves at every checkpoint, and ties never count as
-    better), image 2's rises exactly at the threshold of the first checkpoint (it halves), the others' rise
+    better), image 2's rises exactly at the threshold of the first checkpoint (it halves), image 3's rises
+    at every step without reaching its start's loss (kept at the first checkpoint, halved after), the others' rise
     with probability 0.75, near the threshold; qualities come in steps of
     0.25 so ties happen (the later iterate wins); some gradient entries are 0 (no move there). Also
     unbounded (the step starts at twice 8/255 of the pixel range) in a range that does not start at 0."""
@@ -318,6 +322,8 @@ def test_apgd_iterates_follow_the_algorithm_given_its_evaluations(radius, low, h
     rises[1:9, 2] = torch.tensor([1.0] * 6 + [-1.0] * 2)  # image 2: 6 rises in the first interval of 8, at ρ·8
     walk = torch.cumsum(rises, dim=0)
     tracks = [torch.cat([torch.tensor([float(k), 1.0]), walk[k, 2:]]) for k in range(steps + 1)]
+    for k in range(steps + 1):  # image 3 rises at every step but stays below its start: no halving at the first
+        tracks[k][3] = 100.0 if k == 0 else float(k)  # checkpoint (it counts as one that halved), then at each
     qualities = [(torch.rand(n, generator=g) * 4).floor() / 4 for _ in range(steps + 1)]
 
     def script(k):

@@ -307,3 +307,39 @@ def test_the_demo_spread_tabulates_each_run_and_the_range_per_cell(tmp_path, ass
     with pytest.raises(SystemExit, match="at least two"):
         tool.main(["--spread", str(paths[0]), "--work-dir", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_adversarial_training_runs_in_two_processes_with_the_pytorch_launcher(tmp_path):
+    """`torchrun --nproc_per_node 2 tools/train.py ADV_CONFIG --launcher pytorch` (gloo on CPU) trains: each
+    process attacks its own shard inside the DistributedDataParallel forward, and the weights it saves differ
+    from those of the same two-process run with a zero budget (standard training)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import torch
+
+    from equi_ext.data.synthetic import generate_dataset
+
+    root = tmp_path / "shapes"
+    generate_dataset(root, seed=3, image_size=128, num_train=8, num_val=2)
+    adversarial = DEMO_CONFIG.with_name("deeplabv3_r18c16-d8_1xb8-adv_synthetic-128x128.py")
+    options = ["--cfg-options", f"train_dataloader.dataset.data_root={root}",
+               f"val_dataloader.dataset.data_root={root}", "train_dataloader.num_workers=0",
+               "train_dataloader.persistent_workers=False", "train_dataloader.batch_size=2",
+               "train_cfg.max_iters=2", "train_cfg.val_interval=100", "default_hooks.checkpoint.interval=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    weights = {}
+    for name, extra in (("adversarial", []), ("standard", ["model.train_cfg.adversarial.attack.eps=0"])):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                              str(port), str(REPO / "tools/train.py"), str(adversarial), "--launcher", "pytorch",
+                              "--work-dir", str(tmp_path / name), *options, *extra],
+                             capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        weights[name] = torch.load(tmp_path / name / "iter_2.pth", map_location="cpu", weights_only=False)["state_dict"]
+    changed = [k for k in weights["standard"] if not torch.equal(weights["standard"][k], weights["adversarial"][k])]
+    assert any("conv" in k for k in changed)

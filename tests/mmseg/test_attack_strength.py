@@ -101,3 +101,15 @@ def test_sea_beats_segpgd_and_cospgd_at_equal_cost_on_the_robust_model(tmp_path)
     baselines = {name: run(name, attack_strength.baseline(name, 100, steps[name], 4.0))["mIoU"]
                  for name in ("segpgd", "cospgd")}
     assert sea <= min(baselines.values()) - 1.0, (sea, baselines)
+
+
+def test_pages_name_the_weights_they_were_given():
+    from pathlib import Path
+
+    from equi_ext.evaluation.backends import named_weights
+    from equi_ext.evaluation.demo import CHECKPOINT
+
+    assert named_weights("demo DeepLabV3", None, CHECKPOINT) == "demo DeepLabV3"
+    assert named_weights("demo DeepLabV3", Path(str(CHECKPOINT)), CHECKPOINT) == "demo DeepLabV3"
+    assert named_weights("demo DeepLabV3", ROBUST_CHECKPOINT.relative_to(REPO), CHECKPOINT) == (
+        "DeepLabV3 with the weights checkpoints/deeplabv3_r18c16-d8_synthetic-128x128_adv-pgd2-eps4.pth")

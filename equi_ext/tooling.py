@@ -72,6 +72,17 @@ def add_render_option(parser) -> None:
                              "committed one under docs/benchmarks): nothing is measured")
 
 
+def add_framework_option(parser) -> None:
+    """``--framework NAME``: which demo model a benchmark measures (default mmseg), with ``--detectron2`` as
+    shorthand for ``--framework detectron2``."""
+    from .evaluation.backends import BACKENDS
+
+    models = "; ".join(f"{name}: the {backend.model_name} ({backend.metric})" for name, backend in BACKENDS.items())
+    parser.add_argument("--framework", choices=list(BACKENDS), default="mmseg", help=f"the model measured: {models}")
+    parser.add_argument("--detectron2", dest="framework", action="store_const", const="detectron2",
+                        help="shorthand for --framework detectron2")
+
+
 def measure_or_render(measure: Callable[[], Any], report=None, render: str | None = None) -> Any:
     """A tool's body: with ``render`` (its ``--render RESULT_JSON``) rewrite that result's page and plots through
     ``report`` and measure nothing, else call ``measure``; a bad setting ends the program with its message."""

@@ -71,6 +71,44 @@ class ToySegNet(nn.Module):
         return self.head(self.features(images))
 
 
+def toy_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The toy's logits upsampled to the image size (the model predicts at 1/2 scale)."""
+    return F.interpolate(model(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def train_toy(steps: int, *, scale_every: int | None = None, adversarial=None) -> ToySegNet:
+    """ToySegNet from scratch on 192 toy scenes: Adam with a one-cycle schedule, batches of 16 flipped every other
+    step and, with ``scale_every``, rescaled by 0.75–1.25 every ``scale_every`` steps. ``adversarial`` (an
+    ``AdversarialTraining``) replaces each batch by its attack before the step. Initial weights and batches are
+    fixed, so two runs differ only in what the arguments change. Returned in eval mode."""
+    images, labels = toy_scenes(192, seed=1)
+    torch.manual_seed(0)
+    model = ToySegNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-3, total_steps=steps)
+    g = torch.Generator().manual_seed(2)
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (16,), generator=g)
+        x, y = images[idx], labels[idx]
+        if step % 2:
+            x, y = x.flip(-1), y.flip(-1)
+        if scale_every and step % scale_every == 0:
+            scale = 0.75 + 0.5 * float(torch.rand((), generator=g))
+            size = int(math.ceil(TOY_SIZE * scale / 2) * 2)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            y = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        if adversarial is not None:
+            x = adversarial.perturb(model, x, y, loss_fn=lambda p, y=y: F.cross_entropy(toy_logits(model, p), y),
+                                    image_seeds=[step * 16 + i for i in range(16)])
+        loss = F.cross_entropy(toy_logits(model, x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    return model.eval()
+
+
 @dataclass
 class ToyTask:
     model: ToySegNet
@@ -78,7 +116,7 @@ class ToyTask:
     labels: torch.Tensor
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.model(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return toy_logits(self.model, images)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -97,30 +135,7 @@ def toy_task() -> ToyTask:
         model = ToySegNet()
         model.load_state_dict(torch.load(cache, weights_only=True))
         return ToyTask(model=model.eval(), images=val_images, labels=val_labels)
-    torch.manual_seed(0)
-    images, labels = toy_scenes(192, seed=1)
-    model = ToySegNet()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-3, total_steps=300)
-    g = torch.Generator().manual_seed(2)
-    model.train()
-    for step in range(300):
-        idx = torch.randint(0, len(images), (16,), generator=g)
-        x, y = images[idx], labels[idx]
-        if step % 2:
-            x, y = x.flip(-1), y.flip(-1)
-        if step % 3 == 0:
-            scale = 0.75 + 0.5 * float(torch.rand((), generator=g))
-            size = int(math.ceil(TOY_SIZE * scale / 2) * 2)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            y = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
-        logits = F.interpolate(model(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        schedule.step()
-    model.eval()
+    model = train_toy(300, scale_every=3)
     if cache:
         torch.save(model.state_dict(), cache)
     return ToyTask(model=model, images=val_images, labels=val_labels)

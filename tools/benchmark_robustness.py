@@ -31,7 +31,7 @@ import argparse
 
 from equi_ext.evaluation.demo import DATA, WORKSPACE
 from equi_ext.evaluation.robustness import ATTACK_NAMES, DEFENSE_NAMES, REPORT, benchmark_robustness
-from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
+from equi_ext.tooling import add_framework_option, add_render_option, command_line, measure_or_render, start_tool
 
 
 def names(text: str) -> list[str]:
@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=8, help="first N val images (default: %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default: %(default)s)")
-    parser.add_argument("--detectron2", action="store_true", help="benchmark the demo Mask R-CNN (mask AP)")
+    add_framework_option(parser)
     parser.add_argument("--preset", default="fast",
                         help="MMSeg: budget of the optimised defenses (default: %(default)s); the Mask R-CNN "
                              "keeps its config's tuned settings")
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     except ValueError as err:
         raise SystemExit(f"error: --seeds takes integers and --lambdas numbers, comma-separated ({err})") from None
     return measure_or_render(lambda: benchmark_robustness(
-        detectron2=args.detectron2, defense_names=names(args.defenses), attack_names=names(args.attacks),
+        framework=args.framework, defense_names=names(args.defenses), attack_names=names(args.attacks),
         seeds=seeds, num_images=args.num_images, steps=args.steps, bpda_steps=args.bpda_steps,
         eot_samples=args.eot_samples, lambdas=lambdas, data_root=args.data_root, checkpoint=args.checkpoint,
         preset=args.preset, work_dir=args.work_dir, resume=args.resume,

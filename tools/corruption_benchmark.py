@@ -20,12 +20,12 @@ import argparse
 from equi_ext.data.corruptions import CORRUPTIONS, SEVERITIES
 from equi_ext.evaluation.corruption import REPORT, corruption_benchmark
 from equi_ext.evaluation.demo import DATA, WORKSPACE
-from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
+from equi_ext.tooling import add_framework_option, add_render_option, command_line, measure_or_render, start_tool
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--detectron2", action="store_true", help="the demo Mask R-CNN (mask AP)")
+    add_framework_option(parser)
     parser.add_argument("--corruptions", default=",".join(CORRUPTIONS), help="comma-separated (default: all 15)")
     parser.add_argument("--severities", default=",".join(map(str, SEVERITIES)), help="default: %(default)s")
     parser.add_argument("--num-images", type=int, default=8, help="first N val images (default: %(default)s)")
@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
     except ValueError:
         raise SystemExit(f"error: --severities takes integers separated by commas; got {args.severities!r}") from None
     return measure_or_render(lambda: corruption_benchmark(
-        detectron2=args.detectron2, corruptions=[c for c in args.corruptions.split(",") if c],
+        framework=args.framework, corruptions=[c for c in args.corruptions.split(",") if c],
         severities=severities, num_images=args.num_images, num_tune_images=args.num_tune_images,
         clean_percentile=args.clean_percentile, data_root=args.data_root, tune_root=args.tune_root,
         checkpoint=args.checkpoint, preset=args.preset, work_dir=args.work_dir, resume=args.resume,

@@ -43,13 +43,13 @@ import argparse
 
 from equi_ext.evaluation.demo import DATA, WORKSPACE
 from equi_ext.evaluation.honesty import REPORT, honesty_checks
-from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
+from equi_ext.tooling import add_framework_option, add_render_option, command_line, measure_or_render, start_tool
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=8, help="first N val images (default: %(default)s)")
-    parser.add_argument("--detectron2", action="store_true", help="check the demo Mask R-CNN (mask AP)")
+    add_framework_option(parser)
     parser.add_argument("--preset", default="fast", help="MMSeg: defense preset under test (default: %(default)s); "
                         "the Mask R-CNN keeps its config's tuned settings")
     parser.add_argument("--steps", type=int, default=10, help="PGD / adaptive / EOT steps (default: %(default)s)")
@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     add_render_option(parser)
     args = parser.parse_args(argv)
     return measure_or_render(lambda: honesty_checks(
-        detectron2=args.detectron2, num_images=args.num_images, preset=args.preset, steps=args.steps,
+        framework=args.framework, num_images=args.num_images, preset=args.preset, steps=args.steps,
         bpda_steps=args.bpda_steps, max_bpda_steps=args.max_bpda_steps, restarts=args.restarts,
         lambdas=tuple(float(v) for v in args.lambdas.split(",")), eot_samples=args.eot_samples,
         data_root=args.data_root, work_dir=args.work_dir, resume=args.resume,

@@ -21,12 +21,12 @@ import argparse
 
 from equi_ext.evaluation.demo import DATA, EPS, WORKSPACE
 from equi_ext.evaluation.standard import EPSILONS, REPORT, standard_evaluation
-from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
+from equi_ext.tooling import add_framework_option, add_render_option, command_line, measure_or_render, start_tool
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--detectron2", action="store_true", help="evaluate the demo Mask R-CNN (mask AP)")
+    add_framework_option(parser)
     parser.add_argument("--num-images", type=int, default=8, help="first N val images (default: %(default)s)")
     parser.add_argument("--eps", type=float, default=EPS, help="L∞ budget in pixel levels (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=10,
@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
         except ValueError:
             raise SystemExit(f"error: --epsilons takes numbers separated by commas; got {args.epsilons!r}") from None
         return standard_evaluation(
-            detectron2=args.detectron2, num_images=args.num_images, eps=args.eps, steps=args.steps,
+            framework=args.framework, num_images=args.num_images, eps=args.eps, steps=args.steps,
             eot_samples=args.eot_samples, max_doublings=args.max_doublings, epsilons=epsilons,
             lambda_e=args.lambda_e, seed=args.seed, preset=args.preset, data_root=args.data_root,
             checkpoint=args.checkpoint, work_dir=args.work_dir, resume=args.resume,

@@ -18,7 +18,7 @@ import argparse
 
 from equi_ext.evaluation.demo import WORKSPACE
 from equi_ext.evaluation.tuning import CANDIDATES, D2_CANDIDATES, DEFAULT_CANDIDATES, REPORT, SPLITS, tune_defense
-from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
+from equi_ext.tooling import add_framework_option, add_render_option, command_line, measure_or_render, start_tool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--candidates", help="comma-separated names from: " + ", ".join(CANDIDATES)
                         + f" (default: {','.join(DEFAULT_CANDIDATES)}); with --detectron2 from: "
                         + ", ".join(D2_CANDIDATES) + " (default: all)")
-    parser.add_argument("--detectron2", action="store_true", help="tune the demo Mask R-CNN instead")
+    add_framework_option(parser)
     parser.add_argument("--split", choices=SPLITS,
                         help="MMSeg only: 'val' re-runs chosen candidates on the reported split, to confirm a "
                              "choice made on 'tune' (default: tune)")
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[dict] | dict:
     args = parse_args(argv)
     return measure_or_render(lambda: tune_defense(
-        detectron2=args.detectron2, num_images=args.num_images, work_dir=args.work_dir,
+        framework=args.framework, num_images=args.num_images, work_dir=args.work_dir,
         feature_layer=args.feature_layer, candidates=args.candidates.split(",") if args.candidates else None,
         split=args.split, command=command_line("tune_defense.py", argv)), REPORT, args.render)
 

@@ -31,6 +31,13 @@ def sea(steps: int, eps: float = EPS, class_weights: list[float] | None = None) 
     return dict(type="sea", eps=eps, steps=steps, **weights)
 
 
+def sea_per_loss(steps: int, eps: float = EPS, class_weights: list[float] | None = None) -> dict[str, dict]:
+    """SEA one loss at a time, as its authors report mIoU (the same start each, so each is one branch of the
+    merged run): loss name → attack settings."""
+    return {loss: dict(sea(steps, eps, class_weights if loss == "balanced_ce" else None), losses=[loss])
+            for loss in SEA_LOSSES}
+
+
 def training_class_weights() -> list[float]:
     """SEA's ``balanced_ce`` weights as its authors set them: inverse pixel frequencies of the training split."""
     from mmengine.config import Config
@@ -110,14 +117,12 @@ def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, 
 
     run("clean", None)
     merged = run(f"SEA-{steps}", sea(steps, eps, sea_class_weights))
-    # SEA as its authors report mIoU: each loss's run kept apart (the same start, so each is one branch of the
-    # run above), then the greedy search for the lowest dataset mIoU over the three outputs per image
-    for loss in SEA_LOSSES:
-        weights = sea_class_weights if loss == "balanced_ce" else None
-        run(f"SEA-{steps} {loss} alone", dict(sea(steps, eps, weights), losses=[loss]))
+    # SEA as its authors report mIoU: the greedy search for the lowest dataset mIoU over its losses' outputs
+    alone = {loss: f"SEA-{steps} {loss} alone" for loss in SEA_LOSSES}
+    for loss, cfg in sea_per_loss(steps, eps, sea_class_weights).items():
+        run(alone[loss], cfg)
     greedy_label = f"SEA-{steps}, greedy mIoU search over its losses"
-    results[greedy_label] = backend.worst_case([rows[f"SEA-{steps} {loss} alone"] for loss in SEA_LOSSES])[
-        "greedy_mIoU"]
+    results[greedy_label] = backend.worst_case([rows[label] for label in alone.values()])["greedy_mIoU"]
     print(f"{greedy_label}: mIoU {results[greedy_label]:.2f}", flush=True)
     sea_miou = min(merged, results[greedy_label])
     chosen = {}
@@ -127,10 +132,10 @@ def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, 
                   for alpha in candidates}
         chosen[name] = min(scores, key=scores.get)
     strongest = min(results[f"{n}-{3 * steps} step {chosen[n]:g}"] for n in BASELINES)
-    model = {} if backend.model_name == MMSegBackend.model_name else {"model": backend.model_name}
+    named = {} if backend.model_name == MMSegBackend.model_name else {"model": backend.model_name}
     if sea_class_weights is not None:
-        model["sea_class_weights"] = sea_class_weights
-    data = dict(**model, split=split, num_images=num_images, steps=steps, eps=eps, mIoU=results, chosen_steps=chosen,
+        named["sea_class_weights"] = sea_class_weights
+    data = dict(**named, split=split, num_images=num_images, steps=steps, eps=eps, mIoU=results, chosen_steps=chosen,
                 sea_margin=strongest - sea_miou, seconds=time.perf_counter() - start)
     REPORT.write(work_dir, "attack_strength", data, command=command)
     return data

@@ -35,6 +35,7 @@ class MMSegBackend:
 
     framework, metric, key = "mmseg", "mIoU", "mIoU"
     model_name = "demo DeepLabV3"
+    takes_preset = True
 
     def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
                  preset: str = "fast", config: Path | None = None) -> None:
@@ -90,6 +91,7 @@ class Detectron2Backend:
 
     framework, metric, key = "detectron2", "mask AP", "segm_AP"
     model_name = "demo Mask R-CNN"
+    takes_preset = False
 
     def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
                  config: Path | None = None) -> None:
@@ -176,12 +178,22 @@ def records_scores(defense: dict | None) -> bool:
     return defense is not None and defense["type"] == "detect_then_defend"
 
 
-def build_backend(detectron2: bool, data_root: Path, num_images: int, work_dir: Path,
+#: The benchmarks' frameworks by name (``framework=`` of each benchmark, ``--framework`` of its tool).
+BACKENDS = {backend.framework: backend for backend in (MMSegBackend, Detectron2Backend)}
+
+
+def check_framework(framework: str) -> None:
+    """Raise SettingsError naming the valid frameworks unless ``framework`` is one of ``BACKENDS``."""
+    if framework not in BACKENDS:
+        raise SettingsError(f"unknown framework {framework!r}; valid: {', '.join(BACKENDS)}")
+
+
+def build_backend(framework: str, data_root: Path, num_images: int, work_dir: Path,
                   checkpoint: Path | None = None, preset: str = "fast"):
-    """The backend of ``--detectron2`` (else MMSeg); ``preset`` only applies to MMSeg (the Mask
-    R-CNN keeps its config's tuned settings)."""
-    logger.info("building the demo %s on the first %d images of %s", "Mask R-CNN" if detectron2 else "DeepLabV3",
-                num_images, data_root)
-    if detectron2:
-        return Detectron2Backend(data_root, num_images, work_dir, checkpoint)
-    return MMSegBackend(data_root, num_images, work_dir, checkpoint, preset)
+    """The demo model of ``framework`` (a key of ``BACKENDS``); ``preset`` sets the defense budgets of backends
+    that take one (MMSeg: the Mask R-CNN keeps its config's tuned settings)."""
+    check_framework(framework)
+    backend = BACKENDS[framework]
+    logger.info("building the %s on the first %d images of %s", backend.model_name, num_images, data_root)
+    presets = {"preset": preset} if backend.takes_preset else {}
+    return backend(data_root, num_images, work_dir, checkpoint, **presets)

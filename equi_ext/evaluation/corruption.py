@@ -25,7 +25,7 @@ from pathlib import Path
 from ..core.validation import SettingsError
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, check_corruptions
 from ..reporting import Report, atomic_write_json, slug
-from .backends import build_backend
+from .backends import build_backend, check_framework
 from .demo import DATA, ensure_data, ensure_tune_data
 
 logger = logging.getLogger(__name__)
@@ -133,23 +133,24 @@ def plot(data: dict) -> bytes:
 REPORT = Report(render, {"corruption_{data[framework]}.png": plot})
 
 
-def corruption_benchmark(*, detectron2: bool = False, corruptions: Sequence[str] = CORRUPTIONS,
+def corruption_benchmark(*, framework: str = "mmseg", corruptions: Sequence[str] = CORRUPTIONS,
                          severities: Sequence[int] = SEVERITIES, num_images: int = 8, num_tune_images: int = 16,
                          clean_percentile: float = 5.0, data_root: str | Path = DATA,
                          tune_root: str | Path | None = None, checkpoint: str | Path | None = None,
                          preset: str = "fast", work_dir: str | Path, resume: bool = False,
                          command: str | None = None) -> dict:
-    """Evaluate the demo DeepLabV3 (mIoU) or, with ``detectron2``, the demo Mask R-CNN (mask AP) on the first
+    """Evaluate the demo DeepLabV3 (mIoU) or, with ``framework='detectron2'``, the demo Mask R-CNN (mask AP) on the first
     ``num_images`` images of ``data_root`` clean and under each corruption × severity, for every column of
     ``COLUMNS``; detect-then-defend's threshold is the ``clean_percentile``-th percentile of its scores on the first
     ``num_tune_images`` clean images of ``tune_root`` (default: the seed-1 tuning split). Writes
     ``work_dir/corruption_<framework>.{md,json,csv,png}`` and returns the JSON's content.
 
     Raises:
-        SettingsError: an unknown corruption, a severity outside 1–5, too few images, a percentile outside
+        SettingsError: an unknown framework or corruption, a severity outside 1–5, too few images, a percentile outside
             [0, 100] or a missing checkpoint — before anything runs.
     """
     corruptions, severities = list(corruptions), [int(s) for s in severities]
+    check_framework(framework)
     check_settings(corruptions, severities, num_images, num_tune_images, clean_percentile)
     if checkpoint and not Path(checkpoint).is_file():
         raise SettingsError(f"checkpoint {checkpoint} does not exist")
@@ -159,12 +160,12 @@ def corruption_benchmark(*, detectron2: bool = False, corruptions: Sequence[str]
     if Path(data_root) == DATA:
         ensure_data()
     checkpoint = Path(checkpoint) if checkpoint else None
-    check_resumable(out, resume, dict(detectron2=detectron2, data_root=str(data_root), tune_root=str(tune_root),
+    check_resumable(out, resume, dict(framework=framework, data_root=str(data_root), tune_root=str(tune_root),
                                       num_tune_images=num_tune_images, clean_percentile=clean_percentile,
                                       checkpoint=str(checkpoint), preset=preset))
     start = time.perf_counter()
     logger.info("threshold: detect-then-defend's scores of %d clean tuning images", num_tune_images)
-    tune = build_backend(detectron2, Path(tune_root) if tune_root else ensure_tune_data(), num_tune_images,
+    tune = build_backend(framework, Path(tune_root) if tune_root else ensure_tune_data(), num_tune_images,
                          out / "tune", checkpoint, preset)
     equi = tune.defense("equivariance")
     # threshold −1 flags nothing: the detector alone, whose records hold the score of each input as it came
@@ -172,7 +173,7 @@ def corruption_benchmark(*, detectron2: bool = False, corruptions: Sequence[str]
     detector = dict(type="detect_then_defend", threshold=-1.0, defense=equi)
     scored = tune.cell(("clean", None), ("detector", detector), out / "cells" / "tune", resume=resume)
     threshold = float(np.percentile([r["score"] for r in scored["per_image"]], clean_percentile))
-    backend = build_backend(detectron2, Path(data_root), num_images, out / "val", checkpoint, preset)
+    backend = build_backend(framework, Path(data_root), num_images, out / "val", checkpoint, preset)
     columns = {"vanilla": None, "equivariance": equi,
                "detect-then-defend": dict(type="detect_then_defend", threshold=threshold, defense=equi)}
     conditions = [("clean", None)] + [(f"{c} {s}", dict(corruption=c, severity=s))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..core.validation import SettingsError
 from ..reporting import Report, slug
-from .backends import build_backend
+from .backends import build_backend, check_framework
 from .demo import DATA, EPS, ensure_data
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def render(data: dict) -> str:
 REPORT = Report(render)
 
 
-def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str = "fast", steps: int = 10,
+def honesty_checks(*, framework: str = "mmseg", num_images: int = 8, preset: str = "fast", steps: int = 10,
                    bpda_steps: int = 5, max_bpda_steps: int = 160, restarts: int = 2,
                    lambdas: tuple[float, ...] = (0.1, 1.0, 10.0), eot_samples: int = 2, data_root: Path = DATA,
                    work_dir: Path, resume: bool = False, command: str | None = None) -> dict:
@@ -76,8 +76,9 @@ def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str
     ``work_dir/sanity_checks.{md,json}`` and return the JSON's content.
 
     Raises:
-        ValueError: ``num_images`` < 1 or not 1 <= ``bpda_steps`` <= ``max_bpda_steps``.
+        ValueError: an unknown framework, ``num_images`` < 1 or not 1 <= ``bpda_steps`` <= ``max_bpda_steps``.
     """
+    check_framework(framework)
     if num_images < 1 or bpda_steps < 1 or max_bpda_steps < bpda_steps:
         raise SettingsError("need num_images >= 1 and 1 <= bpda_steps <= max_bpda_steps")
     out = Path(work_dir)
@@ -87,7 +88,7 @@ def honesty_checks(*, detectron2: bool = False, num_images: int = 8, preset: str
 
     logger.info("checks (a)–(g): BPDA doubled from %d to %d steps, APGD doubled, transfer, adaptive, unrolled, "
                 "unbounded", bpda_steps, max_bpda_steps)
-    backend = build_backend(detectron2, Path(data_root), num_images, out, preset=preset)
+    backend = build_backend(framework, Path(data_root), num_images, out, preset=preset)
     defense, metric, key = backend.defense("equivariance"), backend.metric, backend.key
 
     def run(label: str, attack: dict | None, defended: bool = True) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..core.validation import SettingsError
 from ..reporting import Report, slug
-from .backends import build_backend
+from .backends import build_backend, check_framework
 from .demo import DATA, EPS, SSL_HEADS, ensure_data
 
 logger = logging.getLogger(__name__)
@@ -85,16 +85,17 @@ def render(data: dict) -> str:
 REPORT = Report(render)
 
 
-def benchmark_robustness(*, detectron2: bool, defense_names: list[str], attack_names: list[str], seeds: list[int],
+def benchmark_robustness(*, framework: str = "mmseg", defense_names: list[str], attack_names: list[str], seeds: list[int],
                          num_images: int, steps: int, bpda_steps: int, eot_samples: int, lambdas: list[float],
                          data_root: Path = DATA, checkpoint: Path | None = None, preset: str = "fast",
                          work_dir: Path, resume: bool = False, command: str = "") -> dict:
-    """Run the grid on the demo MMSeg model (``detectron2=False``: mIoU) or Mask R-CNN (mask AP) and write
+    """Run the grid on the demo DeepLabV3 (``framework='mmseg'``: mIoU) or Mask R-CNN (mask AP) and write
     ``work_dir/robustness.{md,csv,json}``; returns the JSON's content (table, cells, picks, seconds).
 
     Raises:
-        ValueError: unknown defense/attack names, budgets < 1, a missing checkpoint or SSL head.
+        ValueError: an unknown framework, unknown defense/attack names, budgets < 1, a missing checkpoint or SSL head.
     """
+    check_framework(framework)
     for what, names, allowed in (("defense", defense_names, DEFENSE_NAMES), ("attack", attack_names, ATTACK_NAMES)):
         unknown = [n for n in names if n not in allowed]
         if unknown or not names:
@@ -103,7 +104,6 @@ def benchmark_robustness(*, detectron2: bool, defense_names: list[str], attack_n
         raise SettingsError("num_images, steps, bpda_steps and eot_samples must be >= 1")
     if checkpoint and not Path(checkpoint).is_file():
         raise SettingsError(f"checkpoint {checkpoint} does not exist")
-    framework = "detectron2" if detectron2 else "mmseg"
     for name in defense_names:
         if name in SSL_HEADS[framework] and not SSL_HEADS[framework][name].is_file():
             raise SettingsError(f"the {name} baseline needs its head {SSL_HEADS[framework][name]}: "
@@ -112,7 +112,7 @@ def benchmark_robustness(*, detectron2: bool, defense_names: list[str], attack_n
     out = Path(work_dir)
     if Path(data_root) == DATA:
         ensure_data()
-    backend = build_backend(detectron2, Path(data_root), num_images, out, Path(checkpoint) if checkpoint else None,
+    backend = build_backend(framework, Path(data_root), num_images, out, Path(checkpoint) if checkpoint else None,
                             preset)
     columns = {name: backend.defense(name) for name in defense_names}
     rows = {label: cfg for label, cfg in all_rows.items() if backend.supports(cfg)}

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..core.optimizer import PRESETS
 from ..core.validation import SettingsError
 from ..reporting import Report, slug
-from .backends import build_backend
+from .backends import build_backend, check_framework
 from .demo import DATA, EPS, ensure_data
 from .honesty import TOLERANCE
 
@@ -174,17 +174,17 @@ def render(data: dict) -> str:
 REPORT = Report(render, {"security_curve.png": plot_security_curve})
 
 
-def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: float = EPS, steps: int = 10,
+def standard_evaluation(*, framework: str = "mmseg", num_images: int = 8, eps: float = EPS, steps: int = 10,
                         eot_samples: int = 2, max_doublings: int = 3, epsilons: tuple[float, ...] = EPSILONS,
                         lambda_e: float = 1.0, seed: int = 0, preset: str = "fast", data_root: Path = DATA,
                         checkpoint: Path | None = None, work_dir: Path, resume: bool = False,
                         command: str | None = None) -> dict:
-    """Run the three parts on the demo DeepLabV3 (mIoU) or, with ``detectron2``, the demo Mask R-CNN (mask
-    AP); write ``work_dir/standard_evaluation.{md,json,csv}`` and ``security_curve.png``; return the JSON's
+    """Run the three parts on the demo DeepLabV3 (mIoU) or, with ``framework='detectron2'``, the demo Mask
+    R-CNN (mask AP); write ``work_dir/standard_evaluation.{md,json,csv}`` and ``security_curve.png``; return the JSON's
     content.
 
     Raises:
-        SettingsError: budgets out of range (``num_images``, ``steps``, ``eot_samples`` < 1; ``eps`` or an
+        SettingsError: an unknown framework, budgets out of range (``num_images``, ``steps``, ``eot_samples`` < 1; ``eps`` or an
             ε of the curve outside [0, 255]; ``max_doublings`` < 0), a missing checkpoint — before anything runs.
     """
     if num_images < 1 or steps < 1 or eot_samples < 1 or max_doublings < 0:
@@ -194,12 +194,13 @@ def standard_evaluation(*, detectron2: bool = False, num_images: int = 8, eps: f
         raise SettingsError(f"eps must be in (0, 255] and the curve's ε in [0, 255]; got {eps}, {list(epsilons)}")
     if checkpoint and not Path(checkpoint).is_file():
         raise SettingsError(f"checkpoint {checkpoint} does not exist")
-    if not detectron2 and preset not in PRESETS:
+    check_framework(framework)
+    if framework == "mmseg" and preset not in PRESETS:
         raise SettingsError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     out = Path(work_dir)
     if Path(data_root) == DATA:
         ensure_data()
-    backend = build_backend(detectron2, Path(data_root), num_images, out, Path(checkpoint) if checkpoint else None,
+    backend = build_backend(framework, Path(data_root), num_images, out, Path(checkpoint) if checkpoint else None,
                             preset)
     defense = backend.defense("equivariance")
     metric, key = backend.metric, backend.key

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..assets import WORKSPACE
 from ..core.validation import SettingsError
 from ..reporting import Report
+from .backends import check_framework
 from .demo import D2_CONFIG, DATA, build_demo_runner, ensure_data, ensure_tune_data
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def render(data: dict) -> str:
 REPORT = Report(render)
 
 
-def tune_defense(*, detectron2: bool = False, num_images: int = 16,
+def tune_defense(*, framework: str = "mmseg", num_images: int = 16,
                  work_dir: str | Path = WORKSPACE / "work_dirs/tune", feature_layer: str | None = None,
                  candidates: list[str] | None = None, split: str | None = None, command: str | None = None) -> list[dict]:
     """Measure the named ``candidates`` on the first ``num_images`` images and write the table into
@@ -119,15 +120,17 @@ def tune_defense(*, detectron2: bool = False, num_images: int = 16,
     MMSeg (default): mIoU of vanilla and of each candidate of ``CANDIDATES`` (default:
     ``DEFAULT_CANDIDATES``) clean and under PGD-20, the defense reading ``feature_layer`` (default
     ``'backbone'``), on the tuning split or (``split='val'``) the reported split, to confirm a choice made on the tuning split; writes
-    ``<split>_<feature_layer>_<n>cands_<num_images>img.{md,json}``. ``detectron2=True``: mask AP of each
+    ``<split>_<feature_layer>_<n>cands_<num_images>img.{md,json}``. ``framework='detectron2'``: mask AP of each
     candidate of ``D2_CANDIDATES`` (default: all), always on the tuning split and with the config's own
     feature view (setting ``feature_layer`` or ``split`` is an error); writes
     ``tune_detectron2_<num_images>img.{md,json}``.
 
     Raises:
-        SettingsError: ``num_images`` < 1, an unknown split or unknown candidate names, ``feature_layer`` or
-            ``split`` with ``detectron2``, before anything runs.
+        SettingsError: an unknown framework, ``num_images`` < 1, an unknown split or unknown candidate names,
+            ``feature_layer`` or ``split`` with Detectron2, before anything runs.
     """
+    check_framework(framework)
+    detectron2 = framework == "detectron2"
     if detectron2 and (feature_layer is not None or split is not None):
         raise SettingsError("feature_layer and split apply to the MMSeg model only; the Mask R-CNN candidates "
                             "set their own feature view and always run on the tuning split")

@@ -11,46 +11,16 @@ import torch.nn.functional as F
 from equi_ext.attacks import PGD
 from equi_ext.attacks.training import AdversarialTraining
 
-from ..conftest import TOY_CLASSES, ToySegNet, toy_scenes
+from ..conftest import TOY_CLASSES, ToySegNet, toy_logits, toy_scenes, train_toy
 
 EPS = 16.0
 STEPS = 200
 HELD_OUT = 64
 
 
-def logits_of(model, images):
-    return F.interpolate(model(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def train(adversarial: AdversarialTraining | None) -> ToySegNet:
-    """ToySegNet from scratch on the toy scenes, the batches and initial weights fixed by the seed, so the two
-    runs differ only in whether each batch is attacked before the step."""
-    images, labels = toy_scenes(192, seed=1)
-    torch.manual_seed(0)
-    model = ToySegNet()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-3, total_steps=STEPS)
-    g = torch.Generator().manual_seed(2)
-    model.train()
-    for step in range(STEPS):
-        idx = torch.randint(0, len(images), (16,), generator=g)
-        x, y = images[idx], labels[idx]
-        if step % 2:
-            x, y = x.flip(-1), y.flip(-1)
-        if adversarial is not None:
-            x = adversarial.perturb(model, x, y, loss_fn=lambda p, y=y: F.cross_entropy(logits_of(model, p), y),
-                                    image_seeds=[step * 16 + i for i in range(16)])
-        loss = F.cross_entropy(logits_of(model, x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        schedule.step()
-    return model.eval().requires_grad_(False)
-
-
 def per_image_miou(model, images, labels) -> torch.Tensor:
     with torch.no_grad():
-        predictions = logits_of(model, images).argmax(1)
+        predictions = toy_logits(model, images).argmax(1)
     scores = []
     for pred, truth in zip(predictions, labels):
         ious = [((pred == c) & (truth == c)).sum() / ((pred == c) | (truth == c)).sum()
@@ -69,8 +39,8 @@ def test_adversarial_training_raises_miou_under_pgd():
     under_attack = {}
     for name, settings in (("standard", None),
                            ("adversarial", AdversarialTraining(attack=dict(type="pgd", eps=EPS, steps=2)))):
-        model = train(settings)
-        attack = PGD(loss_fn=lambda x, t, m=model: F.cross_entropy(logits_of(m, x), t), eps=EPS, steps=10)
+        model = train_toy(STEPS, adversarial=settings).requires_grad_(False)
+        attack = PGD(loss_fn=lambda x, t, m=model: F.cross_entropy(toy_logits(m, x), t), eps=EPS, steps=10)
         attacked = attack(images, labels, image_seeds=list(range(HELD_OUT)))
         assert (attacked - images).abs().max() <= EPS + 1e-4
         under_attack[name] = per_image_miou(model, attacked, labels)
@@ -90,7 +60,7 @@ def test_the_attack_leaves_the_model_as_found(bn):
     before = ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()],
               {k: v.clone() for k, v in model.state_dict().items()})
     attacked = AdversarialTraining(attack=dict(type="pgd", eps=4, steps=2), bn=bn).perturb(
-        model, images, labels, loss_fn=lambda p: F.cross_entropy(logits_of(model, p), labels))
+        model, images, labels, loss_fn=lambda p: F.cross_entropy(toy_logits(model, p), labels))
     assert [m.training for m in model.modules()] == before[0]
     assert [p.requires_grad for p in model.parameters()] == before[1]
     for key, value in model.state_dict().items():

@@ -95,8 +95,7 @@ def test_sea_beats_segpgd_and_cospgd_at_equal_cost_on_the_robust_model(tmp_path)
     def run(name, cfg):
         return backend.cell((name, cfg), ("vanilla", None), tmp_path / name)
 
-    per_loss = [run(loss, dict(attack_strength.sea(100, 4.0, report["sea_class_weights"] if loss == "balanced_ce"
-                                                   else None), losses=[loss])) for loss in SEA_LOSSES]
+    per_loss = [run(loss, cfg) for loss, cfg in attack_strength.sea_per_loss(100, 4.0, report["sea_class_weights"]).items()]
     sea = backend.worst_case(per_loss)["greedy_mIoU"]
     baselines = {name: run(name, attack_strength.baseline(name, 100, steps[name], 4.0))["mIoU"]
                  for name in ("segpgd", "cospgd")}

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from equi_ext.core.validation import SettingsError
 from equi_ext.evaluation.demo import build_demo_runner
 
 from .conftest import DEMO_CONFIG, REPO, load_tool, write_voc_fixture
@@ -343,3 +344,36 @@ def test_adversarial_training_runs_in_two_processes_with_the_pytorch_launcher(tm
         weights[name] = torch.load(tmp_path / name / "iter_2.pth", map_location="cpu", weights_only=False)["state_dict"]
     changed = [k for k in weights["standard"] if not torch.equal(weights["standard"][k], weights["adversarial"][k])]
     assert any("conv" in k for k in changed)
+
+
+BENCHMARKS = {  # tool -> (module, entry point, the other settings it requires)
+    "benchmark_robustness": ("robustness", "benchmark_robustness", dict(
+        defense_names=["vanilla"], attack_names=["clean"], seeds=[0], num_images=1, steps=1, bpda_steps=1,
+        eot_samples=1, lambdas=[1.0])),
+    "standard_evaluation": ("standard", "standard_evaluation", {}),
+    "sanity_checks": ("honesty", "honesty_checks", {}),
+    "corruption_benchmark": ("corruption", "corruption_benchmark", {}),
+    "tune_defense": ("tuning", "tune_defense", {}),
+}
+
+
+@pytest.mark.parametrize("tool", list(BENCHMARKS))
+def test_every_benchmark_takes_the_framework_by_name(tool, tmp_path, monkeypatch):
+    """Each benchmark names its framework (``framework='mmseg' | 'detectron2'``, ``--framework`` or the shorthand
+    ``--detectron2`` in its tool) and refuses an unknown one before anything is built or written."""
+    import importlib
+
+    module_name, entry, required = BENCHMARKS[tool]
+    module = importlib.import_module(f"equi_ext.evaluation.{module_name}")
+    with pytest.raises(SettingsError, match=r"unknown framework 'detectron'; valid: mmseg, detectron2"):
+        getattr(module, entry)(framework="detectron", work_dir=tmp_path / "out", **required)
+    assert not list(tmp_path.iterdir())
+
+    loaded = load_tool(tool)
+    seen = []
+    monkeypatch.setattr(loaded, entry, lambda **kwargs: seen.append(kwargs["framework"]) or {})
+    for argv in ([], ["--detectron2"], ["--framework", "detectron2"], ["--framework", "mmseg"]):
+        loaded.main([*argv, "--work-dir", str(tmp_path / "tool")])
+    assert seen == ["mmseg", "detectron2", "detectron2", "mmseg"]
+    with pytest.raises(SystemExit):
+        loaded.main(["--framework", "yolo"])

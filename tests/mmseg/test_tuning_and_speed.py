@@ -17,11 +17,11 @@ from .conftest import load_tool
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(candidates=["paper", "T3-magic"]), r"unknown candidates \['T3-magic'\]; valid: \['paper', "),
-    (dict(detectron2=True, candidates=["paper"]), r"unknown candidates \['paper'\]; valid: \['default', "),
+    (dict(framework="detectron2", candidates=["paper"]), r"unknown candidates \['paper'\]; valid: \['default', "),
     (dict(split="test"), "unknown split 'test'; valid: tune, val"),
     (dict(num_images=0), "num_images must be >= 1; got 0"),
-    (dict(detectron2=True, split="val"), "feature_layer and split apply to the MMSeg model only"),
-    (dict(detectron2=True, feature_layer="neck"), "feature_layer and split apply to the MMSeg model only"),
+    (dict(framework="detectron2", split="val"), "feature_layer and split apply to the MMSeg model only"),
+    (dict(framework="detectron2", feature_layer="neck"), "feature_layer and split apply to the MMSeg model only"),
 ])
 def test_tuning_refuses_bad_settings_before_running(kwargs, message, tmp_path):
     with pytest.raises(SettingsError, match=message):

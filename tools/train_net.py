@@ -20,12 +20,17 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from equi_ext.core.distributed import close_process_group
 from equi_ext.detectron2 import evaluate_scenarios, load_config, register_from_cfg
-from equi_ext.detectron2.launch import launch
+from equi_ext.detectron2.launch import cpu_ddp, launch
 from equi_ext.tooling import start_tool
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's default training loop; evaluation by COCO AP (boxes and masks)."""
+    """Detectron2's default training loop, also over several CPU processes; evaluation by COCO AP (boxes and
+    masks)."""
+
+    def __init__(self, cfg):
+        with cpu_ddp():
+            super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -8,8 +8,9 @@ starts the processes itself over gloo on localhost, with the same per-process se
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -49,3 +50,24 @@ def _cpu_worker(rank: int, main_func: Callable[..., Any], world_size: int, dist_
         comm._LOCAL_PROCESS_GROUP = dist.new_group(list(range(world_size)))
     comm.synchronize()
     main_func(*args)
+
+
+@contextlib.contextmanager
+def cpu_ddp() -> Iterator[None]:
+    """While active, Detectron2's ``create_ddp_model`` wraps a model whose parameters are on the CPU in
+    DistributedDataParallel without device ids, so ``DefaultTrainer`` trains over several CPU processes
+    (Detectron2 passes ``device_ids=[local rank]``, which torch refuses for a CPU module). Restored on exit."""
+    from detectron2.engine import defaults
+
+    stock = defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if not any(p.is_cuda for p in model.parameters()):
+            kwargs.setdefault("device_ids", None)
+        return stock(model, **kwargs)
+
+    defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = stock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -119,3 +120,34 @@ def test_bad_adversarial_training_keys_fail_when_the_model_is_built(coco_fixture
     _, name = coco_fixture
     with pytest.raises(error, match=match):
         build_model(small_cfg(name, *opts))
+
+
+def test_adversarial_training_runs_in_two_processes(tmp_path):
+    """``tools/train_net.py ADV_CONFIG --num-gpus 2`` (gloo on CPU) trains: each process attacks its own images
+    inside the DistributedDataParallel forward, and the weights it saves differ from those of the same
+    two-process run with a zero budget (standard training; the runs are deterministic, so two zero-budget runs
+    save the same weights)."""
+    import subprocess
+    import sys
+
+    from equi_ext.data.synthetic import generate_dataset
+
+    from .conftest import FIXTURE_SIZE, REPO
+
+    root = tmp_path / "shapes"
+    generate_dataset(root, seed=4, image_size=FIXTURE_SIZE, num_train=4, num_val=1)
+    opts = ["EQUI.SYNTHETIC_ROOT", str(root), "DATASETS.TRAIN", "('equi_d2_adv_launch_train',)",
+            "DATASETS.TEST", "('equi_d2_adv_launch_val',)", "INPUT.MIN_SIZE_TRAIN", f"({FIXTURE_SIZE},)",
+            "INPUT.MAX_SIZE_TRAIN", str(FIXTURE_SIZE), "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
+            "SOLVER.CHECKPOINT_PERIOD", "100", "DATALOADER.NUM_WORKERS", "0"]
+    weights = {}
+    for name, eps in (("adversarial", "4.0"), ("standard", "0.0")):
+        run = subprocess.run([sys.executable, str(REPO / "tools/train_net.py"), "--config-file",
+                              str(REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_adv.yaml"),
+                              "--num-gpus", "2", *opts, "EQUI.ADV_TRAIN.EPS", eps, "OUTPUT_DIR", str(tmp_path / name)],
+                             capture_output=True, text=True, timeout=600, cwd=REPO,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert run.returncode == 0, run.stderr[-3000:]
+        weights[name] = torch.load(tmp_path / name / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+    changed = [k for k in weights["standard"] if not torch.equal(weights["standard"][k], weights["adversarial"][k])]
+    assert any(k.startswith("backbone.bottom_up") for k in changed), changed

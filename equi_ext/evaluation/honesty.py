@@ -9,6 +9,7 @@ the per-image worst case over every ε-bounded run are described in ``tools/sani
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from ..core.validation import SettingsError
@@ -33,6 +34,23 @@ def unbounded_check(vanilla: float, defended: float, measure: str) -> tuple[bool
         "" if defense_falls else "the defended model keeps more")
     return attack_works and defense_falls, (f"{measure}: vanilla {vanilla:.2f}, defended {defended:.2f} (pass: both "
                                             f"< {UNBOUNDED_FLOOR:g}{'; ' + verdict.rstrip('; ') if verdict else ''})")
+
+
+def moved_less_than_tolerance(points: list[tuple[int, float]]) -> bool:
+    """True when the last doubling moved the value by less than ``TOLERANCE``."""
+    return len(points) > 1 and abs(points[-1][1] - points[-2][1]) < TOLERANCE
+
+
+def double_until_settled(steps: int, measure: Callable[[int], float], *, max_doublings: int,
+                         first: float | None = None) -> list[tuple[int, float]]:
+    """The convergence loop of the honest evaluations: ``measure`` at ``steps``, then at twice as many iterations
+    each time, until a doubling moves the value by less than ``TOLERANCE`` or ``max_doublings`` have run.
+    ``first`` is the value at ``steps`` when it is already measured. Returns the (iterations, value) points."""
+    points = [(steps, measure(steps) if first is None else first)]
+    while len(points) <= max_doublings and not moved_less_than_tolerance(points):
+        steps *= 2
+        points.append((steps, measure(steps)))
+    return points
 
 
 def settles(curve: list[tuple[int, float]]) -> tuple[bool, str]:
@@ -110,16 +128,14 @@ def honesty_checks(*, framework: str = "mmseg", num_images: int = 8, preset: str
     def doubling_curve(name: str) -> list[tuple[int, float]]:
         """``name`` (through the defense) with steps doubled from ``bpda_steps`` until the metric moves by
         less than ``TOLERANCE`` or the next count would pass ``max_bpda_steps``; every run joins ``bounded``."""
-        points, now = [], bpda_steps
-        while True:
+        def measure(now: int) -> float:
             label = f"{name.upper()}-{now}"
             attack = dict(type=name, eps=EPS, steps=now)
             rows[label] = run(label, attack if name == "bpda" else dict(type="bpda", attack=attack))
             bounded.append(rows[label])
-            points.append((now, rows[label][key]))
-            if (len(points) > 1 and abs(points[-1][1] - points[-2][1]) < TOLERANCE) or now * 2 > max_bpda_steps:
-                return points
-            now *= 2
+            return rows[label][key]
+
+        return double_until_settled(bpda_steps, measure, max_doublings=(max_bpda_steps // bpda_steps).bit_length() - 1)
 
     curve = doubling_curve("bpda")
     apgd_curve = doubling_curve("apgd")  # its step size adapts: unlike BPDA's fixed 2.5ε/steps it should settle

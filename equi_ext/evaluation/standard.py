@@ -34,7 +34,7 @@ from ..core.validation import SettingsError
 from ..reporting import Report, slug
 from .backends import build_backend, check_framework
 from .demo import DATA, EPS, ensure_data
-from .honesty import TOLERANCE
+from .honesty import TOLERANCE, double_until_settled, moved_less_than_tolerance
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,6 @@ def attack_rows(backend, *, eps: float, steps: int, eot_samples: int, seed: int,
                      {"defended": dict(type="adaptive", eps=eps, steps=steps, lambda_e=lambda_e, seed=seed)}),
     }
     return {family: row for family, row in rows.items() if all(backend.supports(c) for c in row[1].values())}
-
-
-def doubling_converged(points: list[dict]) -> bool:
-    """True when the last doubling moved the worst case by less than ``TOLERANCE``."""
-    return len(points) > 1 and abs(points[-1]["worst_case"] - points[-2]["worst_case"]) < TOLERANCE
 
 
 def security_points(curve: list[dict]) -> list[dict]:
@@ -240,25 +235,29 @@ def standard_evaluation(*, framework: str = "mmseg", num_images: int = 8, eps: f
     start = time.perf_counter()
     family_of = {label: family for family, (label, _) in rows.items()}
     pooled = [label for label, cols in rows.values() if "defended" in cols]
-    convergence = [dict(steps=steps, worst_case=worst_cases["defended"]["quoted"], ran=[])]
+    ran_at: dict[int, list[str]] = {}
     logger.info("part 2/3: convergence, doubling the iterations of the attacks the worst case draws on "
                 "(at most %d times, until it moves < %g)", max_doublings, TOLERANCE)
-    while len(convergence) <= max_doublings and not doubling_converged(convergence):
-        more = convergence[-1]["steps"] * 2
-        logger.info("worst case %.2f at %d iterations; doubling to %d", convergence[-1]["worst_case"],
-                    convergence[-1]["steps"], more)
+
+    def doubled_worst_case(more: int) -> float:
+        logger.info("worst case %.2f at %d iterations; doubling to %d", worst_cases["defended"]["quoted"],
+                    more // 2, more)
         doubled = attack_rows(backend, steps=more, **settings)
         taken = {family_of[label] for label in worst_cases["defended"]["taken_from"]} | {"strong bpda"}
-        ran = []
+        ran_at[more] = []
         for family in (f for f in doubled if f in taken):
             label, columns = doubled[family]
             run(label, "defended", columns["defended"])
             family_of[label] = family
             pooled.append(label)
-            ran.append(label)
+            ran_at[more].append(label)
         worst_cases["defended"] = worst("defended", pooled)
-        convergence.append(dict(steps=more, worst_case=worst_cases["defended"]["quoted"], ran=ran))
-    converged = doubling_converged(convergence) if max_doublings else None  # None: not checked
+        return worst_cases["defended"]["quoted"]
+
+    points = double_until_settled(steps, doubled_worst_case, max_doublings=max_doublings,
+                                  first=worst_cases["defended"]["quoted"])
+    convergence = [dict(steps=n, worst_case=value, ran=ran_at.get(n, [])) for n, value in points]
+    converged = moved_less_than_tolerance(points) if max_doublings else None  # None: not checked
     seconds["convergence"] = time.perf_counter() - start
 
     start = time.perf_counter()

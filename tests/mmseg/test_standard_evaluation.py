@@ -204,3 +204,24 @@ def test_a_reported_point_is_never_above_the_one_at_a_smaller_eps():
     assert [p["defended"] for p in points] == [44.0, 24.1, 13.5, 13.5, 12.0]
     assert [p["vanilla"] for p in points] == [40.0, 14.1, 12.1, 9.4, 6.1]
     assert points[2]["single_eps"] == dict(vanilla=18.0, defended=19.0) and raw[3]["defended"] == 16.5
+
+
+def test_the_convergence_loop_doubles_until_a_doubling_moves_less_than_the_tolerance_or_the_cap():
+    """One loop serves the standard evaluation (a cap on doublings, the first value already measured) and the
+    honesty checks (a cap on iterations): it measures at 2×, 4×, … the iterations and stops at the first change
+    below the tolerance, or when the cap is reached."""
+    from equi_ext.evaluation.honesty import double_until_settled
+
+    values = {5: 50.0, 10: 46.0, 20: 44.0, 40: 43.8, 80: 43.7}
+    asked = []
+
+    def measure(steps):
+        asked.append(steps)
+        return values[steps]
+
+    assert double_until_settled(5, measure, max_doublings=9) == [(5, 50.0), (10, 46.0), (20, 44.0), (40, 43.8)]
+    assert asked == [5, 10, 20, 40]
+    asked.clear()
+    assert double_until_settled(5, measure, max_doublings=1, first=50.0) == [(5, 50.0), (10, 46.0)]
+    assert asked == [10]
+    assert double_until_settled(5, measure, max_doublings=0, first=1.0) == [(5, 1.0)]

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..core.optimizer import PRESETS
 from ..core.validation import SettingsError
 from ..reporting import Report, slug
-from .backends import build_backend, check_framework
+from .backends import BACKENDS, build_backend, check_framework
 from .demo import DATA, EPS, ensure_data
 from .honesty import TOLERANCE, double_until_settled, moved_less_than_tolerance
 
@@ -190,7 +190,7 @@ def standard_evaluation(*, framework: str = "mmseg", num_images: int = 8, eps: f
     if checkpoint and not Path(checkpoint).is_file():
         raise SettingsError(f"checkpoint {checkpoint} does not exist")
     check_framework(framework)
-    if framework == "mmseg" and preset not in PRESETS:
+    if BACKENDS[framework].takes_preset and preset not in PRESETS:
         raise SettingsError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     out = Path(work_dir)
     if Path(data_root) == DATA:

@@ -1,0 +1,182 @@
+"""The contributing guide's recipes for a new attack and a new defense, followed once (docs/contributing.md).
+
+A tiny attack (PGD on some colour channels only) and a tiny defense (bit-depth reduction) are written here as a
+contributor would write them in ``equi_ext/attacks/`` and ``equi_ext/defenses/``, registered under names no other
+test knows, and removed from the registries afterwards. Each check fails if the registration is broken: the names
+must build exactly these classes, refuse a key the class does not take, and their outputs show what only these
+classes do (untouched channels, pixels on the quantisation grid).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import equi_ext
+from equi_ext.attacks import ATTACKS, Attack, build_attack
+from equi_ext.core.optimizer import DefenseOutput
+from equi_ext.core.validation import check_budget, check_images, check_pixel_range
+from equi_ext.defenses import DEFENSES, build_defense
+from equi_ext.pipeline import EquiPipeline
+
+from .conftest import ToySegNet, toy_scenes
+
+REPO = Path(__file__).resolve().parents[1]
+ATTACK, DEFENSE = "recipe_channel_pgd", "recipe_quantise"
+EPS, QUANTUM = 4.0, 15.0  # 15 divides 255: every grid value lies in the pixel range
+
+
+class ChannelPGD(Attack):
+    """PGD that perturbs only the colour ``channels`` (0 = R, 1 = G, 2 = B); the others stay as given."""
+
+    def __init__(self, *, channels: list[int] | tuple[int, ...] = (0, 1, 2), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        channels = [int(c) for c in channels]
+        if not channels or any(c not in (0, 1, 2) for c in channels):
+            raise ValueError(f"channels must be a non-empty list of 0, 1, 2; got {channels!r}")
+        self.channels = channels
+
+    def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        adv = super().project(adv, images)
+        keep = torch.zeros(1, adv.shape[1], 1, 1, dtype=torch.bool, device=adv.device)
+        keep[:, self.channels] = True
+        return torch.where(keep, adv, images)
+
+
+class Quantise:
+    """Bit-depth reduction: each pixel to the nearest multiple of ``quantum`` levels (it moves at most quantum/2).
+
+    Deterministic; ``seed`` is taken because every framework passes one (Detectron2's ``EQUI.SEED`` is always set)."""
+
+    def __init__(self, *, quantum: float = 8.0, seed: int = 0, pixel_range=None) -> None:
+        self.pixel_range = check_pixel_range(pixel_range)
+        self.stated_pixel_range = None if pixel_range is None else self.pixel_range
+        self.quantum = check_budget("quantum", quantum, self.pixel_range, allow_zero=False)
+        self.seed = int(seed)
+
+    def __call__(self, images: torch.Tensor, features=None, *, model=None, image_seeds=None, seed=None,
+                 compute_score: bool = True) -> DefenseOutput:
+        check_images(images, self.stated_pixel_range)
+        low, high = self.pixel_range
+        out = (torch.round((images.detach() - low) / self.quantum) * self.quantum + low).clamp(low, high)
+        return DefenseOutput(images=out, loss_trace=images.new_zeros(0, images.shape[0]), score=None)
+
+
+@pytest.fixture
+def registered():
+    """The two classes registered as the recipe does (``@ATTACKS.register(name)``), for this test only."""
+    assert ATTACK not in ATTACKS and DEFENSE not in DEFENSES
+    try:
+        ATTACKS.register(ATTACK)(ChannelPGD)
+        DEFENSES.register(DEFENSE)(Quantise)
+        yield
+    finally:
+        ATTACKS._entries.pop(ATTACK, None)
+        DEFENSES._entries.pop(DEFENSE, None)
+    assert ATTACK not in ATTACKS and DEFENSE not in DEFENSES
+
+
+@pytest.fixture
+def toy():
+    """An untrained toy segmenter (eval mode) and two toy scenes: enough for gradients, budgets and ranges."""
+    torch.manual_seed(0)
+    model = ToySegNet().eval()
+    images, labels = toy_scenes(2, seed=0, size=32)
+    return model, images, labels
+
+
+def logits_of(model):
+    return lambda x: F.interpolate(model(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def on_grid(x: torch.Tensor) -> bool:
+    return torch.equal(x, torch.round(x / QUANTUM) * QUANTUM)
+
+
+def test_the_new_attack_and_defense_build_by_name_and_refuse_keys_they_do_not_take(registered, toy):
+    model, _, _ = toy
+    attack = build_attack(dict(type=ATTACK, eps=EPS, steps=2, channels=[0]), logits_fn=logits_of(model))
+    assert type(attack) is ChannelPGD and attack.channels == [0] and attack.eps == EPS and attack.steps == 2
+    # what a config may set: the class's own setting and the base's, not the model views equi-ext supplies
+    assert {"channels", "eps", "steps", "seed"} <= set(ATTACKS.settings(ATTACK))
+    assert not {"loss_fn", "logits_fn"} & set(ATTACKS.settings(ATTACK))
+    with pytest.raises(TypeError, match=rf"attack '{ATTACK}' \(ChannelPGD\) does not accept 'chanels' "
+                                        r"\(did you mean 'channels'\?\)"):
+        build_attack(dict(type=ATTACK, chanels=[0]), logits_fn=logits_of(model))
+    with pytest.raises(TypeError, match=rf"attack '{ATTACK}' \(ChannelPGD\): 'loss_fn' is supplied by equi-ext"):
+        EquiPipeline(None, dict(type=ATTACK, loss_fn=None))
+
+    defense = build_defense(dict(type=DEFENSE, quantum=QUANTUM))
+    assert type(defense) is Quantise and defense.quantum == QUANTUM
+    assert DEFENSES.settings(DEFENSE) == ["pixel_range", "quantum", "seed"]
+    with pytest.raises(TypeError, match=rf"defense '{DEFENSE}' \(Quantise\) does not accept 'eps_v'"):
+        build_defense(dict(type=DEFENSE, eps_v=4))
+    with pytest.raises(TypeError, match=rf"defense '{DEFENSE}' \(Quantise\) does not accept 'eps_v'"):
+        EquiPipeline(dict(type=DEFENSE, eps_v=4))
+
+
+def test_the_new_attack_and_defense_run_through_the_python_api_and_the_pipeline(registered, toy):
+    model, images, labels = toy
+    # the Python API: the attack built by name, then equi_ext.defend with the defense's name
+    adv = build_attack(dict(type=ATTACK, eps=EPS, steps=2, channels=[0, 2]), logits_fn=logits_of(model))(
+        images, labels, image_seeds=[0, 1])
+    assert torch.equal(adv[:, 1], images[:, 1])  # the channel left out is untouched: ChannelPGD ran, not PGD
+    assert (adv[:, [0, 2]] != images[:, [0, 2]]).float().mean() > 0.5
+    assert (adv - images).abs().max() == pytest.approx(EPS, abs=1e-3) and adv.min() >= 0 and adv.max() <= 255
+    out = equi_ext.defend(model.features, adv, method=DEFENSE, quantum=QUANTUM, model=model)
+    assert on_grid(out.images) and not on_grid(adv)  # Quantise ran, not another defense
+    assert (out.images - adv).abs().max() <= QUANTUM / 2 and out.images.min() >= 0 and out.images.max() <= 255
+
+    # the path configs take (MMSeg's model.test_cfg, Detectron2's cfg.EQUI): the pipeline both adapters share
+    pipeline = EquiPipeline(dict(type=DEFENSE, quantum=QUANTUM), dict(type=ATTACK, eps=EPS, steps=2, channels=[1]))
+    attacked, _ = pipeline.run(images, attack=True, defend=False, features=model.features, model=model,
+                               seeds=[0, 1], targets=labels, logits_fn=logits_of(model))
+    assert torch.equal(attacked[:, [0, 2]], images[:, [0, 2]]) and not torch.equal(attacked[:, 1], images[:, 1])
+    assert (attacked - images).abs().max() <= EPS + 1e-4
+    final, _ = pipeline.run(images, attack=True, defend=True, features=model.features, model=model,
+                            seeds=[0, 1], targets=labels, logits_fn=logits_of(model))
+    assert on_grid(final) and (final - attacked).abs().max() <= QUANTUM / 2
+    assert torch.equal(final, torch.round(attacked / QUANTUM) * QUANTUM)
+
+
+@pytest.mark.filterwarnings("ignore:pkg_resources is deprecated")
+def test_detectron2_configs_name_the_new_attack_and_defense(registered, monkeypatch):
+    pytest.importorskip("detectron2")
+    from equi_ext.detectron2 import load_config
+    from equi_ext.detectron2.modeling import meta_arch
+    from equi_ext.detectron2.modeling.meta_arch import equi_settings
+
+    cfg = load_config(REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml")
+    cfg.defrost()
+    cfg.EQUI.ATTACK, cfg.EQUI.DEFENSE = ATTACK, DEFENSE
+    # the demo's equivariance settings do not apply to the new defense: refused, naming the key and the class
+    with pytest.raises(ValueError, match=rf"EQUI.TRANSFORMS = .* does not apply to EQUI.DEFENSE '{DEFENSE}' "
+                                         r"\(Quantise\); it takes EQUI.SEED"):
+        equi_settings(cfg)
+    for key, arg in meta_arch.DEFENSE_KEYS.items():
+        if arg not in DEFENSES.settings(DEFENSE):
+            cfg.EQUI[key] = None
+    settings = equi_settings(cfg)
+    assert settings["attack"] == {"type": ATTACK, "eps": 4.0, "steps": 10, "seed": 0}
+    assert settings["defense"] == {"type": DEFENSE, "seed": 0}
+
+    # the recipe's EQUI keys for the new settings: a key in config.py and its argument in ATTACK_KEYS / DEFENSE_KEYS
+    monkeypatch.setitem(meta_arch.ATTACK_KEYS, "CHANNELS", "channels")
+    monkeypatch.setitem(meta_arch.DEFENSE_KEYS, "QUANTUM", "quantum")
+    cfg.EQUI.CHANNELS, cfg.EQUI.QUANTUM = (0,), QUANTUM
+    settings = equi_settings(cfg)
+    assert settings["attack"] == {"type": ATTACK, "eps": 4.0, "steps": 10, "seed": 0, "channels": [0]}
+    assert settings["defense"] == {"type": DEFENSE, "seed": 0, "quantum": QUANTUM}
+    cfg.EQUI.LAMBDA_E = 1.0
+    with pytest.raises(ValueError, match=rf"EQUI.LAMBDA_E = 1.0 does not apply to EQUI.ATTACK '{ATTACK}' "
+                                         r"\(ChannelPGD\)"):
+        equi_settings(cfg)
+    cfg.EQUI.LAMBDA_E = None
+    # what EquiGeneralizedRCNN builds from them (a Mask R-CNN has no dense logits)
+    pipeline = EquiPipeline(settings["defense"], settings["attack"], needs_logits=False)
+    assert type(pipeline.defense) is Quantise and pipeline.defense.quantum == QUANTUM
+    assert pipeline.attack_cfg["channels"] == [0]

@@ -1,19 +1,18 @@
 #!/usr/bin/env python
 """Table-2-style robustness benchmark of a demo model: attacks × defenses × seeds.
 
-Rows are attacks (clean, PGD, MIM, IFGSM, CW, Houdini, the adaptive attack for each λ_e,
-BPDA, EOT-BPDA) and a last row, the per-image worst case over every attack row (the honest
-robust number: for each image the attacked input with the lowest IoU, then dataset mIoU).
-Columns are defenses (vanilla, random, rotation, contrastive, invariance, equivariance).
-Non-adaptive attacks are computed on the undefended model and then defended (the paper's
-Table 2); adaptive, BPDA and EOT attack through the defense. Each cell runs once per seed
-(the seed of the attack's random start and of the defense's noise and transforms) and the
-tables show mean ± std over seeds.
+Rows are the attacks of ``--attacks`` and the worst case over every attack row, the honest robust
+number; columns are the defenses of ``--defenses`` (``--help`` lists both). Transfer attacks are
+computed on the undefended model and then defended (the paper's Table 2); adaptive, BPDA, EOT, APGD
+and SEA attack through the defense (``equi_ext.evaluation.robustness`` says which is which). Each cell
+runs once per seed (the seed of the attack's random start and of the defense's noise and transforms)
+and the tables show mean ± std over seeds.
 
-The default model is the demo DeepLabV3 (mIoU from MMSeg's IoUMetric); ``--detectron2``
-benchmarks the demo Mask R-CNN instead (COCO mask AP from Detectron2's COCOEvaluator; the
-per-image quality is each image's own mask AP; attacks that need dense logits — CW, Houdini —
-do not apply and their rows say so).
+The default model is the demo DeepLabV3 (mIoU from MMSeg's IoUMetric); ``--framework detectron2``
+(or ``--detectron2``) benchmarks the demo Mask R-CNN instead (COCO mask AP from Detectron2's
+COCOEvaluator; the per-image quality is each image's own mask AP; attacks that need dense logits —
+CW, Houdini, SEA — do not apply and the page says so). ``--checkpoint`` takes other weights of the
+same architecture.
 
 Every image's result is written atomically under ``WORK_DIR/cells`` as it finishes;
 ``--resume`` skips every image already written, so a killed run continues where it stopped
@@ -46,8 +45,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--preset", default="fast",
                         help="MMSeg: budget of the optimised defenses (default: %(default)s); the Mask R-CNN "
                              "keeps its config's tuned settings")
-    parser.add_argument("--defenses", default=",".join(DEFENSE_NAMES), help="columns (default: all)")
-    parser.add_argument("--attacks", default=",".join(ATTACK_NAMES), help="rows (default: all)")
+    parser.add_argument("--defenses", default=",".join(DEFENSE_NAMES), help="columns (default: all: %(default)s)")
+    parser.add_argument("--attacks", default=",".join(ATTACK_NAMES), help="rows (default: all: %(default)s)")
     parser.add_argument("--steps", type=int, default=10, help="attack steps (default: %(default)s)")
     parser.add_argument("--bpda-steps", type=int, default=10, help="BPDA / EOT steps (default: %(default)s)")
     parser.add_argument("--eot-samples", type=int, default=2)

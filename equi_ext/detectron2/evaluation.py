@@ -424,6 +424,15 @@ def _tasks(cfg) -> tuple[str, ...]:
     return ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
 
 
+def config_fingerprint(cfg) -> str:
+    """``fingerprint`` of a config less ``OUTPUT_DIR``: where a run writes does not change its numbers, so a work
+    dir's records can be moved, or cells of several work dirs merged, and still be resumed."""
+    settings = cfg.clone()
+    settings.defrost()
+    settings.OUTPUT_DIR = ""
+    return fingerprint(settings.dump())
+
+
 def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | None], defense: tuple[str, dict | None],
                   record_dir: str | os.PathLike, *, num_images: int | None = None, resume: bool = False,
                   corruption: dict | None = None, record_scores: bool = False) -> dict:
@@ -446,7 +455,7 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
     paths = record_paths(record_dir, [r["file_name"] for r in records])
     prepare_record_dir(record_dir, dict(attack=attack[1], defense=defense[1], corruption=corruption,
                                         record_scores=record_scores, images=fingerprint([r["file_name"] for r in records]),
-                                        model=fingerprint(model), config=fingerprint(cfg.dump())), resume)
+                                        model=fingerprint(model), config=config_fingerprint(cfg)), resume)
     todo = [r for r, path in zip(records, paths) if not (resume and path.is_file())]
     row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
     if todo:

@@ -145,3 +145,15 @@ def test_a_failing_cell_or_scenario_leaves_the_model_as_it_was(demo, tmp_path, m
     with pytest.raises(RuntimeError, match="interrupted"):
         evaluate_scenarios(cfg, None, scenarios=["defended"], output_dir=str(tmp_path / "s"), model=model)
     assert model.scenario is None and not model.record_scores and model.pipeline is pipeline
+
+
+def test_cell_records_do_not_depend_on_where_the_run_writes():
+    """A cell's settings stamp leaves ``OUTPUT_DIR`` out (it does not change a number), so the cells of several
+    work dirs can be merged and resumed; any setting that can change a number still changes the stamp."""
+    from equi_ext.detectron2.evaluation import config_fingerprint
+
+    first = load_config(DEMO_EQUI_YAML, ["OUTPUT_DIR", "work_dirs/a/runs"])
+    moved = load_config(DEMO_EQUI_YAML, ["OUTPUT_DIR", "/elsewhere/b/runs"])
+    other = load_config(DEMO_EQUI_YAML, ["OUTPUT_DIR", "work_dirs/a/runs", "EQUI.EPS_V", "5.0"])
+    assert config_fingerprint(first) == config_fingerprint(moved) != config_fingerprint(other)
+    assert first.OUTPUT_DIR == "work_dirs/a/runs"  # the config itself is left as it was

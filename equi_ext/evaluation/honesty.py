@@ -57,8 +57,7 @@ def settles(curve: list[tuple[int, float]]) -> tuple[bool, str]:
     """(passed, numbers) of a steps-doubling curve: never more than ``TOLERANCE`` above the previous point
     (more steps never look weaker) and a last change below ``TOLERANCE`` (converged)."""
     rising = any(b[1] > a[1] + TOLERANCE for a, b in zip(curve, curve[1:]))
-    converged = len(curve) > 1 and abs(curve[-1][1] - curve[-2][1]) < TOLERANCE
-    return (not rising and converged, "curve " + ", ".join(f"{s}: {m:.2f}" for s, m in curve)
+    return (not rising and moved_less_than_tolerance(curve), "curve " + ", ".join(f"{s}: {m:.2f}" for s, m in curve)
             + f" (pass: non-increasing within {TOLERANCE}, last change < {TOLERANCE})")
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
+import weakref
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,10 +20,10 @@ from torch import nn
 
 from .attacks import ATTACKS, defense_preprocessor
 from .attacks.base import attack_kwargs
-from .core.optimizer import EquivarianceDefense, frozen_model
+from .core.optimizer import DefenseOutput, EquivarianceDefense, frozen_model
 from .core.scores import output_variance_score
 from .core.validation import SettingsError
-from .defenses import DEFENSES, DetectThenDefend, NoDefense
+from .defenses import DEFENSES
 
 #: scenario name → (attack?, defend?); the tools run one evaluation each.
 SCENARIOS = {
@@ -51,6 +53,12 @@ SCENARIO_LABELS = {"clean": "clean", "clean_defended": "clean + defense", "attac
                    "defended": "attacked + defense"}
 
 
+def scenario_of(attack: bool, defend: bool) -> str:
+    """The scenario that attacks and/or defends."""
+    return {(False, False): "clean", (False, True): "clean_defended", (True, False): "attacked",
+            (True, True): "defended"}[(bool(attack), bool(defend))]
+
+
 def scenario_table(rows: list[dict], metrics: dict[str, str]) -> str:
     """Markdown table, one row per scenario: the ``metrics`` columns (header → key, shown ×1 with two
     decimals), then the mean equivariance score, the number of images and the seconds taken."""
@@ -64,18 +72,73 @@ def scenario_table(rows: list[dict], metrics: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class EquiRun:
+    """What one evaluation asks of a model's inference, as a value: the adapters read the run active on their model
+    (:func:`active_run`) at each batch, so nothing about an evaluation is stored on the model.
+
+    Args:
+        scenario: one of ``SCENARIOS``; None: attack and defend as configured.
+        pipeline: the defense and attack to apply; None: the model's configured ones.
+        record_scores: put each image's score on its output (``SCORE_KEY``).
+        record_losses: put each image's task loss on its output (Detectron2: ``task_loss``).
+        views: the adapter's view settings for the run (MMSeg: ``feature_layer``, ``reuse_backbone``;
+            Detectron2: ``levels``); an adapter refuses keys it does not know.
+        sink: called with the ``DefenseOutput`` of each group of images the run defends (e.g. to count what
+            detect-then-defend flagged).
+    """
+
+    scenario: str | None = None
+    pipeline: EquiPipeline | None = None
+    record_scores: bool = False
+    record_losses: bool = False
+    views: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    sink: Callable[[Any], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.scenario is not None:
+            check_scenarios([self.scenario])
+
+    def view(self, key: str, default: Any, known: Sequence[str]) -> Any:
+        """The run's ``views[key]`` (``default`` when unset); a view key outside ``known`` is a ``KeyError``."""
+        unknown = [k for k in self.views if k not in known]
+        if unknown:
+            raise KeyError(f"view setting(s) {', '.join(map(repr, unknown))} are not known to this model; "
+                           f"known: {', '.join(known)}")
+        return self.views.get(key, default)
+
+
+#: The run of a model that no evaluation has activated: everything as configured, nothing recorded.
+CONFIGURED_RUN = EquiRun()
+_ACTIVE_RUNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a (Distributed)DataParallel wrapper, else ``model``."""
+    return getattr(model, "module", model)
+
+
 @contextlib.contextmanager
-def temporarily(holder: Any, **attributes: Any) -> Iterator[Any]:
-    """Set ``attributes`` of ``holder`` (a scenario, a pipeline, recording flags) for the block only: their
-    previous values come back after it, also when it raises, so a failed evaluation leaves no model mid-scenario."""
-    saved = {name: getattr(holder, name) for name in attributes}
+def running(model: nn.Module, run: EquiRun) -> Iterator[EquiRun]:
+    """Make ``run`` the active run of ``model`` for the block; the previous one comes back after it, also when it
+    raises. A run inside another's block keeps the enclosing run's ``views`` that it does not set itself."""
+    model = unwrapped(model)
+    saved = _ACTIVE_RUNS.get(model)
+    if saved is not None and saved.views:
+        run = dataclasses.replace(run, views={**saved.views, **run.views})
+    _ACTIVE_RUNS[model] = run
     try:
-        for name, value in attributes.items():
-            setattr(holder, name, value)
-        yield holder
+        yield run
     finally:
-        for name, value in saved.items():
-            setattr(holder, name, value)
+        if saved is None:
+            _ACTIVE_RUNS.pop(model, None)
+        else:
+            _ACTIVE_RUNS[model] = saved
+
+
+def active_run(model: nn.Module) -> EquiRun:
+    """The run active on ``model`` (:func:`running`), or ``CONFIGURED_RUN``."""
+    return _ACTIVE_RUNS.get(unwrapped(model), CONFIGURED_RUN)
 
 
 def as_cfg(value: Any) -> dict | None:
@@ -180,6 +243,8 @@ class EquiPipeline:
         if defense_cfg is not None:
             defense_cfg.setdefault("pixel_range", pixel_range)
         self.defense = DEFENSES.build(defense_cfg) if defense_cfg is not None else None
+        #: whether a defended scenario changes the images (False without a defense, or with ``none``)
+        self.defends = self.defense is not None and self.defense.defends
         if self.attack_cfg is not None:
             name = self.attack_cfg.get("type")
             cls = ATTACKS.check_keys(name, [k for k in self.attack_cfg if k != "type"])
@@ -191,17 +256,12 @@ class EquiPipeline:
             cls(**attack_kwargs(cls, self.attack_cfg, loss_fn=lambda x, t: x.sum(),
                                 logits_fn=(lambda x: x) if needs_logits else None,
                                 feature_fn=lambda x: x, preprocessor=lambda x, seed: x, pixel_range=pixel_range))
-        # The equivariance score uses the equi defense's own transforms, the detector's for
-        # detect-then-defend (so the adaptive attacker targets what the detector sees), else the
-        # default set. The first two compute it while defending (``defense_scores``).
-        if isinstance(self.defense, DetectThenDefend):
-            self.score_defense = self.defense.scorer
-        elif type(self.defense) is EquivarianceDefense:
-            self.score_defense = self.defense
-        else:
-            self.score_defense = EquivarianceDefense(pixel_range=pixel_range)
-        self.defense_scores = score == "equivariance" and (
-            self.score_defense is self.defense or isinstance(self.defense, DetectThenDefend))
+        # The equivariance score uses the transforms of the defense's own equivariance scorer (the equi defense
+        # itself; the detector of detect-then-defend, so the adaptive attacker targets what the detector sees),
+        # else the default set. A defense with a scorer computes the score while defending (``defense_scores``).
+        own_scorer = self.defense.equivariance_scorer if self.defense is not None else None
+        self.score_defense = own_scorer or EquivarianceDefense(pixel_range=pixel_range)
+        self.defense_scores = score == "equivariance" and own_scorer is not None
         self.scorer = self._build_scorer(score, pixel_range, needs_logits)
 
     def _build_scorer(self, score: Any, pixel_range, needs_logits: bool) -> Callable:
@@ -220,13 +280,9 @@ class EquiPipeline:
                              f"name/config; got {score!r}")
         cfg.setdefault("pixel_range", pixel_range)
         scorer = DEFENSES.build(cfg)
-        if not hasattr(scorer, "score"):
+        if scorer.score is None:
             raise ValueError(f"score={score!r}: defense {type(scorer).__name__} has no score")
         return lambda pixels, features, logits_fn: scorer.score(pixels, features)
-
-    @property
-    def defends(self) -> bool:
-        return self.defense is not None and not isinstance(self.defense, NoDefense)
 
     def active(self, scenario: str | None) -> tuple[bool, bool]:
         """(attack?, defend?) of ``scenario`` (None: as configured) given what is configured."""
@@ -241,12 +297,14 @@ class EquiPipeline:
             return default_scenarios(configured["defense"], configured["attack"])
         return check_scenarios(names, {part: keys[part] for part, is_set in configured.items() if not is_set})
 
-    def process(self, batch: PixelBatch, scenario: str | None, record_scores: bool = False) -> list[float | None]:
+    def process(self, batch: PixelBatch, scenario: str | None, record_scores: bool = False,
+                sink: Callable[[DefenseOutput], None] | None = None) -> list[float | None]:
         """The per-batch flow of both adapters: group, attack, defend, hand back; each step leaves the model
         as it found it (:meth:`run`).
 
         The attack sees the defense's view of the clean image; the defense (and the score) the view
-        of what it is given. Returns each image's score (None unless ``record_scores``).
+        of what it is given; ``sink`` receives each group's ``DefenseOutput``. Returns each image's score (None
+        unless ``record_scores``).
         """
         attack_on, defend_on = self.active(scenario)
         scores: list[float | None] = [None] * batch.size
@@ -260,7 +318,7 @@ class EquiPipeline:
             if defend_on or record_scores:
                 pixels, score = self.run(pixels, attack=False, defend=defend_on, features=batch.view(idx, pixels),
                                          model=batch.model, seeds=seeds, logits_fn=logits_fn,
-                                         record_score=record_scores)
+                                         record_score=record_scores, sink=sink)
             batch.put(idx, pixels, changed=attack_on or defend_on)
             if score is not None:
                 for i, value in zip(idx, score.tolist()):
@@ -270,6 +328,7 @@ class EquiPipeline:
     def run(self, pixels: torch.Tensor, *, attack: bool, defend: bool, features: Any, model: nn.Module,
             seeds: Sequence[int], targets: Any = None, loss_fn: Callable | None = None,
             logits_fn: Callable | None = None, record_score: bool = False,
+            sink: Callable[[DefenseOutput], None] | None = None,
             **attack_extra: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One group's step: attack (if ``attack`` and configured), then defend (if ``defend`` and configured),
         with ``model`` left as found (``frozen_model``: the attack's forwards would otherwise update the
@@ -288,6 +347,8 @@ class EquiPipeline:
                 out = self.defense(pixels, features, model=model, image_seeds=seeds,
                                    compute_score=record_score and self.defense_scores)
                 pixels, score = out.images, out.score
+                if sink is not None:
+                    sink(out)
             if record_score and score is None:
                 score = self.scorer(pixels, features, logits_fn)
         return pixels, score

@@ -185,6 +185,25 @@ def _restore_equi_ext_logging():
 
 
 @pytest.fixture
+def attribute_writes(monkeypatch):
+    """``attribute_writes(model)``: a list that from then on receives the name of every attribute set on ``model``
+    itself (``model.x = ...``; its submodules and parameters are not counted)."""
+    def watch(model: nn.Module) -> list[str]:
+        names: list[str] = []
+        stock = nn.Module.__setattr__
+
+        def recording(self, name, value):
+            if self is model:
+                names.append(name)
+            stock(self, name, value)
+
+        monkeypatch.setattr(nn.Module, "__setattr__", recording)
+        return names
+
+    return watch
+
+
+@pytest.fixture
 def assert_rerenders(tmp_path):
     """Check a tool's ``--render``: from a copy of a result JSON alone, the tool writes the same page and
     plots byte for byte, and the JSON names the command that measured it."""

@@ -241,13 +241,11 @@ def detector(d2_dataset):
     return cfg, model, d2_dataset
 
 
-def d2_infer(model, scenario: str, inputs: list[dict]) -> list:
-    model.scenario = scenario
-    try:
-        with torch.no_grad():
-            return model(inputs)
-    finally:
-        model.scenario = None
+def d2_infer(model, scenario: str, inputs: list[dict], record_scores: bool = False) -> list:
+    from equi_ext.pipeline import EquiRun, running
+
+    with running(model, EquiRun(scenario, record_scores=record_scores)), torch.no_grad():
+        return model(inputs)
 
 
 def d2_image_calls(image: Any) -> Callable[[Any], list[Callable[[], Any]]]:
@@ -255,14 +253,8 @@ def d2_image_calls(image: Any) -> Callable[[Any], list[Callable[[], Any]]]:
     def calls(detector):
         _, model, _ = detector
 
-        def scored():
-            model.record_scores = True
-            try:
-                return d2_infer(model, "clean", [{"image": image}])
-            finally:
-                model.record_scores = False
-
-        return [lambda: d2_infer(model, "clean_defended", [{"image": image}]), scored]
+        return [lambda: d2_infer(model, "clean_defended", [{"image": image}]),
+                lambda: d2_infer(model, "clean", [{"image": image}], record_scores=True)]
     return calls
 
 
@@ -409,7 +401,7 @@ CASES = [
     Case("mmseg-model_view_in_config", lambda: [lambda: build_segmentor(attack=dict(type="bpda", defense="equi"))],
          TypeError, r"attack 'bpda' \(BPDA\): 'defense' is supplied by equi-ext from the model"),
     Case("mmseg-predict_overridden", lambda: [lambda: build_segmentor(_class=PredictOverridden, defense="equi")],
-         TypeError, "PredictOverridden overrides EncoderDecoder.predict, which equi-ext wraps"),
+         TypeError, r"PredictOverridden.predict is not equi-ext's \(the class overrides it"),
     Case("mmseg-negative_eps_v", lambda tmp: [mmseg_tool(tmp, "model.test_cfg.defense.type=equi",
                                                          "model.test_cfg.defense.eps_v=-1")],
          SystemExit, "eps_v must be > 0 pixel levels; got -1", ("tmp_path",)),

@@ -52,6 +52,12 @@ class Quantise:
 
     Deterministic; ``seed`` is taken because every framework passes one (Detectron2's ``EQUI.SEED`` is always set)."""
 
+    defends = True
+    differentiable = False
+    reuses_score_features = False
+    equivariance_scorer = None
+    score = None
+
     def __init__(self, *, quantum: float = 8.0, seed: int = 0, pixel_range=None) -> None:
         self.pixel_range = check_pixel_range(pixel_range)
         self.stated_pixel_range = None if pixel_range is None else self.pixel_range
@@ -180,3 +186,18 @@ def test_detectron2_configs_name_the_new_attack_and_defense(registered, monkeypa
     pipeline = EquiPipeline(settings["defense"], settings["attack"], needs_logits=False)
     assert type(pipeline.defense) is Quantise and pipeline.defense.quantum == QUANTUM
     assert pipeline.attack_cfg["channels"] == [0]
+
+
+def test_a_defense_that_does_not_declare_the_protocol_is_refused_at_registration():
+    """The pipeline and the attacks read what a defense can do off its declarations, never off its class: one
+    without them would fail mid-evaluation, so registering it fails, naming what is missing."""
+    class Undeclared:
+        def __call__(self, images, features=None, **kwargs):
+            return DefenseOutput(images=images, loss_trace=images.new_zeros(0, images.shape[0]), score=None)
+
+    with pytest.raises(TypeError, match=r"defense 'recipe_undeclared' \(Undeclared\) does not declare defends, "
+                                        r"differentiable, reuses_score_features, equivariance_scorer, score"):
+        DEFENSES.register("recipe_undeclared")(Undeclared)
+    assert "recipe_undeclared" not in DEFENSES
+    for name in DEFENSES.names():
+        assert all(hasattr(DEFENSES.get(name), attr) for attr in ("defends", "differentiable", "score"))

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..core.losses import FeatureFn, equivariance_terms
-from ..core.optimizer import EquivarianceDefense
 from ..core.transforms import sample_transforms
 from ..core.validation import PixelRange, check_positive_int
 from .base import DefenseDraws, Preprocessor, attack_kwargs, check_preprocessor
@@ -25,7 +24,7 @@ def defense_preprocessor(defense: Any, feature_fn: FeatureFn, *, model: nn.Modul
                          image_seeds: Sequence[int] | None = None, differentiable: bool = False) -> Preprocessor:
     """Wrap ``defense(images, feature_fn, ...)`` as ``h(images, seed) -> purified images``;
     ``differentiable`` keeps the defense's unrolled graph (equivariance-type defenses only)."""
-    if differentiable and not isinstance(defense, EquivarianceDefense):
+    if differentiable and not defense.differentiable:
         raise TypeError(f"the unrolled attack differentiates through an equivariance-type defense; "
                         f"{type(defense).__name__} has no differentiable form (use bpda)")
     extra = dict(differentiable=True) if differentiable else {}

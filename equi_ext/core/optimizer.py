@@ -65,11 +65,13 @@ class DefenseOutput:
         images: purified images, same shape/dtype/range as the input, detached.
         loss_trace: (T, N) mean objective (cosine, in [−1, 1]) at x'_t before each step.
         score: (N,) mean objective at the returned images, or None when not computed.
+        flagged: (N,) bool, the images the defense chose to purify (detect-then-defend); None: all of them.
     """
 
     images: torch.Tensor
     loss_trace: torch.Tensor
     score: torch.Tensor | None
+    flagged: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
@@ -120,7 +122,8 @@ def check_transform_sizes(transforms: Sequence[Transform], size: tuple[int, int]
 
 
 class EquivarianceDefense:
-    """Restore the equivariance of ``feature_fn`` around a possibly attacked image.
+    """Restore the equivariance of ``feature_fn`` around a possibly attacked image (a ``Defense``:
+    ``equi_ext.defenses.base``).
 
     Args:
         preset: named base settings (``'default'``, ``'fast'`` or ``'paper'``); other arguments override it.
@@ -249,6 +252,15 @@ class EquivarianceDefense:
     def sample_transforms(self, generator: torch.Generator) -> list[Transform]:
         return [t.sample(generator) for t in self.transforms]
 
+    defends = True
+    differentiable = True
+    reuses_score_features = False
+
+    @property
+    def equivariance_scorer(self) -> EquivarianceDefense | None:
+        """This defense's own score is the equivariance score; a subclass with another objective has none."""
+        return self if self.objective == "equivariance" else None
+
     def score(self, images: torch.Tensor, features: FeatureFn, *, seed: int | None = None) -> torch.Tensor:
         """Mean objective over this defense's transforms, per image in [−1, 1] (no gradients).
 
@@ -340,6 +352,12 @@ class InvarianceDefense(EquivarianceDefense):
 
 class NoDefense:
     """Identity preprocessor, so 'no defense' runs through the same code paths."""
+
+    defends = False
+    differentiable = False
+    reuses_score_features = False
+    equivariance_scorer = None
+    score = None
 
     def __init__(self, *, pixel_range: PixelRange | None = None) -> None:
         self.pixel_range = check_pixel_range(pixel_range)

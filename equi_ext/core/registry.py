@@ -40,8 +40,10 @@ def did_you_mean(key: str, candidates: Iterable[str]) -> str:
 class Registry:
     """Maps lowercase names to classes; ``build`` instantiates from a config dict."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, contract: Iterable[str] = ()) -> None:
         self.kind = kind
+        #: class attributes every registered class must declare (its answers to what the callers ask of it)
+        self.contract = tuple(contract)
         self._entries: dict[str, type] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
@@ -52,6 +54,10 @@ class Registry:
         def decorator(cls: type[T]) -> type[T]:
             if name in self._entries:
                 raise KeyError(f"{self.kind} {name!r} is already registered to {self._entries[name].__name__}")
+            missing = [attr for attr in self.contract if not hasattr(cls, attr)]
+            if missing:
+                raise TypeError(f"{self.kind} {name!r} ({cls.__name__}) does not declare {', '.join(missing)}; "
+                                f"every {self.kind} declares {', '.join(self.contract)}")
             self._entries[name] = cls
             return cls
 

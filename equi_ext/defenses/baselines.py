@@ -23,6 +23,12 @@ from .registry import DEFENSES
 class RandomNoiseDefense:
     """Add uniform noise in [−ε_v, ε_v] (clipped to the pixel range); seeded per image."""
 
+    defends = True
+    differentiable = False
+    reuses_score_features = False
+    equivariance_scorer = None
+    score = None
+
     def __init__(self, *, eps_v: float = 4.0, seed: int = 0, pixel_range: PixelRange | None = None) -> None:
         self.pixel_range = check_pixel_range(pixel_range)
         self.stated_pixel_range = None if pixel_range is None else self.pixel_range
@@ -55,6 +61,10 @@ class DetectThenDefend:
             score is one no-grad forward of x and of each copy, paid on every image.
     """
 
+    defends = True
+    differentiable = False
+    reuses_score_features = True
+
     def __init__(self, *, threshold: float, defense: str | dict = "equi", score_transforms: str | list | None = None,
                  pixel_range: PixelRange | None = None) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
@@ -69,14 +79,17 @@ class DetectThenDefend:
         self.scorer = self.defense if score_transforms is None else EquivarianceDefense(
             transforms=score_transforms, seed=self.defense.seed, pixel_range=self.defense.stated_pixel_range,
             min_size=self.defense.min_size)
-        self.last_flagged: torch.Tensor | None = None
+
+    @property
+    def equivariance_scorer(self) -> EquivarianceDefense:
+        """The detector: what it scores is what an adaptive attacker must keep equivariant."""
+        return self.scorer
 
     def __call__(self, images: torch.Tensor, features: FeatureFn, *, model: nn.Module | None = None,
                  image_seeds: Sequence[int] | None = None, seed: int | None = None,
                  compute_score: bool = True) -> DefenseOutput:
         score = self.scorer.score(images, features, seed=seed)
         flagged = (score < self.threshold) | score.isnan()  # a score that cannot be computed is no all-clear
-        self.last_flagged = flagged.cpu()
         out_images = images.detach().clone()
         trace = images.new_full((self.defense.steps, images.shape[0]), float("nan"))
         if flagged.any():
@@ -89,7 +102,8 @@ class DetectThenDefend:
             if compute_score:
                 score = score.clone()
                 score[idx] = self.scorer.score(inner.images, features, seed=seed)
-        return DefenseOutput(images=out_images, loss_trace=trace, score=score if compute_score else None)
+        return DefenseOutput(images=out_images, loss_trace=trace, score=score if compute_score else None,
+                             flagged=flagged.cpu())
 
     def score(self, images: torch.Tensor, features: FeatureFn, *, seed: int | None = None) -> torch.Tensor:
         """The detector's score (its ``score_transforms``)."""

@@ -2,4 +2,7 @@
 
 from ..core.registry import Registry
 
-DEFENSES = Registry("defense")
+#: What every defense declares (``equi_ext.defenses.base.Defense``), checked when it is registered.
+DEFENSE_CONTRACT = ("defends", "differentiable", "reuses_score_features", "equivariance_scorer", "score")
+
+DEFENSES = Registry("defense", contract=DEFENSE_CONTRACT)

@@ -33,6 +33,7 @@ from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..cells import run_cell, runs_of
 from ..core.checkpoints import check_pickled_data
 from ..core.checkpoints import load_weights as load_checkpoint
 from ..core.metrics import greedy_worst_case
@@ -40,9 +41,9 @@ from ..core.seeding import file_seed
 from ..core.validation import SettingsError
 from ..data.corruptions import check_corruptions, corrupt
 from ..files import atomic_write_text
-from ..pipeline import EquiPipeline, scenario_table, temporarily
+from ..pipeline import EquiPipeline, EquiRun, running, scenario_of, scenario_table
 from ..progress import image_bar
-from ..reporting import atomic_write_json, fingerprint, prepare_record_dir, read_record, record_path, record_paths
+from ..reporting import atomic_write_json, fingerprint, record_path
 from .modeling import EquiGeneralizedRCNN
 from .modeling.meta_arch import SCORE_KEY, equi_settings
 
@@ -351,7 +352,7 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
                                           output_dir=str(out_dir / scenario), use_fast_impl=False),
             EquiScoreEvaluator(), ProgressEvaluator(len(loader.dataset), scenario)])
         start = time.perf_counter()
-        with temporarily(model, scenario=scenario, record_scores=True):
+        with running(model, EquiRun(scenario, record_scores=True)):
             results = inference_on_dataset(model, loader, evaluator)
         rows.append(dict(
             scenario=scenario, **ap_summary(results), equivariance_score=results.get("equi", {}).get("score"),
@@ -452,30 +453,27 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
     dataset = cfg.DATASETS.TEST[0]
     check_dataset(dataset)
     records = DatasetCatalog.get(dataset)[:num_images]
-    paths = record_paths(record_dir, [r["file_name"] for r in records])
-    prepare_record_dir(record_dir, dict(attack=attack[1], defense=defense[1], corruption=corruption,
-                                        record_scores=record_scores, images=fingerprint([r["file_name"] for r in records]),
-                                        model=fingerprint(model), config=config_fingerprint(cfg)), resume)
-    todo = [r for r, path in zip(records, paths) if not (resume and path.is_file())]
-    row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
-    if todo:
+    images = [r["file_name"] for r in records]
+
+    def run_images(todo: list[int]) -> None:
         pipeline = EquiPipeline(defense[1], attack[1], needs_logits=False)
-        scenario = ("defended" if pipeline.defends else "attacked") if attack[1] else (
-            "clean_defended" if pipeline.defends else "clean")
+        run = EquiRun(scenario_of(bool(attack[1]), pipeline.defends), pipeline, record_scores=record_scores,
+                      record_losses=True)
         evaluator = PerImageCOCOEvaluator(dataset, tasks=_tasks(cfg), record_dir=record_dir, distributed=False,
                                           use_fast_impl=False)
-        start = time.perf_counter()
-        with temporarily(model, pipeline=pipeline, scenario=scenario, record_losses=True, record_scores=record_scores), \
-                contextlib.redirect_stdout(io.StringIO()):  # pycocotools' summaries of the partial run
-            inference_on_dataset(model, build_annotated_test_loader(cfg, todo, corruption=corruption),
+        with running(model, run), contextlib.redirect_stdout(io.StringIO()):  # pycocotools' summaries of the part
+            inference_on_dataset(model, build_annotated_test_loader(cfg, [records[i] for i in todo], corruption=corruption),
                                  DatasetEvaluators([evaluator, ProgressEvaluator(len(todo), f"{attack[0]} / {defense[0]}")]))
-        row["seconds"] = time.perf_counter() - start
-    per_image = [read_record(path) for path in paths]
-    with contextlib.redirect_stdout(io.StringIO()):
-        results = PerImageCOCOEvaluator(dataset, tasks=_tasks(cfg), distributed=False,
-                                        use_fast_impl=False).evaluate_records(per_image)
-    row.update(ap_summary(results), images=len(per_image), per_image=per_image)
-    return row
+
+    def score(per_image: list[dict]) -> dict:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return ap_summary(PerImageCOCOEvaluator(dataset, tasks=_tasks(cfg), distributed=False,
+                                                    use_fast_impl=False).evaluate_records(per_image))
+
+    stamp = dict(corruption=corruption, record_scores=record_scores, images=fingerprint(images),
+                 model=fingerprint(model), config=config_fingerprint(cfg))
+    return run_cell(attack, defense, images, record_dir, stamp=stamp, resume=resume, run_images=run_images,
+                    score=score)
 
 
 def worst_case(cfg, rows: list[dict], max_passes: int = 5) -> dict:
@@ -489,7 +487,7 @@ def worst_case(cfg, rows: list[dict], max_passes: int = 5) -> dict:
     is ``COCOEvaluator``'s on the final pool. Each pass costs images × rows pooled COCO evaluations:
     sized for benchmark subsets (tens of images), not for a full COCO val split.
     """
-    runs = {f"{r['attack']} / {r['defense']}": r["per_image"] for r in rows}
+    runs = runs_of(rows)
     task = "segm" if cfg.MODEL.MASK_ON else "bbox"
     evaluator = PerImageCOCOEvaluator(cfg.DATASETS.TEST[0], tasks=_tasks(cfg), distributed=False, use_fast_impl=False)
     picks, _ = greedy_worst_case(runs, lambda records: evaluator.pooled_ap(records, task),

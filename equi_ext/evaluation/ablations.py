@@ -41,6 +41,7 @@ from ..core.validation import SettingsError
 from ..defenses import build_defense
 from ..mmseg.evaluation import evaluate_grid
 from ..mmseg.segmentor import runtime
+from ..pipeline import active_run
 from ..reporting import Report
 from .demo import DATA, EPS, build_demo_runner, ensure_data
 
@@ -176,7 +177,8 @@ class ShiftRecorder:
 
 
 class ShiftHook(Hook):
-    """Before each test run, wrap the model's freshly configured defense in a ``ShiftRecorder``:
+    """Before each test run, wrap the defense of the cell's run (``evaluate_grid`` builds one per cell) in a
+    ``ShiftRecorder``:
     ``evaluate_grid`` reports mIoU and scores but not the purified images. ``runs[i]`` holds the
     shifts of the i-th run, i.e. of ``evaluate_grid``'s i-th row (empty without a defense)."""
 
@@ -185,7 +187,7 @@ class ShiftHook(Hook):
 
     def before_test(self, runner) -> None:
         self.runs.append([])
-        pipeline = runtime(runner.model).pipeline
+        pipeline = active_run(runner.model).pipeline or runtime(runner.model).pipeline
         if pipeline.defends:
             pipeline.defense = ShiftRecorder(pipeline.defense, self.runs[-1])
 

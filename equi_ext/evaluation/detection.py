@@ -151,19 +151,16 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from ..mmseg import configure
     from ..mmseg.evaluation import corrupted_loading, evaluate_grid
 
     def scores_of(runner, attack: dict | None) -> dict[str, np.ndarray]:
         """Per-image scores of every kind, for the runner's images (attacked first if ``attack``)."""
         result = {}
         for kind in score_kinds:
-            configure(runner.model, score=score_cfg[kind])
             # the equivariance kind is the detector's own score (its transforms)
             defense = detector if kind == "equivariance" else None
-            (row,) = evaluate_grid(runner, {kind: defense}, {"x": attack})
+            (row,) = evaluate_grid(runner, {kind: defense}, {"x": attack}, settings=dict(score=score_cfg[kind]))
             result[kind] = np.array(row["image_scores"])
-        configure(runner.model, score="equivariance")
         return result
 
     # 1. AUROC on the reported split: clean vs PGD and vs each corruption

@@ -367,9 +367,9 @@ class _Detectron2Measure(_Measure):
                        "ratio_batchB": detectron2_batches(self.backend.cfg, batch, batch)}
 
     def reading(self, levels: list[str] | None) -> contextlib.AbstractContextManager:
-        from ..pipeline import temporarily
+        from ..pipeline import EquiRun, running
 
-        return temporarily(self.backend.model, levels=self.levels_read(levels))
+        return running(self.backend.model, EquiRun(views=dict(levels=self.levels_read(levels))))
 
     def levels_read(self, levels: list[str] | None) -> list[str]:
         return self.all_levels if levels is None else list(levels)

@@ -17,6 +17,7 @@ chunked (one copy's graph at a time); ``cityscapes_size`` does the same for the 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -130,13 +131,13 @@ class Case:
 
 def mmseg_demo_case(batch: int, size: tuple[int, int] | None = None, device: str | torch.device = "cpu") -> Case:
     from ..attacks import pixel_cross_entropy
-    from ..mmseg import configure
+    from ..mmseg import runtime
     from .demo import DATA, build_demo_runner, ensure_data
 
     ensure_data()
     runner = build_demo_runner(DATA, batch, WORKSPACE / "work_dirs/benchmark_speed/mmseg")
     model = runner.model.eval().to(device)
-    rt = configure(model, defense="equi")
+    rt = runtime(model)
     samples = [next(iter([item])) for item in runner.test_dataloader.dataset][:batch]
     data = model.data_preprocessor(dict(inputs=[s["inputs"] for s in samples],
                                         data_samples=[s["data_samples"] for s in samples]), False)
@@ -170,13 +171,10 @@ def detectron2_demo_case(batch: int, device: str | torch.device = "cpu") -> Case
     names = register_synthetic_shapes(WORKSPACE / cfg.EQUI.SYNTHETIC_ROOT)
     model = build_model(cfg).eval()
     load_weights(model, str(WORKSPACE / cfg.MODEL.WEIGHTS))
-    model.scenario = "clean"  # its own inference stays stock; the benchmark applies the defenses itself
     inputs = [b[0] for b, _ in zip(build_annotated_test_loader(cfg, names[-1], batch), range(batch))]
     pixels = torch.stack([model.to_pixels(x["image"]) for x in inputs])
     targets = [x["instances"].to(pixels.device) for x in inputs]
-
-    def vanilla(x: torch.Tensor):
-        return model.inference([{"image": model.to_image(p)} for p in x], do_postprocess=False)
+    vanilla = functools.partial(stock_detectron2_inference, model)
 
     return Case("Detectron2 demo Mask R-CNN (R18-FPN, 128×128)", pixels, vanilla, model.objective(pixels[:1]),
                 lambda x, t: model.task_loss(x, t), lambda n: targets[:n], model)
@@ -187,11 +185,11 @@ def real_size_case(device: str | torch.device = "cpu") -> Case:
     from mmengine.config import Config
     from mmseg.registry import MODELS
 
-    from ..mmseg import configure
+    from ..mmseg import runtime
 
     cfg = Config.fromfile(str(ASSETS / "configs/deeplabv3_voc_equi.py"))
     model = MODELS.build(cfg.model).eval().to(device)
-    rt = configure(model, defense="equi", attack=None)
+    rt = runtime(model)
     pixels = (torch.rand(1, 3, 512, 512) * 255).to(device)  # drawn on the CPU: the same images on any device
 
     def vanilla(x: torch.Tensor):
@@ -210,15 +208,20 @@ def real_size_detectron2_case(device: str | torch.device = "cpu", size: tuple[in
     cfg = load_config(str(ASSETS / "configs/mask_rcnn_R_50_FPN_coco_equi.yaml"))
     cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = "", str(device)
     model = build_model(cfg).eval()
-    model.scenario = "clean"
     pixels = (torch.rand(1, 3, *size) * 255).to(device)
-
-    def vanilla(x: torch.Tensor):
-        return model.inference([{"image": model.to_image(p)} for p in x], do_postprocess=False)
-
+    vanilla = functools.partial(stock_detectron2_inference, model)
     fpn = model.objective(pixels[:1])  # as a plain function of pixels: the dense FPN maps, so chunking applies
     return Case(f"Detectron2 Mask R-CNN R50-FPN ({size[0]}×{size[1]}, random weights)", pixels, vanilla,
                 lambda x: fpn(x), lambda x, t: x.sum(), lambda n: None, model)
+
+
+def stock_detectron2_inference(model: torch.nn.Module, pixels: torch.Tensor):
+    """Detectron2's own inference of ``pixels`` (scenario ``clean``: the benchmark applies the defenses itself),
+    without postprocessing."""
+    from ..pipeline import EquiRun, running
+
+    with running(model, EquiRun("clean")):
+        return model.inference([{"image": model.to_image(p)} for p in pixels], do_postprocess=False)
 
 
 #: The real-size models ``benchmark_speed`` times per defense step (random weights: only time and memory matter).
@@ -307,22 +310,23 @@ def preprocessed_batches(data_root: Path, num_images: int, batch_size: int, work
 def alternating_predictions(model: torch.nn.Module, batches: list[dict], defense: dict, variants: list[dict],
                             repeats: int) -> list[tuple[dict, int]]:
     """Seconds per image (``timed``'s statistics) of predicting every preprocessed batch without gradients, as
-    MMEngine's test loop does, with ``defense`` in ``model.test_cfg`` and the runtime's attributes set as each
-    of ``variants`` says (e.g. ``dict(scenario='clean')``: the stock prediction; ``dict(reuse_backbone=False)``),
-    the variants' calls alternating; with the images the defense flagged (detect-then-defend; else 0)."""
+    MMEngine's test loop does, under the run of scenario ``clean_defended`` with ``defense``, changed as each of
+    ``variants`` says (``EquiRun`` fields, e.g. ``dict(scenario='clean')``: the stock prediction;
+    ``dict(views=dict(reuse_backbone=False))``), the variants' calls alternating; with the images the defense
+    flagged (detect-then-defend; else 0)."""
     from ..mmseg import scenario
-    from ..pipeline import temporarily
+    from ..pipeline import running
 
     images = sum(len(data["data_samples"]) for data in batches)
-    with scenario(model, "clean_defended", defense=defense) as rt:
+    with scenario(model, "clean_defended", defense=defense) as defended:
         def predict(variant: dict) -> int:
-            flagged = 0
-            with temporarily(rt, **variant), torch.no_grad():
+            flagged = []
+            run = dataclasses.replace(defended, **variant, sink=lambda out: flagged.append(
+                int(out.flagged.sum()) if out.flagged is not None else 0))
+            with running(model, run), torch.no_grad():
                 for data in batches:
                     model.predict(data["inputs"], data["data_samples"])
-                    if rt.scenario != "clean" and hasattr(rt.defense, "last_flagged"):
-                        flagged += int(rt.defense.last_flagged.sum())
-            return flagged
+            return sum(flagged)
 
         times = timed_together([functools.partial(predict, v) for v in variants], repeats, images, Meter.of(model))
         return [(t, predict(v)) for t, v in zip(times, variants)]
@@ -341,13 +345,13 @@ def alternating_detectron2_predictions(model: torch.nn.Module, batches: list[lis
                                        levels: list[str], repeats: int) -> tuple[dict, dict]:
     """Seconds per image (``timed``'s statistics) of the stock Detectron2 inference of every batch and of the
     same with ``defense`` on FPN ``levels`` (``EquiGeneralizedRCNN``'s scenario ``clean_defended``), alternating."""
-    from ..pipeline import EquiPipeline, temporarily
+    from ..pipeline import EquiPipeline, EquiRun, running
 
     pipeline = EquiPipeline(defense, None, needs_logits=False)
     images = sum(len(inputs) for inputs in batches)
 
     def predict(scenario: str) -> None:
-        with temporarily(model, pipeline=pipeline, scenario=scenario, levels=list(levels)), torch.no_grad():
+        with running(model, EquiRun(scenario, pipeline, views=dict(levels=list(levels)))), torch.no_grad():
             for inputs in batches:
                 model.inference(inputs)
 
@@ -362,7 +366,7 @@ def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transf
     runtime) of the first ``num_images`` val images at each batch size, against the stock prediction of the
     same batches, with the threshold fixed on the tuning split (its ``percentile``-th clean score) and the
     flagged images defended with ``preset``; once reusing the score's backbone outputs in the prediction,
-    once recomputing them (``EquiRuntime.reuse_backbone``)."""
+    once recomputing them (the run's ``reuse_backbone`` view)."""
     from .demo import DATA, ensure_data
     from .detection import tuning_threshold
 
@@ -376,7 +380,8 @@ def bench_clean_traffic(batch_sizes: list[int], num_images: int, detector_transf
         model, batches = preprocessed_batches(DATA, num_images, n, work_dir / f"clean_traffic_b{n}", device=device)
         name = f"MMSeg demo DeepLabV3 (R18c16-D8, 128×128), {num_images} clean val images"
         (vanilla, _), *defended = alternating_predictions(model, batches, dtd, [
-            dict(scenario="clean"), dict(reuse_backbone=True), dict(reuse_backbone=False)], repeats)
+            dict(scenario="clean"), dict(views=dict(reuse_backbone=True)), dict(views=dict(reuse_backbone=False))],
+            repeats)
         rows.append(dict(model=name, batch=n, what="vanilla prediction", **vanilla, ratio=1.0, peak_mib=None))
         for reuse, (t, flagged) in zip((True, False), defended):
             rows.append(dict(model=name, batch=n, what=(

@@ -147,17 +147,15 @@ def tune_defense(*, framework: str = "mmseg", num_images: int = 16,
     if detectron2:
         return _tune_detectron2(num_images, work_dir, chosen, command)
 
-    from ..mmseg import configure
     from ..mmseg.evaluation import evaluate_grid
 
     if split == "val":
         ensure_data()
     data = ensure_tune_data() if split == "tune" else DATA
     runner = build_demo_runner(data, num_images, Path(work_dir))
-    configure(runner.model, feature_layer=feature_layer)
     defenses = {"vanilla": None, **{name: dict(type="equi", **CANDIDATES[name]) for name in chosen}}
     attacks = {"clean": None, "PGD-20": dict(type="pgd", eps=4, steps=20)}
-    rows = evaluate_grid(runner, defenses, attacks)
+    rows = evaluate_grid(runner, defenses, attacks, settings=dict(feature_layer=feature_layer))
     REPORT.write(work_dir, f"{split}_{feature_layer}_{len(chosen)}cands_{num_images}img",
                  dict(framework="mmseg", split=split, num_images=num_images, feature_layer=feature_layer,
                       candidates={name: CANDIDATES[name] for name in chosen}, rows=rows), command=command)

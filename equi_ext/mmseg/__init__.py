@@ -3,7 +3,8 @@
 Importing it (``custom_imports = dict(imports=['equi_ext.mmseg'])`` in a config, or
 automatically through ``tools/test.py``) registers ``SyntheticShapesDataset`` and
 ``EquiEncoderDecoder``, and makes every ``EncoderDecoder`` honour ``model.test_cfg.defense`` /
-``model.test_cfg.attack``.
+``model.test_cfg.attack`` (``equi_ext.mmseg.unpatch()`` gives ``EncoderDecoder`` its stock methods back;
+``EquiEncoderDecoder`` keeps them).
 """
 
 from ..frameworks import require
@@ -23,6 +24,7 @@ from .segmentor import (  # noqa: E402
     install,
     runtime,
     scenario,
+    unpatch,
 )
 
 install()
@@ -32,4 +34,5 @@ install()
 # relative paths). Registered here, so it holds for configs loaded after this import (equi-ext's tools).
 _mmengine_config_utils.MODULE2PACKAGE.setdefault("equi_ext", "equi-ext")
 
-__all__ = ["SCENARIOS", "EquiEncoderDecoder", "build_equi_components", "configure", "install", "runtime", "scenario"]
+__all__ = ["SCENARIOS", "EquiEncoderDecoder", "build_equi_components", "configure", "install", "runtime", "scenario",
+           "unpatch"]

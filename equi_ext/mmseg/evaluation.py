@@ -18,12 +18,13 @@ from mmengine.dist import get_rank
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader, Subset
 
+from ..cells import run_cell, runs_of
 from ..core.checkpoints import load_weights
 from ..core.metrics import greedy_worst_case, worst_case_per_image
 from ..core.validation import SettingsError
 from ..files import atomic_write_text
-from ..pipeline import scenario_table
-from ..reporting import fingerprint, prepare_record_dir, record_paths
+from ..pipeline import scenario_of, scenario_table
+from ..reporting import fingerprint
 from .cli import check_test_data
 from .hooks import label_progress
 from .metrics import EquiScoreMetric, PerImageIoUMetric, load_record
@@ -97,23 +98,25 @@ def score_metric(runner: Runner) -> EquiScoreMetric:
 
 
 def evaluate_grid(runner: Runner, defenses: dict[str, Any], attacks: dict[str, Any],
-                  on_row: Callable[[dict], Any] | None = None, record_scores: bool = True) -> list[dict]:
+                  on_row: Callable[[dict], Any] | None = None, record_scores: bool = True,
+                  settings: dict[str, Any] | None = None) -> list[dict]:
     """Return one row per (attack, defense) cell: mIoU, mean and per-image equivariance score, seconds.
 
-    ``defenses``/``attacks`` map a column/row label to a config (``None`` = no defense / clean); the model's
-    own ``test_cfg`` is restored afterwards. ``on_row`` is called with each row as its cell finishes.
+    ``defenses``/``attacks`` map a column/row label to a config (``None`` = no defense / clean); ``settings``
+    are further ``test_cfg`` keys for every cell (``score``, ``feature_layer``); the model is left as it is
+    (:func:`equi_ext.mmseg.scenario`). ``on_row`` is called with each row as its cell finishes.
     With a ``PerImageIoUMetric`` evaluator, each row also carries its ``per_image`` records.
     """
     scores = score_metric(runner)
     rows = []
     for attack_name, attack_cfg in attacks.items():
         for defense_name, defense_cfg in defenses.items():
-            name = ("attacked" if attack_cfg is not None else "clean") if defense_cfg is None else (
-                "defended" if attack_cfg is not None else "clean_defended")
+            name = scenario_of(attack_cfg is not None, defense_cfg is not None)
             runner.logger.info(f"equi-ext grid: attack={attack_name} defense={defense_name}")
             label_progress(runner, f"{attack_name} / {defense_name}")
             start = time.perf_counter()
-            with scenario(runner.model, name, record_scores=record_scores, defense=defense_cfg, attack=attack_cfg):
+            with scenario(runner.model, name, record_scores=record_scores, **(settings or {}), defense=defense_cfg,
+                          attack=attack_cfg):
                 metrics = runner.test()
             rows.append(dict(attack=attack_name, defense=defense_name, mIoU=float(metrics["mIoU"]),
                              score=metrics.get("equi/score"), images=int(metrics["equi/images"]),
@@ -169,30 +172,28 @@ def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, A
     loop = runner.test_loop
     full = loop.dataloader
     images = [full.dataset.get_data_info(i)["img_path"] for i in range(len(full.dataset))]
-    paths = record_paths(record_dir, images)
-    prepare_record_dir(record_dir, dict(attack=attack[1], defense=defense[1], corruption=corruption,
-                                        record_scores=record_scores, images=fingerprint(images),
-                                        data=fingerprint(runner.cfg.get("test_dataloader")),
-                                        model=fingerprint(runner.model)), resume)
-    todo = [i for i, path in enumerate(paths) if not (resume and path.is_file())]
-    row = dict(attack=attack[0], defense=defense[0], seconds=0.0, run_images=len(todo))
-    if todo:
+
+    def run_images(todo: list[int]) -> None:
         # corrupt the dataset itself, before a resumed cell's loader wraps it in a Subset
         with corrupted_loading(runner, corruption):
-            if len(todo) < len(paths):
+            if len(todo) < len(images):
                 loop.dataloader = DataLoader(Subset(full.dataset, todo), batch_size=full.batch_size,
                                              collate_fn=full.collate_fn, num_workers=0)
             metric.record_dir = str(record_dir)
             try:
-                (ran,) = evaluate_grid(runner, {defense[0]: defense[1]}, {attack[0]: attack[1]},
-                                       record_scores=record_scores)
+                evaluate_grid(runner, {defense[0]: defense[1]}, {attack[0]: attack[1]}, record_scores=record_scores)
             finally:
                 loop.dataloader, metric.record_dir = full, None
-        row["seconds"] = ran["seconds"]
-    records = [load_record(path) for path in paths]
-    row.update(mIoU=float(metric.metrics_of([r["areas"] for r in records])["mIoU"]), images=len(records),
-               per_image=records)
-    return row
+
+    stamp = dict(corruption=corruption, record_scores=record_scores, images=fingerprint(images),
+                 data=fingerprint(runner.cfg.get("test_dataloader")), model=fingerprint(runner.model))
+    return run_cell(attack, defense, images, record_dir, stamp=stamp, resume=resume, run_images=run_images,
+                    score=lambda records: dict(mIoU=dataset_miou(metric, records)), read=load_record)
+
+
+def dataset_miou(metric: PerImageIoUMetric, records: list[dict]) -> float:
+    """IoUMetric's mIoU over per-image records pooled."""
+    return float(metric.metrics_of([r["areas"] for r in records])["mIoU"])
 
 
 def worst_case(runner: Runner, rows: list[dict]) -> dict:
@@ -203,14 +204,10 @@ def worst_case(runner: Runner, rows: list[dict]) -> dict:
     metric = per_image_metric(runner)
     if metric is None or any("per_image" not in r for r in rows):
         raise ValueError("the per-image worst case needs test_evaluator=dict(type='PerImageIoUMetric') in the config")
-    runs = {f"{r['attack']} / {r['defense']}": r["per_image"] for r in rows}
+    runs = runs_of(rows)
     picks = worst_case_per_image(runs)
-
-    def dataset_miou(records: list[dict]) -> float:
-        return float(metric.metrics_of([r["areas"] for r in records])["mIoU"])
-
-    greedy_picks, greedy = greedy_worst_case(runs, dataset_miou)
-    return dict(mIoU=dataset_miou([runs[name][i] for i, name in enumerate(picks)]), picks=picks,
+    greedy_picks, greedy = greedy_worst_case(runs, lambda records: dataset_miou(metric, records))
+    return dict(mIoU=dataset_miou(metric, [runs[name][i] for i, name in enumerate(picks)]), picks=picks,
                 greedy_mIoU=greedy, greedy_picks=greedy_picks)
 
 

@@ -1,9 +1,10 @@
-"""Make every ``EncoderDecoder`` honour ``model.test_cfg.defense`` and ``model.test_cfg.attack``.
+"""Make MMSeg's ``EncoderDecoder`` honour ``model.test_cfg.defense`` and ``model.test_cfg.attack``.
 
-Importing ``equi_ext.mmseg`` (``custom_imports`` in a config, or automatically in
-``tools/test.py``) wraps ``EncoderDecoder.predict`` once. Without ``defense``/``attack``
-keys (and without a scenario set by ``tools/test.py``) the wrapper calls the stock
-``predict`` untouched, so vanilla results are bit-identical. With them, each batch is:
+``model.type='EquiEncoderDecoder'`` names the defended model; importing ``equi_ext.mmseg``
+(``custom_imports`` in a config, or automatically in ``tools/test.py``) also gives every
+``EncoderDecoder`` its methods (``install``; ``unpatch`` gives the stock ones back). Without
+``defense``/``attack`` keys and without an active run (``equi_ext.pipeline.running``) the stock
+``predict`` runs untouched, so vanilla results are bit-identical. With them, each batch is:
 
     normalised inputs → RGB pixels 0–255 (un-normalise, drop the preprocessor's padding)
     → attack (ground truth from the data samples) → defense → re-normalise, re-pad
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,12 +31,10 @@ from ..attacks import pixel_cross_entropy
 from ..core.registry import did_you_mean
 from ..core.seeding import image_seed
 from ..core.validation import check_image_batch, check_images
-from ..defenses import DetectThenDefend
-from ..pipeline import EquiPipeline, PixelBatch, check_scenarios, temporarily
+from ..pipeline import CONFIGURED_RUN, EquiPipeline, EquiRun, PixelBatch, active_run, running, unwrapped
 from .adversarial import adversarial_loss, adversarial_settings
 
 FEATURE_LAYERS = ("backbone", "neck", "logits")
-_UNSET = object()
 
 
 def parse_feature_layer(spec: str) -> tuple[str, int]:
@@ -163,19 +163,12 @@ class BackboneMemo:
 
 
 class EquiRuntime:
-    """Per-model state: the defense/attack pipeline and the current scenario."""
+    """A model's pixel space and views, and the defense/attack pipeline its ``test_cfg`` configures."""
 
-    def __init__(self, model: EncoderDecoder) -> None:
+    def __init__(self, model: EncoderDecoder, test_cfg: Any = None) -> None:
         self.model = model
-        self.pipeline, (self.layer, self.layer_index) = build_equi_components(model.test_cfg)
-        self.scenario: str | None = None
-        self.record_scores = False
+        self.pipeline, self.layer = build_equi_components(model.test_cfg if test_cfg is None else test_cfg)
         self.pixels = PixelSpace(model.data_preprocessor)
-        #: detect-then-defend: predict the images it lets through from its score's backbone outputs
-        #: (``BackboneMemo``; False: compute them again, e.g. to measure what the reuse saves). Other
-        #: defenses recompute: few of their rows would be served, and those would move published last bits.
-        self.reuse_backbone = isinstance(self.pipeline.defense, DetectThenDefend)
-        self._memo: BackboneMemo | None = None
 
     @property
     def defense(self):
@@ -183,19 +176,30 @@ class EquiRuntime:
 
     # ----- model views in pixel space ----------------------------------------------------
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The configured feature layer's output on ``pixels`` (``test_cfg.feature_layer``)."""
+        return self.feature_fn(self.layer)(pixels)
+
+    def feature_fn(self, layer: tuple[str, int], memo: BackboneMemo | None = None) -> Callable:
+        """pixels → the output of ``layer`` (``parse_feature_layer``); with ``memo``, no-grad backbone
+        outputs are kept for the batch's prediction (``BackboneMemo``)."""
+        name, index = layer
         model = self.model
-        inputs = self.pixels.to_inputs(pixels)
-        outs = model.backbone(inputs)
-        if self._memo is not None and not torch.is_grad_enabled():
-            self._memo.add(inputs, outs)
-        if self.layer == "logits":
-            return model.decode_head.forward(model.neck(outs) if model.with_neck else outs)
-        if self.layer == "neck":
-            if not model.with_neck:
-                raise ValueError("feature_layer='neck' but the model has no neck")
-            outs = model.neck(outs)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        return outs[self.layer_index]
+
+        def features(pixels: torch.Tensor) -> torch.Tensor:
+            inputs = self.pixels.to_inputs(pixels)
+            outs = model.backbone(inputs)
+            if memo is not None and not torch.is_grad_enabled():
+                memo.add(inputs, outs)
+            if name == "logits":
+                return model.decode_head.forward(model.neck(outs) if model.with_neck else outs)
+            if name == "neck":
+                if not model.with_neck:
+                    raise ValueError("feature_layer='neck' but the model has no neck")
+                outs = model.neck(outs)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            return outs[index]
+
+        return features
 
     def logits_fn(self, metas: list[dict], padding: tuple[int, int, int, int], padded_size: tuple[int, int]):
         left, right, top, bottom = padding
@@ -207,10 +211,24 @@ class EquiRuntime:
 
         return logits
 
+    def reuses_backbone(self, run: EquiRun) -> bool:
+        """Whether ``run`` predicts the images its defense lets through from the backbone outputs of their score
+        (``BackboneMemo``): by default detect-then-defend does, what keeps its clean traffic cheap; the run's
+        ``reuse_backbone`` view can say otherwise (e.g. to measure what the reuse saves). Other defenses
+        recompute: few of their rows would be served, and those would move published last bits."""
+        pipeline = run.pipeline or self.pipeline
+        defense = pipeline.defense
+        return run.view("reuse_backbone", defense is not None and defense.reuses_score_features, VIEW_KEYS)
+
     # ----- one batch ----------------------------------------------------------------------
-    def predict(self, inputs: torch.Tensor, data_samples: list | None, stock_predict: Callable) -> list:
-        attack_on, defend_on = self.pipeline.active(self.scenario)
-        if not (attack_on or defend_on or self.record_scores):
+    def predict(self, inputs: torch.Tensor, data_samples: list | None, stock_predict: Callable,
+                run: EquiRun = CONFIGURED_RUN) -> list:
+        """``stock_predict`` of the batch as ``run`` asks: attacked, defended and scored by its pipeline (the
+        configured one when it names none)."""
+        pipeline = run.pipeline or self.pipeline
+        layer = run.view("feature_layer", self.layer, VIEW_KEYS)
+        attack_on, defend_on = pipeline.active(run.scenario)
+        if not (attack_on or defend_on or run.record_scores):
             return stock_predict(inputs, data_samples)
         if data_samples is None:
             raise ValueError("equi-ext needs data samples (image metas) to defend or attack a batch")
@@ -220,16 +238,19 @@ class EquiRuntime:
         if attack_on and any(not hasattr(s, "gt_sem_seg") for s in data_samples):
             raise ValueError("an attack needs ground truth: the test pipeline must load annotations "
                              "(LoadAnnotations) so data samples carry gt_sem_seg")
-        batch = SegBatch(self, inputs, data_samples)
-        memo = BackboneMemo() if self.reuse_backbone and not self.model.backbone.training else None
-        with temporarily(self, _memo=memo):
-            scores = self.pipeline.process(batch, self.scenario, self.record_scores)
+        memo = BackboneMemo() if self.reuses_backbone(run) and not self.model.backbone.training else None
+        batch = SegBatch(self, inputs, data_samples, self.feature_fn(layer, memo))
+        scores = pipeline.process(batch, run.scenario, run.record_scores, run.sink)
         with memo.serving(self.model.backbone) if memo is not None else contextlib.nullcontext():
             results = stock_predict(batch.new_inputs, data_samples)
         for sample, score in zip(results, scores):
             if score is not None:
                 sample.set_metainfo({SCORE_KEY: score})
         return results
+
+
+#: The view settings an MMSeg run (``EquiRun.views``) may set.
+VIEW_KEYS = ("feature_layer", "reuse_backbone")
 
 
 #: The data-sample metainfo key of an image's equivariance (or configured) score; ``EquiScoreMetric`` reads it.
@@ -241,9 +262,9 @@ class SegBatch(PixelBatch):
     image without the preprocessor's padding), ground truth from ``gt_sem_seg``, the task loss the pixel
     cross-entropy of the model's ``inference`` (whole or sliding window)."""
 
-    def __init__(self, rt: EquiRuntime, inputs: torch.Tensor, data_samples: list) -> None:
+    def __init__(self, rt: EquiRuntime, inputs: torch.Tensor, data_samples: list, features: Callable) -> None:
         super().__init__(rt.model, inputs.shape[0])
-        self.rt, self.inputs, self.samples = rt, inputs, data_samples
+        self.rt, self.inputs, self.samples, self.features = rt, inputs, data_samples, features
         self.metas = [s.metainfo for s in data_samples]
         self.new_inputs = inputs.clone()
         self.ignore_index = getattr(rt.model.decode_head, "ignore_index", 255)
@@ -286,7 +307,7 @@ class SegBatch(PixelBatch):
         return lambda x, t: pixel_cross_entropy(logits_fn(x), t, self.ignore_index)
 
     def view(self, idx: list[int], pixels: torch.Tensor) -> Callable:
-        return self.rt.features
+        return self.features
 
     @property
     def attack_extra(self) -> dict:
@@ -301,108 +322,128 @@ class SegBatch(PixelBatch):
 
 
 def check_wrappable(model: EncoderDecoder) -> None:
-    """A subclass that overrides ``predict`` (e.g. MMSeg's ``DepthEstimator``) never reaches the wrapped one:
-    refuse it rather than evaluate it undefended."""
+    """A model whose ``predict`` is not equi-ext's (a subclass that overrides it, e.g. MMSeg's ``DepthEstimator``,
+    or any ``EncoderDecoder`` after :func:`unpatch`) would never reach the defense: refuse it rather than
+    evaluate it undefended."""
     if not isinstance(model, EncoderDecoder):
         raise TypeError(f"equi-ext's MMSeg path supports EncoderDecoder-based models; got {type(model).__name__}")
-    if getattr(type(model).predict, "_equi_wrapped", False) is False:
-        raise TypeError(f"{type(model).__name__} overrides EncoderDecoder.predict, which equi-ext wraps to attack and "
-                        f"defend each batch; its test_cfg.defense/attack would be ignored, so equi-ext refuses it")
+    if type(model).predict is not _predict:
+        raise TypeError(f"{type(model).__name__}.predict is not equi-ext's (the class overrides it, or "
+                        f"equi_ext.mmseg.unpatch() restored EncoderDecoder's): its test_cfg.defense/attack would be "
+                        f"ignored, so equi-ext refuses it; use model.type='EquiEncoderDecoder'")
+
+
+#: model → (the equi-ext settings of its test_cfg, the runtime built from them); weak, so models are freed as usual.
+_RUNTIMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _settings_key(test_cfg: Any) -> str:
+    return repr([(key, (test_cfg or {}).get(key)) for key in TEST_CFG_KEYS])
 
 
 def runtime(model: EncoderDecoder) -> EquiRuntime:
-    """The model's equi-ext runtime, built on first use from ``model.test_cfg``."""
-    model = getattr(model, "module", model)
+    """The model's equi-ext runtime, built from ``model.test_cfg`` once and again only when its equi-ext keys
+    change."""
+    model = unwrapped(model)
     check_wrappable(model)
-    if getattr(model, "_equi_runtime", None) is None:
-        model._equi_runtime = EquiRuntime(model)
-    return model._equi_runtime
+    key = _settings_key(model.test_cfg)
+    cached = _RUNTIMES.get(model)
+    if cached is None or cached[0] != key:
+        cached = _RUNTIMES[model] = (key, EquiRuntime(model))
+    return cached[1]
 
 
 def configure(model: EncoderDecoder, **test_cfg: Any) -> EquiRuntime:
-    """Change ``model.test_cfg`` keys (``defense``, ``attack``, ``feature_layer``) and rebuild the runtime.
-
-    For benchmarks that evaluate many defense × attack pairs with one model.
-    """
-    model = getattr(model, "module", model)
+    """Change ``model.test_cfg`` keys (``defense``, ``attack``, ``feature_layer``, ``score``) for good and
+    rebuild the runtime. To evaluate other settings for a while, use :func:`scenario`, which leaves the model
+    as it is."""
+    model = unwrapped(model)
     for key, value in test_cfg.items():
         model.test_cfg[key] = value
-    model._equi_runtime = None
+    _RUNTIMES.pop(model, None)
     return runtime(model)
 
 
 @contextlib.contextmanager
 def scenario(model: EncoderDecoder, name: str | None, *, record_scores: bool = False,
-             **test_cfg: Any) -> Iterator[EquiRuntime]:
-    """Evaluate scenario ``name`` (one of ``SCENARIOS``; None = as configured) with the ``test_cfg`` keys given
-    (``defense``, ``attack`` …) for the block only; yields the runtime. With ``record_scores`` each predicted
-    data sample carries its image's score as ``metainfo['equi_score']`` (``EquiScoreMetric`` averages them).
-    The model's ``test_cfg``, runtime and scenario are restored after the block, also when it raises."""
-    model = getattr(model, "module", model)
-    if name is not None:
-        check_scenarios([name])
-    saved_cfg = {key: model.test_cfg.get(key, _UNSET) for key in test_cfg}
-    saved_runtime = getattr(model, "_equi_runtime", None)
-    try:
-        rt = configure(model, **test_cfg) if test_cfg else runtime(model)
-        with temporarily(rt, scenario=name, record_scores=record_scores):
-            yield rt
-    finally:
-        for key, value in saved_cfg.items():
-            if value is _UNSET:
-                model.test_cfg.pop(key, None)
-            else:
-                model.test_cfg[key] = value
-        model._equi_runtime = saved_runtime
+             **test_cfg: Any) -> Iterator[EquiRun]:
+    """Make scenario ``name`` (one of ``SCENARIOS``; None = as configured) the model's active run for the block,
+    with the ``test_cfg`` keys given (``defense``, ``attack``, ``score``, ``feature_layer``) in place of the
+    configured ones; yields the ``EquiRun``. With ``record_scores`` each predicted data sample carries its image's
+    score as ``metainfo['equi_score']`` (``EquiScoreMetric`` averages them). The model itself, its ``test_cfg``
+    included, is not changed."""
+    model = unwrapped(model)
+    rt = runtime(model)
+    pipeline, views = rt.pipeline, {}
+    if test_cfg:
+        pipeline, layer = build_equi_components({**(model.test_cfg or {}), **test_cfg})
+        if "feature_layer" in test_cfg:
+            views["feature_layer"] = layer
+    with running(model, EquiRun(name, pipeline, record_scores=record_scores, views=views)) as run:
+        yield run
 
 
-def _uses_equi(model: EncoderDecoder) -> bool:
-    cfg = model.test_cfg or {}
-    return (cfg.get("defense") is not None or cfg.get("attack") is not None
-            or getattr(model, "_equi_runtime", None) is not None)
+def configures_equi(test_cfg: Any) -> bool:
+    """Whether ``test_cfg`` asks for a defense or an attack."""
+    cfg = test_cfg or {}
+    return cfg.get("defense") is not None or cfg.get("attack") is not None
 
 
-def install() -> None:
-    """Wrap ``EncoderDecoder.predict`` and ``loss`` once (idempotent), and ``__init__`` so that a model whose
-    ``test_cfg`` or ``train_cfg`` has a misspelt key or bad settings, or asks for a defense/attack its ``predict``
-    would bypass, fails at build."""
-    stock = EncoderDecoder.predict
-    if getattr(stock, "_equi_wrapped", False):
-        return
-    stock_init, stock_loss = EncoderDecoder.__init__, EncoderDecoder.loss
+# ----- the test-time flow, as EquiEncoderDecoder's methods and (installed) EncoderDecoder's --------------------
+_STOCK = {name: vars(EncoderDecoder)[name] for name in ("__init__", "predict", "loss")}
 
-    @functools.wraps(stock_init)
-    def __init__(self, *args, **kwargs):
-        stock_init(self, *args, **kwargs)
-        adversarial_settings(self.train_cfg)
-        check_test_cfg_keys(self.test_cfg)
-        if _uses_equi(self):
-            check_wrappable(self)
-            build_equi_components(self.test_cfg)  # bad names, keys or budgets fail here, not at the first batch
 
-    EncoderDecoder.__init__ = __init__
+@functools.wraps(_STOCK["__init__"])
+def _init(self, *args, **kwargs):
+    """The stock ``__init__``, then equi-ext's settings checked (bad names, keys or budgets fail at build, not at
+    the first batch) and its runtime built."""
+    _STOCK["__init__"](self, *args, **kwargs)
+    adversarial_settings(self.train_cfg)
+    check_test_cfg_keys(self.test_cfg)
+    if configures_equi(self.test_cfg):
+        runtime(self)
 
-    def predict(self, inputs, data_samples=None):
-        if not _uses_equi(self):
-            return stock(self, inputs, data_samples)
-        return runtime(self).predict(inputs, data_samples, lambda x, s: stock(self, x, s))
 
-    predict._equi_wrapped = True
-    predict.__doc__ = stock.__doc__
-    EncoderDecoder.predict = predict
+@functools.wraps(_STOCK["predict"])
+def _predict(self, inputs, data_samples=None):
+    run = active_run(self)
+    if run is CONFIGURED_RUN and not configures_equi(self.test_cfg):
+        return _STOCK["predict"](self, inputs, data_samples)
+    return runtime(self).predict(inputs, data_samples, lambda x, s: _STOCK["predict"](self, x, s), run)
 
-    @functools.wraps(stock_loss)
-    def loss(self, inputs, data_samples):
-        settings = adversarial_settings(self.train_cfg)
-        if settings is None:
-            return stock_loss(self, inputs, data_samples)
-        return adversarial_loss(self, settings, inputs, data_samples, lambda x, s: stock_loss(self, x, s))
 
-    EncoderDecoder.loss = loss
+@functools.wraps(_STOCK["loss"])
+def _loss(self, inputs, data_samples):
+    settings = adversarial_settings(self.train_cfg)
+    if settings is None:
+        return _STOCK["loss"](self, inputs, data_samples)
+    return adversarial_loss(self, settings, inputs, data_samples, lambda x, s: _STOCK["loss"](self, x, s))
+
+
+_EQUI_METHODS = {"__init__": _init, "predict": _predict, "loss": _loss}
 
 
 @MODELS.register_module()
 class EquiEncoderDecoder(EncoderDecoder):
-    """``model.type='EquiEncoderDecoder'`` for configs that prefer to name the defended model: the same
-    model as ``EncoderDecoder`` (whose wrapped ``predict`` honours ``test_cfg.defense``/``attack``), so its
-    checkpoints are interchangeable with the stock one's."""
+    """An ``EncoderDecoder`` that honours ``test_cfg.defense`` / ``attack`` / ``score`` / ``feature_layer`` and
+    ``train_cfg.adversarial`` whether or not :func:`install` is in force. It adds no weights, so its checkpoints
+    are interchangeable with the stock model's."""
+
+    __init__ = _init
+    predict = _predict
+    loss = _loss
+
+
+def install() -> None:
+    """Give every ``EncoderDecoder`` equi-ext's ``__init__``, ``predict`` and ``loss`` (idempotent), so that
+    ``model.test_cfg.defense`` / ``attack`` work on any existing config: importing ``equi_ext.mmseg`` calls it.
+    Without those keys and without an active run the stock methods run untouched. :func:`unpatch` undoes it."""
+    for name, method in _EQUI_METHODS.items():
+        setattr(EncoderDecoder, name, method)
+
+
+def unpatch() -> None:
+    """Give ``EncoderDecoder`` its stock methods back (idempotent): models built afterwards, and ``predict`` of
+    ones built before, are MMSeg's own; ``model.type='EquiEncoderDecoder'`` keeps equi-ext's flow."""
+    for name, method in _STOCK.items():
+        setattr(EncoderDecoder, name, method)

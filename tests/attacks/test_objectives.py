@@ -210,6 +210,8 @@ def test_an_attack_is_built_with_its_settings_and_only_the_views_it_needs():
 class RecordingDefense:
     """A defense that records how it is called and adds its seed (0 for the deployed draw) to the images."""
 
+    differentiable = False
+
     def __init__(self):
         self.calls = []
 

@@ -39,7 +39,7 @@ def test_detect_then_defend_defends_only_flagged_images(toy_task64):
     middle = float(scores.sort().values[1:3].mean())  # flags exactly the two lowest-scoring images
     detector = DetectThenDefend(threshold=middle, defense=dict(type="equi", steps=2))
     mixed = detector(images, f)
-    flagged = detector.last_flagged
+    flagged = mixed.flagged
     assert flagged.sum() == 2
     assert torch.equal(mixed.images[~flagged], images[~flagged])
     torch.testing.assert_close(mixed.images[flagged], reference.images[flagged], atol=1e-6, rtol=0)
@@ -95,5 +95,5 @@ def test_detect_then_defend_defends_an_image_whose_score_is_nan(toy_task, monkey
     detector = DetectThenDefend(threshold=-1.0, defense=dict(type="equi", steps=1))  # would flag nothing
     monkeypatch.setattr(detector.scorer, "score", lambda x, f, seed=None: torch.tensor([0.5, float("nan"), 0.5]))
     out = detector(images, toy_task.model.features, compute_score=False)
-    assert detector.last_flagged.tolist() == [False, True, False]
+    assert out.flagged.tolist() == [False, True, False]
     assert torch.equal(out.images[[0, 2]], images[[0, 2]]) and not torch.equal(out.images[1], images[1])

@@ -19,6 +19,7 @@ from equi_ext.detectron2.evaluation import (
     load_weights,
     worst_case,
 )
+from equi_ext.pipeline import CONFIGURED_RUN, active_run
 
 from .conftest import DEMO_EQUI_YAML, DEMO_WEIGHTS, REPO
 
@@ -57,7 +58,7 @@ def test_cell_records_resume_and_worst_case(demo, tmp_path):
     clean = evaluate_cell(cfg, model, ("clean", None), ("vanilla", None), tmp_path / "clean")
     (reference,) = evaluate_scenarios(cfg, None, scenarios=["clean"], output_dir=str(tmp_path / "ref"), model=model)
     assert clean["segm_AP"] == pytest.approx(reference["segm_AP"], abs=1e-9)  # COCOEvaluator's number
-    assert model.pipeline is pipeline and model.scenario is None and not model.record_losses
+    assert model.pipeline is pipeline and active_run(model) is CONFIGURED_RUN
     assert clean["images"] == clean["run_images"] == NUM_IMAGES
     for record in clean["per_image"]:
         assert 0.0 <= record["mask_ap"] <= 100.0 and math.isfinite(record["loss"]) and record["loss"] > 0
@@ -127,24 +128,37 @@ def test_standard_evaluation_on_the_mask_rcnn(shapes_root, tmp_path, capsys):
 
 
 def test_a_failing_cell_or_scenario_leaves_the_model_as_it_was(demo, tmp_path, monkeypatch):
-    """An error mid-evaluation (here: the evaluation loop itself) restores the model's pipeline, scenario and
-    recording flags, so the next evaluation with the same model is not silently run in a stale scenario."""
+    """An error mid-evaluation (here: the evaluation loop itself) ends the evaluation's run, so the next
+    evaluation with the same model is not silently run in a stale scenario."""
     import equi_ext.detectron2.evaluation as evaluation
 
     cfg, model = demo
     pipeline = model.pipeline
 
     def broken(*args, **kwargs):
-        assert model.scenario is not None  # the scenario was in force while the loop ran
+        assert active_run(model).scenario is not None  # the scenario was in force while the loop ran
         raise RuntimeError("interrupted")
 
     monkeypatch.setattr(evaluation, "inference_on_dataset", broken)
     with pytest.raises(RuntimeError, match="interrupted"):
         evaluate_cell(cfg, model, ("PGD-2", PGD), ("equivariance", dict(type="equi", steps=1)), tmp_path / "cell")
-    assert model.pipeline is pipeline and model.scenario is None and not model.record_losses
+    assert model.pipeline is pipeline and active_run(model) is CONFIGURED_RUN
     with pytest.raises(RuntimeError, match="interrupted"):
         evaluate_scenarios(cfg, None, scenarios=["defended"], output_dir=str(tmp_path / "s"), model=model)
-    assert model.scenario is None and not model.record_scores and model.pipeline is pipeline
+    assert model.pipeline is pipeline and active_run(model) is CONFIGURED_RUN
+
+
+def test_evaluation_sets_no_attribute_on_the_model(demo, tmp_path, attribute_writes):
+    """What a cell or a scenario evaluates travels in its run (``EquiRun``), not on the model; putting the model
+    in eval mode is the one attribute an evaluation may set."""
+    cfg, model = demo
+    written = attribute_writes(model)
+    evaluate_cell(cfg, model, ("PGD-1", dict(type="pgd", steps=1)), ("equivariance", dict(type="equi", steps=1)),
+                  tmp_path / "cell", num_images=1, record_scores=True)
+    evaluate_scenarios(cfg, None, scenarios=["clean_defended"], num_images=1, output_dir=str(tmp_path / "s"),
+                       model=model)
+    assert set(written) <= {"training"}
+    assert active_run(model) is CONFIGURED_RUN
 
 
 def test_cell_records_do_not_depend_on_where_the_run_writes():

@@ -25,6 +25,7 @@ from equi_ext.detectron2.evaluation import build_annotated_test_loader, evaluate
 from equi_ext.detectron2.modeling import EquiGeneralizedRCNN, heads_in_training
 from equi_ext.detectron2.modeling.meta_arch import equi_settings
 from equi_ext.detectron2.modeling.objective import MaskRCNNObjective
+from equi_ext.pipeline import EquiRun, running
 
 from .conftest import DEMO_EQUI_YAML, FIXTURE_SIZE, REPO, build_small_model, small_cfg
 
@@ -145,12 +146,8 @@ def test_defended_attacked_inference_leaves_the_model_untouched(small, coco_fixt
     cfg, model = small
     inputs = _inputs(coco_fixture[1], cfg, 2)
     before = _model_state(model)
-    model.scenario = "defended"
-    try:
-        with torch.no_grad():
-            outputs = model(inputs)
-    finally:
-        model.scenario = None
+    with running(model, EquiRun("defended")), torch.no_grad():
+        outputs = model(inputs)
     assert _model_state(model) == before
     assert len(outputs) == 2 and all(isinstance(o["instances"], Instances) for o in outputs)
     assert all(o["instances"].image_size == (i["height"], i["width"]) for o, i in zip(outputs, inputs))
@@ -167,13 +164,9 @@ def test_attack_changes_the_input_within_budget(small, coco_fixture):
         seen.append([x["image"].clone() for x in batched_inputs])
         return stock(self, batched_inputs, detected_instances, do_postprocess)
 
-    model.scenario = "attacked"
-    try:
-        with pytest.MonkeyPatch.context() as mp, torch.no_grad():
-            mp.setattr(EquiGeneralizedRCNN.__mro__[1], "inference", spy)
-            model(inputs)
-    finally:
-        model.scenario = None
+    with running(model, EquiRun("attacked")), pytest.MonkeyPatch.context() as mp, torch.no_grad():
+        mp.setattr(EquiGeneralizedRCNN.__mro__[1], "inference", spy)
+        model(inputs)
     delta = seen[-1][0] - inputs[0]["image"].float()
     assert 0 < delta.abs().max() <= 4.0 + 1e-4
 
@@ -198,19 +191,15 @@ def test_tools_test_yaml_reports_coco_ap_per_scenario(coco_fixture, test_tool, t
 # ----- bad input -----------------------------------------------------------------------------------
 def test_bad_inputs_get_clear_errors(small, coco_fixture):
     cfg, model = small
-    model.scenario = "defended"
-    try:
+    with running(model, EquiRun("defended")):
         with pytest.raises(ValueError, match="non-empty list"):
             model.inference([])
         with pytest.raises(ValueError, match="needs ground truth"):
             model.inference([{"image": torch.zeros(3, 64, 64)}])
         with pytest.raises(ValueError, match=r"'image' must be a \(3, H, W\) tensor"):
             model.inference([{"image": torch.zeros(64, 64), "instances": None}])
-        model.scenario = "clean_defended"
-        with pytest.raises(ValueError, match="too small"):
-            model.inference([{"image": torch.zeros(3, 12, 12)}])
-    finally:
-        model.scenario = None
+    with running(model, EquiRun("clean_defended")), pytest.raises(ValueError, match="too small"):
+        model.inference([{"image": torch.zeros(3, 12, 12)}])
 
 
 @pytest.mark.parametrize("opts, error, match", [

@@ -64,11 +64,13 @@ def test_mask_rcnn_rows_are_in_mask_ap_with_each_settings_levels(tmp_path, monke
                                              "APGD-10-BPDA": dict(type="bpda", attack=dict(type="apgd", eps=4, steps=1))})
     monkeypatch.setitem(presets.SETTINGS, "d2-demo-t1", dict(presets.SETTINGS["d2-demo"], steps=1))
     monkeypatch.setitem(presets.SETTINGS, "fast-t1", dict(preset="fast", steps=1))
+    from equi_ext.pipeline import active_run
+
     levels_seen, timed_levels = [], []
     cell, timing = Detectron2Backend.cell, speed.alternating_detectron2_predictions
 
     def cell_spy(self, attack, defense, *args, **kwargs):
-        levels_seen.append((defense[0], tuple(self.model.levels)))
+        levels_seen.append((defense[0], tuple(active_run(self.model).views.get("levels", self.model.levels))))
         return cell(self, attack, defense, *args, **kwargs)
 
     def timing_spy(model, batches, defense, levels, repeats):

@@ -115,3 +115,23 @@ def test_resume_refuses_records_made_with_other_settings(synthetic_val_root, tmp
     (cell / ".cell_settings").unlink()  # records from before stamps existed
     with pytest.raises(SettingsError, match="carry no settings stamp"):
         evaluate_cell(runner, eps8, ("vanilla", None), cell, resume=True)
+
+
+def test_evaluation_sets_no_attribute_on_the_model(synthetic_val_root, tmp_path, attribute_writes):
+    """What a cell or a scenario evaluates travels in its run (``EquiRun``), not on the model: not even its
+    ``test_cfg`` changes."""
+    from equi_ext.evaluation.demo import build_demo_runner
+    from equi_ext.mmseg.evaluation import evaluate_cell, evaluate_grid
+    from equi_ext.pipeline import CONFIGURED_RUN, active_run
+
+    runner = build_demo_runner(synthetic_val_root, 1, tmp_path / "runs",
+                               test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]))
+    model = runner.model
+    test_cfg = model.test_cfg.to_dict()
+    written = attribute_writes(model)
+    evaluate_cell(runner, ("PGD", dict(type="pgd", eps=4, steps=1)), ("equi", dict(type="equi", preset="fast", steps=1)),
+                  tmp_path / "cell")
+    evaluate_grid(runner, {"equi": dict(type="equi", steps=1)}, {"clean": None},
+                  settings=dict(score="invariance", feature_layer="backbone.1"))
+    assert set(written) <= {"training"} and model.test_cfg.to_dict() == test_cfg
+    assert active_run(model) is CONFIGURED_RUN

@@ -13,14 +13,9 @@ from .conftest import load_tool
 
 
 def _scores(runner, score, attack=None):
-    from equi_ext.mmseg import configure
     from equi_ext.mmseg.evaluation import evaluate_grid
 
-    configure(runner.model, score=score)
-    try:
-        (row,) = evaluate_grid(runner, {"none": None}, {"x": attack})
-    finally:
-        configure(runner.model, score="equivariance")
+    (row,) = evaluate_grid(runner, {"none": None}, {"x": attack}, settings=dict(score=score))
     return np.array(row["image_scores"])
 
 

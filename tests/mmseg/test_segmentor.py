@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 
 import pytest
@@ -11,6 +12,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import equi_ext.mmseg as equi_mmseg
+from equi_ext.pipeline import running
 
 from .conftest import DEMO_CONFIG
 
@@ -51,7 +53,7 @@ def predict_batch(runner, n=2):
 def test_no_equi_settings_and_scoring_alone_are_bit_identical_to_stock(synthetic_val_root, tmp_path):
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path))
     stock = predict_batch(runner)
-    assert getattr(runner.model, "_equi_runtime", None) is None  # wrapper stayed out of the way
+    assert runner.model not in equi_mmseg.segmentor._RUNTIMES  # the wrapper stayed out of the way
     assert all("equi_score" not in s.metainfo for s in predict_samples(runner))
     with equi_mmseg.scenario(runner.model, "clean", record_scores=True):
         scored = predict_samples(runner)
@@ -186,16 +188,21 @@ def test_sliding_window_mode_is_defended(synthetic_val_root, tmp_path, monkeypat
         torch.testing.assert_close(pixels, defended, atol=1e-3, rtol=0)
 
 
-def test_a_scenario_block_restores_test_cfg_and_runtime_also_on_errors(synthetic_val_root, tmp_path):
+def test_a_scenario_block_leaves_the_model_as_it_was_also_on_errors(synthetic_val_root, tmp_path):
+    from equi_ext.pipeline import CONFIGURED_RUN, active_run
+
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, defense=dict(type="equi", steps=1)))
     model = runner.model
-    before = equi_mmseg.runtime(model)
+    before, attributes = equi_mmseg.runtime(model), dict(vars(model))
     with pytest.raises(RuntimeError, match="interrupted"):
-        with equi_mmseg.scenario(model, "defended", record_scores=True, attack=dict(type="pgd", steps=1)) as rt:
-            assert rt is not before and rt.scenario == "defended" and rt.pipeline.attack_cfg["type"] == "pgd"
+        with equi_mmseg.scenario(model, "defended", record_scores=True, attack=dict(type="pgd", steps=1)) as run:
+            assert active_run(model) is run and run.scenario == "defended" and run.record_scores
+            assert run.pipeline.attack_cfg["type"] == "pgd" and run.pipeline is not before.pipeline
+            assert "attack" not in model.test_cfg  # the run carries the setting; the model does not
             raise RuntimeError("interrupted")
     assert "attack" not in model.test_cfg and model.test_cfg["defense"] == dict(type="equi", steps=1)
-    assert equi_mmseg.runtime(model) is before and before.scenario is None and not before.record_scores
+    assert equi_mmseg.runtime(model) is before and active_run(model) is CONFIGURED_RUN
+    assert vars(model) == attributes
 
 
 def test_scenario_names_are_checked(synthetic_val_root, tmp_path):
@@ -215,9 +222,9 @@ def test_baseline_defenses_are_selectable_by_name(synthetic_val_root, tmp_path, 
 
     runner = Runner.from_cfg(demo_cfg(synthetic_val_root, tmp_path, n=1, defense=defense))
     calls = record_calls(monkeypatch, getattr(defenses, cls))
-    with equi_mmseg.scenario(runner.model, "clean_defended", record_scores=True) as rt:
+    with equi_mmseg.scenario(runner.model, "clean_defended", record_scores=True) as run:
         assert "mIoU" in runner.test()
-    assert type(rt.defense).__name__ == cls
+    assert type(run.pipeline.defense).__name__ == cls
     assert len(calls) == 1 and (calls[0][1] - calls[0][0]).abs().max() > 0  # it ran and moved the image
 
 
@@ -273,10 +280,9 @@ def test_detect_then_defend_predicts_unflagged_images_from_the_scores_backbone_o
 
     def predict(threshold, reuse, record_scores=False):
         with equi_mmseg.scenario(model, "clean_defended", record_scores=record_scores,
-                                 defense=dict(dtd, threshold=threshold)) as rt:
-            assert rt.reuse_backbone  # detect-then-defend's default
-            rt.reuse_backbone = reuse
-            with torch.no_grad():
+                                 defense=dict(dtd, threshold=threshold)) as run:
+            assert equi_mmseg.runtime(model).reuses_backbone(run)  # detect-then-defend's default
+            with running(model, dataclasses.replace(run, views=dict(reuse_backbone=reuse))), torch.no_grad():
                 samples = model.predict(data["inputs"].clone(), copy.deepcopy(data["data_samples"]))
         return [s.seg_logits.data for s in samples], [s.metainfo.get("equi_score") for s in samples]
 
@@ -306,8 +312,8 @@ def test_detect_then_defend_predicts_unflagged_images_from_the_scores_backbone_o
         for a, b in zip(outputs[True], outputs[False]):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
     assert "forward" not in vars(model.backbone)
-    with equi_mmseg.scenario(model, "clean_defended", defense="equi") as rt:
-        assert not rt.reuse_backbone  # other defenses keep their published last bits
+    with equi_mmseg.scenario(model, "clean_defended", defense="equi") as run:
+        assert not equi_mmseg.runtime(model).reuses_backbone(run)  # other defenses keep their published last bits
 
 
 def test_pixel_space_follows_the_model_to_another_device():
@@ -323,3 +329,54 @@ def test_pixel_space_follows_the_model_to_another_device():
     torch.testing.assert_close(space.to_inputs(pixels), (pixels - mean) / std)  # RGB pixels are the RGB inputs
     preprocessor.to("meta")
     assert space.to_inputs(pixels.to("meta")).device.type == "meta"
+
+
+UNPATCH_SCRIPT = """
+import sys
+from mmengine.config import Config
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+from mmseg.utils import register_all_modules
+
+register_all_modules()
+stock = dict(vars(EncoderDecoder))
+import equi_ext.mmseg as equi_mmseg
+
+assert EncoderDecoder.predict is not stock["predict"], "importing equi_ext.mmseg installs its predict"
+equi_mmseg.unpatch()
+assert dict(vars(EncoderDecoder)) == stock, "unpatch() leaves EncoderDecoder as MMSeg defines it"
+equi_mmseg.unpatch()
+assert dict(vars(EncoderDecoder)) == stock, "unpatch() twice changes nothing"
+
+model_cfg = Config.fromfile(sys.argv[1]).model
+model_cfg.test_cfg.update(defence="equi")  # misspelt: equi-ext's __init__ refuses it, MMSeg's ignores it
+MODELS.build(dict(model_cfg, type="EncoderDecoder"))
+try:
+    MODELS.build(dict(model_cfg, type="EquiEncoderDecoder"))
+    raise SystemExit("EquiEncoderDecoder lost equi-ext's checks after unpatch()")
+except KeyError as err:
+    assert "did you mean 'defense'" in str(err), err
+model_cfg.test_cfg = dict(mode="whole", defense="equi")
+equi_mmseg.runtime(MODELS.build(dict(model_cfg, type="EquiEncoderDecoder")))
+stock_model = MODELS.build(dict(model_cfg, type="EncoderDecoder"))
+try:
+    equi_mmseg.runtime(stock_model)
+    raise SystemExit("a stock EncoderDecoder after unpatch() was taken as defended")
+except TypeError as err:
+    assert "unpatch" in str(err), err
+equi_mmseg.install()
+assert EncoderDecoder.predict is equi_mmseg.EquiEncoderDecoder.predict
+print("ok")
+"""
+
+
+def test_unpatch_gives_encoder_decoder_its_stock_methods_back(tmp_path):
+    """Importing equi_ext.mmseg changes ``EncoderDecoder`` for the process; ``unpatch()`` undoes it exactly, while
+    ``EquiEncoderDecoder`` keeps equi-ext's flow (here: its settings checks at build)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unpatch.py"
+    script.write_text(UNPATCH_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), str(DEMO_CONFIG)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]

@@ -26,7 +26,7 @@ from ...attacks import ATTACKS
 from ...attacks.training import AdversarialTraining
 from ...core.seeding import image_seed
 from ...defenses import DEFENSES
-from ...pipeline import EquiPipeline, PixelBatch
+from ...pipeline import CONFIGURED_RUN, EquiPipeline, EquiRun, PixelBatch, active_run
 from .objective import MaskRCNNObjective
 
 #: Detectron2 after 0.6 pads by the backbone's ``padding_constraints`` too; detected, not read off a version.
@@ -156,11 +156,11 @@ def heads_in_training(model: GeneralizedRCNN) -> Iterator[None]:
 class EquiGeneralizedRCNN(GeneralizedRCNN):
     """``GeneralizedRCNN`` with test-time attack and equivariance defense from ``cfg.EQUI``.
 
-    ``scenario`` (set for a block by the evaluation, ``equi_ext.pipeline.temporarily``) selects what
-    ``inference`` measures: one of ``equi_ext.pipeline.SCENARIOS``, or None for "as configured". With
-    ``record_scores`` each output also carries ``equi_score``, its image's equivariance score; with
-    ``record_losses`` ``task_loss``, the training losses of the input it was predicted from (the
-    per-image worst case breaks ties with it; needs ``instances``).
+    The run active on the model (``equi_ext.pipeline.running``; none: as configured) selects what ``inference``
+    measures: its scenario, pipeline and FPN ``levels`` (``views``). With its ``record_scores`` each output also
+    carries ``equi_score``, its image's equivariance score; with ``record_losses`` ``task_loss``, the training
+    losses of the input it was predicted from (the per-image worst case breaks ties with it; needs
+    ``instances``).
     """
 
     @configurable
@@ -171,9 +171,6 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         self.roi_score_thresh = equi["roi_score_thresh"]
         self.adversarial: AdversarialTraining | None = equi.get("adversarial")
         MaskRCNNObjective(self, self.image_list, self.levels, boxes=[] if "mask_logits" in self.feature else None)
-        self.scenario: str | None = None
-        self.record_scores = False
-        self.record_losses = False
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
@@ -228,9 +225,12 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
             boxes.append(b[(b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)].detach())
         return boxes
 
-    def objective(self, pixels: torch.Tensor) -> MaskRCNNObjective:
+    def objective(self, pixels: torch.Tensor, levels: list[str] | None = None) -> MaskRCNNObjective:
+        """The defense's view of ``pixels``: FPN ``levels`` (None: the configured ``EQUI.FPN_LEVELS``) and, with
+        ``EQUI.FEATURE`` naming them, the mask logits of its confident detections."""
         boxes = self._boxes(pixels) if "mask_logits" in self.feature else None
-        return MaskRCNNObjective(self, self.image_list, self.levels, use_fpn="fpn" in self.feature, boxes=boxes)
+        return MaskRCNNObjective(self, self.image_list, self.levels if levels is None else levels,
+                                 use_fpn="fpn" in self.feature, boxes=boxes)
 
     # ----- adversarial training --------------------------------------------------------------
     def forward(self, batched_inputs: list[dict]):
@@ -258,12 +258,14 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
     # ----- inference ------------------------------------------------------------------------
     def inference(self, batched_inputs: list[dict], detected_instances: list[Instances] | None = None,
                   do_postprocess: bool = True):
-        attack_on, defend_on = self.pipeline.active(self.scenario)
-        if not (attack_on or defend_on or self.record_scores or self.record_losses) or detected_instances is not None:
+        run = active_run(self)
+        pipeline = run.pipeline or self.pipeline
+        attack_on, defend_on = pipeline.active(run.scenario)
+        if not (attack_on or defend_on or run.record_scores or run.record_losses) or detected_instances is not None:
             return super().inference(batched_inputs, detected_instances, do_postprocess)
         if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
             raise ValueError("batched_inputs must be a non-empty list of dicts with an 'image' tensor")
-        if (attack_on or self.record_losses) and any("instances" not in x for x in batched_inputs):
+        if (attack_on or run.record_losses) and any("instances" not in x for x in batched_inputs):
             raise ValueError("an attack (and record_losses) needs ground truth: inputs must carry 'instances' "
                              "(build the test loader with equi_ext.detectron2.evaluation.build_annotated_test_loader)")
         for i, x in enumerate(batched_inputs):
@@ -274,8 +276,8 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
             if image.dtype != torch.uint8 and not image.is_floating_point():  # e.g. bool would become 0/1 pixels
                 raise TypeError(f"input {i}: 'image' must be uint8 or floating point with values in 0-255; "
                                 f"got dtype {image.dtype}")
-        batch = RCNNBatch(self, batched_inputs)
-        scores = self.pipeline.process(batch, self.scenario, self.record_scores)
+        batch = RCNNBatch(self, batched_inputs, run)
+        scores = pipeline.process(batch, run.scenario, run.record_scores, run.sink)
         results = super().inference(batch.new_inputs, None, do_postprocess)
         if do_postprocess:  # dicts; without postprocessing the results are bare Instances
             for i, result in enumerate(results):
@@ -286,6 +288,9 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
         return results
 
 
+#: The view settings a Detectron2 run (``EquiRun.views``) may set: ``levels``, the FPN outputs the defense reads.
+VIEW_KEYS = ("levels",)
+
 #: The output key of an image's equivariance (or configured) score; ``EquiScoreEvaluator`` reads it.
 SCORE_KEY = "equi_score"
 
@@ -295,9 +300,10 @@ class RCNNBatch(PixelBatch):
     loss the model's own training losses (proposal sampling seeded by the group's image seeds), the
     defense's view an ``Objective`` over the FPN maps (and mask logits) of the pixels it is given."""
 
-    def __init__(self, model: EquiGeneralizedRCNN, batched_inputs: list[dict]) -> None:
+    def __init__(self, model: EquiGeneralizedRCNN, batched_inputs: list[dict], run: EquiRun = CONFIGURED_RUN) -> None:
         super().__init__(model, len(batched_inputs))
-        self.inputs = batched_inputs
+        self.inputs, self.record_losses = batched_inputs, run.record_losses
+        self.levels = run.view("levels", None, VIEW_KEYS)
         self.new_inputs = [dict(x) for x in batched_inputs]
         self.losses: dict[int, float] = {}
 
@@ -318,12 +324,12 @@ class RCNNBatch(PixelBatch):
         return lambda x, t: self.model.task_loss(x, t, seed)
 
     def view(self, idx: list[int], pixels: torch.Tensor) -> MaskRCNNObjective:
-        return self.model.objective(pixels)
+        return self.model.objective(pixels, self.levels)
 
     def put(self, idx: list[int], pixels: torch.Tensor, changed: bool) -> None:
         for j, i in enumerate(idx):
             self.new_inputs[i]["image"] = self.model.to_image(pixels[j])
-            if self.model.record_losses:
+            if self.record_losses:
                 with torch.no_grad():
                     target = [self.inputs[i]["instances"].to(self.model.device)]
                     self.losses[i] = float(self.model.task_loss(pixels[j:j + 1].detach(), target, self.seed(i)))

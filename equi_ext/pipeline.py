@@ -49,6 +49,9 @@ def check_scenarios(names: Sequence[str], unset: dict[str, str] | None = None) -
     return list(names)
 
 
+#: The key of an image's recorded score on its prediction (MMSeg: data-sample metainfo; Detectron2: output dict).
+SCORE_KEY = "equi_score"
+
 SCENARIO_LABELS = {"clean": "clean", "clean_defended": "clean + defense", "attacked": "attacked",
                    "defended": "attacked + defense"}
 
@@ -121,7 +124,16 @@ def unwrapped(model: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def running(model: nn.Module, run: EquiRun) -> Iterator[EquiRun]:
     """Make ``run`` the active run of ``model`` for the block; the previous one comes back after it, also when it
-    raises. A run inside another's block keeps the enclosing run's ``views`` that it does not set itself."""
+    raises. A run inside another's block keeps the enclosing run's ``views`` that it does not set itself; blocks
+    nest like ``with`` statements, one thread per model.
+
+    Raises:
+        TypeError: ``model`` is a ``torch.nn.DataParallel``, whose forward runs copies of the model that no run
+            reaches (``DistributedDataParallel`` runs the model itself and is fine).
+    """
+    if isinstance(model, nn.DataParallel):
+        raise TypeError("equi-ext runs need the model itself: torch.nn.DataParallel replicates it at every forward "
+                        "and the copies would run as configured; use DistributedDataParallel or one device")
     model = unwrapped(model)
     saved = _ACTIVE_RUNS.get(model)
     if saved is not None and saved.views:

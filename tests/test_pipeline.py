@@ -342,3 +342,21 @@ def test_the_scenario_table_shows_each_metric_the_score_the_images_and_the_time(
         "|---|---|---|---|---|---|",
         "| clean | 70.12 | 91.00 | — | 16 | 2.0 |",
         "| attacked + defense | 41.50 | 80.26 | 0.734 | 16 | 20.0 |"])
+
+
+def test_a_run_refuses_data_parallel_and_nests_like_with_blocks():
+    """``DataParallel`` replicates the model at every forward, and a replica is not the model the run was
+    activated on: refused, not silently run as configured. Nested runs restore the outer one and keep its views."""
+    from torch import nn
+
+    from equi_ext.pipeline import CONFIGURED_RUN, EquiRun, active_run, running
+
+    with pytest.raises(TypeError, match="DataParallel"):
+        with running(nn.DataParallel(nn.Linear(1, 1)), EquiRun("clean")):
+            pass
+    model = nn.Linear(1, 1)
+    with running(model, EquiRun(views=dict(levels=["p2"]))) as outer:
+        with running(model, EquiRun("defended")) as inner:
+            assert active_run(model) is inner and inner.scenario == "defended" and inner.views == dict(levels=["p2"])
+        assert active_run(model) is outer
+    assert active_run(model) is CONFIGURED_RUN

@@ -21,6 +21,7 @@ from equi_ext.attacks import ATTACKS, Attack, build_attack
 from equi_ext.core.optimizer import DefenseOutput
 from equi_ext.core.validation import check_budget, check_images, check_pixel_range
 from equi_ext.defenses import DEFENSES, build_defense
+from equi_ext.defenses.base import Defense
 from equi_ext.pipeline import EquiPipeline
 
 from .conftest import ToySegNet, toy_scenes
@@ -199,5 +200,5 @@ def test_a_defense_that_does_not_declare_the_protocol_is_refused_at_registration
                                         r"differentiable, reuses_score_features, equivariance_scorer, score"):
         DEFENSES.register("recipe_undeclared")(Undeclared)
     assert "recipe_undeclared" not in DEFENSES
-    for name in DEFENSES.names():
-        assert all(hasattr(DEFENSES.get(name), attr) for attr in ("defends", "differentiable", "score"))
+    for cfg in ("none", "equi", "invariance", "random", dict(type="detect_then_defend", threshold=0.5)):
+        assert isinstance(DEFENSES.build(cfg), Defense)

@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", default="fast", choices=sorted(PRESETS),
                         help="equivariance defense preset (default: %(default)s)")
     parser.add_argument("--transforms", nargs="+", metavar="SPEC",
-                        help="the defense's transforms instead of the preset's: a set name (pilot, paper, "
+                        help="the defense's transforms instead of the preset's: a set name (flip_resize_rotate, paper, "
                              "flip_resize) or specs such as hflip resize:0.5 rotate:10 (one panel each)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the attack's start and the defense")
     return parser.parse_args(argv)

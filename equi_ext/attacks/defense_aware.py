@@ -24,7 +24,7 @@ def defense_preprocessor(defense: Any, feature_fn: FeatureFn, *, model: nn.Modul
                          image_seeds: Sequence[int] | None = None, differentiable: bool = False) -> Preprocessor:
     """Wrap ``defense(images, feature_fn, ...)`` as ``h(images, seed) -> purified images``;
     ``differentiable`` keeps the defense's unrolled graph (equivariance-type defenses only)."""
-    if differentiable and not defense.differentiable:
+    if differentiable and not getattr(defense, "differentiable", False):
         raise TypeError(f"the unrolled attack differentiates through an equivariance-type defense; "
                         f"{type(defense).__name__} has no differentiable form (use bpda)")
     extra = dict(differentiable=True) if differentiable else {}

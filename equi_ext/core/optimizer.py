@@ -127,7 +127,7 @@ class EquivarianceDefense:
 
     Args:
         preset: named base settings (``'default'``, ``'fast'`` or ``'paper'``); other arguments override it.
-        transforms: a set name (``'paper'``, ``'pilot'``, ``'flip_resize'``) or a list of transform specs.
+        transforms: a set name (``'paper'``, ``'flip_resize'``, ``'flip_resize_rotate'``) or a list of transform specs.
         steps: T, number of optimiser steps.
         eps_v: L∞ radius of the purification around the input, in pixel levels.
         step_size: η, in pixel levels.

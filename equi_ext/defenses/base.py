@@ -2,7 +2,8 @@
 which class a defense is.
 
 A defense is a callable ``defense(images, features, *, model, image_seeds, seed, compute_score) -> DefenseOutput``
-(``images`` RGB in its ``pixel_range``, ``features`` the model's view) that declares what else it can do:
+(``images`` RGB in its ``pixel_range``, ``features`` the model's view) that declares, as class attributes, what
+else it can do; the registry refuses a class that does not (``DEFENSE_CONTRACT``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class Defense(Protocol):
 
     Attributes:
         defends: False only for the defense that changes nothing (``none``): a scenario with it is not defended.
-        differentiable: ``__call__(..., differentiable=True)`` keeps the graph through the defense's steps, so
-            an unrolled attack can differentiate through it.
+        differentiable: the defense's ``__call__`` also takes ``differentiable=True`` and then keeps the graph
+            through its steps, so an unrolled attack can differentiate through it.
         reuses_score_features: most images leave the defense unchanged after a no-grad score of them
             (detect-then-defend), so an adapter may predict them from the score's backbone outputs.
         equivariance_scorer: the equivariance defense whose ``score`` this defense computes while defending
@@ -49,4 +50,8 @@ class Defense(Protocol):
                  compute_score: bool = True) -> DefenseOutput: ...
 
 
-__all__ = ["Defense", "DefenseOutput"]
+#: The declarations the registry checks on each defense class it registers (``Defense``'s, less the instance's
+#: ``pixel_range``).
+DEFENSE_CONTRACT = ("defends", "differentiable", "reuses_score_features", "equivariance_scorer", "score")
+
+__all__ = ["DEFENSE_CONTRACT", "Defense", "DefenseOutput"]

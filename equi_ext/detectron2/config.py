@@ -39,7 +39,7 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     # equi/invariance/rotation/contrastive: named base settings; None = the Detectron2 defaults for the keys left at
     # None (meta_arch.DETECTRON2_DEFAULTS: flip + resizes 0.5/0.75/1.5, all per step, T 4, ε_v 6, η 3)
     cfg.EQUI.PRESET = None
-    cfg.EQUI.TRANSFORMS = None  # a transform-set name ('flip_resize', 'paper', 'pilot'); None = preset
+    cfg.EQUI.TRANSFORMS = None  # a transform-set name ('flip_resize', 'flip_resize_rotate', 'paper'); None = preset
     cfg.EQUI.DEFENSE_STEPS = None  # T
     cfg.EQUI.EPS_V = None  # purification radius, pixel levels (0-255)
     cfg.EQUI.STEP_SIZE = None  # η, pixel levels

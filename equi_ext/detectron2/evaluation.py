@@ -33,7 +33,7 @@ from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..cells import run_cell, runs_of
+from ..cells import Cell, run_cell, runs_of
 from ..core.checkpoints import check_pickled_data
 from ..core.checkpoints import load_weights as load_checkpoint
 from ..core.metrics import greedy_worst_case
@@ -41,11 +41,11 @@ from ..core.seeding import file_seed
 from ..core.validation import SettingsError
 from ..data.corruptions import check_corruptions, corrupt
 from ..files import atomic_write_text
-from ..pipeline import EquiPipeline, EquiRun, running, scenario_of, scenario_table
+from ..pipeline import SCORE_KEY, EquiPipeline, EquiRun, running, scenario_of, scenario_table
 from ..progress import image_bar
 from ..reporting import atomic_write_json, fingerprint, record_path
 from .modeling import EquiGeneralizedRCNN
-from .modeling.meta_arch import SCORE_KEY, equi_settings
+from .modeling.meta_arch import equi_settings
 
 #: The settings keys a scenario's error names when it needs a defense or attack the config does not set.
 SCENARIO_KEYS = {"defense": "EQUI.DEFENSE", "attack": "EQUI.ATTACK"}
@@ -301,6 +301,17 @@ def load_weights(model: torch.nn.Module, weights: str | None) -> None:
     load_checkpoint(model, weights, framework="Detectron2")
 
 
+def build_equi_model(cfg, weights: str | None) -> EquiGeneralizedRCNN:
+    """``cfg``'s model in eval mode, with ``weights`` loaded strictly (:func:`load_weights`; None: its
+    initialisation); a config whose meta-architecture is not ``EquiGeneralizedRCNN`` is a ``SettingsError``."""
+    model = build_model(cfg)
+    if not isinstance(model, EquiGeneralizedRCNN):
+        raise SettingsError(f"MODEL.META_ARCHITECTURE must be EquiGeneralizedRCNN for equi-ext evaluation; "
+                            f"got {cfg.MODEL.META_ARCHITECTURE!r}")
+    load_weights(model, weights)
+    return model.eval()
+
+
 def ap_summary(results: dict) -> dict[str, float]:
     """Mask AP, mask AP50 and box AP (%) of ``COCOEvaluator`` results (NaN where absent, e.g.
     off the main process)."""
@@ -335,11 +346,7 @@ def evaluate_scenarios(cfg, weights: str | None, *, scenarios: list[str] | None 
     except FileNotFoundError:
         raise SettingsError(f"weights {weights!r} do not exist") from None
     if model is None:
-        model = build_model(cfg)
-        if not isinstance(model, EquiGeneralizedRCNN):
-            raise SettingsError(f"MODEL.META_ARCHITECTURE must be EquiGeneralizedRCNN for equi-ext evaluation; "
-                                f"got {cfg.MODEL.META_ARCHITECTURE!r}")
-        load_weights(model, local)
+        model = build_equi_model(cfg, local)
     model.eval()
     scenarios = model.pipeline.scenarios(scenarios, SCENARIO_KEYS)
     out_dir = Path(output_dir or cfg.OUTPUT_DIR)
@@ -434,7 +441,7 @@ def config_fingerprint(cfg) -> str:
     return fingerprint(settings.dump())
 
 
-def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | None], defense: tuple[str, dict | None],
+def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: Cell, defense: Cell,
                   record_dir: str | os.PathLike, *, num_images: int | None = None, resume: bool = False,
                   corruption: dict | None = None, record_scores: bool = False) -> dict:
     """One (label, attack config) × (label, defense config) cell on the first ``num_images`` of
@@ -446,24 +453,27 @@ def evaluate_cell(cfg, model: EquiGeneralizedRCNN, attack: tuple[str, dict | Non
     Image records are written to ``record_dir`` as each image finishes; with ``resume`` images
     that already have one are not run again. The cell's AP is always ``COCOEvaluator``'s over
     the records of all its images, so a resumed cell reports what an uninterrupted one does
-    (seeds are per image: ``equi_ext.core.seeding.image_seed``). The model's own pipeline is
-    restored afterwards. Returns ``ap_summary`` keys, ``per_image``, ``images``, ``run_images``
-    and ``seconds``.
+    (seeds are per image: ``equi_ext.core.seeding.image_seed``); the model is not changed. Returns
+    ``ap_summary`` keys, ``per_image``, ``images``, ``run_images`` and ``seconds``.
     """
+    attack, defense = Cell(*attack), Cell(*defense)
     dataset = cfg.DATASETS.TEST[0]
     check_dataset(dataset)
     records = DatasetCatalog.get(dataset)[:num_images]
     images = [r["file_name"] for r in records]
 
-    def run_images(todo: list[int]) -> None:
-        pipeline = EquiPipeline(defense[1], attack[1], needs_logits=False)
-        run = EquiRun(scenario_of(bool(attack[1]), pipeline.defends), pipeline, record_scores=record_scores,
+    def run_images(todo: list[int]) -> float:
+        pipeline = EquiPipeline(defense.cfg, attack.cfg, needs_logits=False)
+        run = EquiRun(scenario_of(bool(attack.cfg), pipeline.defends), pipeline, record_scores=record_scores,
                       record_losses=True)
         evaluator = PerImageCOCOEvaluator(dataset, tasks=_tasks(cfg), record_dir=record_dir, distributed=False,
                                           use_fast_impl=False)
+        start = time.perf_counter()
+        loader = build_annotated_test_loader(cfg, [records[i] for i in todo], corruption=corruption)
+        progress = ProgressEvaluator(len(todo), f"{attack.label} / {defense.label}")
         with running(model, run), contextlib.redirect_stdout(io.StringIO()):  # pycocotools' summaries of the part
-            inference_on_dataset(model, build_annotated_test_loader(cfg, [records[i] for i in todo], corruption=corruption),
-                                 DatasetEvaluators([evaluator, ProgressEvaluator(len(todo), f"{attack[0]} / {defense[0]}")]))
+            inference_on_dataset(model, loader, DatasetEvaluators([evaluator, progress]))
+        return time.perf_counter() - start
 
     def score(per_image: list[dict]) -> dict:
         with contextlib.redirect_stdout(io.StringIO()):

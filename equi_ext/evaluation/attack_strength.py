@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..attacks.apgd import SEA_LOSSES
+from ..cells import Cell
 from ..core.validation import SettingsError
 from ..reporting import Report
 from .backends import MMSegBackend
@@ -110,7 +111,7 @@ def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, 
 
     def run(label: str, cfg: dict | None) -> float:
         began = time.perf_counter()
-        rows[label] = backend.cell((label, cfg), ("vanilla", None), work_dir / "records" / label)
+        rows[label] = backend.cell(Cell(label, cfg), Cell("vanilla", None), work_dir / "records" / label)
         results[label] = rows[label]["mIoU"]
         print(f"{label}: mIoU {results[label]:.2f} ({time.perf_counter() - began:.0f} s)", flush=True)
         return results[label]

@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 from ..assets import ASSETS
+from ..cells import Cell
 from ..core.validation import SettingsError
 from .demo import CHECKPOINT, CONFIG, D2_CHECKPOINT, D2_CONFIG, DATA, SSL_HEADS, build_demo_runner
 
@@ -67,7 +68,7 @@ class MMSegBackend:
     #: What the honesty tool's unbounded check reads off a cell: (name, row -> value).
     unbounded_measure = ("% pixel accuracy", lambda row: pixel_accuracy(row["per_image"]))
 
-    def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
+    def cell(self, attack: Cell, defense: Cell, record_dir: Path,
              resume: bool = False, corruption: dict | None = None) -> dict:
         """One cell's row (metric, per-image records); ``corruption`` corrupts the images as loaded. Scores
         are recorded for detect-then-defend only (where it leaves an image, the score of its input), so
@@ -75,7 +76,7 @@ class MMSegBackend:
         from ..mmseg.evaluation import evaluate_cell
 
         return evaluate_cell(self.runner, attack, defense, record_dir, resume=resume, corruption=corruption,
-                             record_scores=records_scores(defense[1]))
+                             record_scores=records_scores(Cell(*defense).cfg))
 
     def worst_case(self, rows: list[dict]) -> dict:
         from ..mmseg.evaluation import worst_case
@@ -95,10 +96,8 @@ class Detectron2Backend:
 
     def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
                  config: Path | None = None) -> None:
-        from detectron2.modeling import build_model
-
         from ..detectron2 import load_config, register_synthetic_shapes
-        from ..detectron2.evaluation import load_weights
+        from ..detectron2.evaluation import build_equi_model
 
         # Detectron2's catalog is process-global: one name per data root.
         prefix = "synthetic_shapes" if data_root == DATA else f"equi_benchmark_{zlib.crc32(str(data_root).encode()):08x}"
@@ -110,8 +109,7 @@ class Detectron2Backend:
                 "MODEL.META_ARCHITECTURE", "EquiGeneralizedRCNN"]  # a training config names the stock one
         self.config = Path(config or D2_CONFIG)
         self.cfg = load_config(self.config, opts)
-        self.model = build_model(self.cfg).eval()
-        load_weights(self.model, str(checkpoint or D2_CHECKPOINT))
+        self.model = build_equi_model(self.cfg, str(checkpoint or D2_CHECKPOINT))
         self.model_name = named_weights(self.model_name, checkpoint, D2_CHECKPOINT)
         self.num_images = num_images
 
@@ -152,14 +150,14 @@ class Detectron2Backend:
 
         return attack is None or "logits" not in ATTACKS.get(attack["type"]).needs(attack)
 
-    def cell(self, attack: tuple[str, dict | None], defense: tuple[str, dict | None], record_dir: Path,
+    def cell(self, attack: Cell, defense: Cell, record_dir: Path,
              resume: bool = False, corruption: dict | None = None) -> dict:
         """As :meth:`MMSegBackend.cell`."""
         from ..detectron2.evaluation import evaluate_cell
 
         return evaluate_cell(self.cfg, self.model, attack, defense, record_dir, num_images=self.num_images,
                              resume=resume, corruption=corruption,
-                             record_scores=records_scores(defense[1]))
+                             record_scores=records_scores(Cell(*defense).cfg))
 
     def worst_case(self, rows: list[dict]) -> dict:
         from ..detectron2.evaluation import worst_case

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cells import Cell
 from ..core.validation import SettingsError
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, check_corruptions
 from ..reporting import Report, atomic_write_json, slug
@@ -171,7 +172,7 @@ def corruption_benchmark(*, framework: str = "mmseg", corruptions: Sequence[str]
     # threshold −1 flags nothing: the detector alone, whose records hold the score of each input as it came
     # (detect-then-defend's own records hold the restored score of the images it defended)
     detector = dict(type="detect_then_defend", threshold=-1.0, defense=equi)
-    scored = tune.cell(("clean", None), ("detector", detector), out / "cells" / "tune", resume=resume)
+    scored = tune.cell(Cell("clean", None), Cell("detector", detector), out / "cells" / "tune", resume=resume)
     threshold = float(np.percentile([r["score"] for r in scored["per_image"]], clean_percentile))
     backend = build_backend(framework, Path(data_root), num_images, out / "val", checkpoint, preset)
     columns = {"vanilla": None, "equivariance": equi,
@@ -189,7 +190,7 @@ def corruption_benchmark(*, framework: str = "mmseg", corruptions: Sequence[str]
     csv_rows = []
     for label, corruption in conditions:
         for column, defense in columns.items():
-            cell = backend.cell((label, None), (column, defense), out / "cells" / slug(column) / slug(label),
+            cell = backend.cell(Cell(label, None), Cell(column, defense), out / "cells" / slug(column) / slug(label),
                                 resume=resume, corruption=corruption)
             values[label, column] = cell[backend.key]
             key = f"{column}/{label}"
@@ -200,7 +201,7 @@ def corruption_benchmark(*, framework: str = "mmseg", corruptions: Sequence[str]
                   f"({cell['run_images']} images run, {cell['seconds']:.0f} s)", flush=True)
             csv_rows.append(dict(condition=label, column=column, **{backend.key: cell[backend.key]},
                                  seconds=timings[key]))
-        scored = backend.cell((label, None), ("detector", detector), out / "cells" / "detector" / slug(label),
+        scored = backend.cell(Cell(label, None), Cell("detector", detector), out / "cells" / "detector" / slug(label),
                               resume=resume, corruption=corruption)
         flagged[label] = float(np.mean([not r["score"] >= threshold for r in scored["per_image"]]))  # NaN: flagged
     table = {c: {str(s): {col: values[f"{c} {s}", col] for col in columns} for s in severities} for c in corruptions}

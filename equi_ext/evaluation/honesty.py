@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from ..cells import Cell
 from ..core.validation import SettingsError
 from ..reporting import Report, slug
 from .backends import build_backend, check_framework
@@ -110,7 +111,7 @@ def honesty_checks(*, framework: str = "mmseg", num_images: int = 8, preset: str
 
     def run(label: str, attack: dict | None, defended: bool = True) -> dict:
         column = "defended" if defended else "vanilla"
-        row = backend.cell((label, attack), (column, defense if defended else None),
+        row = backend.cell(Cell(label, attack), Cell(column, defense if defended else None),
                            out / "cells" / column / slug(label), resume=resume)
         print(f"  {label:<34} {column:>8}  {metric} {row[key]:6.2f}", flush=True)
         return row

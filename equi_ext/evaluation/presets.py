@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..assets import ASSETS, WORKSPACE
+from ..cells import Cell
 from ..core.optimizer import PRESETS
 from ..core.validation import SettingsError
 from ..files import atomic_write_text
@@ -280,7 +281,7 @@ def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[st
             if defense is not None:
                 record_values(out / slug(name) / "cells" / slug(column), resolved(SETTINGS[column]))
             with measure.reading(levels):
-                cells = {attack: measure.backend.cell((attack, cfg), (column, defense),
+                cells = {attack: measure.backend.cell(Cell(attack, cfg), Cell(column, defense),
                                                       out / slug(name) / "cells" / slug(column) / slug(attack),
                                                       resume=resume)
                          for attack, cfg in {"clean": None, **{a: ATTACKS[a] for a in attacks}}.items()}

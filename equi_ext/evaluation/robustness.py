@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+from ..cells import Cell
 from ..core.validation import SettingsError
 from ..reporting import Report, slug
 from .backends import build_backend, check_framework
@@ -126,8 +127,8 @@ def benchmark_robustness(*, framework: str = "mmseg", defense_names: list[str], 
             attacked = []
             for attack, attack_cfg in rows.items():
                 record_dir = out / "cells" / f"seed{seed}" / slug(defense) / slug(attack)
-                cell = backend.cell((attack, with_seed(attack_cfg, seed)), (defense, with_seed(defense_cfg, seed)),
-                                    record_dir, resume=resume)
+                cell = backend.cell(Cell(attack, with_seed(attack_cfg, seed)),
+                                    Cell(defense, with_seed(defense_cfg, seed)), record_dir, resume=resume)
                 cell["seed"] = seed
                 print(f"  seed {seed}  {defense:<12} {attack:<22} {backend.metric} {cell[backend.key]:6.2f}  "
                       f"({cell['run_images']} images run, {cell['seconds']:.0f} s)", flush=True)

@@ -161,16 +161,13 @@ def mmseg_demo_case(batch: int, size: tuple[int, int] | None = None, device: str
 
 
 def detectron2_demo_case(batch: int, device: str | torch.device = "cpu") -> Case:
-    from detectron2.modeling import build_model
-
     from ..detectron2 import load_config, register_synthetic_shapes
-    from ..detectron2.evaluation import build_annotated_test_loader, load_weights
+    from ..detectron2.evaluation import build_annotated_test_loader, build_equi_model
 
     cfg = load_config(D2_CONFIG)
     cfg.MODEL.DEVICE = str(device)
     names = register_synthetic_shapes(WORKSPACE / cfg.EQUI.SYNTHETIC_ROOT)
-    model = build_model(cfg).eval()
-    load_weights(model, str(WORKSPACE / cfg.MODEL.WEIGHTS))
+    model = build_equi_model(cfg, str(WORKSPACE / cfg.MODEL.WEIGHTS))
     inputs = [b[0] for b, _ in zip(build_annotated_test_loader(cfg, names[-1], batch), range(batch))]
     pixels = torch.stack([model.to_pixels(x["image"]) for x in inputs])
     targets = [x["instances"].to(pixels.device) for x in inputs]
@@ -201,13 +198,12 @@ def real_size_case(device: str | torch.device = "cpu") -> Case:
 
 def real_size_detectron2_case(device: str | torch.device = "cpu", size: tuple[int, int] = (800, 1333)) -> Case:
     """Detectron2's Mask R-CNN R50-FPN of the COCO config at ``size`` (its test size), random weights."""
-    from detectron2.modeling import build_model
-
     from ..detectron2 import load_config
+    from ..detectron2.evaluation import build_equi_model
 
     cfg = load_config(str(ASSETS / "configs/mask_rcnn_R_50_FPN_coco_equi.yaml"))
     cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = "", str(device)
-    model = build_model(cfg).eval()
+    model = build_equi_model(cfg, None)
     pixels = (torch.rand(1, 3, *size) * 255).to(device)
     vanilla = functools.partial(stock_detectron2_inference, model)
     fpn = model.objective(pixels[:1])  # as a plain function of pixels: the dense FPN maps, so chunking applies

@@ -29,6 +29,7 @@ import logging
 import time
 from pathlib import Path
 
+from ..cells import Cell
 from ..core.optimizer import PRESETS
 from ..core.validation import SettingsError
 from ..reporting import Report, slug
@@ -169,6 +170,124 @@ def render(data: dict) -> str:
 REPORT = Report(render, {"security_curve.png": plot_security_curve})
 
 
+class CellRuns:
+    """The cells one standard evaluation runs on a backend, each once, keyed by (row label, column), and the
+    per-image worst case of a column over some of its rows."""
+
+    def __init__(self, backend, out: Path, resume: bool) -> None:
+        self.backend, self.out, self.resume = backend, out, resume
+        self.defense = backend.defense("equivariance")
+        self.runs: dict[tuple[str, str], dict] = {}
+
+    def run(self, label: str, column: str, attack: dict | None) -> dict:
+        if (label, column) not in self.runs:
+            backend = self.backend
+            cell = backend.cell(Cell(label, attack), Cell(column, self.defense if column == "defended" else None),
+                                self.out / "cells" / column / slug(label), resume=self.resume)
+            print(f"  {column:<9} {label:<34} {backend.metric} {cell[backend.key]:6.2f}  ({cell['run_images']} "
+                  f"images run, {cell['seconds']:.0f} s)", flush=True)
+            self.runs[(label, column)] = cell
+        return self.runs[(label, column)]
+
+    def worst(self, column: str, labels: list[str]) -> dict:
+        key = self.backend.key
+        attacked = [self.runs[(label, column)] for label in labels if self.runs[(label, column)]["attack"] != "clean"]
+        found = self.backend.worst_case(attacked)
+        picks = found["picks"] + found.get("greedy_picks", [])
+        return dict(per_image=found[key], greedy=found.get(f"greedy_{key}"), picks=found["picks"],
+                    quoted=min(v for v in (found[key], found.get(f"greedy_{key}")) if v is not None),
+                    taken_from=sorted({pick.split(" / ")[0] for pick in picks}))
+
+
+def attacks_part(cells: CellRuns, steps: int, settings: dict) -> tuple[dict, dict]:
+    """Part 1: every attack row at ε and the per-image worst case of each column; returns (rows, worst cases)."""
+    rows = attack_rows(cells.backend, steps=steps, **settings)
+    logger.info("part 1/3: %d attacked and clean runs at ε = %g", sum(len(c) for _, c in rows.values()),
+                settings["eps"])
+    for label, columns in rows.values():
+        for column, attack in columns.items():
+            cells.run(label, column, attack)
+    return rows, {column: cells.worst(column, [label for label, cols in rows.values() if column in cols])
+                  for column in COLUMNS}
+
+
+def convergence_part(cells: CellRuns, rows: dict, worst_cases: dict, steps: int, settings: dict,
+                     max_doublings: int) -> dict:
+    """Part 2: double the iterations of every attack the defended worst case takes an image from (and of the
+    strongest attack through the defense), pool the new runs, until the worst case settles; updates
+    ``worst_cases['defended']`` and returns the convergence record."""
+    family_of = {label: family for family, (label, _) in rows.items()}
+    pooled = [label for label, cols in rows.values() if "defended" in cols]
+    ran_at: dict[int, list[str]] = {}
+    logger.info("part 2/3: convergence, doubling the iterations of the attacks the worst case draws on "
+                "(at most %d times, until it moves < %g)", max_doublings, TOLERANCE)
+
+    def doubled_worst_case(more: int) -> float:
+        logger.info("worst case %.2f at %d iterations; doubling to %d", worst_cases["defended"]["quoted"],
+                    more // 2, more)
+        doubled = attack_rows(cells.backend, steps=more, **settings)
+        taken = {family_of[label] for label in worst_cases["defended"]["taken_from"]} | {"strong bpda"}
+        ran_at[more] = []
+        for family in (f for f in doubled if f in taken):
+            label, columns = doubled[family]
+            cells.run(label, "defended", columns["defended"])
+            family_of[label] = family
+            pooled.append(label)
+            ran_at[more].append(label)
+        worst_cases["defended"] = cells.worst("defended", pooled)
+        return worst_cases["defended"]["quoted"]
+
+    points = double_until_settled(steps, doubled_worst_case, max_doublings=max_doublings,
+                                  first=worst_cases["defended"]["quoted"])
+    return dict(curve=[dict(steps=n, worst_case=value, ran=ran_at.get(n, [])) for n, value in points],
+                converged=moved_less_than_tolerance(points) if max_doublings else None,  # None: not checked
+                tolerance=TOLERANCE, max_doublings=max_doublings)
+
+
+def security_curve_part(cells: CellRuns, epsilons: tuple[float, ...], eps: float, steps: int, seed: int) -> list[dict]:
+    """Part 3: each column's per-image worst case at each ε of ``epsilons`` (clean at 0), pooled with every
+    smaller ε's runs."""
+    key = cells.backend.key
+    logger.info("part 3/3: security curve at ε ∈ {%s}", ", ".join(f"{e:g}" for e in sorted(set(epsilons))))
+    curve, smaller = [], {column: [] for column in COLUMNS}
+    for level in sorted(set(epsilons)):
+        if level == 0:
+            point = {column: cells.runs[("clean", column)][key] for column in COLUMNS}
+        else:
+            attack = strongest_attack(cells.backend, level, steps, seed)  # at ε = eps: part 1's runs
+            name, at = f"{attack['type'].upper()}-{steps}", ("" if level == eps else f" at ε={level:g}")
+            labels = {"vanilla": [f"{name} (undefended model){at}"],
+                      "defended": [f"{name} transfer{at}", f"{name}-BPDA{at}"]}
+            cells.run(labels["vanilla"][0], "vanilla", attack)
+            cells.run(labels["defended"][0], "defended", attack)
+            cells.run(labels["defended"][1], "defended", through_defense(attack))
+            # The adversarial images of every smaller ε lie in this ball too: each image keeps its worst over
+            # them, so the curve cannot rise with ε however the attack behaves at one budget.
+            point, single = {}, {}
+            for column in COLUMNS:
+                smaller[column] += labels[column]
+                point[column] = cells.worst(column, smaller[column])["quoted"]
+                single[column] = cells.worst(column, labels[column])["quoted"]
+            point["single_eps"] = single
+        curve.append(dict(eps=level, **point))
+    return curve
+
+
+def check_settings(*, framework: str, num_images: int, eps: float, steps: int, eot_samples: int, max_doublings: int,
+                   epsilons: tuple[float, ...], preset: str, checkpoint: Path | None) -> None:
+    """A ``SettingsError`` for anything :func:`standard_evaluation` could not run, before it runs anything."""
+    if num_images < 1 or steps < 1 or eot_samples < 1 or max_doublings < 0:
+        raise SettingsError("num_images, steps and eot_samples must be >= 1 and max_doublings >= 0; got "
+                            f"{num_images}, {steps}, {eot_samples}, {max_doublings}")
+    if not 0 < eps <= 255 or not epsilons or any(not 0 <= e <= 255 for e in epsilons):
+        raise SettingsError(f"eps must be in (0, 255] and the curve's ε in [0, 255]; got {eps}, {list(epsilons)}")
+    if checkpoint and not Path(checkpoint).is_file():
+        raise SettingsError(f"checkpoint {checkpoint} does not exist")
+    check_framework(framework)
+    if BACKENDS[framework].takes_preset and preset not in PRESETS:
+        raise SettingsError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+
+
 def standard_evaluation(*, framework: str = "mmseg", num_images: int = 8, eps: float = EPS, steps: int = 10,
                         eot_samples: int = 2, max_doublings: int = 3, epsilons: tuple[float, ...] = EPSILONS,
                         lambda_e: float = 1.0, seed: int = 0, preset: str = "fast", data_root: Path = DATA,
@@ -182,116 +301,33 @@ def standard_evaluation(*, framework: str = "mmseg", num_images: int = 8, eps: f
         SettingsError: an unknown framework, budgets out of range (``num_images``, ``steps``, ``eot_samples`` < 1; ``eps`` or an
             ε of the curve outside [0, 255]; ``max_doublings`` < 0), a missing checkpoint — before anything runs.
     """
-    if num_images < 1 or steps < 1 or eot_samples < 1 or max_doublings < 0:
-        raise SettingsError("num_images, steps and eot_samples must be >= 1 and max_doublings >= 0; got "
-                            f"{num_images}, {steps}, {eot_samples}, {max_doublings}")
-    if not 0 < eps <= 255 or not epsilons or any(not 0 <= e <= 255 for e in epsilons):
-        raise SettingsError(f"eps must be in (0, 255] and the curve's ε in [0, 255]; got {eps}, {list(epsilons)}")
-    if checkpoint and not Path(checkpoint).is_file():
-        raise SettingsError(f"checkpoint {checkpoint} does not exist")
-    check_framework(framework)
-    if BACKENDS[framework].takes_preset and preset not in PRESETS:
-        raise SettingsError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    check_settings(framework=framework, num_images=num_images, eps=eps, steps=steps, eot_samples=eot_samples,
+                   max_doublings=max_doublings, epsilons=epsilons, preset=preset, checkpoint=checkpoint)
     out = Path(work_dir)
     if Path(data_root) == DATA:
         ensure_data()
     backend = build_backend(framework, Path(data_root), num_images, out, Path(checkpoint) if checkpoint else None,
                             preset)
-    defense = backend.defense("equivariance")
-    metric, key = backend.metric, backend.key
-    runs: dict[tuple[str, str], dict] = {}
-
-    def run(label: str, column: str, attack: dict | None) -> dict:
-        if (label, column) not in runs:
-            cell = backend.cell((label, attack), (column, defense if column == "defended" else None),
-                                out / "cells" / column / slug(label), resume=resume)
-            print(f"  {column:<9} {label:<34} {metric} {cell[key]:6.2f}  ({cell['run_images']} images run, "
-                  f"{cell['seconds']:.0f} s)", flush=True)
-            runs[(label, column)] = cell
-        return runs[(label, column)]
-
-    def worst(column: str, labels: list[str]) -> dict:
-        attacked = [runs[(label, column)] for label in labels if runs[(label, column)]["attack"] != "clean"]
-        found = backend.worst_case(attacked)
-        picks = found["picks"] + found.get("greedy_picks", [])
-        return dict(per_image=found[key], greedy=found.get(f"greedy_{key}"), picks=found["picks"],
-                    quoted=min(v for v in (found[key], found.get(f"greedy_{key}")) if v is not None),
-                    taken_from=sorted({pick.split(" / ")[0] for pick in picks}))
-
+    cells = CellRuns(backend, out, resume)
     settings = dict(eps=eps, eot_samples=eot_samples, seed=seed, lambda_e=lambda_e)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    rows = attack_rows(backend, steps=steps, **settings)
-    logger.info("part 1/3: %d attacked and clean runs at ε = %g", sum(len(c) for _, c in rows.values()), eps)
-    for label, columns in rows.values():
-        for column, attack in columns.items():
-            run(label, column, attack)
-    worst_cases = {column: worst(column, [label for label, cols in rows.values() if column in cols])
-                   for column in COLUMNS}
+    rows, worst_cases = attacks_part(cells, steps, settings)
     seconds["attacks"] = time.perf_counter() - start
-
-    # Convergence: double the iterations of every attack the defended worst case takes an image from (and of
-    # the strongest attack through the defense), pool the new runs, until the worst case settles.
     start = time.perf_counter()
-    family_of = {label: family for family, (label, _) in rows.items()}
-    pooled = [label for label, cols in rows.values() if "defended" in cols]
-    ran_at: dict[int, list[str]] = {}
-    logger.info("part 2/3: convergence, doubling the iterations of the attacks the worst case draws on "
-                "(at most %d times, until it moves < %g)", max_doublings, TOLERANCE)
-
-    def doubled_worst_case(more: int) -> float:
-        logger.info("worst case %.2f at %d iterations; doubling to %d", worst_cases["defended"]["quoted"],
-                    more // 2, more)
-        doubled = attack_rows(backend, steps=more, **settings)
-        taken = {family_of[label] for label in worst_cases["defended"]["taken_from"]} | {"strong bpda"}
-        ran_at[more] = []
-        for family in (f for f in doubled if f in taken):
-            label, columns = doubled[family]
-            run(label, "defended", columns["defended"])
-            family_of[label] = family
-            pooled.append(label)
-            ran_at[more].append(label)
-        worst_cases["defended"] = worst("defended", pooled)
-        return worst_cases["defended"]["quoted"]
-
-    points = double_until_settled(steps, doubled_worst_case, max_doublings=max_doublings,
-                                  first=worst_cases["defended"]["quoted"])
-    convergence = [dict(steps=n, worst_case=value, ran=ran_at.get(n, [])) for n, value in points]
-    converged = moved_less_than_tolerance(points) if max_doublings else None  # None: not checked
+    convergence = convergence_part(cells, rows, worst_cases, steps, settings, max_doublings)
     seconds["convergence"] = time.perf_counter() - start
-
     start = time.perf_counter()
-    logger.info("part 3/3: security curve at ε ∈ {%s}", ", ".join(f"{e:g}" for e in sorted(set(epsilons))))
-    curve, smaller = [], {column: [] for column in COLUMNS}
-    for level in sorted(set(epsilons)):
-        if level == 0:
-            point = {column: runs[("clean", column)][key] for column in COLUMNS}
-        else:
-            attack = strongest_attack(backend, level, steps, seed)  # at ε = eps: part 1's runs
-            name, at = f"{attack['type'].upper()}-{steps}", ("" if level == eps else f" at ε={level:g}")
-            labels = {"vanilla": [f"{name} (undefended model){at}"], "defended": [f"{name} transfer{at}", f"{name}-BPDA{at}"]}
-            run(labels["vanilla"][0], "vanilla", attack)
-            run(labels["defended"][0], "defended", attack)
-            run(labels["defended"][1], "defended", through_defense(attack))
-            # The adversarial images of every smaller ε lie in this ball too: each image keeps its worst over
-            # them, so the curve cannot rise with ε however the attack behaves at one budget.
-            point, single = {}, {}
-            for column in COLUMNS:
-                smaller[column] += labels[column]
-                point[column] = worst(column, smaller[column])["quoted"]
-                single[column] = worst(column, labels[column])["quoted"]
-            point["single_eps"] = single
-        curve.append(dict(eps=level, **point))
+    curve = security_curve_part(cells, epsilons, eps, steps, seed)
     seconds["security curve"] = time.perf_counter() - start
 
+    key, runs = backend.key, cells.runs
     strong_type = rows["strong"][1]["vanilla"]["type"]  # sea, or apgd without dense logits
-    data = dict(framework=backend.framework, model=backend.model_name, metric=key, metric_name=metric,
+    data = dict(framework=backend.framework, model=backend.model_name, metric=key, metric_name=backend.metric,
                 num_images=num_images, eps=eps, steps=steps, attack=strong_type, eot_samples=eot_samples,
-                seed=seed, settings=backend.settings, defense=defense,
+                seed=seed, settings=backend.settings, defense=cells.defense,
                 attacks={label: {c: runs[(label, c)][key] for c in columns} for label, columns in rows.values()},
-                worst_case=worst_cases, convergence=dict(curve=convergence, converged=converged, tolerance=TOLERANCE,
-                                                         max_doublings=max_doublings),
-                security_curve=curve, seconds=seconds,
+                worst_case=worst_cases, convergence=convergence, security_curve=curve, seconds=seconds,
                 cells=[{k: v for k, v in cell.items() if k != "per_image"} for cell in runs.values()])
     csv_rows = [dict(attack=label, column=column, value=cell[key], seconds=cell["seconds"])
                 for (label, column), cell in runs.items()]

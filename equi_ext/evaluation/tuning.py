@@ -24,17 +24,17 @@ CANDIDATES = {
     "paper": dict(preset="paper"),
     "default": dict(preset="default"),
     "fast": dict(preset="fast"),
-    "T20-eta12": dict(transforms="pilot", steps=20, eps_v=6, step_size=12, transforms_per_step="all"),
-    "T20-eta1.5": dict(transforms="pilot", steps=20, eps_v=6, step_size=1.5, transforms_per_step="all"),
-    "T8-eta1.5": dict(transforms="pilot", steps=8, eps_v=6, step_size=1.5, transforms_per_step="all"),
-    "T4-eta3": dict(transforms="pilot", steps=4, eps_v=6, step_size=3, transforms_per_step="all"),
-    "T8-eta1-epsv4": dict(transforms="pilot", steps=8, eps_v=4, step_size=1, transforms_per_step="all"),
-    "T8-eta0.75-epsv3": dict(transforms="pilot", steps=8, eps_v=3, step_size=0.75, transforms_per_step="all"),
-    "T8-eta1.5-sgd": dict(transforms="pilot", steps=8, eps_v=6, step_size=1.5, optimizer="sgd", transforms_per_step="all"),
+    "T20-eta12": dict(transforms="flip_resize_rotate", steps=20, eps_v=6, step_size=12, transforms_per_step="all"),
+    "T20-eta1.5": dict(transforms="flip_resize_rotate", steps=20, eps_v=6, step_size=1.5, transforms_per_step="all"),
+    "T8-eta1.5": dict(transforms="flip_resize_rotate", steps=8, eps_v=6, step_size=1.5, transforms_per_step="all"),
+    "T4-eta3": dict(transforms="flip_resize_rotate", steps=4, eps_v=6, step_size=3, transforms_per_step="all"),
+    "T8-eta1-epsv4": dict(transforms="flip_resize_rotate", steps=8, eps_v=4, step_size=1, transforms_per_step="all"),
+    "T8-eta0.75-epsv3": dict(transforms="flip_resize_rotate", steps=8, eps_v=3, step_size=0.75, transforms_per_step="all"),
+    "T8-eta1.5-sgd": dict(transforms="flip_resize_rotate", steps=8, eps_v=6, step_size=1.5, optimizer="sgd", transforms_per_step="all"),
     "fr-T8-epsv6": dict(transforms="flip_resize", steps=8, eps_v=6, step_size=1.5, transforms_per_step="all"),
     "fr-T8-epsv4": dict(transforms="flip_resize", steps=8, eps_v=4, step_size=1, transforms_per_step="all"),
     "fr-T4-epsv4": dict(transforms="flip_resize", steps=4, eps_v=4, step_size=2, transforms_per_step="all"),
-    "pilot-T8-epsv4": dict(transforms="pilot", steps=8, eps_v=4, step_size=1, transforms_per_step="all"),
+    "frr-T8-epsv4": dict(transforms="flip_resize_rotate", steps=8, eps_v=4, step_size=1, transforms_per_step="all"),
     # Cheaper settings for the `fast` preset (docs/benchmarks/speed.md): fewer steps, fewer or smaller copies per step.
     "fr-T20-epsv4-eta0.5": dict(transforms="flip_resize", steps=20, eps_v=4, step_size=0.5, transforms_per_step="all"),  # reference
     "fr-T8-epsv4-m2": dict(transforms="flip_resize", steps=8, eps_v=4, step_size=1, transforms_per_step=2),
@@ -164,18 +164,15 @@ def tune_defense(*, framework: str = "mmseg", num_images: int = 16,
 
 def _tune_detectron2(num_images: int, work_dir: str | Path, chosen: list[str], command: str | None) -> list[dict]:
     """Mask AP of each candidate on the tuning split: clean + defense, PGD-10, PGD-10 + defense."""
-    from detectron2.modeling import build_model
-
     from ..detectron2 import load_config, register_synthetic_shapes
-    from ..detectron2.evaluation import evaluate_scenarios, load_weights
+    from ..detectron2.evaluation import build_equi_model, evaluate_scenarios
 
     (dataset,) = register_synthetic_shapes(ensure_tune_data(), prefix="synthetic_shapes_tune")
     results = []
     for i, name in enumerate(chosen):
         cfg = load_config(D2_CONFIG,
                           ["EQUI.SYNTHETIC_ROOT", "", "DATASETS.TEST", f"('{dataset}',)", *D2_CANDIDATES[name]])
-        model = build_model(cfg)
-        load_weights(model, str(WORKSPACE / cfg.MODEL.WEIGHTS))
+        model = build_equi_model(cfg, str(WORKSPACE / cfg.MODEL.WEIGHTS))
         scenarios = ["clean_defended", "defended"] if i else ["clean", "clean_defended", "attacked", "defended"]
         rows = {r["scenario"]: r for r in evaluate_scenarios(
             cfg, None, scenarios=scenarios, num_images=num_images,

@@ -18,7 +18,7 @@ from mmengine.dist import get_rank
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader, Subset
 
-from ..cells import run_cell, runs_of
+from ..cells import Cell, run_cell, runs_of
 from ..core.checkpoints import load_weights
 from ..core.metrics import greedy_worst_case, worst_case_per_image
 from ..core.validation import SettingsError
@@ -156,7 +156,7 @@ def corrupted_loading(runner: Runner, corruption: dict | None) -> Iterator[None]
         del transforms[load + 1]
 
 
-def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, Any], record_dir: str | os.PathLike,
+def evaluate_cell(runner: Runner, attack: Cell, defense: Cell, record_dir: str | os.PathLike,
                   *, resume: bool = False, corruption: dict | None = None, record_scores: bool = True) -> dict:
     """One (attack, defense) cell, image records written to ``record_dir`` as each image finishes; ``corruption``
     as :func:`corrupted_loading` takes it; ``record_scores`` as for :func:`evaluate_grid`.
@@ -166,6 +166,7 @@ def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, A
     resumed cell reports exactly what an uninterrupted one does (seeds are per image: see
     ``equi_ext.core.seeding.image_seed``). Returns an ``evaluate_grid`` row plus ``run_images``.
     """
+    attack, defense = Cell(*attack), Cell(*defense)
     metric = per_image_metric(runner)
     if metric is None:
         raise ValueError("evaluate_cell needs test_evaluator=dict(type='PerImageIoUMetric') in the config")
@@ -173,7 +174,7 @@ def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, A
     full = loop.dataloader
     images = [full.dataset.get_data_info(i)["img_path"] for i in range(len(full.dataset))]
 
-    def run_images(todo: list[int]) -> None:
+    def run_images(todo: list[int]) -> float:
         # corrupt the dataset itself, before a resumed cell's loader wraps it in a Subset
         with corrupted_loading(runner, corruption):
             if len(todo) < len(images):
@@ -181,7 +182,9 @@ def evaluate_cell(runner: Runner, attack: tuple[str, Any], defense: tuple[str, A
                                              collate_fn=full.collate_fn, num_workers=0)
             metric.record_dir = str(record_dir)
             try:
-                evaluate_grid(runner, {defense[0]: defense[1]}, {attack[0]: attack[1]}, record_scores=record_scores)
+                (row,) = evaluate_grid(runner, {defense.label: defense.cfg}, {attack.label: attack.cfg},
+                                       record_scores=record_scores)
+                return row["seconds"]
             finally:
                 loop.dataloader, metric.record_dir = full, None
 

@@ -21,8 +21,8 @@ from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 
 from ..core.metrics import image_iou
+from ..pipeline import SCORE_KEY
 from ..reporting import atomic_write_json, read_record, record_path
-from .segmentor import SCORE_KEY
 
 
 @METRICS.register_module()

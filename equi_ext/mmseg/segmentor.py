@@ -31,7 +31,7 @@ from ..attacks import pixel_cross_entropy
 from ..core.registry import did_you_mean
 from ..core.seeding import image_seed
 from ..core.validation import check_image_batch, check_images
-from ..pipeline import CONFIGURED_RUN, EquiPipeline, EquiRun, PixelBatch, active_run, running, unwrapped
+from ..pipeline import CONFIGURED_RUN, SCORE_KEY, EquiPipeline, EquiRun, PixelBatch, active_run, running, unwrapped
 from .adversarial import adversarial_loss, adversarial_settings
 
 FEATURE_LAYERS = ("backbone", "neck", "logits")
@@ -165,14 +165,14 @@ class BackboneMemo:
 class EquiRuntime:
     """A model's pixel space and views, and the defense/attack pipeline its ``test_cfg`` configures."""
 
-    def __init__(self, model: EncoderDecoder, test_cfg: Any = None) -> None:
-        self.model = model
-        self.pipeline, self.layer = build_equi_components(model.test_cfg if test_cfg is None else test_cfg)
+    def __init__(self, model: EncoderDecoder) -> None:
+        self._model = weakref.ref(model)  # the runtime cache is keyed by the model: a strong link would keep it
+        self.pipeline, self.layer = build_equi_components(model.test_cfg)
         self.pixels = PixelSpace(model.data_preprocessor)
 
     @property
-    def defense(self):
-        return self.pipeline.defense
+    def model(self) -> EncoderDecoder:
+        return self._model()
 
     # ----- model views in pixel space ----------------------------------------------------
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -251,10 +251,6 @@ class EquiRuntime:
 
 #: The view settings an MMSeg run (``EquiRun.views``) may set.
 VIEW_KEYS = ("feature_layer", "reuse_backbone")
-
-
-#: The data-sample metainfo key of an image's equivariance (or configured) score; ``EquiScoreMetric`` reads it.
-SCORE_KEY = "equi_score"
 
 
 class SegBatch(PixelBatch):
@@ -370,8 +366,9 @@ def scenario(model: EncoderDecoder, name: str | None, *, record_scores: bool = F
     """Make scenario ``name`` (one of ``SCENARIOS``; None = as configured) the model's active run for the block,
     with the ``test_cfg`` keys given (``defense``, ``attack``, ``score``, ``feature_layer``) in place of the
     configured ones; yields the ``EquiRun``. With ``record_scores`` each predicted data sample carries its image's
-    score as ``metainfo['equi_score']`` (``EquiScoreMetric`` averages them). The model itself, its ``test_cfg``
-    included, is not changed."""
+    score as ``metainfo['equi_score']`` (``EquiScoreMetric`` averages them). The settings start from
+    ``model.test_cfg``, not from an enclosing scenario's; the model itself, its ``test_cfg`` included, is not
+    changed."""
     model = unwrapped(model)
     rt = runtime(model)
     pipeline, views = rt.pipeline, {}

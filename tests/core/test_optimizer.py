@@ -45,7 +45,7 @@ def test_pointwise_function_is_equivariant_and_position_dependent_one_is_not():
 
 
 def test_batched_terms_equal_per_transform_reference(toy_task):
-    transforms = build_transforms("pilot")
+    transforms = build_transforms("flip_resize_rotate")
     images = toy_task.images[:3]
     batched = equivariance_terms(toy_task.model.features, images, transforms)
     reference = torch.cat([equivariance_terms(toy_task.model.features, images, [t]) for t in transforms], dim=1)
@@ -234,7 +234,7 @@ def test_transforms_per_step_cover_every_transform_and_cut_per_step_work(toy_tas
 
 def test_subset_schedule_never_repeats_a_transform_within_a_step():
     for k, m, steps in [(5, 2, 9), (5, 3, 7), (7, 4, 11), (3, 2, 6)]:
-        defense = EquivarianceDefense(transforms="pilot", steps=steps, transforms_per_step=m)
+        defense = EquivarianceDefense(transforms="flip_resize_rotate", steps=steps, transforms_per_step=m)
         for seed in range(20):
             schedule = defense._subset_schedule(k, torch.Generator().manual_seed(seed))
             assert all(len(set(window)) == m for window in schedule), (k, m, seed, schedule)

@@ -116,7 +116,7 @@ def test_named_sets_and_specs():
     assert sum(isinstance(t, Resize) for t in paper) == 4 and sum(isinstance(t, Rotate) for t in paper) == 2
     assert build_transforms(["hflip", "resize:0.5", {"type": "rotate", "degrees": [-5, 5]}])[2].degrees == (-5.0, 5.0)
     assert parse_transform("rotate:7").degrees == 7.0
-    assert set(TRANSFORM_SETS) >= {"paper", "pilot"}
+    assert set(TRANSFORM_SETS) >= {"paper", "flip_resize_rotate"}
 
 
 @pytest.mark.parametrize(
@@ -189,7 +189,7 @@ def test_parameters_are_checked_with_inclusive_bounds_and_named():
             make()
     with pytest.raises(ValueError, match=r"^transforms must not be empty$"):
         build_transforms([])
-    with pytest.raises(ValueError, match=r"^unknown transform set 'nope'; valid names: flip_resize, paper, pilot$"):
+    with pytest.raises(ValueError, match=r"^unknown transform set 'nope'; valid names: flip_resize, flip_resize_rotate, paper$"):
         build_transforms("nope")
     with pytest.raises(TypeError, match=r"^transforms must be a set name or a list; got int$"):
         build_transforms(3)

@@ -380,3 +380,18 @@ def test_unpatch_gives_encoder_decoder_its_stock_methods_back(tmp_path):
     script.write_text(UNPATCH_SCRIPT)
     run = subprocess.run([sys.executable, str(script), str(DEMO_CONFIG)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+
+
+def test_a_model_with_a_runtime_is_freed_like_any_other():
+    """The runtime cache is keyed weakly by the model, and a runtime does not hold its model alive."""
+    import gc
+    import weakref
+
+    from mmseg.registry import MODELS
+
+    model = MODELS.build(dict(Config.fromfile(str(DEMO_CONFIG)).model, test_cfg=dict(mode="whole", defense="equi")))
+    assert equi_mmseg.runtime(model).model is model
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

@@ -26,7 +26,7 @@ from ...attacks import ATTACKS
 from ...attacks.training import AdversarialTraining
 from ...core.seeding import image_seed
 from ...defenses import DEFENSES
-from ...pipeline import CONFIGURED_RUN, EquiPipeline, EquiRun, PixelBatch, active_run
+from ...pipeline import CONFIGURED_RUN, SCORE_KEY, EquiPipeline, EquiRun, PixelBatch, active_run
 from .objective import MaskRCNNObjective
 
 #: Detectron2 after 0.6 pads by the backbone's ``padding_constraints`` too; detected, not read off a version.
@@ -290,10 +290,6 @@ class EquiGeneralizedRCNN(GeneralizedRCNN):
 
 #: The view settings a Detectron2 run (``EquiRun.views``) may set: ``levels``, the FPN outputs the defense reads.
 VIEW_KEYS = ("levels",)
-
-#: The output key of an image's equivariance (or configured) score; ``EquiScoreEvaluator`` reads it.
-SCORE_KEY = "equi_score"
-
 
 class RCNNBatch(PixelBatch):
     """A Detectron2 batch in pixel space: images grouped by size, ground truth from ``instances``, the task

@@ -9,6 +9,7 @@ classes do (untouched channels, pixels on the quantisation grid).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,18 @@ def test_a_defense_that_does_not_declare_the_protocol_is_refused_at_registration
     assert "recipe_undeclared" not in DEFENSES
     for cfg in ("none", "equi", "invariance", "random", dict(type="detect_then_defend", threshold=0.5)):
         assert isinstance(DEFENSES.build(cfg), Defense)
+
+
+def test_the_new_defense_is_a_robustness_column_without_backend_code(registered):
+    """The MMSeg backend gives a defense the run's preset where it takes one and the preset's values of the settings
+    it does take otherwise, so a new defense needs no branch there (``random`` gets the preset's ε_v)."""
+    from types import SimpleNamespace
+
+    from equi_ext.core.optimizer import PRESETS
+    from equi_ext.evaluation.backends import MMSegBackend
+
+    column = functools.partial(MMSegBackend.defense, SimpleNamespace(preset="fast", framework="mmseg"))
+    assert column(DEFENSE) == dict(type=DEFENSE)
+    assert column("random") == dict(type="random", eps_v=PRESETS["fast"]["eps_v"])
+    assert column("equivariance") == dict(type="equi", preset="fast") and column("vanilla") is None
+    assert build_defense(column(DEFENSE)).quantum == 8.0  # its own default: the preset has no quantum

@@ -51,16 +51,23 @@ class MMSegBackend:
         return f"defense budgets from preset `{self.preset}`"
 
     def defense(self, name: str) -> dict | None:
-        """Registry config of a defense column (``vanilla`` = None)."""
+        """Registry config of a defense column (``vanilla`` = None): the preset for a defense that takes one, else
+        the preset's values of the settings it takes (``random``: its ε_v), plus the trained head of an SSL
+        baseline."""
+        from ..core.optimizer import PRESETS
+        from ..defenses import DEFENSES
+
         if name == "vanilla":
             return None
-        if name == "random":
-            from ..core.optimizer import PRESETS
-
-            return dict(type="random", eps_v=PRESETS[self.preset]["eps_v"])
+        cfg = dict(type="equi" if name == "equivariance" else name)
+        takes = DEFENSES.settings(cfg["type"])
+        if "preset" in takes:
+            cfg["preset"] = self.preset
+        else:
+            cfg.update({key: value for key, value in PRESETS[self.preset].items() if key in takes})
         if name in SSL_HEADS[self.framework]:
-            return dict(type=name, preset=self.preset, head=str(SSL_HEADS[self.framework][name]))
-        return dict(type="equi" if name == "equivariance" else name, preset=self.preset)
+            cfg["head"] = str(SSL_HEADS[self.framework][name])
+        return cfg
 
     def supports(self, attack: dict | None) -> bool:
         return True

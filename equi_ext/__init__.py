@@ -16,8 +16,8 @@ if TYPE_CHECKING:  # torch is imported lazily so that e.g. the data generator st
 
     import torch
 
+    from .core.defense import DefenseOutput
     from .core.losses import FeatureFn
-    from .core.optimizer import DefenseOutput
 
 __version__ = "0.2.0.dev0"
 
@@ -45,7 +45,7 @@ def equivariance_score(feature_fn: FeatureFn, images: torch.Tensor, **kwargs: An
 
     ``kwargs``: ``transforms`` (default: the ``default`` preset's), ``reduction``, ``seed``, ``pixel_range``.
     """
-    from .core.optimizer import equivariance_score as score
+    from .core.defense import equivariance_score as score
 
     return score(feature_fn, images, **kwargs)
 

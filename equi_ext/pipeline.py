@@ -20,7 +20,7 @@ from torch import nn
 
 from .attacks import ATTACKS, defense_preprocessor
 from .attacks.base import attack_kwargs
-from .core.optimizer import DefenseOutput, EquivarianceDefense, frozen_model
+from .core.defense import DefenseOutput, EquivarianceDefense, frozen_model
 from .core.scores import output_variance_score
 from .core.validation import SettingsError
 from .defenses import DEFENSES

@@ -30,7 +30,7 @@ from torch import nn
 import equi_ext
 import equi_ext.mmseg as equi_mmseg
 from equi_ext.attacks import ATTACKS
-from equi_ext.core.optimizer import EquivarianceDefense
+from equi_ext.core.defense import EquivarianceDefense
 from equi_ext.core.scores import output_variance_score
 from equi_ext.data.synthetic import generate_dataset
 from equi_ext.defenses import DEFENSES

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from equi_ext.core.optimizer import EquivarianceDefense
+from equi_ext.core.defense import EquivarianceDefense
 from equi_ext.core.scores import output_variance_score
 from equi_ext.core.validation import SettingsError
 from equi_ext.pipeline import (

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import equi_ext
 from equi_ext.attacks import ATTACKS, Attack, build_attack
-from equi_ext.core.optimizer import DefenseOutput
+from equi_ext.core.defense import DefenseOutput
 from equi_ext.core.validation import check_budget, check_images, check_pixel_range
 from equi_ext.defenses import DEFENSES, build_defense
 from equi_ext.defenses.base import Defense
@@ -210,7 +210,7 @@ def test_the_new_defense_is_a_robustness_column_without_backend_code(registered)
     it does take otherwise, so a new defense needs no branch there (``random`` gets the preset's ε_v)."""
     from types import SimpleNamespace
 
-    from equi_ext.core.optimizer import PRESETS
+    from equi_ext.core.defense import PRESETS
     from equi_ext.evaluation.backends import MMSegBackend
 
     column = functools.partial(MMSegBackend.defense, SimpleNamespace(preset="fast", framework="mmseg"))

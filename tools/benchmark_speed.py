@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 
-from equi_ext.core.optimizer import PRESETS
+from equi_ext.core.defense import PRESETS
 from equi_ext.evaluation.demo import WORKSPACE
 from equi_ext.evaluation.speed import REPORT, benchmark_speed
 from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from equi_ext.core.optimizer import PRESETS
+from equi_ext.core.defense import PRESETS
 from equi_ext.evaluation.demo import ATTACK_STEPS, CHECKPOINT, DATA, EPS, WORKSPACE
 from equi_ext.evaluation.visual_report import visual_report
 from equi_ext.tooling import command_line, measure_or_render, start_tool

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.optimizer import frozen_model
+from ..core.defense import frozen_model
 from ..core.registry import did_you_mean
 from ..core.validation import DEFAULT_PIXEL_RANGE, PixelRange
 from .base import attack_kwargs

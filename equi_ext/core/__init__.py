@@ -3,8 +3,8 @@
 Nothing here imports mmseg, mmengine, mmcv or detectron2.
 """
 
+from .defense import PRESETS, DefenseOutput, EquivarianceDefense, InvarianceDefense, equivariance_score
 from .losses import equivariance_terms, invariance_terms
-from .optimizer import PRESETS, DefenseOutput, EquivarianceDefense, InvarianceDefense, equivariance_score
 from .transforms import TRANSFORM_SETS, ColorJitter, HFlip, Resize, Rotate, Transform, build_transforms
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Per-image scores that flag attacked or corrupted inputs (paper Appendix, Eq. 16).
 
 Two views of the same idea — an attacked image breaks the model's equivariance:
-    * ``equivariance_score`` (in ``optimizer``): mean cosine of g⁻¹∘F∘g(x) and F(x); low = suspicious.
+    * ``equivariance_score`` (in ``defense``): mean cosine of g⁻¹∘F∘g(x) and F(x); low = suspicious.
       ``equivariance_map`` keeps it per position, to show *where* an image breaks it (paper Fig. 2/4).
     * ``output_variance_score``: Σ_i mean ‖g_i⁻¹∘C∘F∘g_i(x) − C∘F(x)‖² of the softmax outputs over
       the overlap (Eq. 16); high = suspicious.
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .defense import check_transform_sizes
 from .losses import FeatureFn, transformed_features
-from .optimizer import check_transform_sizes
 from .transforms import Transform, sample_transforms
 from .validation import PixelRange, check_images, check_pixel_range
 

@@ -1,6 +1,6 @@
 """Test-time defenses, built by name from configs (``defense='equi'`` or a dict)."""
 
-from ..core.optimizer import EquivarianceDefense, InvarianceDefense, NoDefense
+from ..core.defense import EquivarianceDefense, InvarianceDefense, NoDefense
 from .baselines import DetectThenDefend, RandomNoiseDefense
 from .registry import DEFENSES
 from .ssl import ContrastiveDefense, RotationDefense

@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from ..core.defense import DefenseOutput
 from ..core.losses import FeatureFn
-from ..core.optimizer import DefenseOutput
 from ..core.validation import PixelRange
 
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..core.defense import DefenseOutput, EquivarianceDefense
 from ..core.losses import FeatureFn
-from ..core.optimizer import DefenseOutput, EquivarianceDefense
 from ..core.seeding import content_seeds, image_generators, uniform_like
 from ..core.validation import PixelRange, check_budget, check_images, check_pixel_range
 from .registry import DEFENSES

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from ..core.defense import EquivarianceDefense
 from ..core.losses import FeatureFn, Objective, transformed_features
-from ..core.optimizer import EquivarianceDefense
 from ..core.ssl import SSLHead, info_nce_terms, load_head
 from ..core.transforms import Rot90, Transform
 from ..core.validation import PixelRange
@@ -77,7 +77,7 @@ class RotationDefense(SSLDefense):
 
     Args:
         head: path of a ``rotation`` head (``tools/train_ssl_head.py --kind rotation``).
-        Others: as :class:`~equi_ext.core.optimizer.EquivarianceDefense`.
+        Others: as :class:`~equi_ext.core.defense.EquivarianceDefense`.
     """
 
     objective = "rotation"
@@ -105,7 +105,7 @@ class ContrastiveDefense(SSLDefense):
     Args:
         head: path of a ``contrastive`` head (``tools/train_ssl_head.py --kind contrastive``).
         transforms: the views (default: the preset's transforms, within the head's training views).
-        Others: as :class:`~equi_ext.core.optimizer.EquivarianceDefense`.
+        Others: as :class:`~equi_ext.core.defense.EquivarianceDefense`.
     """
 
     objective = "contrastive"

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from mmengine.hooks import Hook
 
-from ..core.optimizer import OPTIMIZERS, PRESETS
+from ..core.defense import OPTIMIZERS, PRESETS
 from ..core.transforms import (
     TRANSFORM_SETS,
     TRANSFORMS,

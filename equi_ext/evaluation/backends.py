@@ -54,7 +54,7 @@ class MMSegBackend:
         """Registry config of a defense column (``vanilla`` = None): the preset for a defense that takes one, else
         the preset's values of the settings it takes (``random``: its ε_v), plus the trained head of an SSL
         baseline."""
-        from ..core.optimizer import PRESETS
+        from ..core.defense import PRESETS
         from ..defenses import DEFENSES
 
         if name == "vanilla":

@@ -36,7 +36,7 @@ from typing import Any
 
 from ..assets import ASSETS, WORKSPACE
 from ..cells import Cell
-from ..core.optimizer import PRESETS
+from ..core.defense import PRESETS
 from ..core.validation import SettingsError
 from ..files import atomic_write_text
 from ..reporting import Report, slug

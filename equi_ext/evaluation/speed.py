@@ -32,7 +32,7 @@ import torch
 
 from ..assets import ASSETS, WORKSPACE
 from ..attacks import PGD
-from ..core.optimizer import PRESETS, EquivarianceDefense
+from ..core.defense import PRESETS, EquivarianceDefense
 from ..core.validation import SettingsError, device_name, resolve_device
 from ..reporting import Report
 from .demo import D2_CONFIG

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..core.checkpoints import load_weights
-from ..core.optimizer import frozen_model
+from ..core.defense import frozen_model
 from ..core.ssl import KINDS, save_head, train_head
 from ..core.validation import SettingsError
 

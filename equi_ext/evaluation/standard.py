@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from ..cells import Cell
-from ..core.optimizer import PRESETS
+from ..core.defense import PRESETS
 from ..core.validation import SettingsError
 from ..reporting import Report, slug
 from .backends import BACKENDS, build_backend, check_framework

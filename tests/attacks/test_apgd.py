@@ -16,8 +16,8 @@ from equi_ext.attacks.apgd import (
     pixel_accuracy,
     step_to_halve,
 )
+from equi_ext.core.defense import EquivarianceDefense
 from equi_ext.core.metrics import mean_iou
-from equi_ext.core.optimizer import EquivarianceDefense
 from equi_ext.pipeline import EquiPipeline
 
 NUM_CLASSES = 3

@@ -21,8 +21,8 @@ from equi_ext.attacks import (
     defense_preprocessor,
     sweep_lambda,
 )
+from equi_ext.core.defense import EquivarianceDefense
 from equi_ext.core.metrics import mean_iou
-from equi_ext.core.optimizer import EquivarianceDefense
 from equi_ext.defenses import RandomNoiseDefense
 
 NUM_CLASSES = 3

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from equi_ext.attacks import ATTACKS, build_attack, defense_preprocessor
+from equi_ext.core.defense import PRESETS, EquivarianceDefense
 from equi_ext.core.losses import roi_equivariance
-from equi_ext.core.optimizer import PRESETS, EquivarianceDefense
 from equi_ext.core.transforms import TRANSFORMS, HFlip, Resize, Rotate
 from equi_ext.evaluation.visual_report import reversed_prediction
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from equi_ext.core.optimizer import EquivarianceDefense
+from equi_ext.core.defense import EquivarianceDefense
 from equi_ext.core.scores import output_variance_score
 from equi_ext.defenses import DEFENSES, DetectThenDefend, RandomNoiseDefense, build_defense
 

@@ -216,7 +216,7 @@ def test_bad_settings_fail_at_build_time(coco_fixture, opts, error, match):
 
 def test_chunked_defense_on_fpn_features_takes_the_same_steps(small):
     """EQUI.CHUNKED: one transformed copy per graph gives the terms and gradient of all copies in one graph."""
-    from equi_ext.core.optimizer import EquivarianceDefense
+    from equi_ext.core.defense import EquivarianceDefense
 
     _, model = small
     pixels = (torch.rand(2, 3, FIXTURE_SIZE, FIXTURE_SIZE) * 255).requires_grad_(True)

@@ -9,7 +9,7 @@ import json
 import pytest
 from PIL import Image
 
-from equi_ext.core.optimizer import PRESETS
+from equi_ext.core.defense import PRESETS
 from equi_ext.core.transforms import TRANSFORM_SETS, HFlip, build_transforms
 from equi_ext.defenses import build_defense
 from equi_ext.evaluation import ablations

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from equi_ext.core.optimizer import PRESETS
+from equi_ext.core.defense import PRESETS
 from equi_ext.evaluation import presets
 
 from .conftest import load_tool

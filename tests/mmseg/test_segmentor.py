@@ -102,7 +102,7 @@ def record_prediction_inputs(monkeypatch, model, method="inference"):
 def test_config_with_custom_imports_defends_under_plain_runner(synthetic_val_root, tmp_path, monkeypatch):
     """The stock-tool path: no tools/test.py, only custom_imports in the config."""
     from equi_ext.attacks import Attack
-    from equi_ext.core.optimizer import EquivarianceDefense
+    from equi_ext.core.defense import EquivarianceDefense
 
     cfg = demo_cfg(synthetic_val_root, tmp_path, defense=dict(type="equi", steps=2, transforms=["hflip"]),
                    attack=dict(type="pgd", eps=4, steps=2))
@@ -169,7 +169,7 @@ def test_attack_and_defense_change_predictions_within_budget(synthetic_val_root,
 
 def test_sliding_window_mode_is_defended(synthetic_val_root, tmp_path, monkeypatch):
     """Slide mode: each whole image is defended once (the transforms need the whole view), then windowed."""
-    from equi_ext.core.optimizer import EquivarianceDefense
+    from equi_ext.core.defense import EquivarianceDefense
 
     cfg = demo_cfg(synthetic_val_root, tmp_path, mode="slide", crop_size=(64, 64), stride=(48, 48),
                    defense=dict(type="equi", steps=1, transforms=["hflip"]), attack=dict(type="pgd", eps=4, steps=1))
@@ -236,7 +236,7 @@ def test_a_red_file_reaches_the_defense_as_red_rgb_pixels(synthetic_val_root, tm
     import numpy as np
     from PIL import Image
 
-    from equi_ext.core.optimizer import EquivarianceDefense
+    from equi_ext.core.defense import EquivarianceDefense
 
     root = tmp_path / "red"
     for sub in ("img_dir/val", "ann_dir/val"):

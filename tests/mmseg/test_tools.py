@@ -34,7 +34,7 @@ def test_mmseg_voc_config_end_to_end(tmp_path, test_tool, monkeypatch):
     from mmseg.models import EncoderDecoder
 
     import equi_ext.mmseg as equi_mmseg
-    from equi_ext.core.optimizer import EquivarianceDefense
+    from equi_ext.core.defense import EquivarianceDefense
 
     defended, predicted_on = [], []  # the defense's outputs; the pixels each final prediction ran on
     stock_defense, stock_inference = EquivarianceDefense.__call__, EncoderDecoder.inference

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from equi_ext.core.optimizer import EquivarianceDefense
+from equi_ext.core.defense import EquivarianceDefense
 from equi_ext.core.validation import SettingsError
 from equi_ext.defenses import build_defense
 from equi_ext.evaluation import speed, tuning

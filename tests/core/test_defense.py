@@ -7,8 +7,8 @@ import torch
 
 import equi_ext
 from equi_ext.attacks import PGD
+from equi_ext.core.defense import EquivarianceDefense, InvarianceDefense, sgld_noise_scale
 from equi_ext.core.losses import equivariance_terms, invariance_terms
-from equi_ext.core.optimizer import EquivarianceDefense, InvarianceDefense, sgld_noise_scale
 from equi_ext.core.transforms import HFlip, Resize, Rotate, build_transforms
 
 
@@ -459,7 +459,7 @@ def test_the_equivariance_score_function_is_the_defenses_score(toy_task):
 
 
 def test_settings_reach_the_defense_and_bad_ones_are_named():
-    from equi_ext.core.optimizer import PRESETS, check_transform_sizes
+    from equi_ext.core.defense import PRESETS, check_transform_sizes
 
     assert EquivarianceDefense().seed == 0
     assert EquivarianceDefense(resample="per_step").resample == "per_step"
@@ -502,8 +502,8 @@ def test_every_transform_is_used_equally_often_when_each_step_uses_a_subset():
 
 
 def test_a_model_view_with_its_own_terms_gets_the_defenses_settings(toy_task):
+    from equi_ext.core.defense import InvarianceDefense
     from equi_ext.core.losses import Objective
-    from equi_ext.core.optimizer import InvarianceDefense
 
     images = toy_task.images[:2] / 255
     calls = []

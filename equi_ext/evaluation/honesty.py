@@ -107,92 +107,111 @@ def honesty_checks(*, framework: str = "mmseg", num_images: int = 8, preset: str
     logger.info("checks (a)–(g): BPDA doubled from %d to %d steps, APGD doubled, transfer, adaptive, unrolled, "
                 "unbounded", bpda_steps, max_bpda_steps)
     backend = build_backend(framework, Path(data_root), num_images, out, preset=preset)
-    defense, metric, key = backend.defense("equivariance"), backend.metric, backend.key
-
-    def run(label: str, attack: dict | None, defended: bool = True) -> dict:
-        column = "defended" if defended else "vanilla"
-        row = backend.cell(Cell(label, attack), Cell(column, defense if defended else None),
-                           out / "cells" / column / slug(label), resume=resume)
-        print(f"  {label:<34} {column:>8}  {metric} {row[key]:6.2f}", flush=True)
-        return row
-
-    pgd = dict(type="pgd", eps=EPS, steps=steps)
-    rows = {"clean": run("clean", None, defended=False), "clean + defense": run("clean + defense", None),
-            "PGD (vanilla)": run("PGD (vanilla)", pgd, defended=False)}
-    bounded = []  # every ε-bounded attack on the defended model: the worst case pools them
-    for restart in range(restarts):
-        label = f"PGD-{steps} transfer, restart {restart}"
-        rows[label] = run(label, dict(pgd, seed=restart))
-        bounded.append(rows[label])
-
-    def doubling_curve(name: str) -> list[tuple[int, float]]:
-        """``name`` (through the defense) with steps doubled from ``bpda_steps`` until the metric moves by
-        less than ``TOLERANCE`` or the next count would pass ``max_bpda_steps``; every run joins ``bounded``."""
-        def measure(now: int) -> float:
-            label = f"{name.upper()}-{now}"
-            attack = dict(type=name, eps=EPS, steps=now)
-            rows[label] = run(label, attack if name == "bpda" else dict(type="bpda", attack=attack))
-            bounded.append(rows[label])
-            return rows[label][key]
-
-        return double_until_settled(bpda_steps, measure, max_doublings=(max_bpda_steps // bpda_steps).bit_length() - 1)
-
-    curve = doubling_curve("bpda")
-    apgd_curve = doubling_curve("apgd")  # its step size adapts: unlike BPDA's fixed 2.5ε/steps it should settle
-    if backend.supports(dict(type="sea")):
-        sea_label = f"SEA-{apgd_curve[-1][0]}"
-        rows[sea_label] = run(sea_label, dict(type="bpda", attack=dict(type="sea", eps=EPS, steps=apgd_curve[-1][0])))
-        bounded.append(rows[sea_label])
-    eot_label = f"EOT-BPDA-{bpda_steps} ({eot_samples} samples)"
-    rows[eot_label] = run(eot_label, dict(type="eot", eps=EPS, steps=bpda_steps, samples=eot_samples))
-    bounded.append(rows[eot_label])
-    adaptive = {}
-    for lam in lambdas:
-        label = f"adaptive λ_e={lam:g}"
-        rows[label] = run(label, dict(type="adaptive", eps=EPS, steps=steps, lambda_e=lam))
-        bounded.append(rows[label])
-        adaptive[lam] = rows[label][key]
-    unrolled_label = f"unrolled-{steps}"
-    rows[unrolled_label] = run(unrolled_label, dict(type="unrolled", eps=EPS, steps=steps))
-    bounded.append(rows[unrolled_label])
-    # (a) the strongest attack with the whole pixel range, as many iterations as APGD's curve ended with
-    strong = dict(type="sea") if backend.supports(dict(type="sea")) else dict(type="apgd")
-    unbounded = dict(strong, eps=255.0, steps=apgd_curve[-1][0])
-    unbounded_label = f"{strong['type'].upper()}-{apgd_curve[-1][0]} at ε=255"
-    rows[unbounded_label] = run(unbounded_label, dict(type="bpda", attack=unbounded))
-    floor_label = f"{unbounded_label} (vanilla)"
-    rows[floor_label] = run(floor_label, unbounded, defended=False)
-    measure = backend.unbounded_measure
-
-    transfer = min(rows[f"PGD-{steps} transfer, restart {r}"][key] for r in range(restarts))
-    bpda = curve[-1][1]
-    checks = [
-        ("a", f"{unbounded_label} leaves < {UNBOUNDED_FLOOR:g} {measure[0]} on the vanilla and the defended model",
-         *unbounded_check(measure[1](rows[floor_label]), measure[1](rows[unbounded_label]), measure[0])),
-        ("b", "more BPDA steps never look stronger; converged", *settles(curve)),
-        ("c", "BPDA and EOT-BPDA at least as strong as transfer", bpda <= transfer + TOLERANCE
-         and rows[eot_label][key] <= rows[f"BPDA-{bpda_steps}"][key] + 2 * TOLERANCE,
-         f"BPDA-{curve[-1][0]} {bpda:.2f}, {eot_label} {rows[eot_label][key]:.2f}, transfer {transfer:.2f}"),
-        ("d", "adaptive λ_e sweep at least as strong as PGD transfer", min(adaptive.values()) <= transfer + TOLERANCE,
-         ", ".join(f"λ_e={k:g}: {v:.2f}" for k, v in adaptive.items()) + f"; transfer {transfer:.2f}"),
-        ("e", "transfer from the vanilla model", True,
-         f"PGD-{steps} on vanilla {rows['PGD (vanilla)'][key]:.2f}; then defended "
-         + ", ".join(f"{rows[f'PGD-{steps} transfer, restart {r}'][key]:.2f}" for r in range(restarts))),
-        ("f", "white-box through the unrolled defense no stronger than BPDA",
-         rows[unrolled_label][key] >= bpda - TOLERANCE,
-         f"{unrolled_label} {rows[unrolled_label][key]:.2f}, BPDA-{curve[-1][0]} {bpda:.2f}"),
-        ("g", "more APGD iterations (through the defense) never look stronger; converged", *settles(apgd_curve)),
-    ]
+    runs = HonestyRuns(backend, out, resume)
+    runs.attack(steps=steps, bpda_steps=bpda_steps, max_bpda_steps=max_bpda_steps, restarts=restarts,
+                lambdas=lambdas, eot_samples=eot_samples)
+    checks = runs.checks(steps=steps, bpda_steps=bpda_steps, restarts=restarts)
+    key, bounded = backend.key, runs.bounded
     worst = backend.worst_case(bounded)
-    strongest_single = min(r[key] for r in bounded)
-    result = dict(framework=backend.framework, model=backend.model_name, metric=key, metric_name=metric,
+    result = dict(framework=backend.framework, model=backend.model_name, metric=key, metric_name=backend.metric,
                   settings=backend.settings, num_images=num_images, eps=EPS, steps=steps, bounded_runs=len(bounded),
                   worst_case=worst[key], greedy_worst_case=worst.get(f"greedy_{key}"),
-                  strongest_single=strongest_single, bpda_curve=curve, apgd_curve=apgd_curve,
+                  strongest_single=min(r[key] for r in bounded), bpda_curve=runs.curve, apgd_curve=runs.apgd_curve,
                   checks=[dict(check=k, what=w, passed=p, numbers=n) for k, w, p, n in checks],
-                  runs={label: {k: v for k, v in r.items() if k != "per_image"} for label, r in rows.items()},
+                  runs={label: {k: v for k, v in r.items() if k != "per_image"} for label, r in runs.rows.items()},
                   worst_case_picks=worst["picks"])
     REPORT.write(out, "sanity_checks", result, command=command)
     return result
 
 
+class HonestyRuns:
+    """The runs checks (a)–(g) read, on one backend: ``rows`` by label, ``bounded`` (every ε-bounded attack on the
+    defended model: the worst case pools them), the BPDA and APGD doubling curves and the adaptive sweep."""
+
+    def __init__(self, backend, out: Path, resume: bool) -> None:
+        self.backend, self.out, self.resume = backend, out, resume
+        self.defense = backend.defense("equivariance")
+        self.rows: dict[str, dict] = {}
+        self.bounded: list[dict] = []
+        self.adaptive: dict[float, float] = {}
+        self.curve: list[tuple[int, float]] = []
+        self.apgd_curve: list[tuple[int, float]] = []
+        self.eot_label = self.unbounded_label = ""
+
+    def run(self, label: str, attack: dict | None, defended: bool = True, bounded: bool = False) -> dict:
+        """The cell of ``label``, kept in ``rows`` (and in ``bounded`` with ``bounded``)."""
+        column = "defended" if defended else "vanilla"
+        row = self.backend.cell(Cell(label, attack), Cell(column, self.defense if defended else None),
+                                self.out / "cells" / column / slug(label), resume=self.resume)
+        print(f"  {label:<34} {column:>8}  {self.backend.metric} {row[self.backend.key]:6.2f}", flush=True)
+        self.rows[label] = row
+        if bounded:
+            self.bounded.append(row)
+        return row
+
+    def doubling_curve(self, name: str, bpda_steps: int, max_bpda_steps: int) -> list[tuple[int, float]]:
+        """``name`` (through the defense) with steps doubled from ``bpda_steps`` until the metric moves by
+        less than ``TOLERANCE`` or the next count would pass ``max_bpda_steps``; every run joins ``bounded``."""
+        def measure(now: int) -> float:
+            attack = dict(type=name, eps=EPS, steps=now)
+            label = f"{name.upper()}-{now}"
+            return self.run(label, attack if name == "bpda" else dict(type="bpda", attack=attack),
+                            bounded=True)[self.backend.key]
+
+        return double_until_settled(bpda_steps, measure, max_doublings=(max_bpda_steps // bpda_steps).bit_length() - 1)
+
+    def attack(self, *, steps: int, bpda_steps: int, max_bpda_steps: int, restarts: int, lambdas: tuple[float, ...],
+               eot_samples: int) -> None:
+        """Every run of the checks, in the order the page lists them."""
+        key, supports_sea = self.backend.key, self.backend.supports(dict(type="sea"))
+        pgd = dict(type="pgd", eps=EPS, steps=steps)
+        self.run("clean", None, defended=False)
+        self.run("clean + defense", None)
+        self.run("PGD (vanilla)", pgd, defended=False)
+        for restart in range(restarts):
+            self.run(f"PGD-{steps} transfer, restart {restart}", dict(pgd, seed=restart), bounded=True)
+        self.curve = self.doubling_curve("bpda", bpda_steps, max_bpda_steps)
+        # its step size adapts: unlike BPDA's fixed 2.5ε/steps it should settle
+        self.apgd_curve = self.doubling_curve("apgd", bpda_steps, max_bpda_steps)
+        final = self.apgd_curve[-1][0]
+        if supports_sea:
+            self.run(f"SEA-{final}", dict(type="bpda", attack=dict(type="sea", eps=EPS, steps=final)), bounded=True)
+        self.eot_label = f"EOT-BPDA-{bpda_steps} ({eot_samples} samples)"
+        self.run(self.eot_label, dict(type="eot", eps=EPS, steps=bpda_steps, samples=eot_samples), bounded=True)
+        for lam in lambdas:
+            self.adaptive[lam] = self.run(f"adaptive λ_e={lam:g}",
+                                          dict(type="adaptive", eps=EPS, steps=steps, lambda_e=lam), bounded=True)[key]
+        self.run(f"unrolled-{steps}", dict(type="unrolled", eps=EPS, steps=steps), bounded=True)
+        # (a) the strongest attack with the whole pixel range, as many iterations as APGD's curve ended with
+        unbounded = dict(dict(type="sea") if supports_sea else dict(type="apgd"), eps=255.0, steps=final)
+        self.unbounded_label = f"{unbounded['type'].upper()}-{final} at ε=255"
+        self.run(self.unbounded_label, dict(type="bpda", attack=unbounded))
+        self.run(f"{self.unbounded_label} (vanilla)", unbounded, defended=False)
+
+    def checks(self, *, steps: int, bpda_steps: int, restarts: int) -> list[tuple[str, str, bool, str]]:
+        """(check, what, passed, numbers) of checks (a)–(g) over the runs."""
+        rows, key, measure = self.rows, self.backend.key, self.backend.unbounded_measure
+        unbounded_label, eot_label, curve, adaptive = self.unbounded_label, self.eot_label, self.curve, self.adaptive
+        unrolled_label = f"unrolled-{steps}"
+        transfer = min(rows[f"PGD-{steps} transfer, restart {r}"][key] for r in range(restarts))
+        bpda = curve[-1][1]
+        return [
+            ("a", f"{unbounded_label} leaves < {UNBOUNDED_FLOOR:g} {measure[0]} on the vanilla and the defended model",
+             *unbounded_check(measure[1](rows[f"{unbounded_label} (vanilla)"]), measure[1](rows[unbounded_label]),
+                              measure[0])),
+            ("b", "more BPDA steps never look stronger; converged", *settles(curve)),
+            ("c", "BPDA and EOT-BPDA at least as strong as transfer", bpda <= transfer + TOLERANCE
+             and rows[eot_label][key] <= rows[f"BPDA-{bpda_steps}"][key] + 2 * TOLERANCE,
+             f"BPDA-{curve[-1][0]} {bpda:.2f}, {eot_label} {rows[eot_label][key]:.2f}, transfer {transfer:.2f}"),
+            ("d", "adaptive λ_e sweep at least as strong as PGD transfer",
+             min(adaptive.values()) <= transfer + TOLERANCE,
+             ", ".join(f"λ_e={k:g}: {v:.2f}" for k, v in adaptive.items()) + f"; transfer {transfer:.2f}"),
+            ("e", "transfer from the vanilla model", True,
+             f"PGD-{steps} on vanilla {rows['PGD (vanilla)'][key]:.2f}; then defended "
+             + ", ".join(f"{rows[f'PGD-{steps} transfer, restart {r}'][key]:.2f}" for r in range(restarts))),
+            ("f", "white-box through the unrolled defense no stronger than BPDA",
+             rows[unrolled_label][key] >= bpda - TOLERANCE,
+             f"{unrolled_label} {rows[unrolled_label][key]:.2f}, BPDA-{curve[-1][0]} {bpda:.2f}"),
+            ("g", "more APGD iterations (through the defense) never look stronger; converged",
+             *settles(self.apgd_curve)),
+        ]

@@ -57,9 +57,8 @@ SCENARIO_LABELS = {"clean": "clean", "clean_defended": "clean + defense", "attac
 
 
 def scenario_of(attack: bool, defend: bool) -> str:
-    """The scenario that attacks and/or defends."""
-    return {(False, False): "clean", (False, True): "clean_defended", (True, False): "attacked",
-            (True, True): "defended"}[(bool(attack), bool(defend))]
+    """The scenario of ``SCENARIOS`` that attacks and/or defends."""
+    return next(name for name, flags in SCENARIOS.items() if flags == (bool(attack), bool(defend)))
 
 
 def scenario_table(rows: list[dict], metrics: dict[str, str]) -> str:

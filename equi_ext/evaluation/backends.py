@@ -18,6 +18,7 @@ from pathlib import Path
 from ..assets import ASSETS
 from ..cells import Cell
 from ..core.validation import SettingsError
+from ..reporting import slug
 from .demo import CHECKPOINT, CONFIG, D2_CHECKPOINT, D2_CONFIG, DATA, SSL_HEADS, build_demo_runner
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,27 @@ class Detectron2Backend:
         from ..detectron2.evaluation import worst_case
 
         return worst_case(self.cfg, rows)
+
+
+class DefenseCells:
+    """The cells an evaluation runs on a backend against its equivariance defense, each once: keyed by (row label,
+    column), the column ``vanilla`` (no defense) or ``defended``, records under ``out/cells/<column>/<label>``."""
+
+    def __init__(self, backend, out: Path, resume: bool) -> None:
+        self.backend, self.out, self.resume = backend, out, resume
+        self.defense = backend.defense("equivariance")
+        self.runs: dict[tuple[str, str], dict] = {}
+
+    def run(self, label: str, column: str, attack: dict | None) -> dict:
+        """The row of ``label`` (its ``attack``) in ``column``, run the first time it is asked for."""
+        if (label, column) not in self.runs:
+            backend = self.backend
+            cell = backend.cell(Cell(label, attack), Cell(column, self.defense if column == "defended" else None),
+                                self.out / "cells" / column / slug(label), resume=self.resume)
+            print(f"  {column:<9} {label:<34} {backend.metric} {cell[backend.key]:6.2f}  ({cell['run_images']} "
+                  f"images run, {cell['seconds']:.0f} s)", flush=True)
+            self.runs[(label, column)] = cell
+        return self.runs[(label, column)]
 
 
 def pixel_accuracy(records: list[dict]) -> float:

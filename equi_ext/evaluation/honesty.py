@@ -12,10 +12,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cells import Cell
 from ..core.validation import SettingsError
-from ..reporting import Report, slug
-from .backends import build_backend, check_framework
+from ..reporting import Report
+from .backends import DefenseCells, build_backend, check_framework
 from .demo import DATA, EPS, ensure_data
 
 logger = logging.getLogger(__name__)
@@ -129,8 +128,7 @@ class HonestyRuns:
     defended model: the worst case pools them), the BPDA and APGD doubling curves and the adaptive sweep."""
 
     def __init__(self, backend, out: Path, resume: bool) -> None:
-        self.backend, self.out, self.resume = backend, out, resume
-        self.defense = backend.defense("equivariance")
+        self.backend, self.cells = backend, DefenseCells(backend, out, resume)
         self.rows: dict[str, dict] = {}
         self.bounded: list[dict] = []
         self.adaptive: dict[float, float] = {}
@@ -140,10 +138,7 @@ class HonestyRuns:
 
     def run(self, label: str, attack: dict | None, defended: bool = True, bounded: bool = False) -> dict:
         """The cell of ``label``, kept in ``rows`` (and in ``bounded`` with ``bounded``)."""
-        column = "defended" if defended else "vanilla"
-        row = self.backend.cell(Cell(label, attack), Cell(column, self.defense if defended else None),
-                                self.out / "cells" / column / slug(label), resume=self.resume)
-        print(f"  {label:<34} {column:>8}  {self.backend.metric} {row[self.backend.key]:6.2f}", flush=True)
+        row = self.cells.run(label, "defended" if defended else "vanilla", attack)
         self.rows[label] = row
         if bounded:
             self.bounded.append(row)

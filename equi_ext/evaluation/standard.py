@@ -29,11 +29,10 @@ import logging
 import time
 from pathlib import Path
 
-from ..cells import Cell
 from ..core.defense import PRESETS
 from ..core.validation import SettingsError
-from ..reporting import Report, slug
-from .backends import BACKENDS, build_backend, check_framework
+from ..reporting import Report
+from .backends import BACKENDS, DefenseCells, build_backend, check_framework
 from .demo import DATA, EPS, ensure_data
 from .honesty import TOLERANCE, double_until_settled, moved_less_than_tolerance
 
@@ -170,24 +169,8 @@ def render(data: dict) -> str:
 REPORT = Report(render, {"security_curve.png": plot_security_curve})
 
 
-class CellRuns:
-    """The cells one standard evaluation runs on a backend, each once, keyed by (row label, column), and the
-    per-image worst case of a column over some of its rows."""
-
-    def __init__(self, backend, out: Path, resume: bool) -> None:
-        self.backend, self.out, self.resume = backend, out, resume
-        self.defense = backend.defense("equivariance")
-        self.runs: dict[tuple[str, str], dict] = {}
-
-    def run(self, label: str, column: str, attack: dict | None) -> dict:
-        if (label, column) not in self.runs:
-            backend = self.backend
-            cell = backend.cell(Cell(label, attack), Cell(column, self.defense if column == "defended" else None),
-                                self.out / "cells" / column / slug(label), resume=self.resume)
-            print(f"  {column:<9} {label:<34} {backend.metric} {cell[backend.key]:6.2f}  ({cell['run_images']} "
-                  f"images run, {cell['seconds']:.0f} s)", flush=True)
-            self.runs[(label, column)] = cell
-        return self.runs[(label, column)]
+class CellRuns(DefenseCells):
+    """The cells one standard evaluation runs, and the per-image worst case of a column over some of its rows."""
 
     def worst(self, column: str, labels: list[str]) -> dict:
         key = self.backend.key

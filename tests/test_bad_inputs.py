@@ -35,8 +35,8 @@ from equi_ext.core.scores import output_variance_score
 from equi_ext.data.synthetic import generate_dataset
 from equi_ext.defenses import DEFENSES
 from equi_ext.detectron2 import register_synthetic_shapes
+from equi_ext.detectron2.config import equi_settings
 from equi_ext.detectron2.evaluation import build_annotated_test_loader, evaluate_scenarios
-from equi_ext.detectron2.modeling.meta_arch import equi_settings
 
 from .detectron2.conftest import DEMO_EQUI_YAML, small_cfg
 from .mmseg.conftest import DEMO_CHECKPOINT, DEMO_CONFIG, load_tool
@@ -437,8 +437,8 @@ CASES = [
     Case("d2-key_the_defense_ignores", lambda name: [lambda: equi_settings(small_cfg(name, "EQUI.THRESHOLD", "0.9")),
                                                      lambda: build_model(small_cfg(name, "EQUI.THRESHOLD", "0.9"))],
          ValueError, r"EQUI.THRESHOLD = 0.9 does not apply to EQUI.DEFENSE 'equi' \(EquivarianceDefense\); it takes "
-         r"EQUI.PRESET, EQUI.TRANSFORMS, EQUI.DEFENSE_STEPS, EQUI.EPS_V, EQUI.STEP_SIZE, EQUI.TRANSFORMS_PER_STEP, "
-         r"EQUI.SEED, EQUI.CHUNKED —", ("d2_dataset",)),
+         r"EQUI.CHUNKED, EQUI.DEFENSE_STEPS, EQUI.EPS_V, EQUI.MIN_SIZE, EQUI.OPTIMIZER, EQUI.PRESET, EQUI.REDUCTION, "
+         r"EQUI.RESAMPLE, EQUI.SEED, EQUI.STEP_SIZE, EQUI.TRANSFORMS, EQUI.TRANSFORMS_PER_STEP —", ("d2_dataset",)),
     Case("d2-key_the_attack_ignores", lambda name: [
         lambda: equi_settings(small_cfg(name, "EQUI.LAMBDA_E", "20.0")),
         lambda: equi_settings(small_cfg(name, "EQUI.EOT_SAMPLES", "8"))],

@@ -152,29 +152,31 @@ def test_the_new_attack_and_defense_run_through_the_python_api_and_the_pipeline(
 
 
 @pytest.mark.filterwarnings("ignore:pkg_resources is deprecated")
-def test_detectron2_configs_name_the_new_attack_and_defense(registered, monkeypatch):
+def test_detectron2_configs_name_the_new_attack_and_defense(registered):
+    """Registering the classes is all a Detectron2 config needs: each new setting is an ``EQUI`` key of its own
+    (its name in capitals), no key table is written."""
     pytest.importorskip("detectron2")
     from equi_ext.detectron2 import load_config
-    from equi_ext.detectron2.modeling import meta_arch
-    from equi_ext.detectron2.modeling.meta_arch import equi_settings
+    from equi_ext.detectron2.config import equi_settings, role_keys, setting_keys
 
     cfg = load_config(REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml")
+    assert cfg.EQUI.CHANNELS is None and cfg.EQUI.QUANTUM is None  # the class's defaults until set
+    assert setting_keys("defense", DEFENSE) == {"QUANTUM": "quantum", "SEED": "seed"}
+    assert setting_keys("attack", ATTACK)["CHANNELS"] == "channels"
     cfg.defrost()
     cfg.EQUI.ATTACK, cfg.EQUI.DEFENSE = ATTACK, DEFENSE
     # the demo's equivariance settings do not apply to the new defense: refused, naming the key and the class
-    with pytest.raises(ValueError, match=rf"EQUI.TRANSFORMS = .* does not apply to EQUI.DEFENSE '{DEFENSE}' "
-                                         r"\(Quantise\); it takes EQUI.SEED"):
+    with pytest.raises(ValueError, match=rf"EQUI.DEFENSE_STEPS = 4 does not apply to EQUI.DEFENSE '{DEFENSE}' "
+                                         r"\(Quantise\); it takes EQUI.QUANTUM, EQUI.SEED —"):
         equi_settings(cfg)
-    for key, arg in meta_arch.DEFENSE_KEYS.items():
-        if arg not in DEFENSES.settings(DEFENSE):
+    for key in role_keys("defense"):
+        if key not in setting_keys("defense", DEFENSE) and key != "PRESET":
             cfg.EQUI[key] = None
     settings = equi_settings(cfg)
     assert settings["attack"] == {"type": ATTACK, "eps": 4.0, "steps": 10, "seed": 0}
+    # the preset's values of the settings Quantise takes: none (a preset sets no quantum)
     assert settings["defense"] == {"type": DEFENSE, "seed": 0}
 
-    # the recipe's EQUI keys for the new settings: a key in config.py and its argument in ATTACK_KEYS / DEFENSE_KEYS
-    monkeypatch.setitem(meta_arch.ATTACK_KEYS, "CHANNELS", "channels")
-    monkeypatch.setitem(meta_arch.DEFENSE_KEYS, "QUANTUM", "quantum")
     cfg.EQUI.CHANNELS, cfg.EQUI.QUANTUM = (0,), QUANTUM
     settings = equi_settings(cfg)
     assert settings["attack"] == {"type": ATTACK, "eps": 4.0, "steps": 10, "seed": 0, "channels": [0]}
@@ -188,6 +190,24 @@ def test_detectron2_configs_name_the_new_attack_and_defense(registered, monkeypa
     pipeline = EquiPipeline(settings["defense"], settings["attack"], needs_logits=False)
     assert type(pipeline.defense) is Quantise and pipeline.defense.quantum == QUANTUM
     assert pipeline.attack_cfg["channels"] == [0]
+
+
+def test_an_attack_setting_named_like_a_defense_setting_is_refused_when_configs_are_built():
+    """A flat ``EQUI`` namespace cannot hold an attack's ``eps_v`` beside the defense's: the config is refused,
+    naming the key and where its per-role name goes, instead of one key silently configuring both."""
+    pytest.importorskip("detectron2")
+    from equi_ext.detectron2 import load_config
+
+    class RadiusPGD(Attack):
+        def __init__(self, *, eps_v: float = 1.0, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+
+    ATTACKS.register("recipe_radius_pgd")(RadiusPGD)
+    try:
+        with pytest.raises(RuntimeError, match=r"EQUI.EPS_V would be set by an attack and a defense .*ROLE_KEYS"):
+            load_config(REPO / "configs/demo/mask_rcnn_R18_FPN_synthetic-128x128_equi.yaml")
+    finally:
+        ATTACKS._entries.pop("recipe_radius_pgd")
 
 
 def test_a_defense_that_does_not_declare_the_protocol_is_refused_at_registration():

@@ -3,7 +3,7 @@
 
 ``--split tune`` chooses each baseline's fixed step on the tuning split (seed 1); ``--split val`` measures
 all on the reported split with the steps the tuning run chose (``--tuned``, default: its work dir's JSON;
-``equi_ext.evaluation.attack_strength``).
+``equi_ext.evaluation.compare_attacks``).
 
 Examples::
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from equi_ext.evaluation.attack_strength import REPORT, compare_attacks, training_class_weights, tuned_steps
+from equi_ext.evaluation.compare_attacks import REPORT, compare_attacks, training_class_weights, tuned_steps
 from equi_ext.evaluation.demo import WORKSPACE
 from equi_ext.tooling import add_render_option, command_line, measure_or_render, start_tool
 
@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                              "model's), e.g. the adversarially trained one")
     parser.add_argument("--work-dir", default=None,
                         help="default: work_dirs/compare_attacks/[CHECKPOINT-STEM/]SPLIT-epsE-stepsN")
-    parser.add_argument("--tuned", help="--split val: the tuning run's attack_strength.json")
+    parser.add_argument("--tuned", help="--split val: the tuning run's compare_attacks.json")
     parser.add_argument("--sea-weights", choices=("train", "per-image"), default="train",
                         help="class weights of SEA's balanced cross-entropy: inverse pixel frequencies of the "
                              "training split, as SEA's authors (default), or of each attacked image")
@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     def measure() -> dict:
         steps = None
         if args.split == "val":
-            tuned = args.tuned or runs / f"tune-eps{args.eps:g}-steps{args.steps}/attack_strength.json"
+            tuned = args.tuned or runs / f"tune-eps{args.eps:g}-steps{args.steps}/compare_attacks.json"
             steps = tuned_steps(tuned, args.eps, args.steps)
         return compare_attacks(split=args.split, num_images=args.num_images, steps=args.steps, work_dir=work_dir,
                                eps=args.eps, step_sizes=steps, checkpoint=args.checkpoint,

@@ -42,7 +42,7 @@ from __future__ import annotations
 import argparse
 
 from equi_ext.evaluation.demo import DATA, WORKSPACE
-from equi_ext.evaluation.honesty import REPORT, honesty_checks
+from equi_ext.evaluation.sanity_checks import REPORT, sanity_checks
 from equi_ext.tooling import add_framework_option, add_render_option, command_line, measure_or_render, start_tool
 
 
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--resume", action="store_true", help="reuse the per-image records of finished images")
     add_render_option(parser)
     args = parser.parse_args(argv)
-    return measure_or_render(lambda: honesty_checks(
+    return measure_or_render(lambda: sanity_checks(
         framework=args.framework, num_images=args.num_images, preset=args.preset, steps=args.steps,
         bpda_steps=args.bpda_steps, max_bpda_steps=args.max_bpda_steps, restarts=args.restarts,
         lambdas=tuple(float(v) for v in args.lambdas.split(",")), eot_samples=args.eot_samples,

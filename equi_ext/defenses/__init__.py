@@ -2,7 +2,7 @@
 
 from ..core.defense import EquivarianceDefense, InvarianceDefense, NoDefense
 from .baselines import DetectThenDefend, RandomNoiseDefense
-from .registry import DEFENSES
+from .registry import DEFENSES, preset_settings
 from .ssl import ContrastiveDefense, RotationDefense
 
 DEFENSES.register("none")(NoDefense)
@@ -16,4 +16,4 @@ def build_defense(cfg, **defaults):
 
 
 __all__ = ["DEFENSES", "ContrastiveDefense", "DetectThenDefend", "EquivarianceDefense", "InvarianceDefense",
-           "NoDefense", "RandomNoiseDefense", "RotationDefense", "build_defense"]
+           "NoDefense", "RandomNoiseDefense", "RotationDefense", "build_defense", "preset_settings"]

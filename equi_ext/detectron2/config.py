@@ -13,13 +13,17 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
 from ..assets import config_path
-from ..core.registry import did_you_mean
+from ..attacks import ATTACKS
+from ..attacks.training import AdversarialTraining
+from ..core.registry import Registry, did_you_mean
+from ..defenses import DEFENSES, preset_settings
 
 #: ``_BASE_: model_zoo://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml`` inherits a config
 #: shipped inside the detectron2 package (as ``mmseg::`` does for MMSeg configs).
@@ -27,28 +31,53 @@ MODEL_ZOO_PREFIX = "model_zoo://"
 FEATURES = ("fpn", "mask_logits", "fpn+mask_logits")
 
 
+#: Constructor settings that are no ``EQUI`` key: equi-ext supplies them from the model or the run (the pixel range,
+#: progress; a Mask R-CNN's training losses have no ignored label or class weights), or keys of their own configure
+#: them (``BPDA_ATTACK`` names the attack bpda and eot run, detect_then_defend wraps the equi that the other defense
+#: keys configure, ``EOT_SAMPLES`` is eot's ``samples``).
+NOT_KEYS = frozenset({"pixel_range", "progress", "ignore_index", "class_weights", "attack", "defense", "eot_samples"})
+#: A setting's key is its name in capitals; where an attack and a defense take settings of one name, the key says
+#: whose it is. ``SEED`` alone is one key for both, on purpose: one seed for the run.
+ROLE_KEYS = {"attack": {"step_size": "ATTACK_STEP_SIZE", "transforms": "ATTACK_TRANSFORMS",
+                        "reduction": "ATTACK_REDUCTION", "samples": "EOT_SAMPLES"},
+             "defense": {"steps": "DEFENSE_STEPS", "head": "SSL_HEAD"}}
+SHARED_KEYS = frozenset({"SEED"})
+#: Setting keys whose default is not None (None: the chosen class's own default). ``PRESET``: the settings the
+#: presets' criterion picked on Mask R-CNNs, which the keys set beside it override.
+SETTING_DEFAULTS = {"PRESET": "mask_rcnn", "SEED": 0, "EPS": 4.0, "STEPS": 10}
+
+
+def _registry(role: str) -> Registry:
+    return {"attack": ATTACKS, "defense": DEFENSES}[role]
+
+
+def setting_keys(role: str, name: str) -> dict[str, str]:
+    """``EQUI`` key → constructor argument, for each setting of the registered ``role`` (attack or defense) ``name``
+    that a config sets. Raises KeyError for an unknown name."""
+    return {ROLE_KEYS[role].get(arg, arg.upper()): arg for arg in _registry(role).settings(name) if arg not in NOT_KEYS}
+
+
+def role_keys(role: str) -> list[str]:
+    """Every ``EQUI`` key that configures some registered attack (``role`` attack) or defense."""
+    registry = _registry(role)
+    return sorted({key for name in registry.names() for key in setting_keys(role, name)})
+
+
 def add_equi_config(cfg: CfgNode) -> CfgNode:
-    """Add the ``EQUI`` namespace with its defaults to ``cfg`` (idempotent); returns ``cfg``."""
+    """Add the ``EQUI`` namespace with its defaults to ``cfg`` (idempotent); returns ``cfg``.
+
+    Besides the keys below, every setting of a registered attack or defense is a key (``setting_keys``), at None
+    (the class's default) unless ``SETTING_DEFAULTS`` gives it a value: a new setting needs no key written here.
+
+    Raises:
+        RuntimeError: an attack and a defense setting would share a key, or a setting would take a key below.
+    """
     if "EQUI" in cfg:
         return cfg
     cfg.EQUI = CfgNode()
     # Defense: a name of equi_ext.defenses.DEFENSES (none, equi, invariance, random, rotation, contrastive,
     # detect_then_defend).
     cfg.EQUI.DEFENSE = "none"
-    cfg.EQUI.SSL_HEAD = None  # rotation/contrastive: head checkpoint from tools/train_ssl_head.py
-    # equi/invariance/rotation/contrastive: named base settings; None = the Detectron2 defaults for the keys left at
-    # None (meta_arch.DETECTRON2_DEFAULTS: flip + resizes 0.5/0.75/1.5, all per step, T 4, ε_v 6, η 3)
-    cfg.EQUI.PRESET = None
-    cfg.EQUI.TRANSFORMS = None  # a transform-set name ('flip_resize', 'flip_resize_rotate', 'paper'); None = preset
-    cfg.EQUI.DEFENSE_STEPS = None  # T
-    cfg.EQUI.EPS_V = None  # purification radius, pixel levels (0-255)
-    cfg.EQUI.STEP_SIZE = None  # η, pixel levels
-    cfg.EQUI.TRANSFORMS_PER_STEP = None  # transforms used per step: an int or 'all'; None = the preset's
-    cfg.EQUI.THRESHOLD = None  # detect_then_defend: score under which an image is defended
-    cfg.EQUI.SEED = 0
-    # True: forward and back-propagate one transformed copy at a time (same result, a fraction of the memory of
-    # all K copies in one graph; for large images). Dense FPN features only (EQUI.FEATURE fpn).
-    cfg.EQUI.CHUNKED = None
     # What the equivariance is measured on: FPN maps (dense, overlap-masked), per-ROI mask
     # logits (box-aware: boxes mapped through each transform), or both summed.
     cfg.EQUI.FEATURE = "fpn"
@@ -56,12 +85,7 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     cfg.EQUI.ROI_SCORE_THRESH = 0.5  # mask_logits: detections on x scoring at least this give the boxes
     # Attack: a name of equi_ext.attacks.ATTACKS taking a task loss ('' = no attack).
     cfg.EQUI.ATTACK = ""
-    cfg.EQUI.EPS = 4.0  # L∞ budget, pixel levels
-    cfg.EQUI.STEPS = 10
-    cfg.EQUI.ATTACK_STEP_SIZE = None  # None = 2.5·min(EPS, 8)/STEPS
-    cfg.EQUI.LAMBDA_E = None  # adaptive attack only (None = 1.0)
-    cfg.EQUI.EOT_SAMPLES = None  # eot attack only (None = 4)
-    # bpda / eot: the attack they run through the defense (None = pgd); the keys above then configure it,
+    # bpda / eot: the attack they run through the defense (None = pgd); the attack keys then configure it,
     # e.g. EQUI.ATTACK bpda EQUI.BPDA_ATTACK apgd EQUI.STEPS 100: APGD-100 through the defense.
     cfg.EQUI.BPDA_ATTACK = None
     # Adversarial training (tools/train_net.py): each training batch is replaced by this attack on the model's
@@ -75,6 +99,12 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     cfg.EQUI.ADV_TRAIN.BN = "eval"  # normalisation layers during the attack: 'eval' (running statistics) or 'train'
     # A synthetic-shapes root registered as <prefix>_train / <prefix>_val before building loaders.
     cfg.EQUI.SYNTHETIC_ROOT = ""
+    attack_keys, defense_keys = role_keys("attack"), role_keys("defense")
+    for key in attack_keys + defense_keys:
+        if key in cfg.EQUI and not (key in SHARED_KEYS and key in defense_keys):
+            raise RuntimeError(f"EQUI.{key} would be set by an attack and a defense (or is an EQUI key of its own); "
+                               f"give the setting a key per role in equi_ext.detectron2.config.ROLE_KEYS")
+        cfg.EQUI[key] = SETTING_DEFAULTS.get(key)
     return cfg
 
 
@@ -140,8 +170,6 @@ def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -
         KeyError: an unknown config key, or an unknown ``EQUI.DEFENSE`` / ``EQUI.ATTACK``.
         ValueError: an unknown ``EQUI.FEATURE``, or a set ``EQUI`` key the chosen defense/attack does not take.
     """
-    from .modeling.meta_arch import equi_settings
-
     path = Path(config_path(config_file))
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
@@ -157,3 +185,94 @@ def load_config(config_file: str | os.PathLike, opts: list[str] | None = None) -
                          f"{cfg.EQUI.FEATURE!r} compares per-box mask logits: unset EQUI.CHUNKED or use fpn")
     equi_settings(cfg)
     return cfg
+
+
+def _settings(role: str, name: str, equi_cfg, keys: list[str]) -> tuple[dict, list[str]]:
+    """The set ``keys`` of ``equi_cfg`` that ``name`` takes, as its constructor settings, and the set ones it does
+    not take. A key at None (or '') is not set."""
+    takes = setting_keys(role, name)
+    settings, rejected = {}, []
+    for key in keys:
+        value = equi_cfg.get(key)
+        if value is None or value == "":
+            continue
+        if key in takes:
+            settings[takes[key]] = list(value) if isinstance(value, tuple) else value
+        else:
+            rejected.append(key)
+    return settings, rejected
+
+
+def _defense_settings(name: str, equi_cfg, keys: list[str]) -> tuple[dict, list[str]]:
+    """As :func:`_settings` for a defense, on top of what ``EQUI.PRESET`` gives it (``preset_settings``: the preset
+    itself, or its values of the settings the defense takes)."""
+    preset = equi_cfg.get("PRESET")
+    settings, rejected = _settings("defense", name, equi_cfg, [key for key in keys if key != "PRESET"])
+    return {**(preset_settings(name, preset) if preset else {}), **settings}, rejected
+
+
+def _refuse(rejected: list[str], equi_cfg, role: str, name: str) -> None:
+    if rejected:
+        cls = _registry(role).get(name)
+        takes = [f"EQUI.{key}" for key in sorted(setting_keys(role, name))]
+        what = "BPDA_ATTACK" if role == "attack" and name != equi_cfg.ATTACK else role.upper()
+        raise ValueError(f"EQUI.{rejected[0]} = {equi_cfg.get(rejected[0])!r} does not apply to EQUI.{what} {name!r} "
+                         f"({cls.__name__}); it takes {', '.join(takes) or 'no EQUI keys'} — unset the key "
+                         f"(None) or choose another EQUI.{what}")
+
+
+def equi_settings(cfg) -> dict[str, Any]:
+    """The defense and attack configs (registry dicts) and views that ``cfg.EQUI`` describes.
+
+    Raises:
+        KeyError: an unknown ``EQUI.DEFENSE`` / ``EQUI.ATTACK``.
+        ValueError: a set ``EQUI`` key that the chosen defense or attack does not accept, or an unknown preset.
+    """
+    equi = cfg.EQUI
+    defense = None
+    if equi.DEFENSE and equi.DEFENSE != "none":
+        defense_settings, rejected = _defense_settings(equi.DEFENSE, equi, role_keys("defense"))
+        defense = {"type": equi.DEFENSE, **defense_settings}
+        if equi.DEFENSE == "detect_then_defend":  # the keys it does not take configure the defense it wraps
+            inner, rejected = _defense_settings("equi", equi, rejected)
+            defense["defense"] = {"type": "equi", **inner}
+            _refuse(rejected, equi, "defense", "equi")
+        _refuse(rejected, equi, "defense", equi.DEFENSE)
+    attack = None
+    inner = equi.get("BPDA_ATTACK")
+    if inner and equi.ATTACK not in ("bpda", "eot"):
+        raise ValueError(f"EQUI.BPDA_ATTACK = {inner!r} names the attack that EQUI.ATTACK bpda or eot runs through "
+                         f"the defense; EQUI.ATTACK is {equi.ATTACK!r}")
+    if inner:  # the other attack keys configure the wrapped attack
+        inner_settings, rejected = _settings("attack", inner, equi,
+                                             [key for key in role_keys("attack") if key != "EOT_SAMPLES"])
+        _refuse(rejected, equi, "attack", inner)
+        attack = {"type": equi.ATTACK, "attack": {"type": inner, **inner_settings}}
+        if equi.ATTACK == "eot" and equi.EOT_SAMPLES is not None:
+            attack["samples"] = equi.EOT_SAMPLES
+    elif equi.ATTACK:
+        attack_settings, rejected = _settings("attack", equi.ATTACK, equi, role_keys("attack"))
+        _refuse(rejected, equi, "attack", equi.ATTACK)
+        attack = {"type": equi.ATTACK, **attack_settings}
+    return dict(defense=defense, attack=attack, feature=equi.FEATURE, levels=list(equi.FPN_LEVELS),
+                roi_score_thresh=float(equi.ROI_SCORE_THRESH), adversarial=adversarial_training(equi))
+
+
+def adversarial_training(equi) -> AdversarialTraining | None:
+    """``EQUI.ADV_TRAIN`` as adversarial-training settings (None when ``ATTACK`` is empty).
+
+    Raises:
+        KeyError / TypeError / ValueError: an unknown attack, a key it does not take, an attack that needs
+            dense logits, features or a defense, or a bad budget or weight.
+    """
+    adv = equi.get("ADV_TRAIN")
+    if adv is None or not adv.ATTACK:
+        return None
+    attack = {"type": adv.ATTACK, "eps": adv.EPS, "steps": adv.STEPS}
+    if adv.STEP_SIZE is not None:
+        attack["step_size"] = adv.STEP_SIZE
+    settings = AdversarialTraining(attack=attack, clean_weight=adv.CLEAN_WEIGHT, bn=adv.BN)
+    if settings.needs_logits:
+        raise ValueError(f"EQUI.ADV_TRAIN.ATTACK {adv.ATTACK!r} weights pixels by dense logits, which a Mask R-CNN "
+                         f"has not; use an attack on the training losses (pgd, apgd, mim, ifgsm)")
+    return settings

@@ -44,8 +44,8 @@ from ..files import atomic_write_text
 from ..pipeline import SCORE_KEY, EquiPipeline, EquiRun, running, scenario_of, scenario_table
 from ..progress import image_bar
 from ..reporting import atomic_write_json, fingerprint, record_path
+from .config import equi_settings
 from .modeling import EquiGeneralizedRCNN
-from .modeling.meta_arch import equi_settings
 
 #: The settings keys a scenario's error names when it needs a defense or attack the config does not set.
 SCENARIO_KEYS = {"defense": "EQUI.DEFENSE", "attack": "EQUI.ATTACK"}

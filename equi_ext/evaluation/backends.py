@@ -1,4 +1,4 @@
-"""The demo models behind the benchmark and honesty tools, one interface for both frameworks.
+"""The demo models behind the benchmark and sanity-check tools, one interface for both frameworks.
 
 ``tools/benchmark_robustness.py`` and ``tools/sanity_checks.py`` describe attacks and defenses as
 registry configs and ask a backend to evaluate one (attack, defense) cell or a per-image worst case:
@@ -55,17 +55,12 @@ class MMSegBackend:
         """Registry config of a defense column (``vanilla`` = None): the preset for a defense that takes one, else
         the preset's values of the settings it takes (``random``: its ε_v), plus the trained head of an SSL
         baseline."""
-        from ..core.defense import PRESETS
-        from ..defenses import DEFENSES
+        from ..defenses import preset_settings
 
         if name == "vanilla":
             return None
         cfg = dict(type="equi" if name == "equivariance" else name)
-        takes = DEFENSES.settings(cfg["type"])
-        if "preset" in takes:
-            cfg["preset"] = self.preset
-        else:
-            cfg.update({key: value for key, value in PRESETS[self.preset].items() if key in takes})
+        cfg.update(preset_settings(cfg["type"], self.preset))
         if name in SSL_HEADS[self.framework]:
             cfg["head"] = str(SSL_HEADS[self.framework][name])
         return cfg
@@ -73,7 +68,7 @@ class MMSegBackend:
     def supports(self, attack: dict | None) -> bool:
         return True
 
-    #: What the honesty tool's unbounded check reads off a cell: (name, row -> value).
+    #: What the sanity-check tool's unbounded check reads off a cell: (name, row -> value).
     unbounded_measure = ("% pixel accuracy", lambda row: pixel_accuracy(row["per_image"]))
 
     def cell(self, attack: Cell, defense: Cell, record_dir: Path,
@@ -126,16 +121,15 @@ class Detectron2Backend:
         e = self.cfg.EQUI
         name = (f"equi_ext::{self.config.relative_to(ASSETS / 'configs')}"
                 if self.config.is_relative_to(ASSETS / "configs") else str(self.config))
-        if e.TRANSFORMS is None:  # a training config: the defense columns get the EQUI defaults
-            return f"the `EQUI` defaults (`{name}` sets no defense values)"
+        if e.TRANSFORMS is None:  # a training config: the defense columns get the preset's values
+            return f"the `{e.PRESET}` preset (`{name}` sets no defense values)"
         return (f"defense settings of `{name}` (transforms {', '.join(e.TRANSFORMS)}; "
                 f"T {e.DEFENSE_STEPS}, ε_v {e.EPS_V:g}, η {e.STEP_SIZE:g}; FPN {', '.join(e.FPN_LEVELS)})")
 
     def defense(self, name: str) -> dict | None:
         """The config's defense settings for ``name``, each where that defense takes it (a baseline
         such as ``random`` keeps ε_v and the seed, not the equivariance transforms)."""
-        from ..defenses import DEFENSES
-        from ..detectron2.modeling.meta_arch import DEFENSE_KEYS, equi_settings
+        from ..detectron2.config import equi_settings, role_keys, setting_keys
 
         if name == "vanilla":
             return None
@@ -144,8 +138,9 @@ class Detectron2Backend:
         cfg.EQUI.DEFENSE = "equi" if name == "equivariance" else name
         head = SSL_HEADS[self.framework].get(name)
         cfg.EQUI.SSL_HEAD = str(head) if head else None
-        for key, arg in DEFENSE_KEYS.items():
-            if arg not in DEFENSES.settings(cfg.EQUI.DEFENSE):
+        takes = setting_keys("defense", cfg.EQUI.DEFENSE)
+        for key in role_keys("defense"):
+            if key not in takes and key != "PRESET":  # the preset gives a defense that takes none its values
                 cfg.EQUI[key] = None
         return equi_settings(cfg)["defense"]
 

@@ -134,6 +134,54 @@ def plot(data: dict) -> bytes:
 REPORT = Report(render, {"corruption_{data[framework]}.png": plot})
 
 
+def detection_threshold(framework: str, tune_root: str | Path | None, num_tune_images: int, clean_percentile: float,
+                        checkpoint: Path | None, preset: str, out: Path, resume: bool) -> tuple[dict, dict, float]:
+    """The equivariance defense's config, the detector alone (threshold −1 flags nothing, so its records hold the
+    score of each input as it came) and detect-then-defend's threshold: the ``clean_percentile``-th percentile of
+    the detector's scores on the first ``num_tune_images`` clean tuning images."""
+    import numpy as np
+
+    logger.info("threshold: detect-then-defend's scores of %d clean tuning images", num_tune_images)
+    tune = build_backend(framework, Path(tune_root) if tune_root else ensure_tune_data(), num_tune_images,
+                         out / "tune", checkpoint, preset)
+    equi = tune.defense("equivariance")
+    detector = dict(type="detect_then_defend", threshold=-1.0, defense=equi)
+    scored = tune.cell(Cell("clean", None), Cell("detector", detector), out / "cells" / "tune", resume=resume)
+    return equi, detector, float(np.percentile([r["score"] for r in scored["per_image"]], clean_percentile))
+
+
+def condition_cells(backend, conditions: list[tuple[str, dict | None]], columns: dict[str, dict | None],
+                    detector: dict, threshold: float, out: Path, resume: bool):
+    """Every condition × column cell, and the share of each condition's images the detector flags. Returns the
+    values by (condition, column), the shares by condition, each column's seconds (summed over the invocations
+    that ran its images: a resumed cell runs fewer) and the CSV rows."""
+    import numpy as np
+
+    values: dict[tuple[str, str], float] = {}
+    flagged: dict[str, float] = {}
+    seconds = dict.fromkeys(columns, 0.0)
+    timings_path = out / "cell_seconds.json"
+    timings = json.loads(timings_path.read_text()) if resume and timings_path.is_file() else {}
+    csv_rows = []
+    for label, corruption in conditions:
+        for column, defense in columns.items():
+            cell = backend.cell(Cell(label, None), Cell(column, defense), out / "cells" / slug(column) / slug(label),
+                                resume=resume, corruption=corruption)
+            values[label, column] = cell[backend.key]
+            key = f"{column}/{label}"
+            timings[key] = timings.get(key, 0.0) + cell["seconds"]
+            atomic_write_json(timings_path, timings)
+            seconds[column] += timings[key]
+            print(f"  {label:<22} {column:<20} {backend.metric} {cell[backend.key]:6.2f}  "
+                  f"({cell['run_images']} images run, {cell['seconds']:.0f} s)", flush=True)
+            csv_rows.append(dict(condition=label, column=column, **{backend.key: cell[backend.key]},
+                                 seconds=timings[key]))
+        scored = backend.cell(Cell(label, None), Cell("detector", detector), out / "cells" / "detector" / slug(label),
+                              resume=resume, corruption=corruption)
+        flagged[label] = float(np.mean([not r["score"] >= threshold for r in scored["per_image"]]))  # NaN: flagged
+    return values, flagged, seconds, csv_rows
+
+
 def corruption_benchmark(*, framework: str = "mmseg", corruptions: Sequence[str] = CORRUPTIONS,
                          severities: Sequence[int] = SEVERITIES, num_images: int = 8, num_tune_images: int = 16,
                          clean_percentile: float = 5.0, data_root: str | Path = DATA,
@@ -155,8 +203,6 @@ def corruption_benchmark(*, framework: str = "mmseg", corruptions: Sequence[str]
     check_settings(corruptions, severities, num_images, num_tune_images, clean_percentile)
     if checkpoint and not Path(checkpoint).is_file():
         raise SettingsError(f"checkpoint {checkpoint} does not exist")
-    import numpy as np
-
     out = Path(work_dir)
     if Path(data_root) == DATA:
         ensure_data()
@@ -165,15 +211,8 @@ def corruption_benchmark(*, framework: str = "mmseg", corruptions: Sequence[str]
                                       num_tune_images=num_tune_images, clean_percentile=clean_percentile,
                                       checkpoint=str(checkpoint), preset=preset))
     start = time.perf_counter()
-    logger.info("threshold: detect-then-defend's scores of %d clean tuning images", num_tune_images)
-    tune = build_backend(framework, Path(tune_root) if tune_root else ensure_tune_data(), num_tune_images,
-                         out / "tune", checkpoint, preset)
-    equi = tune.defense("equivariance")
-    # threshold −1 flags nothing: the detector alone, whose records hold the score of each input as it came
-    # (detect-then-defend's own records hold the restored score of the images it defended)
-    detector = dict(type="detect_then_defend", threshold=-1.0, defense=equi)
-    scored = tune.cell(Cell("clean", None), Cell("detector", detector), out / "cells" / "tune", resume=resume)
-    threshold = float(np.percentile([r["score"] for r in scored["per_image"]], clean_percentile))
+    equi, detector, threshold = detection_threshold(framework, tune_root, num_tune_images, clean_percentile,
+                                                    checkpoint, preset, out, resume)
     backend = build_backend(framework, Path(data_root), num_images, out / "val", checkpoint, preset)
     columns = {"vanilla": None, "equivariance": equi,
                "detect-then-defend": dict(type="detect_then_defend", threshold=threshold, defense=equi)}
@@ -181,29 +220,8 @@ def corruption_benchmark(*, framework: str = "mmseg", corruptions: Sequence[str]
                                       for c in corruptions for s in severities]
     logger.info("%d cells: %d conditions × %d columns; threshold %.4f", len(conditions) * len(columns),
                 len(conditions), len(columns), threshold)
-    values: dict[tuple[str, str], float] = {}
-    flagged: dict[str, float] = {}
-    seconds = dict.fromkeys(columns, 0.0)
-    # each cell's evaluation time, summed over the invocations that ran its images (a resumed cell runs fewer)
-    timings_path = out / "cell_seconds.json"
-    timings = json.loads(timings_path.read_text()) if resume and timings_path.is_file() else {}
-    csv_rows = []
-    for label, corruption in conditions:
-        for column, defense in columns.items():
-            cell = backend.cell(Cell(label, None), Cell(column, defense), out / "cells" / slug(column) / slug(label),
-                                resume=resume, corruption=corruption)
-            values[label, column] = cell[backend.key]
-            key = f"{column}/{label}"
-            timings[key] = timings.get(key, 0.0) + cell["seconds"]
-            atomic_write_json(timings_path, timings)
-            seconds[column] += timings[key]
-            print(f"  {label:<22} {column:<20} {backend.metric} {cell[backend.key]:6.2f}  "
-                  f"({cell['run_images']} images run, {cell['seconds']:.0f} s)", flush=True)
-            csv_rows.append(dict(condition=label, column=column, **{backend.key: cell[backend.key]},
-                                 seconds=timings[key]))
-        scored = backend.cell(Cell(label, None), Cell("detector", detector), out / "cells" / "detector" / slug(label),
-                              resume=resume, corruption=corruption)
-        flagged[label] = float(np.mean([not r["score"] >= threshold for r in scored["per_image"]]))  # NaN: flagged
+    values, flagged, seconds, csv_rows = condition_cells(backend, conditions, columns, detector, threshold, out,
+                                                         resume)
     table = {c: {str(s): {col: values[f"{c} {s}", col] for col in columns} for s in severities} for c in corruptions}
     clean = {col: values["clean", col] for col in columns}
     data = dict(framework=backend.framework, model=backend.model_name, metric=backend.key,

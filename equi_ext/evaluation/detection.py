@@ -111,6 +111,70 @@ def tuning_threshold(detector: dict, num_images: int, percentile: float, work_di
     return float(np.percentile(row["image_scores"], percentile))
 
 
+def check_settings(*, num_images: int, attack_steps: int, corruptions: list[str], severity: int,
+                   score_kinds: list[str], rotation_head: str) -> None:
+    """A ``SettingsError`` for anything :func:`detect_attacks` could not run, before it runs anything."""
+    check_corruptions(corruptions, [severity])
+    for name in score_kinds:
+        if name not in SCORE_KINDS:
+            raise SettingsError(f"unknown score {name!r}; valid names: {', '.join(SCORE_KINDS)}")
+    if "rotation" in score_kinds and not Path(rotation_head).is_file():
+        raise SettingsError(f"the rotation score needs its head {rotation_head}: train it with tools/train_ssl_head.py")
+    if num_images < 2 or attack_steps < 1:
+        raise SettingsError("num_images must be >= 2 and attack_steps >= 1")
+
+
+def scores_of(runner, attack: dict | None, score_kinds: list[str], detector: dict, rotation_head: str) -> dict:
+    """Per-image scores of every kind (numpy arrays), for the runner's images (attacked first if ``attack``); the
+    equivariance kind is the detector's own score (its transforms)."""
+    import numpy as np
+
+    from ..mmseg.evaluation import evaluate_grid
+
+    score_cfg = {"equivariance": "equivariance", "output_variance": "output_variance", "invariance": "invariance",
+                 "rotation": dict(type="rotation", head=rotation_head)}
+    result = {}
+    for kind in score_kinds:
+        defense = detector if kind == "equivariance" else None
+        (row,) = evaluate_grid(runner, {kind: defense}, {"x": attack}, settings=dict(score=score_cfg[kind]))
+        result[kind] = np.array(row["image_scores"])
+    return result
+
+
+def auroc_part(conditions: dict[str, dict], score_kinds: list[str], num_images: int) -> dict:
+    """Part 1's AUROC of clean against each other condition, per score kind (scores as :func:`scores_of`)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.r_[np.zeros(num_images), np.ones(num_images)]
+    return {condition: {kind: float(roc_auc_score(labels, SIGN[kind] * np.r_[conditions["clean"][kind],
+                                                                           scores[kind]]))
+                        for kind in score_kinds}
+            for condition, scores in conditions.items() if condition != "clean"}
+
+
+def detect_then_defend_part(val, detector: dict, threshold: float, pgd: dict, attack_steps: int,
+                            lambdas: list[float]) -> tuple[list[dict], dict[str, float]]:
+    """Parts 2 and 3 on the reported split: the grid (vanilla, equivariance, the detector alone, detect-then-defend
+    under clean, PGD and the adaptive attack on the detector's own score) and the share of each attack flagged."""
+    import numpy as np
+
+    from ..mmseg.evaluation import evaluate_grid
+
+    dtd = dict(detector, threshold=threshold)
+    attacks = {"clean": None, f"PGD-{attack_steps}": pgd}
+    for lam in lambdas:  # white-box on the detector's own score (pipeline: score_defense = its scorer)
+        attacks[f"adaptive λ_e={lam:g}"] = dict(type="adaptive", eps=EPS, steps=attack_steps, lambda_e=lam)
+    defenses = {"vanilla": None, "equivariance": dict(type="equi"), "detector alone": detector,
+                "detect-then-defend": dtd}
+    grid = evaluate_grid(val, defenses, {a: c for a, c in attacks.items() if not a.startswith("adaptive")})
+    grid += evaluate_grid(val, {"detector alone": detector, "detect-then-defend": dtd},
+                          {a: c for a, c in attacks.items() if a.startswith("adaptive")})
+    cell = {(r["attack"], r["defense"]): r for r in grid}
+    flagged = {a: float(np.mean(~(np.array(cell[(a, "detector alone")]["image_scores"]) >= threshold))) for a in attacks}
+    return grid, flagged
+
+
 def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | None = None,
                    clean_percentile: float = 5.0, corruptions: Sequence[str] = CORRUPTIONS, severity: int = 3,
                    scores: Sequence[str] = SCORE_KINDS,
@@ -132,69 +196,30 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
     corruptions, score_kinds, lambdas = list(corruptions), list(scores), list(lambdas)
     score_transforms = list(score_transforms) if score_transforms else None
     rotation_head = str(rotation_head)
-    check_corruptions(corruptions, [severity])
-    for name in score_kinds:
-        if name not in SCORE_KINDS:
-            raise SettingsError(f"unknown score {name!r}; valid names: {', '.join(SCORE_KINDS)}")
-    if "rotation" in score_kinds and not Path(rotation_head).is_file():
-        raise SettingsError(f"the rotation score needs its head {rotation_head}: train it with tools/train_ssl_head.py")
-    if num_images < 2 or attack_steps < 1:
-        raise SettingsError("num_images must be >= 2 and attack_steps >= 1")
+    check_settings(num_images=num_images, attack_steps=attack_steps, corruptions=corruptions, severity=severity,
+                   score_kinds=score_kinds, rotation_head=rotation_head)
     # The detector alone: threshold −1 flags nothing, so it only scores (its cost, its scores).
     detector = dict(type="detect_then_defend", threshold=-1.0, score_transforms=score_transforms)
-    score_cfg = {"equivariance": "equivariance", "output_variance": "output_variance", "invariance": "invariance",
-                 "rotation": dict(type="rotation", head=rotation_head)}
     out = Path(work_dir)
     if Path(data_root) == DATA:
         ensure_data()
+    from ..mmseg.evaluation import corrupted_loading
 
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-
-    from ..mmseg.evaluation import corrupted_loading, evaluate_grid
-
-    def scores_of(runner, attack: dict | None) -> dict[str, np.ndarray]:
-        """Per-image scores of every kind, for the runner's images (attacked first if ``attack``)."""
-        result = {}
-        for kind in score_kinds:
-            # the equivariance kind is the detector's own score (its transforms)
-            defense = detector if kind == "equivariance" else None
-            (row,) = evaluate_grid(runner, {kind: defense}, {"x": attack}, settings=dict(score=score_cfg[kind]))
-            result[kind] = np.array(row["image_scores"])
-        return result
-
-    # 1. AUROC on the reported split: clean vs PGD and vs each corruption
     logger.info("part 1/2: %s scores of %d clean, PGD and corrupted images (%d corruptions)", ", ".join(score_kinds),
                 num_images, len(corruptions))
     val = build_demo_runner(Path(data_root), num_images, out / "val")
     pgd = dict(PGD, steps=attack_steps)
-    conditions = {"clean": scores_of(val, None), f"PGD-{attack_steps}": scores_of(val, pgd)}
+    conditions = {"clean": scores_of(val, None, score_kinds, detector, rotation_head),
+                  f"PGD-{attack_steps}": scores_of(val, pgd, score_kinds, detector, rotation_head)}
     for name in corruptions:
         with corrupted_loading(val, dict(corruption=name, severity=severity)):
-            conditions[name] = scores_of(val, None)
-    auroc: dict[str, dict[str, float]] = {}
-    for condition, scores in conditions.items():
-        if condition != "clean":
-            labels = np.r_[np.zeros(num_images), np.ones(num_images)]
-            auroc[condition] = {kind: float(roc_auc_score(labels, SIGN[kind] * np.r_[conditions["clean"][kind],
-                                                                                     scores[kind]]))
-                                for kind in score_kinds}
+            conditions[name] = scores_of(val, None, score_kinds, detector, rotation_head)
+    auroc = auroc_part(conditions, score_kinds, num_images)
 
-    # 2. threshold on the tuning split; detect-then-defend on the reported split
     logger.info("part 2/2: threshold on the tuning split, then detect-then-defend under PGD and the adaptive attack")
     threshold = tuning_threshold(detector, num_images, clean_percentile, out / "tune", tune_root)
-    dtd = dict(detector, threshold=threshold)
-    attacks = {"clean": None, f"PGD-{attack_steps}": pgd}
-    for lam in lambdas:  # white-box on the detector's own score (pipeline: score_defense = its scorer)
-        attacks[f"adaptive λ_e={lam:g}"] = dict(type="adaptive", eps=EPS, steps=attack_steps, lambda_e=lam)
-    defenses = {"vanilla": None, "equivariance": dict(type="equi"), "detector alone": detector,
-                "detect-then-defend": dtd}
-    grid = evaluate_grid(val, defenses, {a: c for a, c in attacks.items() if not a.startswith("adaptive")})
-    grid += evaluate_grid(val, {"detector alone": detector, "detect-then-defend": dtd},
-                          {a: c for a, c in attacks.items() if a.startswith("adaptive")})
-    cell = {(r["attack"], r["defense"]): r for r in grid}
-    flagged = {a: float(np.mean(~(np.array(cell[(a, "detector alone")]["image_scores"]) >= threshold))) for a in attacks}
-    slip = {a: 1.0 - flagged[a] for a in attacks if a != "clean"}
+    grid, flagged = detect_then_defend_part(val, detector, threshold, pgd, attack_steps, lambdas)
+    slip = {a: 1.0 - share for a, share in flagged.items() if a != "clean"}
 
     result = dict(num_images=num_images, severity=severity, score_transforms=score_transforms,
                   score_kinds=score_kinds, corruptions=corruptions, clean_percentile=clean_percentile, auroc=auroc,
@@ -204,4 +229,3 @@ def detect_attacks(*, num_images: int = 16, score_transforms: Sequence[str] | No
     csv_rows = [dict(condition=c, score=k, auroc=v) for c, d in auroc.items() for k, v in d.items()]
     REPORT.write(out, "detect_results", result, csv_rows, command)
     return result
-

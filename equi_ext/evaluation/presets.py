@@ -91,12 +91,11 @@ SEGMENTERS = tuple(name for name, model in ZOO.items() if model.framework == "mm
 #: Defense settings that can be compared: the shipped presets, the T = 20 reference the ``fast`` preset is held to,
 #: and every named tuning candidate (the search for the presets runs over these).
 #: ``fpn_levels`` (Detectron2 only) names the FPN maps the defense reads; without it, every backbone output.
-#: ``d2-demo`` is the demo Mask R-CNN config's tuned ``EQUI`` settings (``demo.D2_CONFIG``), which are also what a
-#: Detectron2 config gets that sets none (``EQUI.PRESET`` None; both tested equal).
+#: ``d2-demo`` is the ``mask_rcnn`` preset on the three finest FPN levels: the demo Mask R-CNN config's tuned ``EQUI``
+#: settings (``demo.D2_CONFIG``), which are also what a Detectron2 config gets that sets none (both tested equal).
 SETTINGS = {**{name: dict(preset=name) for name in PRESETS}, "reference": CANDIDATES["fr-T20-epsv4-eta0.5"],
             **{name: setting for name, setting in CANDIDATES.items() if name not in PRESETS},
-            "d2-demo": dict(preset="default", transforms=["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], steps=4, eps_v=6.0,
-                            step_size=3.0, transforms_per_step="all", fpn_levels=["p2", "p3", "p4"])}
+            "d2-demo": dict(preset="mask_rcnn", fpn_levels=["p2", "p3", "p4"])}
 #: The presets' cost budgets (the defended prediction over the stock one at the larger batch) and the clean cost
 #: a setting may have on every tuned model to be chosen.
 BUDGETS = {"fast": 40.0, "default": 100.0}
@@ -220,19 +219,10 @@ def criterion_lines(rows: list[dict], batch: int) -> list[str]:
 REPORT = Report(render)
 
 
-def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[str] = ("fast", "default", "reference"),
-                    attacks: Sequence[str] | None = None, num_images: int = 16, batch: int = 16, repeats: int = 1,
-                    work_dir: str | Path, resume: bool = False, command: str | None = None) -> dict:
-    """Measure each of ``settings`` (names of ``SETTINGS``) on each of ``models`` (names of ``ZOO``, one framework)
-    under ``attacks`` (names of ``ATTACKS``; default: the framework's ``DEFAULT_ATTACKS``) as the module describes;
-    cost at batch 1 (over the first 4 images) and ``batch`` (its first ``batch`` images), ``repeats`` timed calls
-    each after a warm-up. Writes ``work_dir/presets.{md,json,csv}`` and returns the JSON's content.
-
-    Raises:
-        SettingsError: unknown models, settings or attacks, models of two frameworks, an attack that needs dense
-            logits on a Mask R-CNN, FPN levels on a segmenter, a missing checkpoint (with how to train it),
-            ``num_images``, ``batch`` or ``repeats`` < 1 — before anything runs.
-    """
+def check_settings(models: Sequence[str], settings: Sequence[str], attacks: Sequence[str] | None, num_images: int,
+                   batch: int, repeats: int) -> list[str]:
+    """The attacks :func:`compare_presets` runs (its argument, or the framework's defaults), or a ``SettingsError``
+    for anything it could not run, before it runs anything."""
     named = [("models", models, ZOO), ("settings", settings, SETTINGS)]
     for what, names, valid in named + ([("attacks", attacks, ATTACKS)] if attacks is not None else []):
         unknown = [n for n in names if n not in valid]
@@ -263,6 +253,57 @@ def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[st
             train = "tools/train_net.py --config-file" if zoo.framework == "detectron2" else "tools/train.py"
             raise SettingsError(f"model {name}: no weights at {zoo.checkpoint}; train them with `python {train} "
                                 f"{zoo.config}` and `tools/export_weights.py` (docs/benchmarks/presets.md)")
+    return attacks
+
+
+def model_rows(name: str, settings: Sequence[str], attacks: list[str], measure: _Measure, out: Path, repeats: int,
+               resume: bool) -> list[dict]:
+    """One model's rows: vanilla, then each setting with its worst case, the share of the damage it recovers and
+    its cost."""
+    zoo = ZOO[name]
+    rows, vanilla = [], {}
+    for column in ("vanilla", *settings):
+        defense, levels = defense_of(SETTINGS[column]) if column != "vanilla" else (None, None)
+        if defense is not None:
+            record_values(out / slug(name) / "cells" / slug(column), resolved(SETTINGS[column]))
+        with measure.reading(levels):
+            cells = {attack: measure.backend.cell(Cell(attack, cfg), Cell(column, defense),
+                                                  out / slug(name) / "cells" / slug(column) / slug(attack),
+                                                  resume=resume)
+                     for attack, cfg in {"clean": None, **{a: ATTACKS[a] for a in attacks}}.items()}
+            found = measure.backend.worst_case([cells[a] for a in attacks])
+        key = measure.backend.key
+        row = dict(model=zoo.title, key=name, role=zoo.role, defense=column,
+                   worst=min(found[key], found.get(f"greedy_{key}", found[key])),
+                   **{attack: cell[key] for attack, cell in cells.items()})
+        if column == "vanilla":
+            vanilla = row
+        else:
+            row["recovered"] = recovered_share(vanilla["clean"], vanilla["worst"], row["worst"])
+            for label, ratio in measure.cost(defense, levels, repeats).items():
+                row[label] = ratio
+        rows.append(row)
+        logger.info("%s / %s: clean %.2f, %s, worst %.2f%s", name, column, row["clean"],
+                    ", ".join(f"{a} {row[a]:.2f}" for a in attacks), row["worst"],
+                    f", recovered {100 * row['recovered']:.0f}%, ×{row['ratio_batch1']:.1f} / "
+                    f"×{row['ratio_batchB']:.1f}" if column != "vanilla" else "")
+    return rows
+
+
+def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[str] = ("fast", "default", "reference"),
+                    attacks: Sequence[str] | None = None, num_images: int = 16, batch: int = 16, repeats: int = 1,
+                    work_dir: str | Path, resume: bool = False, command: str | None = None) -> dict:
+    """Measure each of ``settings`` (names of ``SETTINGS``) on each of ``models`` (names of ``ZOO``, one framework)
+    under ``attacks`` (names of ``ATTACKS``; default: the framework's ``DEFAULT_ATTACKS``) as the module describes;
+    cost at batch 1 (over the first 4 images) and ``batch`` (its first ``batch`` images), ``repeats`` timed calls
+    each after a warm-up. Writes ``work_dir/presets.{md,json,csv}`` and returns the JSON's content.
+
+    Raises:
+        SettingsError: unknown models, settings or attacks, models of two frameworks, an attack that needs dense
+            logits on a Mask R-CNN, FPN levels on a segmenter, a missing checkpoint (with how to train it),
+            ``num_images``, ``batch`` or ``repeats`` < 1 — before anything runs.
+    """
+    attacks = check_settings(models, settings, attacks, num_images, batch, repeats)
     out = Path(work_dir)
     if resume:  # a preset may change between runs: never mix its records with another setting's
         for name in models:
@@ -273,34 +314,8 @@ def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[st
     start = time.perf_counter()
     for name in models:
         zoo = ZOO[name]
-        measure = (_Detectron2Measure if zoo.framework == "detectron2" else _MMSegMeasure)(
-            zoo, zoo.tune_data(), num_images, batch, out / slug(name))
-        vanilla: dict = {}
-        for column in ("vanilla", *settings):
-            defense, levels = defense_of(SETTINGS[column]) if column != "vanilla" else (None, None)
-            if defense is not None:
-                record_values(out / slug(name) / "cells" / slug(column), resolved(SETTINGS[column]))
-            with measure.reading(levels):
-                cells = {attack: measure.backend.cell(Cell(attack, cfg), Cell(column, defense),
-                                                      out / slug(name) / "cells" / slug(column) / slug(attack),
-                                                      resume=resume)
-                         for attack, cfg in {"clean": None, **{a: ATTACKS[a] for a in attacks}}.items()}
-                found = measure.backend.worst_case([cells[a] for a in attacks])
-            key = measure.backend.key
-            row = dict(model=zoo.title, key=name, role=zoo.role, defense=column,
-                       worst=min(found[key], found.get(f"greedy_{key}", found[key])),
-                       **{attack: cell[key] for attack, cell in cells.items()})
-            if column == "vanilla":
-                vanilla = row
-            else:
-                row["recovered"] = recovered_share(vanilla["clean"], vanilla["worst"], row["worst"])
-                for label, ratio in measure.cost(defense, levels, repeats).items():
-                    row[label] = ratio
-            rows.append(row)
-            logger.info("%s / %s: clean %.2f, %s, worst %.2f%s", name, column, row["clean"],
-                        ", ".join(f"{a} {row[a]:.2f}" for a in attacks), row["worst"],
-                        f", recovered {100 * row['recovered']:.0f}%, ×{row['ratio_batch1']:.1f} / "
-                        f"×{row['ratio_batchB']:.1f}" if column != "vanilla" else "")
+        measure = MEASURES[zoo.framework](zoo, zoo.tune_data(), num_images, batch, out / slug(name))
+        rows += model_rows(name, settings, attacks, measure, out, repeats, resume)
     data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks, metric=measure.backend.metric,
                 settings={s: dict(SETTINGS[s], values=resolved(SETTINGS[s])) for s in settings},
                 models={name: dict(title=ZOO[name].title, role=ZOO[name].role, image_size=ZOO[name].image_size,
@@ -380,3 +395,7 @@ class _Detectron2Measure(_Measure):
 
         return alternating_detectron2_predictions(self.backend.model, timing, defense, self.levels_read(levels),
                                                   repeats)
+
+
+#: How each framework's models are measured (``ZooModel.framework`` → its ``_Measure``).
+MEASURES = {"mmseg": _MMSegMeasure, "detectron2": _Detectron2Measure}

@@ -34,7 +34,7 @@ from ..core.validation import SettingsError
 from ..reporting import Report
 from .backends import BACKENDS, DefenseCells, build_backend, check_framework
 from .demo import DATA, EPS, ensure_data
-from .honesty import TOLERANCE, double_until_settled, moved_less_than_tolerance
+from .sanity_checks import TOLERANCE, double_until_settled, moved_less_than_tolerance
 
 logger = logging.getLogger(__name__)
 

@@ -473,7 +473,7 @@ def test_settings_reach_the_defense_and_bad_ones_are_named():
         (dict(min_size=0), "^min_size must be >= 1; got 0$"),
         (dict(transforms_per_step=0), "^transforms_per_step must be >= 1; got 0$"),
         (dict(transforms_per_step="some"), "^transforms_per_step must be a positive int or 'all'; got 'some'$"),
-        (dict(preset="nope"), "^unknown preset 'nope'; valid names: default, fast, paper$"),
+        (dict(preset="nope"), "^unknown preset 'nope'; valid names: default, fast, mask_rcnn, paper$"),
         (dict(optimizer="adam"), r"^optimizer must be one of \('sgld', 'sgd'\); got 'adam'$"),
         (dict(reduction="x"), r"^reduction must be one of \('dense', 'flat'\); got 'x'$"),
         (dict(resample="x"), r"^resample must be one of \('fixed', 'per_step'\); got 'x'$"),

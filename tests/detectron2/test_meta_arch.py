@@ -21,9 +21,9 @@ from equi_ext.core.losses import roi_equivariance
 from equi_ext.core.transforms import HFlip, Resize, Rotate
 from equi_ext.data.synthetic import generate_dataset
 from equi_ext.detectron2 import load_config
+from equi_ext.detectron2.config import equi_settings
 from equi_ext.detectron2.evaluation import build_annotated_test_loader, evaluate_scenarios, load_weights
 from equi_ext.detectron2.modeling import EquiGeneralizedRCNN, heads_in_training
-from equi_ext.detectron2.modeling.meta_arch import equi_settings
 from equi_ext.detectron2.modeling.objective import MaskRCNNObjective
 from equi_ext.pipeline import EquiRun, running
 
@@ -294,8 +294,9 @@ def test_detect_then_defend_takes_the_threshold_and_configures_the_defense_it_wr
     cfg = load_config(DEMO_EQUI_YAML, ["EQUI.DEFENSE", "detect_then_defend", "EQUI.THRESHOLD", "0.6"])
     assert equi_settings(cfg)["defense"] == {
         "type": "detect_then_defend", "threshold": 0.6,
-        "defense": {"type": "equi", "transforms": ["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], "steps": 4,
-                    "eps_v": 6.0, "step_size": 3.0, "transforms_per_step": "all", "seed": 0}}
+        "defense": {"type": "equi", "preset": "mask_rcnn", "transforms": ["hflip", "resize:0.5", "resize:0.75",
+                                                                          "resize:1.5"],
+                    "steps": 4, "eps_v": 6.0, "step_size": 3.0, "transforms_per_step": "all", "seed": 0}}
     with pytest.raises(ValueError, match="EQUI.THRESHOLD = 0.6 does not apply to EQUI.DEFENSE 'equi'"):
         load_config(DEMO_EQUI_YAML, ["EQUI.THRESHOLD", "0.6"])
 

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from equi_ext.detectron2 import load_config
-from equi_ext.detectron2.modeling.meta_arch import equi_settings
+from equi_ext.detectron2.config import equi_settings
 from equi_ext.evaluation import presets, speed
 from equi_ext.evaluation.backends import Detectron2Backend
 from equi_ext.evaluation.demo import D2_CONFIG
@@ -20,10 +20,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 def test_the_d2_demo_setting_is_the_demo_configs_tuned_one():
     config = equi_settings(load_config(D2_CONFIG, ["EQUI.SYNTHETIC_ROOT", ""]))
     defense, levels = presets.defense_of(presets.SETTINGS["d2-demo"])
-    tuned = {k: v for k, v in config["defense"].items() if k != "seed"}
-    assert {k: v for k, v in defense.items() if k != "preset"} == tuned
-    assert defense["preset"] == "default"  # what EQUI.PRESET None builds on
-    assert levels == config["levels"]
+    assert defense == {"type": "equi", "preset": "mask_rcnn"}
+    # the demo config writes the preset's values out: each equal to the preset's
+    written = {k: v for k, v in config["defense"].items() if k not in ("type", "seed")}
+    assert presets.resolved(written) == presets.resolved(presets.SETTINGS["mask_rcnn"])
+    assert len(written) > 1 and levels == config["levels"] == ["p2", "p3", "p4"]
 
 
 def test_a_config_that_sets_no_defense_values_gets_the_tuned_ones_on_the_three_finest_levels():
@@ -34,8 +35,7 @@ def test_a_config_that_sets_no_defense_values_gets_the_tuned_ones_on_the_three_f
     training_config = presets.ZOO["mask-rcnn-r18-128"].config
     settings = equi_settings(load_config(training_config, ["EQUI.DEFENSE", "equi", "EQUI.SYNTHETIC_ROOT", ""]))
     defense, levels = presets.defense_of(presets.SETTINGS["d2-demo"])
-    assert {k: v for k, v in settings["defense"].items() if k != "seed"} == {
-        k: v for k, v in defense.items() if k != "preset"}
+    assert settings["defense"] == {**defense, "seed": 0}
     assert settings["levels"] == []  # read as the three finest outputs: p2–p4 on an FPN, a C4 backbone's one
 
     def backbone_with(shapes):

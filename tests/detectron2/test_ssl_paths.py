@@ -7,8 +7,8 @@ import pytest
 
 from equi_ext.core.ssl import load_head
 from equi_ext.data.synthetic import generate_dataset
+from equi_ext.detectron2.config import equi_settings
 from equi_ext.detectron2.evaluation import evaluate_scenarios
-from equi_ext.detectron2.modeling.meta_arch import equi_settings
 from equi_ext.evaluation.ssl_heads import train_ssl_head
 
 from .conftest import DEMO_WEIGHTS, DEMO_YAML, FIXTURE_SIZE, small_cfg

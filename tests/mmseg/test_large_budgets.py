@@ -12,7 +12,7 @@ from PIL import Image
 
 from equi_ext.attacks import build_attack
 from equi_ext.data.synthetic import generate_dataset
-from equi_ext.evaluation.honesty import unbounded_check
+from equi_ext.evaluation.sanity_checks import unbounded_check
 
 from .conftest import DEMO_CHECKPOINT, DEMO_CONFIG, REPO
 

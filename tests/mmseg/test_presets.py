@@ -16,7 +16,7 @@ from .conftest import load_tool
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(models=["deeplabv3-128", "resnet-9000"]), r"unknown models \['resnet-9000'\]; valid: deeplabv3-128, "),
-    (dict(settings=["fast", "turbo"]), r"unknown settings \['turbo'\]; valid: paper, default, fast, reference, "),
+    (dict(settings=["fast", "turbo"]), r"unknown settings \['turbo'\]; valid: paper, default, fast, mask_rcnn, reference, "),
     (dict(num_images=0), "num_images, batch and repeats must be >= 1; got 0, 16, 1"),
     (dict(attacks=["PGD-20", "FGSM"]), r"unknown attacks \['FGSM'\]; valid: PGD-20, BPDA-10, SEA-10-BPDA"),
     (dict(models=["deeplabv3-128", "mask-rcnn-r18-128"]), r"two frameworks \(detectron2, mmseg\)"),

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from equi_ext.evaluation import standard
-from equi_ext.evaluation.honesty import TOLERANCE
+from equi_ext.evaluation.sanity_checks import TOLERANCE
 
 from .conftest import load_tool
 
@@ -210,7 +210,7 @@ def test_the_convergence_loop_doubles_until_a_doubling_moves_less_than_the_toler
     """One loop serves the standard evaluation (a cap on doublings, the first value already measured) and the
     honesty checks (a cap on iterations): it measures at 2×, 4×, … the iterations and stops at the first change
     below the tolerance, or when the cap is reached."""
-    from equi_ext.evaluation.honesty import double_until_settled
+    from equi_ext.evaluation.sanity_checks import double_until_settled
 
     values = {5: 50.0, 10: 46.0, 20: 44.0, 40: 43.8, 80: 43.7}
     asked = []

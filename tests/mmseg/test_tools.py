@@ -351,7 +351,7 @@ BENCHMARKS = {  # tool -> (module, entry point, the other settings it requires)
         defense_names=["vanilla"], attack_names=["clean"], seeds=[0], num_images=1, steps=1, bpda_steps=1,
         eot_samples=1, lambdas=[1.0])),
     "standard_evaluation": ("standard", "standard_evaluation", {}),
-    "sanity_checks": ("honesty", "honesty_checks", {}),
+    "sanity_checks": ("sanity_checks", "sanity_checks", {}),
     "corruption_benchmark": ("corruption", "corruption_benchmark", {}),
     "tune_defense": ("tuning", "tune_defense", {}),
 }

@@ -22,119 +22,14 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import EventStorage
 
-from ...attacks import ATTACKS
 from ...attacks.training import AdversarialTraining
 from ...core.seeding import image_seed
-from ...defenses import DEFENSES
 from ...pipeline import CONFIGURED_RUN, SCORE_KEY, EquiPipeline, EquiRun, PixelBatch, active_run
+from ..config import equi_settings
 from .objective import MaskRCNNObjective
 
 #: Detectron2 after 0.6 pads by the backbone's ``padding_constraints`` too; detected, not read off a version.
 FROM_TENSORS_TAKES_PADDING_CONSTRAINTS = "padding_constraints" in inspect.signature(ImageList.from_tensors).parameters
-
-#: ``cfg.EQUI`` keys → constructor arguments of the chosen defense / attack. A key left at None (or ''
-#: for SSL_HEAD) takes the class's default; a set key the chosen class does not accept is an error.
-DEFENSE_KEYS = {"PRESET": "preset", "TRANSFORMS": "transforms", "DEFENSE_STEPS": "steps", "EPS_V": "eps_v",
-                "STEP_SIZE": "step_size", "TRANSFORMS_PER_STEP": "transforms_per_step", "THRESHOLD": "threshold",
-                "SEED": "seed", "SSL_HEAD": "head", "CHUNKED": "chunked"}
-#: What a defense gets for the keys left at None while ``EQUI.PRESET`` is None too: the settings the presets' criterion
-#: picked on Mask R-CNNs (the demo R18-FPN tuned, an R34-FPN held back; docs/benchmarks/presets.md), with the
-#: three finest FPN levels (``EQUI.FPN_LEVELS`` empty). A set ``EQUI.PRESET`` replaces them all by that preset's.
-DETECTRON2_DEFAULTS = {"transforms": ["hflip", "resize:0.5", "resize:0.75", "resize:1.5"], "steps": 4, "eps_v": 6.0,
-                       "step_size": 3.0, "transforms_per_step": "all"}
-ATTACK_KEYS = {"EPS": "eps", "STEPS": "steps", "ATTACK_STEP_SIZE": "step_size", "LAMBDA_E": "lambda_e",
-               "EOT_SAMPLES": "samples", "SEED": "seed"}
-
-
-def _settings(registry, name: str, equi_cfg, keys: dict[str, str]) -> tuple[dict, list[str]]:
-    """The set ``keys`` of ``equi_cfg`` as constructor settings of ``name``, and the set keys it does not take."""
-    accepted = set(registry.settings(name))
-    settings, rejected = {}, []
-    for key, arg in keys.items():
-        value = equi_cfg.get(key)
-        if value is None or value == "":
-            continue
-        if arg in accepted:
-            settings[arg] = list(value) if isinstance(value, tuple) else value
-        else:
-            rejected.append(key)
-    return settings, rejected
-
-
-def _defense_settings(name: str, equi_cfg, keys: dict[str, str]) -> tuple[dict, list[str]]:
-    """As :func:`_settings` for a defense, with ``DETECTRON2_DEFAULTS`` for what it takes and the config leaves unset
-    when no preset is named."""
-    settings, rejected = _settings(DEFENSES, name, equi_cfg, keys)
-    if equi_cfg.get("PRESET") is None:
-        accepted = set(DEFENSES.settings(name))
-        settings = {**{k: v for k, v in DETECTRON2_DEFAULTS.items() if k in accepted}, **settings}
-    return settings, rejected
-
-
-def _refuse(rejected: list[str], equi_cfg, role: str, name: str, registry, keys: dict[str, str]) -> None:
-    if rejected:
-        cls = registry.get(name)
-        takes = [f"EQUI.{k}" for k, arg in keys.items() if arg in registry.settings(name)]
-        raise ValueError(f"EQUI.{rejected[0]} = {equi_cfg.get(rejected[0])!r} does not apply to EQUI.{role} {name!r} "
-                         f"({cls.__name__}); it takes {', '.join(takes) or 'no EQUI keys'} — unset the key "
-                         f"(None) or choose another EQUI.{role}")
-
-
-def equi_settings(cfg) -> dict[str, Any]:
-    """The defense and attack configs (registry dicts) and views that ``cfg.EQUI`` describes.
-
-    Raises:
-        KeyError: an unknown ``EQUI.DEFENSE`` / ``EQUI.ATTACK``.
-        ValueError: a set ``EQUI`` key that the chosen defense or attack does not accept.
-    """
-    equi = cfg.EQUI
-    defense = None
-    if equi.DEFENSE and equi.DEFENSE != "none":
-        defense_settings, rejected = _defense_settings(equi.DEFENSE, equi, DEFENSE_KEYS)
-        defense = {"type": equi.DEFENSE, **defense_settings}
-        if equi.DEFENSE == "detect_then_defend":  # the keys it does not take configure the defense it wraps
-            inner, rejected = _defense_settings("equi", equi, {k: DEFENSE_KEYS[k] for k in rejected})
-            defense["defense"] = {"type": "equi", **inner}
-            _refuse(rejected, equi, "DEFENSE", "equi", DEFENSES, DEFENSE_KEYS)
-        _refuse(rejected, equi, "DEFENSE", equi.DEFENSE, DEFENSES, DEFENSE_KEYS)
-    attack = None
-    inner = equi.get("BPDA_ATTACK")
-    if inner and equi.ATTACK not in ("bpda", "eot"):
-        raise ValueError(f"EQUI.BPDA_ATTACK = {inner!r} names the attack that EQUI.ATTACK bpda or eot runs through "
-                         f"the defense; EQUI.ATTACK is {equi.ATTACK!r}")
-    if inner:  # the other attack keys configure the wrapped attack
-        inner_keys = {k: arg for k, arg in ATTACK_KEYS.items() if k != "EOT_SAMPLES"}
-        inner_settings, rejected = _settings(ATTACKS, inner, equi, inner_keys)
-        _refuse(rejected, equi, "BPDA_ATTACK", inner, ATTACKS, inner_keys)
-        attack = {"type": equi.ATTACK, "attack": {"type": inner, **inner_settings}}
-        if equi.ATTACK == "eot" and equi.EOT_SAMPLES is not None:
-            attack["samples"] = equi.EOT_SAMPLES
-    elif equi.ATTACK:
-        attack_settings, rejected = _settings(ATTACKS, equi.ATTACK, equi, ATTACK_KEYS)
-        _refuse(rejected, equi, "ATTACK", equi.ATTACK, ATTACKS, ATTACK_KEYS)
-        attack = {"type": equi.ATTACK, **attack_settings}
-    return dict(defense=defense, attack=attack, feature=equi.FEATURE, levels=list(equi.FPN_LEVELS),
-                roi_score_thresh=float(equi.ROI_SCORE_THRESH), adversarial=adversarial_training(equi))
-
-
-def adversarial_training(equi) -> AdversarialTraining | None:
-    """``EQUI.ADV_TRAIN`` as adversarial-training settings (None when ``ATTACK`` is empty).
-
-    Raises:
-        KeyError / TypeError / ValueError: an unknown attack, a key it does not take, an attack that needs
-            dense logits, features or a defense, or a bad budget or weight.
-    """
-    adv = equi.get("ADV_TRAIN")
-    if adv is None or not adv.ATTACK:
-        return None
-    attack = {"type": adv.ATTACK, "eps": adv.EPS, "steps": adv.STEPS}
-    if adv.STEP_SIZE is not None:
-        attack["step_size"] = adv.STEP_SIZE
-    settings = AdversarialTraining(attack=attack, clean_weight=adv.CLEAN_WEIGHT, bn=adv.BN)
-    if settings.needs_logits:
-        raise ValueError(f"EQUI.ADV_TRAIN.ATTACK {adv.ATTACK!r} weights pixels by dense logits, which a Mask R-CNN "
-                         f"has not; use an attack on the training losses (pgd, apgd, mim, ifgsm)")
-    return settings
 
 
 @contextlib.contextmanager

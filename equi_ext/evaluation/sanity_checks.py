@@ -85,7 +85,7 @@ def render(data: dict) -> str:
 REPORT = Report(render)
 
 
-def honesty_checks(*, framework: str = "mmseg", num_images: int = 8, preset: str = "fast", steps: int = 10,
+def sanity_checks(*, framework: str = "mmseg", num_images: int = 8, preset: str = "fast", steps: int = 10,
                    bpda_steps: int = 5, max_bpda_steps: int = 160, restarts: int = 2,
                    lambdas: tuple[float, ...] = (0.1, 1.0, 10.0), eot_samples: int = 2, data_root: Path = DATA,
                    work_dir: Path, resume: bool = False, command: str | None = None) -> dict:
@@ -106,7 +106,7 @@ def honesty_checks(*, framework: str = "mmseg", num_images: int = 8, preset: str
     logger.info("checks (a)–(g): BPDA doubled from %d to %d steps, APGD doubled, transfer, adaptive, unrolled, "
                 "unbounded", bpda_steps, max_bpda_steps)
     backend = build_backend(framework, Path(data_root), num_images, out, preset=preset)
-    runs = HonestyRuns(backend, out, resume)
+    runs = SanityCheckRuns(backend, out, resume)
     runs.attack(steps=steps, bpda_steps=bpda_steps, max_bpda_steps=max_bpda_steps, restarts=restarts,
                 lambdas=lambdas, eot_samples=eot_samples)
     checks = runs.checks(steps=steps, bpda_steps=bpda_steps, restarts=restarts)
@@ -123,7 +123,7 @@ def honesty_checks(*, framework: str = "mmseg", num_images: int = 8, preset: str
     return result
 
 
-class HonestyRuns:
+class SanityCheckRuns:
     """The runs checks (a)–(g) read, on one backend: ``rows`` by label, ``bounded`` (every ε-bounded attack on the
     defended model: the worst case pools them), the BPDA and APGD doubling curves and the adaptive sweep."""
 

@@ -8,16 +8,16 @@ import pytest
 
 from equi_ext.attacks.apgd import SEA_LOSSES
 from equi_ext.core.validation import SettingsError
-from equi_ext.evaluation import attack_strength
-from equi_ext.evaluation.attack_strength import BASELINES, STEP_FRACTIONS, compare_attacks, tuned_steps
+from equi_ext.evaluation import compare_attacks as comparison
+from equi_ext.evaluation.compare_attacks import BASELINES, STEP_FRACTIONS, compare_attacks, tuned_steps
 
 from .conftest import REPO, load_tool
 
 
 def test_the_tuning_run_picks_each_baselines_lowest_step_and_the_reported_run_reuses_it(
         synthetic_val_root, tmp_path, monkeypatch, assert_rerenders):
-    monkeypatch.setattr(attack_strength, "ensure_tune_data", lambda: synthetic_val_root)
-    monkeypatch.setattr(attack_strength, "ensure_data", lambda: synthetic_val_root)
+    monkeypatch.setattr(comparison, "ensure_tune_data", lambda: synthetic_val_root)
+    monkeypatch.setattr(comparison, "ensure_data", lambda: synthetic_val_root)
     tune = compare_attacks(split="tune", num_images=1, steps=1, eps=2.0, work_dir=tmp_path / "tune")
     for name in BASELINES:
         scores = {f * 2.0: tune["mIoU"][f"{name}-3 step {f * 2.0:g}"] for f in STEP_FRACTIONS}
@@ -27,7 +27,7 @@ def test_the_tuning_run_picks_each_baselines_lowest_step_and_the_reported_run_re
     assert tune["sea_margin"] == pytest.approx(
         min(tune["mIoU"][f"{n}-3 step {tune['chosen_steps'][n]:g}"] for n in BASELINES)
         - min(tune["mIoU"]["SEA-1"], greedy))
-    steps = tuned_steps(tmp_path / "tune/attack_strength.json", 2.0, 1)
+    steps = tuned_steps(tmp_path / "tune/compare_attacks.json", 2.0, 1)
     assert steps == tune["chosen_steps"]
     val = compare_attacks(split="val", num_images=1, steps=1, eps=2.0, work_dir=tmp_path / "val", step_sizes=steps,
                           command="python tools/compare_attacks.py --split val --num-images 1 --steps 1 --eps 2")
@@ -37,9 +37,9 @@ def test_the_tuning_run_picks_each_baselines_lowest_step_and_the_reported_run_re
     assert val["mIoU"]["SEA-1"] == tune["mIoU"]["SEA-1"]  # same images here, same seeds: same attack
     with pytest.raises(SettingsError, match=r"is a 'tune' run at eps 2.0 and steps 1; this run needs a 'tune' run at "
                                             r"eps 4 and steps 1"):
-        tuned_steps(tmp_path / "tune/attack_strength.json", 4.0, 1)
-    assert json.loads((tmp_path / "val/attack_strength.json").read_text())["split"] == "val"
-    assert_rerenders(load_tool("compare_attacks"), tmp_path / "val/attack_strength.json")
+        tuned_steps(tmp_path / "tune/compare_attacks.json", 4.0, 1)
+    assert json.loads((tmp_path / "val/compare_attacks.json").read_text())["split"] == "val"
+    assert_rerenders(load_tool("compare_attacks"), tmp_path / "val/compare_attacks.json")
 
 
 def test_bad_settings_are_refused_before_anything_runs(tmp_path):
@@ -55,24 +55,24 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path):
 def test_sea_beats_segpgd_at_equal_cost_on_the_demo_model(tmp_path):
     """SEA-30 (90 forward/backward passes) against SegPGD with 90 iterations at the step the committed tuning run
     chose, on the undefended demo model, first 8 tuning images at ε = 1, where no attack reaches the floor.
-    Measured 6.12 against 9.82 mIoU (docs/benchmarks/attack_strength/tune-eps1-steps30.md); a point is the issue's
+    Measured 6.12 against 9.82 mIoU (docs/benchmarks/compare_attacks/tune-eps1-steps30.md); a point is the issue's
     margin. CosPGD is not held to it: on this non-robust model it ties SEA (6.02 there; see the page)."""
     from equi_ext.data.synthetic import generate_dataset
     from equi_ext.evaluation.backends import MMSegBackend
 
-    step = tuned_steps(REPO / "docs/benchmarks/attack_strength/tune-eps1-steps30.json", 1.0, 30)["segpgd"]
+    step = tuned_steps(REPO / "docs/benchmarks/compare_attacks/tune-eps1-steps30.json", 1.0, 30)["segpgd"]
 
     tune = tmp_path / "tune"
     generate_dataset(tune, seed=1, image_size=128, num_train=0, num_val=8)  # the tuning split's first 8 images
     backend = MMSegBackend(tune, 8, tmp_path)
     miou = {name: backend.cell((name, cfg), ("vanilla", None), tmp_path / name)["mIoU"]
-            for name, cfg in (("sea", attack_strength.sea(30, eps=1.0)),
-                              ("segpgd", attack_strength.baseline("segpgd", 30, step, eps=1.0)))}
+            for name, cfg in (("sea", comparison.sea(30, eps=1.0)),
+                              ("segpgd", comparison.baseline("segpgd", 30, step, eps=1.0)))}
     assert miou["sea"] <= miou["segpgd"] - 1.0, miou
 
 
 ROBUST_CHECKPOINT = REPO / "checkpoints/deeplabv3_r18c16-d8_synthetic-128x128_adv-pgd2-eps4.pth"
-ROBUST_TUNING = REPO / "docs/benchmarks/attack_strength/robust-tune-eps4-steps100.json"
+ROBUST_TUNING = REPO / "docs/benchmarks/compare_attacks/robust-tune-eps4-steps100.json"
 IMAGES = 6
 
 
@@ -95,9 +95,9 @@ def test_sea_beats_segpgd_and_cospgd_at_equal_cost_on_the_robust_model(tmp_path)
     def run(name, cfg):
         return backend.cell((name, cfg), ("vanilla", None), tmp_path / name)
 
-    per_loss = [run(loss, cfg) for loss, cfg in attack_strength.sea_per_loss(100, 4.0, report["sea_class_weights"]).items()]
+    per_loss = [run(loss, cfg) for loss, cfg in comparison.sea_per_loss(100, 4.0, report["sea_class_weights"]).items()]
     sea = backend.worst_case(per_loss)["greedy_mIoU"]
-    baselines = {name: run(name, attack_strength.baseline(name, 100, steps[name], 4.0))["mIoU"]
+    baselines = {name: run(name, comparison.baseline(name, 100, steps[name], 4.0))["mIoU"]
                  for name in ("segpgd", "cospgd")}
     assert sea <= min(baselines.values()) - 1.0, (sea, baselines)
 

@@ -6,7 +6,7 @@ baseline gets the same 3·``steps`` iterations and its best fixed step size, cho
 it), then all are measured on the reported split with the steps the tuning run chose (its JSON). SEA is also
 run one loss at a time, and the greedy search for the lowest dataset mIoU over those three outputs per image
 (how SEA's authors report mIoU) stands beside its merged run; its margin counts the lower of the two.
-Measured: ``docs/benchmarks/attack_strength.md``.
+Measured: ``docs/benchmarks/compare_attacks.md``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def baseline(name: str, steps: int, step_size: float, eps: float = EPS) -> dict:
 
 
 def tuned_steps(tuning_report: str | Path, eps: float, steps: int) -> dict[str, float]:
-    """The step sizes a tuning run (its ``attack_strength.json``) chose, checked to be for ``eps`` and ``steps``."""
+    """The step sizes a tuning run (its ``compare_attacks.json``) chose, checked to be for ``eps`` and ``steps``."""
     path = Path(tuning_report)
     if not path.is_file():
         raise SettingsError(f"tuning report {str(path)!r} does not exist: run the tuning split first")
@@ -93,7 +93,7 @@ def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, 
 
     ``split='tune'`` tries every step of ``STEP_FRACTIONS``·``eps`` per baseline and reports the best;
     ``split='val'`` runs each baseline at ``step_sizes`` (``tuned_steps`` of the tuning run). Writes
-    ``work_dir/attack_strength.{md,json}`` and returns the JSON's content.
+    ``work_dir/compare_attacks.{md,json}`` and returns the JSON's content.
     """
     if split not in ("tune", "val"):
         raise SettingsError(f"split must be 'tune' or 'val'; got {split!r}")
@@ -138,5 +138,5 @@ def compare_attacks(*, split: str, num_images: int, steps: int, work_dir: Path, 
         named["sea_class_weights"] = sea_class_weights
     data = dict(**named, split=split, num_images=num_images, steps=steps, eps=eps, mIoU=results, chosen_steps=chosen,
                 sea_margin=strongest - sea_miou, seconds=time.perf_counter() - start)
-    REPORT.write(work_dir, "attack_strength", data, command=command)
+    REPORT.write(work_dir, "compare_attacks", data, command=command)
     return data

@@ -129,37 +129,38 @@ class BackboneMemo:
 
     @contextlib.contextmanager
     def serving(self, backbone: torch.nn.Module) -> Iterator[None]:
-        """Within the block, ``backbone`` answers the rows it has seen from the memo and computes the others
-        (in one call); afterwards it is the module it was."""
+        """Within the block, ``backbone`` computes only the rows it has not seen (all the others: a forward of no
+        rows) and answers those from the memo, through forward hooks that are removed afterwards; the module
+        itself is never edited."""
         if not self.entries:
             yield
             return
-        compute = backbone.forward
+        hits: list = []
 
-        def forward(inputs: torch.Tensor) -> Any:
-            found = [self.lookup(row) for row in inputs]
-            missing = [i for i, hit in enumerate(found) if hit is None]
-            if len(missing) == len(found):
-                return compute(inputs)
-            computed = compute(inputs[missing]) if missing else []
+        def before(module: torch.nn.Module, args: tuple) -> tuple | None:
+            (inputs,) = args
+            hits[:] = [self.lookup(row) for row in inputs]
+            missing = [i for i, hit in enumerate(hits) if hit is None]
+            return None if len(missing) == len(hits) else (inputs[missing],)
+
+        def after(module: torch.nn.Module, args: tuple, computed: Any) -> Any:
+            if all(hit is None for hit in hits):
+                return None
             computed = [computed] if isinstance(computed, torch.Tensor) else list(computed)
+            missing = [i for i, hit in enumerate(hits) if hit is None]
             rows = []
-            for i, hit in enumerate(found):
+            for i, hit in enumerate(hits):
                 levels, j = hit if hit is not None else (computed, missing.index(i))
                 rows.append([level[j] for level in levels])
             stacked = [torch.stack(level_rows) for level_rows in zip(*rows)]
             return stacked[0] if self.single else tuple(stacked)
 
-        own = "forward" in vars(backbone)
-        saved = vars(backbone).get("forward")
-        backbone.forward = forward
+        handles = [backbone.register_forward_pre_hook(before), backbone.register_forward_hook(after)]
         try:
             yield
         finally:
-            if own:
-                backbone.forward = saved
-            else:
-                del backbone.forward
+            for handle in handles:
+                handle.remove()
 
 
 class EquiRuntime:

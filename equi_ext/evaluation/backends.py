@@ -7,13 +7,18 @@ registry configs and ask a backend to evaluate one (attack, defense) cell or a p
   ``PerImageIoUMetric`` (IoUMetric's aggregation);
 - :class:`Detectron2Backend`: the demo Mask R-CNN through ``inference_on_dataset``, COCO mask
   AP from ``COCOEvaluator``; its per-image quality is the image's own mask AP.
+
+For ``compare_presets`` a backend also times its stock and defended prediction (``timing_batches``, ``timed``)
+and makes its model read the feature levels a setting names while that setting's cells run (``reading``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zlib
 from pathlib import Path
+from typing import Any
 
 from ..assets import ASSETS
 from ..cells import Cell
@@ -38,14 +43,19 @@ class MMSegBackend:
     framework, metric, key = "mmseg", "mIoU", "mIoU"
     model_name = "demo DeepLabV3"
     takes_preset = True
+    #: how a model of this framework is trained (the hint for missing weights)
+    train_command = "tools/train.py"
+    #: whether a defense setting may name the feature levels the model reads (``fpn_levels``)
+    reads_levels = False
 
     def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
                  preset: str = "fast", config: Path | None = None) -> None:
-        self.preset = preset
+        self.preset, self.data_root = preset, data_root
+        self.checkpoint, self.config = checkpoint or CHECKPOINT, config or CONFIG
         self.model_name = named_weights(self.model_name, checkpoint, CHECKPOINT)
-        self.runner = build_demo_runner(data_root, num_images, work_dir / "runs", checkpoint or CHECKPOINT,
+        self.runner = build_demo_runner(data_root, num_images, work_dir / "runs", self.checkpoint,
                                         test_evaluator=dict(type="PerImageIoUMetric", iou_metrics=["mIoU"]),
-                                        config=config or CONFIG)
+                                        config=self.config)
 
     @property
     def settings(self) -> str:
@@ -65,8 +75,28 @@ class MMSegBackend:
             cfg["head"] = str(SSL_HEADS[self.framework][name])
         return cfg
 
-    def supports(self, attack: dict | None) -> bool:
+    @staticmethod
+    def supports(attack: dict | None) -> bool:
         return True
+
+    def reading(self, levels: list[str] | None) -> contextlib.AbstractContextManager:
+        """A segmenter reads its configured feature layer whatever the setting (which names no levels)."""
+        return contextlib.nullcontext()
+
+    def timing_batches(self, count: int, size: int, work_dir: Path) -> Any:
+        """The model and its first ``count`` images preprocessed in batches of ``size`` (loaded once, then timed)."""
+        from .speed import preprocessed_batches
+
+        return preprocessed_batches(self.data_root, count, size, work_dir, self.checkpoint, self.config)
+
+    def timed(self, timing: Any, defense: dict, levels: list[str] | None, repeats: int) -> tuple[dict, dict]:
+        """The stock and the defended prediction's seconds per image (``speed.timed`` statistics), alternating."""
+        from .speed import alternating_predictions
+
+        model, batches = timing
+        (stock, _), (defended, _) = alternating_predictions(model, batches, defense, [dict(scenario="clean"), {}],
+                                                            repeats)
+        return stock, defended
 
     #: What the sanity-check tool's unbounded check reads off a cell: (name, row -> value).
     unbounded_measure = ("% pixel accuracy", lambda row: pixel_accuracy(row["per_image"]))
@@ -96,6 +126,8 @@ class Detectron2Backend:
     framework, metric, key = "detectron2", "mask AP", "segm_AP"
     model_name = "demo Mask R-CNN"
     takes_preset = False
+    train_command = "tools/train_net.py --config-file"
+    reads_levels = True
 
     def __init__(self, data_root: Path, num_images: int, work_dir: Path, checkpoint: Path | None = None,
                  config: Path | None = None) -> None:
@@ -166,6 +198,25 @@ class Detectron2Backend:
         from ..detectron2.evaluation import worst_case
 
         return worst_case(self.cfg, rows)
+
+    def levels_read(self, levels: list[str] | None) -> list[str]:
+        """A setting's FPN levels; every backbone output for a setting that names none."""
+        return list(self.model.backbone.output_shape()) if levels is None else list(levels)
+
+    def reading(self, levels: list[str] | None) -> contextlib.AbstractContextManager:
+        from ..pipeline import EquiRun, running
+
+        return running(self.model, EquiRun(views=dict(levels=self.levels_read(levels))))
+
+    def timing_batches(self, count: int, size: int, work_dir: Path) -> Any:
+        from .speed import detectron2_batches
+
+        return detectron2_batches(self.cfg, count, size)
+
+    def timed(self, timing: Any, defense: dict, levels: list[str] | None, repeats: int) -> tuple[dict, dict]:
+        from .speed import alternating_detectron2_predictions
+
+        return alternating_detectron2_predictions(self.model, timing, defense, self.levels_read(levels), repeats)
 
 
 class DefenseCells:

@@ -24,8 +24,6 @@ Cells keep per-image records, so an interrupted run continues with ``resume``.
 
 from __future__ import annotations
 
-import abc
-import contextlib
 import json
 import logging
 import time
@@ -40,6 +38,7 @@ from ..core.defense import PRESETS
 from ..core.validation import SettingsError
 from ..files import atomic_write_text
 from ..reporting import Report, slug
+from .backends import BACKENDS
 from .demo import CHECKPOINT, CONFIG, D2_CHECKPOINT, EPS, ensure_tune_data
 from .tuning import CANDIDATES
 
@@ -234,45 +233,52 @@ def check_settings(models: Sequence[str], settings: Sequence[str], attacks: Sequ
                             "differ, so compare them in separate runs")
     framework = frameworks[0]
     attacks = list(DEFAULT_ATTACKS[framework] if attacks is None else attacks)
-    if framework == "detectron2":
-        from .backends import Detectron2Backend
-
-        dense = [a for a in ATTACKS if not Detectron2Backend.supports(ATTACKS[a])]
-        if set(attacks) & set(dense):
-            raise SettingsError(f"attacks {[a for a in attacks if a in dense]} need dense logits, which a Mask R-CNN "
-                                f"does not have; valid here: {', '.join(a for a in ATTACKS if a not in dense)}")
-    else:
-        with_levels = [s for s in settings if "fpn_levels" in SETTINGS[s]]
-        if with_levels:
-            raise SettingsError(f"settings {with_levels} name FPN levels, which only a Detectron2 model has")
+    backend = BACKENDS[framework]
+    unsupported = [a for a in ATTACKS if not backend.supports(ATTACKS[a])]
+    if set(attacks) & set(unsupported):
+        raise SettingsError(f"attacks {[a for a in attacks if a in unsupported]} need dense logits, which a "
+                            f"{backend.model_name.removeprefix('demo ')} does not have; valid here: "
+                            f"{', '.join(a for a in ATTACKS if a not in unsupported)}")
+    with_levels = [s for s in settings if "fpn_levels" in SETTINGS[s]]
+    if with_levels and not backend.reads_levels:
+        raise SettingsError(f"settings {with_levels} name FPN levels, which a {framework} model does not read")
     if num_images < 1 or batch < 1 or repeats < 1:
         raise SettingsError(f"num_images, batch and repeats must be >= 1; got {num_images}, {batch}, {repeats}")
     for name in models:
         zoo = ZOO[name]
         if not zoo.checkpoint.is_file():
-            train = "tools/train_net.py --config-file" if zoo.framework == "detectron2" else "tools/train.py"
+            train = BACKENDS[zoo.framework].train_command
             raise SettingsError(f"model {name}: no weights at {zoo.checkpoint}; train them with `python {train} "
                                 f"{zoo.config}` and `tools/export_weights.py` (docs/benchmarks/presets.md)")
     return attacks
 
 
-def model_rows(name: str, settings: Sequence[str], attacks: list[str], measure: _Measure, out: Path, repeats: int,
-               resume: bool) -> list[dict]:
+def cost(backend, timing: dict[str, Any], defense: dict, levels: list[str] | None, repeats: int) -> dict[str, float]:
+    """The defended prediction's median time over the stock one's, per entry of ``timing`` (batch 1 and batch B)."""
+    ratios = {}
+    for label, batches in timing.items():
+        stock, defended = backend.timed(batches, defense, levels, repeats)
+        ratios[label] = defended["median"] / stock["median"]
+    return ratios
+
+
+def model_rows(name: str, settings: Sequence[str], attacks: list[str], backend, timing: dict[str, Any], out: Path,
+               repeats: int, resume: bool) -> list[dict]:
     """One model's rows: vanilla, then each setting with its worst case, the share of the damage it recovers and
-    its cost."""
+    its cost (over ``timing``'s batches)."""
     zoo = ZOO[name]
     rows, vanilla = [], {}
     for column in ("vanilla", *settings):
         defense, levels = defense_of(SETTINGS[column]) if column != "vanilla" else (None, None)
         if defense is not None:
             record_values(out / slug(name) / "cells" / slug(column), resolved(SETTINGS[column]))
-        with measure.reading(levels):
-            cells = {attack: measure.backend.cell(Cell(attack, cfg), Cell(column, defense),
+        with backend.reading(levels):
+            cells = {attack: backend.cell(Cell(attack, cfg), Cell(column, defense),
                                                   out / slug(name) / "cells" / slug(column) / slug(attack),
                                                   resume=resume)
                      for attack, cfg in {"clean": None, **{a: ATTACKS[a] for a in attacks}}.items()}
-            found = measure.backend.worst_case([cells[a] for a in attacks])
-        key = measure.backend.key
+            found = backend.worst_case([cells[a] for a in attacks])
+        key = backend.key
         row = dict(model=zoo.title, key=name, role=zoo.role, defense=column,
                    worst=min(found[key], found.get(f"greedy_{key}", found[key])),
                    **{attack: cell[key] for attack, cell in cells.items()})
@@ -280,7 +286,7 @@ def model_rows(name: str, settings: Sequence[str], attacks: list[str], measure: 
             vanilla = row
         else:
             row["recovered"] = recovered_share(vanilla["clean"], vanilla["worst"], row["worst"])
-            for label, ratio in measure.cost(defense, levels, repeats).items():
+            for label, ratio in cost(backend, timing, defense, levels, repeats).items():
                 row[label] = ratio
         rows.append(row)
         logger.info("%s / %s: clean %.2f, %s, worst %.2f%s", name, column, row["clean"],
@@ -314,88 +320,16 @@ def compare_presets(*, models: Sequence[str] = SEGMENTERS, settings: Sequence[st
     start = time.perf_counter()
     for name in models:
         zoo = ZOO[name]
-        measure = MEASURES[zoo.framework](zoo, zoo.tune_data(), num_images, batch, out / slug(name))
-        rows += model_rows(name, settings, attacks, measure, out, repeats, resume)
-    data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks, metric=measure.backend.metric,
+        backend = BACKENDS[zoo.framework](zoo.tune_data(), num_images, out / slug(name), zoo.checkpoint,
+                                          config=zoo.config)
+        # the cost's images, loaded once per model: batch 1 over the first 4, batch B over the first B
+        timing = {label: backend.timing_batches(count, size, out / slug(name) / "timing")
+                  for label, size, count in (("ratio_batch1", 1, min(4, num_images)), ("ratio_batchB", batch, batch))}
+        rows += model_rows(name, settings, attacks, backend, timing, out, repeats, resume)
+    data = dict(num_images=num_images, batch=batch, eps=EPS, attacks=attacks, metric=backend.metric,
                 settings={s: dict(SETTINGS[s], values=resolved(SETTINGS[s])) for s in settings},
                 models={name: dict(title=ZOO[name].title, role=ZOO[name].role, image_size=ZOO[name].image_size,
                                    config=str(ZOO[name].config.relative_to(ASSETS))) for name in models},
                 rows=rows, seconds=time.perf_counter() - start)
     REPORT.write(out, "presets", data, rows, command)
     return data
-
-
-class _Measure(abc.ABC):
-    """A model's backend (its cells) and the cost of a defense: the defended prediction's median time over the
-    stock one's, per entry of ``timing`` (batch 1 and batch B)."""
-
-    backend: Any
-    timing: dict[str, Any]
-
-    def reading(self, levels: list[str] | None) -> contextlib.AbstractContextManager:
-        """The model reading ``levels`` (FPN outputs; None: the setting names none) while a setting's cells run."""
-        return contextlib.nullcontext()
-
-    @abc.abstractmethod
-    def timed(self, timing: Any, defense: dict, levels: list[str] | None, repeats: int) -> tuple[dict, dict]:
-        """The stock and the defended prediction's timings (``speed.timed`` dicts) on ``timing``'s batches."""
-
-    def cost(self, defense: dict, levels: list[str] | None, repeats: int) -> dict[str, float]:
-        ratios = {}
-        for label, timing in self.timing.items():
-            stock, defended = self.timed(timing, defense, levels, repeats)
-            ratios[label] = defended["median"] / stock["median"]
-        return ratios
-
-
-class _MMSegMeasure(_Measure):
-    """A segmenter's cells (``MMSegBackend``) and the cost of a defense on its preprocessed batches."""
-
-    def __init__(self, zoo: ZooModel, data_root: Path, num_images: int, batch: int, out: Path) -> None:
-        from .backends import MMSegBackend
-        from .speed import preprocessed_batches
-
-        self.backend = MMSegBackend(data_root, num_images, out, zoo.checkpoint, config=zoo.config)
-        # the cost's images, loaded once per model: batch 1 over the first 4, batch B over the first B
-        self.timing = {label: preprocessed_batches(data_root, count, size, out / "timing", zoo.checkpoint, zoo.config)
-                       for label, size, count in (("ratio_batch1", 1, min(4, num_images)), ("ratio_batchB", batch, batch))}
-
-    def timed(self, timing: Any, defense: dict, levels: list[str] | None, repeats: int) -> tuple[dict, dict]:
-        from .speed import alternating_predictions
-
-        model, batches = timing
-        (stock, _), (defended, _) = alternating_predictions(model, batches, defense, [dict(scenario="clean"), {}],
-                                                            repeats)
-        return stock, defended
-
-
-class _Detectron2Measure(_Measure):
-    """A Mask R-CNN's cells (``Detectron2Backend``, the defense reading a setting's FPN levels) and the cost of a
-    defense over Detectron2's stock inference."""
-
-    def __init__(self, zoo: ZooModel, data_root: Path, num_images: int, batch: int, out: Path) -> None:
-        from .backends import Detectron2Backend
-        from .speed import detectron2_batches
-
-        self.backend = Detectron2Backend(data_root, num_images, out, zoo.checkpoint, config=zoo.config)
-        self.all_levels = list(self.backend.model.backbone.output_shape())  # a setting without fpn_levels reads all
-        self.timing = {"ratio_batch1": detectron2_batches(self.backend.cfg, min(4, num_images), 1),
-                       "ratio_batchB": detectron2_batches(self.backend.cfg, batch, batch)}
-
-    def reading(self, levels: list[str] | None) -> contextlib.AbstractContextManager:
-        from ..pipeline import EquiRun, running
-
-        return running(self.backend.model, EquiRun(views=dict(levels=self.levels_read(levels))))
-
-    def levels_read(self, levels: list[str] | None) -> list[str]:
-        return self.all_levels if levels is None else list(levels)
-
-    def timed(self, timing: Any, defense: dict, levels: list[str] | None, repeats: int) -> tuple[dict, dict]:
-        from .speed import alternating_detectron2_predictions
-
-        return alternating_detectron2_predictions(self.backend.model, timing, defense, self.levels_read(levels),
-                                                  repeats)
-
-
-#: How each framework's models are measured (``ZooModel.framework`` → its ``_Measure``).
-MEASURES = {"mmseg": _MMSegMeasure, "detectron2": _Detectron2Measure}

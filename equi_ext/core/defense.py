@@ -50,6 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                       step_size=3.0, resample="fixed", transforms_per_step="all"),
 }
 OPTIMIZERS = ("sgld", "sgd")
+RESAMPLING = ("fixed", "per_step")
 
 
 def preset_values(preset: str) -> dict[str, Any]:
@@ -57,7 +58,6 @@ def preset_values(preset: str) -> dict[str, Any]:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid names: {', '.join(sorted(PRESETS))}")
     return PRESETS[preset]
-RESAMPLING = ("fixed", "per_step")
 
 
 def sgld_noise_scale(t: int, steps: int) -> float:

@@ -99,11 +99,12 @@ def add_equi_config(cfg: CfgNode) -> CfgNode:
     cfg.EQUI.ADV_TRAIN.BN = "eval"  # normalisation layers during the attack: 'eval' (running statistics) or 'train'
     # A synthetic-shapes root registered as <prefix>_train / <prefix>_val before building loaders.
     cfg.EQUI.SYNTHETIC_ROOT = ""
-    attack_keys, defense_keys = role_keys("attack"), role_keys("defense")
-    for key in attack_keys + defense_keys:
-        if key in cfg.EQUI and not (key in SHARED_KEYS and key in defense_keys):
-            raise RuntimeError(f"EQUI.{key} would be set by an attack and a defense (or is an EQUI key of its own); "
-                               f"give the setting a key per role in equi_ext.detectron2.config.ROLE_KEYS")
+    attack_keys, defense_keys = set(role_keys("attack")), set(role_keys("defense"))
+    clashes = ((attack_keys & defense_keys) - SHARED_KEYS) | ((attack_keys | defense_keys) & set(cfg.EQUI))
+    if clashes:
+        raise RuntimeError(f"EQUI.{sorted(clashes)[0]} would be set by an attack and a defense (or is an EQUI key of "
+                           f"its own); give the setting a key per role in equi_ext.detectron2.config.ROLE_KEYS")
+    for key in sorted(attack_keys | defense_keys):
         cfg.EQUI[key] = SETTING_DEFAULTS.get(key)
     return cfg
 
@@ -211,14 +212,14 @@ def _defense_settings(name: str, equi_cfg, keys: list[str]) -> tuple[dict, list[
     return {**(preset_settings(name, preset) if preset else {}), **settings}, rejected
 
 
-def _refuse(rejected: list[str], equi_cfg, role: str, name: str) -> None:
+def _refuse(rejected: list[str], equi_cfg, role: str, name: str, chosen_by: str) -> None:
+    """A ValueError for the first ``rejected`` key, naming the class ``name`` that ``EQUI.<chosen_by>`` chose."""
     if rejected:
         cls = _registry(role).get(name)
         takes = [f"EQUI.{key}" for key in sorted(setting_keys(role, name))]
-        what = "BPDA_ATTACK" if role == "attack" and name != equi_cfg.ATTACK else role.upper()
-        raise ValueError(f"EQUI.{rejected[0]} = {equi_cfg.get(rejected[0])!r} does not apply to EQUI.{what} {name!r} "
-                         f"({cls.__name__}); it takes {', '.join(takes) or 'no EQUI keys'} — unset the key "
-                         f"(None) or choose another EQUI.{what}")
+        raise ValueError(f"EQUI.{rejected[0]} = {equi_cfg.get(rejected[0])!r} does not apply to EQUI.{chosen_by} "
+                         f"{name!r} ({cls.__name__}); it takes {', '.join(takes) or 'no EQUI keys'} — unset the key "
+                         f"(None) or choose another EQUI.{chosen_by}")
 
 
 def equi_settings(cfg) -> dict[str, Any]:
@@ -236,8 +237,8 @@ def equi_settings(cfg) -> dict[str, Any]:
         if equi.DEFENSE == "detect_then_defend":  # the keys it does not take configure the defense it wraps
             inner, rejected = _defense_settings("equi", equi, rejected)
             defense["defense"] = {"type": "equi", **inner}
-            _refuse(rejected, equi, "defense", "equi")
-        _refuse(rejected, equi, "defense", equi.DEFENSE)
+            _refuse(rejected, equi, "defense", "equi", "DEFENSE")
+        _refuse(rejected, equi, "defense", equi.DEFENSE, "DEFENSE")
     attack = None
     inner = equi.get("BPDA_ATTACK")
     if inner and equi.ATTACK not in ("bpda", "eot"):
@@ -246,13 +247,13 @@ def equi_settings(cfg) -> dict[str, Any]:
     if inner:  # the other attack keys configure the wrapped attack
         inner_settings, rejected = _settings("attack", inner, equi,
                                              [key for key in role_keys("attack") if key != "EOT_SAMPLES"])
-        _refuse(rejected, equi, "attack", inner)
+        _refuse(rejected, equi, "attack", inner, "BPDA_ATTACK")
         attack = {"type": equi.ATTACK, "attack": {"type": inner, **inner_settings}}
         if equi.ATTACK == "eot" and equi.EOT_SAMPLES is not None:
             attack["samples"] = equi.EOT_SAMPLES
     elif equi.ATTACK:
         attack_settings, rejected = _settings("attack", equi.ATTACK, equi, role_keys("attack"))
-        _refuse(rejected, equi, "attack", equi.ATTACK)
+        _refuse(rejected, equi, "attack", equi.ATTACK, "ATTACK")
         attack = {"type": equi.ATTACK, **attack_settings}
     return dict(defense=defense, attack=attack, feature=equi.FEATURE, levels=list(equi.FPN_LEVELS),
                 roi_score_thresh=float(equi.ROI_SCORE_THRESH), adversarial=adversarial_training(equi))

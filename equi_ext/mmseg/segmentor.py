@@ -135,19 +135,19 @@ class BackboneMemo:
         if not self.entries:
             yield
             return
-        hits: list = []
+        hits: list = []  # the call in flight: each row's memo entry (None: computed), and the computed rows
+        missing: list[int] = []
 
         def before(module: torch.nn.Module, args: tuple) -> tuple | None:
             (inputs,) = args
             hits[:] = [self.lookup(row) for row in inputs]
-            missing = [i for i, hit in enumerate(hits) if hit is None]
+            missing[:] = [i for i, hit in enumerate(hits) if hit is None]
             return None if len(missing) == len(hits) else (inputs[missing],)
 
         def after(module: torch.nn.Module, args: tuple, computed: Any) -> Any:
-            if all(hit is None for hit in hits):
+            if len(missing) == len(hits):
                 return None
             computed = [computed] if isinstance(computed, torch.Tensor) else list(computed)
-            missing = [i for i, hit in enumerate(hits) if hit is None]
             rows = []
             for i, hit in enumerate(hits):
                 levels, j = hit if hit is not None else (computed, missing.index(i))
